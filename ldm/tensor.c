@@ -1,0 +1,148 @@
+/*
+ * ldm/tensor.c -- construction, views, host copies and inspection of
+ * ldm_tensor (see tensor.h for the layout and the shape notation).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "error.h"
+#include "ops.h"
+#include "tensor.h"
+
+int64_t ldm_shape_numel(const int64_t *shape, int ndim) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return -1;
+        if (shape[i] != 0 && n > INT64_MAX / shape[i]) return -1;
+        n *= shape[i];
+    }
+    return n;
+}
+
+char *ldm_shape_str(char *buf, size_t n, const int64_t *shape, int ndim) {
+    size_t used = 0;
+    if (n == 0) return buf;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)shape[i]);
+    if (used < n) snprintf(buf + used, n - used, "]");
+    return buf;
+}
+
+int ldm_shape_equal(const ldm_tensor *a, const ldm_tensor *b) {
+    if (a->ndim != b->ndim) return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+
+ldm_tensor ldm_tensor_new(const struct ldm_ops *ops, const int64_t *shape, int ndim) {
+    ldm_tensor t;
+    memset(&t, 0, sizeof t);
+    int64_t n = ldm_shape_numel(shape, ndim);
+    if (ndim < 0 || ndim > LDM_MAX_DIMS || n < 0 || (uint64_t)n > SIZE_MAX / sizeof(float)) {
+        char s[128];
+        ldm_error("invalid tensor shape %s", ldm_shape_str(s, sizeof s, shape, ndim < 0 ? 0 : ndim));
+        return t;
+    }
+    t.ndim = ndim;
+    memcpy(t.shape, shape, (size_t)ndim * sizeof(int64_t));
+    t.numel = n;
+    t.ops = ops;
+    t.owns = 1;
+    t.data = ops->alloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!t.data) {
+        char s[128];
+        ldm_error("out of memory allocating a %s tensor (%.1f MiB) on backend %s",
+                  ldm_shape_str(s, sizeof s, shape, ndim), n * 4.0 / (1 << 20), ops->name);
+        t.owns = 0;
+    }
+    return t;
+}
+
+ldm_tensor ldm_tensor_zeros(const struct ldm_ops *ops, const int64_t *shape, int ndim) {
+    ldm_tensor t = ldm_tensor_new(ops, shape, ndim);
+    if (t.data && t.numel > 0) {
+        float *zeros = calloc((size_t)t.numel, sizeof(float));
+        if (!zeros) { ldm_tensor_free(&t); ldm_error("out of memory"); return t; }
+        ops->upload(t.data, zeros, (size_t)t.numel * sizeof(float));
+        free(zeros);
+    }
+    return t;
+}
+
+void ldm_tensor_free(ldm_tensor *t) {
+    if (t->owns && t->data && t->ops) t->ops->free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+ldm_tensor ldm_tensor_view(const ldm_tensor *t, const int64_t *shape, int ndim) {
+    ldm_tensor v = *t;
+    v.owns = 0;
+    v.ndim = ndim;
+    memcpy(v.shape, shape, (size_t)ndim * sizeof(int64_t));
+    v.numel = ldm_shape_numel(shape, ndim);
+    LDM_ASSERT(ndim <= LDM_MAX_DIMS && v.numel == t->numel, "view must keep numel", t);
+    return v;
+}
+
+ldm_tensor ldm_tensor_slice0(const ldm_tensor *t, int64_t start, int64_t count) {
+    LDM_ASSERT(t->ndim >= 1 && start >= 0 && count >= 0 && start + count <= t->shape[0],
+               "slice0 in range", t);
+    ldm_tensor v = *t;
+    v.owns = 0;
+    int64_t row = t->shape[0] ? t->numel / t->shape[0] : 0;
+    v.shape[0] = count;
+    v.numel = row * count;
+    v.data = t->data + start * row;
+    return v;
+}
+
+void ldm_tensor_from_host(ldm_tensor *t, const float *src) {
+    t->ops->upload(t->data, src, (size_t)t->numel * sizeof(float));
+}
+
+void ldm_tensor_to_host(float *dst, const ldm_tensor *t) {
+    t->ops->download(dst, t->data, (size_t)t->numel * sizeof(float));
+}
+
+void ldm_tensor_describe(const ldm_tensor *t, const char *name) {
+    char s[160];
+    ldm_shape_str(s, sizeof s, t->shape, t->ndim);
+    printf("%s %s on %s%s\n", name ? name : "tensor", s, t->ops ? t->ops->name : "?",
+           t->owns ? "" : " (view)");
+    if (!t->data || t->numel == 0) { printf("  (empty)\n"); return; }
+    float *h = malloc((size_t)t->numel * sizeof(float));
+    if (!h) { printf("  (cannot allocate a host copy)\n"); return; }
+    ldm_tensor_to_host(h, t);
+    double mn = h[0], mx = h[0], sum = 0, sq = 0;
+    int64_t nonfinite = 0;
+    for (int64_t i = 0; i < t->numel; i++) {
+        double x = h[i];
+        if (!isfinite(x)) { nonfinite++; continue; }
+        if (x < mn) mn = x;
+        if (x > mx) mx = x;
+        sum += x;
+        sq += x * x;
+    }
+    double n = (double)(t->numel - nonfinite), mean = n ? sum / n : 0;
+    double var = n > 1 ? (sq - n * mean * mean) / (n - 1) : 0;
+    printf("  min %.6g  max %.6g  mean %.6g  std %.6g", mn, mx, mean, sqrt(var > 0 ? var : 0));
+    if (nonfinite) printf("  NON-FINITE %lld", (long long)nonfinite);
+    printf("\n  first:");
+    for (int64_t i = 0; i < t->numel && i < 8; i++) printf(" %.6g", h[i]);
+    printf("\n");
+    free(h);
+}
+
+void ldm_assert_fail(const char *file, int line, const char *expr, const char *what,
+                     const ldm_tensor *a, const ldm_tensor *b) {
+    char sa[160] = "", sb[160] = "";
+    if (a) ldm_shape_str(sa, sizeof sa, a->shape, a->ndim);
+    if (b) ldm_shape_str(sb, sizeof sb, b->shape, b->ndim);
+    fprintf(stderr, "%s:%d: shape contract failed: %s (%s)%s%s%s%s\n", file, line, expr, what,
+            a ? " " : "", sa, b ? " vs " : "", sb);
+    abort();
+}

@@ -1,0 +1,78 @@
+/*
+ * tests/test.h -- the tiny test harness every C test uses.
+ *
+ * Each tests/test_*.c is one binary. It records checks with the functions
+ * below and ends `return test_summary();`, which prints the one line
+ *     N passed, M failed
+ * and returns non-zero when anything failed. tests/run.sh runs every binary
+ * and prints the grand total the same way.
+ *
+ * Tensor comparisons print, per tensor: max-abs error, max-rel error (relative
+ * to the largest |expected| value, so near-zero elements do not blow it up),
+ * the worst index, and OK / NOT OK.
+ */
+#ifndef LDM_TEST_H
+#define LDM_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static int test_passed_count, test_failed_count;
+
+// Record one check: prints "  ok   name" or "  FAIL name: why" lines.
+static inline int test_check(int ok, const char *name, const char *fmt_why, ...)
+    __attribute__((format(printf, 3, 4), unused));
+#include <stdarg.h>
+static inline int test_check(int ok, const char *name, const char *fmt_why, ...) {
+    if (ok) {
+        test_passed_count++;
+        printf("  ok      %s\n", name);
+    } else {
+        test_failed_count++;
+        printf("  NOT OK  %s", name);
+        if (fmt_why && *fmt_why) {
+            va_list ap;
+            va_start(ap, fmt_why);
+            printf(": ");
+            vprintf(fmt_why, ap);
+            va_end(ap);
+        }
+        printf("\n");
+    }
+    fflush(stdout);
+    return ok;
+}
+
+// Compare n floats. Passes when max|got-exp| <= rtol * max(max|exp|, 1e-30)
+// + atol. Prints max-abs, max-rel, worst index.
+static inline __attribute__((unused)) int test_close(const char *name, const float *got,
+                                                     const float *exp, int64_t n, double rtol,
+                                                     double atol) {
+    double max_abs = 0, scale = 0;
+    int64_t worst = 0, nonfinite = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)exp[i]);
+        if (e > scale) scale = e;
+        double d = fabs((double)got[i] - (double)exp[i]);
+        if (!isfinite(got[i]) && isfinite(exp[i])) nonfinite++;
+        if (d > max_abs || (isnan(d) && !isnan(max_abs))) { max_abs = d; worst = i; }
+    }
+    double rel = scale > 0 ? max_abs / scale : max_abs;
+    int ok = nonfinite == 0 && !isnan(max_abs) && max_abs <= rtol * scale + atol;
+    test_passed_count += ok;
+    test_failed_count += !ok;
+    printf("  %-7s %-48s max_abs %.3e  max_rel %.3e  worst [%lld] got %.7g exp %.7g  (tol %.0e)\n",
+           ok ? "ok" : "NOT OK", name, max_abs, rel, (long long)worst, n ? got[worst] : 0.0,
+           n ? exp[worst] : 0.0, rtol);
+    fflush(stdout);
+    return ok;
+}
+
+static inline __attribute__((unused)) int test_summary(void) {
+    printf("%d passed, %d failed\n", test_passed_count, test_failed_count);
+    return test_failed_count ? 1 : 0;
+}
+
+#endif

@@ -1,0 +1,39 @@
+#!/bin/sh
+# tools/deps.sh check|install -- the Debian packages the ldm.c build needs.
+#   check    exit 0 when every header and library is present
+#   install  apt-get install them (as root, or through sudo), else print the command
+PKGS="build-essential libopenblas-dev libpng-dev libcjson-dev libutf8proc-dev python3 unzip"
+HEADERS="cblas.h png.h cjson/cJSON.h utf8proc.h"
+
+have_header() {
+    echo "#include <$1>" | ${CC:-gcc} -E -x c - >/dev/null 2>&1
+}
+
+check() {
+    for h in $HEADERS; do
+        have_header "$h" || { echo "deps: missing header <$h>" >&2; return 1; }
+    done
+    command -v python3 >/dev/null 2>&1 || { echo "deps: missing python3" >&2; return 1; }
+    command -v unzip >/dev/null 2>&1 || { echo "deps: missing unzip" >&2; return 1; }
+    return 0
+}
+
+install() {
+    if [ "$(id -u)" = 0 ]; then
+        SUDO=""
+    elif command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        echo "deps: not root and no sudo; run as root:" >&2
+        echo "  apt-get update && apt-get install -y $PKGS" >&2
+        exit 1
+    fi
+    echo "deps: installing $PKGS"
+    $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $PKGS
+}
+
+case "$1" in
+    check) check ;;
+    install) install ;;
+    *) echo "usage: tools/deps.sh check|install" >&2; exit 2 ;;
+esac
