@@ -1,0 +1,43 @@
+/*
+ * samplers/euler.c -- Euler steps on the probability-flow ODE
+ * dx/dsigma = (x - D(x; sigma)) / sigma  (Karras et al. 2022, Algorithm 2,
+ * with the optional "churn" that adds noise to raise sigma to sigma_hat).
+ *
+ * Mirrors k-diffusion sample_euler, including its RNG use: one randn_like(x)
+ * is drawn every step even when churn is off (s_churn = 0), so the generator
+ * advances exactly as in k-diffusion.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "ldm/error.h"
+#include "sampler.h"
+
+int ldm_sample_euler(float *x, ldm_sampler_ctx *c) {
+    int64_t n = c->dn->B * c->dn->per;
+    float *buf = ldm_sampler_alloc(c, 2);
+    if (!buf) return LDM_ERR;
+    float *denoised = buf, *eps = buf + n;  // [B,per] each
+    const float *sig = c->sigmas;
+    int rc = LDM_OK;
+    for (int i = 0; i < c->n; i++) {
+        // churn: gamma = min(s_churn / n, sqrt(2) - 1) inside [s_tmin, s_tmax]
+        float gamma = (c->s_tmin <= sig[i] && sig[i] <= c->s_tmax)
+                          ? fminf(c->s_churn / c->n, (float)(M_SQRT2 - 1)) : 0.0f;
+        ldm_sampler_noise(c, eps);  // drawn every step, as k-diffusion does
+        float sigma_hat = sig[i] * (gamma + 1);
+        if (gamma > 0) {
+            float add = sqrtf(sigma_hat * sigma_hat - sig[i] * sig[i]);
+            for (int64_t k = 0; k < n; k++) x[k] += eps[k] * c->s_noise * add;
+        }
+        if ((rc = ldm_denoiser_denoised(c->dn, denoised, x, sigma_hat)) != LDM_OK) break;
+        float dt = sig[i + 1] - sigma_hat;
+        for (int64_t k = 0; k < n; k++) {
+            float d = (x[k] - denoised[k]) / sigma_hat;  // to_d: the ODE's slope
+            x[k] = x[k] + d * dt;                        // Euler step
+        }
+        if (c->callback) c->callback(c->callback_ctx, i, x, denoised);
+    }
+    free(buf);
+    return rc;
+}

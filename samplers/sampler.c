@@ -1,0 +1,251 @@
+/*
+ * samplers/sampler.c -- the shared model wrapper (CFG, eps / v prediction,
+ * CompVisDenoiser / CompVisVDenoiser scalings), the helpers every sampler
+ * file uses, the sampler table with its name parser, and ldm_sample().
+ *
+ * Mirrors: k-diffusion external.DiscreteEpsDDPMDenoiser / DiscreteVDDPMDenoiser
+ * (get_scalings, forward), CompVis DDIMSampler.p_sample_ddim's guidance
+ * (e_u + s (e_c - e_u)) and predict_eps_from_z_and_v.
+ */
+#include "sampler.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldm/error.h"
+
+// ---------------------------------------------------------------------------
+// the model wrapper
+
+int ldm_denoiser_init(ldm_denoiser *d) {
+    if (!d->fn || !d->sched || d->B < 1 || d->per < 1)
+        return ldm_error("denoiser: needs a model callback, a schedule, B >= 1 and per >= 1 "
+                         "(found B=%lld per=%lld)", (long long)d->B, (long long)d->per);
+    int64_t N = d->B * 2;  // room for guidance either way
+    d->x_in = malloc((size_t)(N * d->per) * sizeof(float));
+    d->out = malloc((size_t)(N * d->per) * sizeof(float));
+    d->t = malloc((size_t)N * sizeof(float));
+    d->nfe = 0;
+    if (!d->x_in || !d->out || !d->t) {
+        ldm_denoiser_free(d);
+        return ldm_error("denoiser: out of memory for %lld x %lld floats", (long long)N,
+                         (long long)d->per);
+    }
+    return LDM_OK;
+}
+
+void ldm_denoiser_free(ldm_denoiser *d) {
+    free(d->x_in); free(d->out); free(d->t);
+    d->x_in = d->out = d->t = NULL;
+}
+
+// out [B,per] <- model(x_in, t) with guidance: x_in/t are written for the
+// first B rows by the caller; the guided result lands in d->out[0..B*per).
+static int run_model(ldm_denoiser *d, float tval) {
+    int64_t B = d->B, per = d->per, N = d->cfg ? 2 * B : B;
+    if (d->cfg) memcpy(d->x_in + B * per, d->x_in, (size_t)(B * per) * sizeof(float));
+    for (int64_t k = 0; k < N; k++) d->t[k] = tval;
+    d->nfe++;
+    if (d->fn(d->out, d->x_in, d->t, N, d->ctx) != LDM_OK) return LDM_ERR;
+    if (d->cfg) {  // rows [uncond, cond]: out = u + s (c - u)   (Ho & Salimans 2022 eq. 6)
+        float s = d->cfg_scale;
+        for (int64_t i = 0; i < B * per; i++) {
+            float u = d->out[i], c = d->out[B * per + i];
+            d->out[i] = u + s * (c - u);
+        }
+    }
+    return LDM_OK;
+}
+
+int ldm_denoiser_eps(ldm_denoiser *d, float *eps, const float *x, float t) {
+    int64_t n = d->B * d->per;
+    memcpy(d->x_in, x, (size_t)n * sizeof(float));
+    if (run_model(d, t) != LDM_OK) return LDM_ERR;
+    if (d->prediction == LDM_PRED_V) {
+        int ti = (int)t;
+        if (ti < 0) ti = 0;
+        if (ti > d->sched->T - 1) ti = d->sched->T - 1;
+        ldm_eps_from_v(eps, d->out, x, d->sched->alphas_cumprod[ti], n);
+    } else {
+        memcpy(eps, d->out, (size_t)n * sizeof(float));
+    }
+    return LDM_OK;
+}
+
+int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, float sigma) {
+    int64_t n = d->B * d->per;
+    // get_scalings, float32 as k-diffusion
+    float c_in = 1.0f / sqrtf(sigma * sigma + 1.0f);
+    for (int64_t i = 0; i < n; i++) d->x_in[i] = x[i] * c_in;
+    if (run_model(d, ldm_sigma_to_t(d->sched, sigma)) != LDM_OK) return LDM_ERR;
+    if (d->prediction == LDM_PRED_V) {
+        float c_skip = 1.0f / (sigma * sigma + 1.0f);
+        float c_out = -sigma / sqrtf(sigma * sigma + 1.0f);
+        for (int64_t i = 0; i < n; i++) denoised[i] = d->out[i] * c_out + x[i] * c_skip;
+    } else {
+        float c_out = -sigma;
+        for (int64_t i = 0; i < n; i++) denoised[i] = x[i] + d->out[i] * c_out;
+    }
+    return LDM_OK;
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise) {
+    ldm_rng_randn_batch(c->rng, c->per_sample_noise, noise, c->dn->B, c->dn->per);
+}
+
+float *ldm_sampler_alloc(const ldm_sampler_ctx *c, int count) {
+    size_t n = (size_t)count * (size_t)(c->dn->B * c->dn->per);
+    float *p = malloc(n * sizeof(float));
+    if (!p) ldm_error("sampler: out of memory for %zu floats", n);
+    return p;
+}
+
+void ldm_ancestral_step(double *sigma_down, double *sigma_up, double from, double to, double eta) {
+    if (eta == 0) { *sigma_down = to; *sigma_up = 0; return; }
+    double up = eta * sqrt(to * to * (from * from - to * to) / (from * from));
+    if (up > to) up = to;
+    *sigma_up = up;
+    *sigma_down = sqrt(to * to - up * up);
+}
+
+// ---------------------------------------------------------------------------
+// the table
+
+const ldm_sampler_info ldm_samplers[] = {
+    {"ddpm", "DDPM", ldm_sample_ddpm, 0, 1.0f},
+    {"ddim", "DDIM", ldm_sample_ddim, 0, 0.0f},
+    {"plms", "PLMS", ldm_sample_plms, 0, 0.0f},
+    {"euler", "Euler", ldm_sample_euler, 1, 0.0f},
+    {"euler_a", "Euler a", ldm_sample_euler_a, 1, 1.0f},
+    {"heun", "Heun", ldm_sample_heun, 1, 0.0f},
+    {"dpm2", "DPM2", ldm_sample_dpm2, 1, 0.0f},
+    {"dpm2_a", "DPM2 a", ldm_sample_dpm2_a, 1, 1.0f},
+    {"lms", "LMS", ldm_sample_lms, 1, 0.0f},
+    {"dpmpp_2s_a", "DPM++ 2S a", ldm_sample_dpmpp_2s_a, 1, 1.0f},
+    {"dpmpp_2m", "DPM++ 2M", ldm_sample_dpmpp_2m, 1, 0.0f},
+    {"dpmpp_sde", "DPM++ SDE", ldm_sample_dpmpp_sde, 1, 1.0f},
+    {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
+};
+const int ldm_sampler_count = (int)(sizeof ldm_samplers / sizeof ldm_samplers[0]);
+
+// lower case, ' ' and '-' -> '_', "++" -> "pp", into out (size n)
+static void normalise_name(char *out, size_t n, const char *in) {
+    size_t k = 0;
+    for (size_t i = 0; in[i] && k + 3 < n; i++) {
+        char ch = in[i];
+        if (ch == '+' && in[i + 1] == '+') { out[k++] = 'p'; out[k++] = 'p'; i++; continue; }
+        if (ch == ' ' || ch == '-') ch = '_';
+        out[k++] = (char)tolower((unsigned char)ch);
+    }
+    out[k] = 0;
+}
+
+static int ends_with(char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    if (a < b || strcmp(s + a - b, suffix) != 0) return 0;
+    s[a - b] = 0;  // strip it
+    return 1;
+}
+
+int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name) {
+    char s[64];
+    normalise_name(s, sizeof s, name ? name : "");
+    *sigmas = LDM_SIGMAS_DEFAULT;
+    if (ends_with(s, "_karras")) *sigmas = LDM_SIGMAS_KARRAS;
+    else if (ends_with(s, "_exponential")) *sigmas = LDM_SIGMAS_EXPONENTIAL;
+    const char *key = s;
+    if (!strncmp(key, "k_", 2)) key += 2;  // "k_euler_a", "k_lms" (older CLI names)
+    static const struct { const char *alias, *name; } aliases[] = {
+        {"euler_ancestral", "euler_a"}, {"dpm_2", "dpm2"}, {"dpm_2_a", "dpm2_a"},
+        {"dpm_2_ancestral", "dpm2_a"}, {"dpm2_ancestral", "dpm2_a"},
+        {"dpmpp_2s_ancestral", "dpmpp_2s_a"}, {"pndm", "plms"},
+    };
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+        if (!strcmp(key, aliases[i].alias)) key = aliases[i].name;
+    for (int i = 0; i < ldm_sampler_count; i++) {
+        if (strcmp(key, ldm_samplers[i].name) != 0) continue;
+        if (*sigmas != LDM_SIGMAS_DEFAULT && !ldm_samplers[i].uses_sigmas)
+            return ldm_error("sampler \"%s\": Karras / exponential schedules apply only to the "
+                             "k-diffusion samplers (euler, heun, dpmpp_2m, ...), not to %s",
+                             name, ldm_samplers[i].label);
+        *info = &ldm_samplers[i];
+        return LDM_OK;
+    }
+    char list[512] = "";
+    for (int i = 0; i < ldm_sampler_count; i++) {
+        strncat(list, ldm_samplers[i].name, sizeof list - strlen(list) - 1);
+        strncat(list, i + 1 < ldm_sampler_count ? ", " : "", sizeof list - strlen(list) - 1);
+    }
+    return ldm_error("unknown sampler \"%s\": expected one of %s (optionally with a \" Karras\" "
+                     "or \" Exponential\" suffix)", name ? name : "(null)", list);
+}
+
+// ---------------------------------------------------------------------------
+// the whole run
+
+int ldm_sample(float *x, const float *noise, const ldm_sample_opts *o, ldm_denoiser *dn,
+               ldm_rng *rng, int per_sample_noise) {
+    const ldm_schedule *s = dn->sched;
+    const ldm_sampler_info *info = o->sampler;
+    int64_t n = dn->B * dn->per;
+    ldm_sampler_ctx c = {
+        .dn = dn, .rng = rng, .per_sample_noise = per_sample_noise,
+        .eta = o->eta < 0 ? info->default_eta : o->eta,
+        .s_churn = o->s_churn, .s_tmin = 0, .s_tmax = INFINITY, .s_noise = 1,
+        .compvis = o->compvis, .callback = o->callback, .callback_ctx = o->callback_ctx,
+    };
+    int count = info->uses_sigmas ? o->steps : ldm_timesteps_count(s, o->spacing, o->steps);
+    if (count < 1) return ldm_error("sampler %s: steps must be >= 1, found %d", info->label, o->steps);
+    float *sig = NULL;
+    int *ts = NULL;
+    int rc;
+    if (info->uses_sigmas) {
+        sig = malloc((size_t)(count + 1) * sizeof(float));
+        if (!sig) return ldm_error("sampler: out of memory");
+        if (o->sigma_kind == LDM_SIGMAS_KARRAS)
+            ldm_sigmas_karras(sig, count, s->sigmas[0], s->sigmas[s->T - 1], 7.0);
+        else if (o->sigma_kind == LDM_SIGMAS_EXPONENTIAL)
+            ldm_sigmas_exponential(sig, count, s->sigmas[0], s->sigmas[s->T - 1]);
+        else
+            ldm_sigmas_default(sig, s, count);
+        c.sigmas = sig;
+        for (int64_t i = 0; i < n; i++) x[i] = noise[i] * sig[0];  // x = randn * sigma_max
+    } else {
+        ts = malloc((size_t)count * sizeof(int));
+        if (!ts) return ldm_error("sampler: out of memory");
+        count = ldm_timesteps(ts, s, o->spacing, o->steps, o->steps_offset);
+        if (count < 0) { free(ts); return LDM_ERR; }
+        c.timesteps = ts;
+        memcpy(x, noise, (size_t)n * sizeof(float));
+    }
+    int start = o->start_step;
+    if (start < 0 || start >= count) {
+        free(sig); free(ts);
+        return ldm_error("sampler %s: start step must be in [0, %d), found %d", info->label,
+                         count, start);
+    }
+    if (info->uses_sigmas) {
+        c.sigmas = sig + start;
+        for (int64_t i = 0; i < n; i++)  // x = x0 + sigma n
+            x[i] = (o->init ? o->init[i] : 0.0f) + noise[i] * sig[start];
+    } else {
+        c.timesteps = ts + start;
+        if (o->init) {
+            int *tb = malloc((size_t)dn->B * sizeof(int));
+            if (!tb) { free(sig); free(ts); return ldm_error("sampler: out of memory"); }
+            for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
+            ldm_q_sample(x, o->init, noise, tb, dn->B, dn->per, s);  // DDPM eq. 4
+            free(tb);
+        }
+    }
+    c.n = count - start;
+    rc = info->fn(x, &c);
+    free(sig);
+    free(ts);
+    return rc;
+}

@@ -1,0 +1,177 @@
+/*
+ * samplers/sampler.h -- the one interface every sampler implements, the
+ * shared model wrapper (classifier-free guidance, eps / v prediction,
+ * k-diffusion's CompVisDenoiser / CompVisVDenoiser scalings) and the table
+ * of samplers by the names users know.
+ *
+ * All the arithmetic here is on host float arrays: a latent is [B,C,h,w]
+ * (B samples of `per` = C*h*w floats, small). The network sits behind one
+ * callback, ldm_model_fn, that the pipeline implements with the UNet:
+ *
+ *     x [B,per] --sampler--> x_in [N,per], t [N] --model_fn--> out [N,per]
+ *     N = B without guidance, N = 2B with it: rows [uncond_0..B-1, cond_0..B-1]
+ *     (the CompVis order: torch.cat([x] * 2), torch.cat([uc, c])).
+ *
+ * The sampling loop (one file per sampler, mirroring k-diffusion's sample_*
+ * functions, diffusers' DDPM/DDIM schedulers and CompVis' DDIM/PLMS):
+ *
+ *     x = noise * sigmas[0]            (k-diffusion family; DDPM/DDIM/PLMS: x = noise)
+ *     for i in 0..n-1:
+ *         D  = denoiser(x, sigmas[i])  or  eps = denoiser(x, timesteps[i])
+ *         x  = update(x, D / eps, noise from the rng)
+ *         callback(i, x, D)
+ *
+ * Leaves out: img2img start-at-step helpers (pass a suffix of sigmas /
+ * timesteps instead), learned variances, dynamic thresholding.
+ */
+#ifndef LDM_SAMPLER_H
+#define LDM_SAMPLER_H
+
+#include <stdint.h>
+
+#include "rng.h"
+#include "schedule.h"
+
+// ---------------------------------------------------------------------------
+// The model callback (implemented by the pipeline with the UNet)
+//   out  [N,per]  the network's raw output: eps or v
+//   x_in [N,per]  the network's input (already scaled by c_in where needed)
+//   t    [N]      timestep per row (fractional for the k-diffusion family)
+//   N             B, or 2B with guidance (rows [uncond..., cond...])
+// Returns 0, or LDM_ERR after ldm_error() (the sampler stops and returns it).
+typedef int (*ldm_model_fn)(float *out, const float *x_in, const float *t, int64_t N,
+                            void *ctx);
+
+typedef enum { LDM_PRED_EPS = 0, LDM_PRED_V = 1 } ldm_prediction;
+
+// The shared model wrapper. Fill the public fields, then ldm_denoiser_init.
+typedef struct ldm_denoiser {
+    ldm_model_fn fn;              // the network
+    void *ctx;                    // passed to fn
+    ldm_prediction prediction;    // what fn returns (SD1: eps, SD2 768-v: v)
+    int cfg;                      // 1: call fn on 2B rows and combine u + s (c - u)
+    float cfg_scale;              // s (7.5 SD1 default)
+    const ldm_schedule *sched;    // abar and sigma <-> t
+    int64_t B, per;               // batch, floats per sample (C*h*w)
+    // scratch, owned (ldm_denoiser_init / ldm_denoiser_free)
+    float *x_in;                  // [N,per]
+    float *out;                   // [N,per]
+    float *t;                     // [N]
+    int64_t nfe;                  // model evaluations so far (one per fn call)
+} ldm_denoiser;
+
+int ldm_denoiser_init(ldm_denoiser *d);   // allocates scratch; 0 / LDM_ERR
+void ldm_denoiser_free(ldm_denoiser *d);
+
+// eps [B,per] = the (guided) noise prediction at integer-valued timestep t
+// for x [B,per] (DDPM / DDIM / PLMS view; the input is not scaled).
+// v is converted: eps = sqrt(abar_t) v + sqrt(1 - abar_t) x.
+int ldm_denoiser_eps(ldm_denoiser *d, float *eps, const float *x, float t);
+
+// denoised [B,per] = D(x; sigma) (k-diffusion view, x = x0 + sigma n):
+//   c_in = 1/sqrt(sigma^2+1), t = sigma_to_t(sigma), out = fn(c_in x, t)
+//   eps: D = x - sigma out                              (CompVisDenoiser)
+//   v:   D = x/(sigma^2+1) - sigma/sqrt(sigma^2+1) out  (CompVisVDenoiser)
+int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, float sigma);
+
+// ---------------------------------------------------------------------------
+// One sampler run
+
+// Called after step i with x [B,per] after the step and the step's
+// prediction of x_0 (denoised / pred_x0) [B,per].
+typedef void (*ldm_step_fn)(void *ctx, int i, const float *x, const float *denoised);
+
+typedef struct ldm_sampler_ctx {
+    ldm_denoiser *dn;             // the model wrapper (gives B and per)
+    ldm_rng *rng;                 // noise: rng[0], or rng[0..B-1] when per_sample_noise
+    int per_sample_noise;         // 1: sample b draws from rng[b] (diffusers generator list)
+    int n;                        // number of steps
+    const float *sigmas;          // [n+1] k-diffusion family, descending, last 0
+    const int *timesteps;         // [n] DDPM / DDIM / PLMS, descending
+    float eta;                    // ancestral / DDIM noise amount (DDIM 0, ancestral 1)
+    float s_churn, s_tmin, s_tmax, s_noise; // Karras churn (Euler, Heun, DPM2), default 0,0,inf,1
+    int compvis;                  // DDIM/PLMS: CompVis noise draws (every step, even at eta 0)
+    int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
+    ldm_step_fn callback;         // optional
+    void *callback_ctx;
+} ldm_sampler_ctx;
+
+// Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
+// DDPM/DDIM/PLMS: noise), out: the final latent. 0 / LDM_ERR.
+typedef int (*ldm_sampler_fn)(float *x, ldm_sampler_ctx *c);
+
+int ldm_sample_ddpm(float *x, ldm_sampler_ctx *c);         // samplers/ddpm.c
+int ldm_sample_ddim(float *x, ldm_sampler_ctx *c);         // samplers/ddim.c
+int ldm_sample_plms(float *x, ldm_sampler_ctx *c);         // samplers/plms.c
+int ldm_sample_euler(float *x, ldm_sampler_ctx *c);        // samplers/euler.c
+int ldm_sample_euler_a(float *x, ldm_sampler_ctx *c);      // samplers/euler_a.c
+int ldm_sample_heun(float *x, ldm_sampler_ctx *c);         // samplers/heun.c
+int ldm_sample_dpm2(float *x, ldm_sampler_ctx *c);         // samplers/dpm2.c
+int ldm_sample_dpm2_a(float *x, ldm_sampler_ctx *c);       // samplers/dpm2_a.c
+int ldm_sample_lms(float *x, ldm_sampler_ctx *c);          // samplers/lms.c
+int ldm_sample_dpmpp_2s_a(float *x, ldm_sampler_ctx *c);   // samplers/dpmpp_2s_a.c
+int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.c
+int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
+int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
+
+// ---------------------------------------------------------------------------
+// Helpers the sampler files share (samplers/sampler.c)
+
+// noise [B,per] <- the next draw, as torch.randn_like(x) on the run's generator(s).
+void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
+// malloc'ed [count*B*per] floats (NULL + ldm_error on failure)
+float *ldm_sampler_alloc(const ldm_sampler_ctx *c, int count);
+// Ancestral step split (k-diffusion get_ancestral_step): sigma_up =
+// min(to, eta sqrt(to^2 (from^2 - to^2) / from^2)), sigma_down = sqrt(to^2 - up^2).
+void ldm_ancestral_step(double *sigma_down, double *sigma_up, double from, double to, double eta);
+
+// ---------------------------------------------------------------------------
+// The table: names as users know them
+
+typedef enum { LDM_SIGMAS_DEFAULT = 0, LDM_SIGMAS_KARRAS = 1, LDM_SIGMAS_EXPONENTIAL = 2 } ldm_sigma_kind;
+
+typedef struct ldm_sampler_info {
+    const char *name;      // "euler_a"
+    const char *label;     // "Euler a"
+    ldm_sampler_fn fn;
+    int uses_sigmas;       // 1: k-diffusion family (sigmas); 0: discrete timesteps
+    float default_eta;     // 1 for the ancestral / SDE samplers, 0 otherwise
+} ldm_sampler_info;
+
+extern const ldm_sampler_info ldm_samplers[];
+extern const int ldm_sampler_count;
+
+// Parse a user's sampler name: "euler_a", "Euler a", "k_euler_ancestral",
+// "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
+// Case-insensitive; spaces, '-' and '_' are equivalent. A " Karras" /
+// " Exponential" suffix selects the sigma schedule. 0 / LDM_ERR (lists names).
+int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
+
+// ---------------------------------------------------------------------------
+// The whole run in one call (what the pipeline uses)
+
+typedef struct ldm_sample_opts {
+    const ldm_sampler_info *sampler;
+    ldm_sigma_kind sigma_kind;    // k-diffusion family only
+    int steps;
+    float eta;                    // < 0: the sampler's default
+    ldm_spacing spacing;          // DDPM/DDIM/PLMS (SD: leading, offset 1; CompVis: uniform)
+    int steps_offset;
+    int compvis;                  // DDIM/PLMS CompVis noise-draw behaviour
+    float s_churn;                // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
+    int start_step;               // img2img: skip the first start_step steps of the schedule
+    const float *init;            // img2img: x0 latent [B,per] noised to the start level (or NULL)
+    ldm_step_fn callback;
+    void *callback_ctx;
+} ldm_sample_opts;
+
+// x [B,per] out <- sampled latent, starting from noise [B,per] ~ N(0,I)
+// (drawn by the caller, e.g. ldm_rng_randn_batch). rng as in ldm_sampler_ctx.
+// txt2img: start_step 0, init NULL. img2img (strength s of n steps): start_step
+// = n - int(s n); the start is init + noise * sigmas[start] (k-diffusion) or
+// q_sample(init, noise, timesteps[start]) (DDPM eq. 4; DDPM/DDIM/PLMS), and
+// the run takes the remaining steps, as diffusers' img2img pipelines do.
+int ldm_sample(float *x, const float *noise, const ldm_sample_opts *o, ldm_denoiser *dn,
+               ldm_rng *rng, int per_sample_noise);
+
+#endif

@@ -1,0 +1,240 @@
+/*
+ * samplers/schedule.c -- betas, alpha-bar, sigmas, timestep spacings, Karras
+ * and exponential sigma schedules, the forward process (see schedule.h).
+ *
+ * Precision follows the references so that tests can hold us to 1e-6:
+ * torch.linspace's two-sided formula (start + i*step for the first half,
+ * end - (n-1-i)*step for the second), float32 arithmetic where diffusers and
+ * k-diffusion compute in float32, float64 where CompVis does.
+ */
+#include "schedule.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ldm/error.h"
+
+// ---------------------------------------------------------------------------
+// torch.linspace, element i of n, in float64 and float32
+
+static double linspace_f64(double a, double b, int n, int i) {
+    if (n == 1) return a;
+    double step = (b - a) / (double)(n - 1);
+    return i < n / 2 ? a + step * (double)i : b - step * (double)(n - 1 - i);
+}
+
+static float linspace_f32(float a, float b, int n, int i) {
+    if (n == 1) return a;
+    float step = (b - a) / (float)(n - 1);
+    return i < n / 2 ? a + step * (float)i : b - step * (float)(n - 1 - i);
+}
+
+// ---------------------------------------------------------------------------
+// betas -> alphas_cumprod -> sigmas
+
+// Nichol & Dhariwal 2021 eq. 17: abar(t) = cos^2(((t/T) + s)/(1 + s) * pi/2), s = 0.008.
+static double cosine_abar(double u) {
+    double c = cos((u + 0.008) / 1.008 * M_PI / 2);
+    return c * c;
+}
+
+int ldm_schedule_init(ldm_schedule *s, ldm_beta_kind kind, ldm_sched_precision prec, double b0,
+                      double b1, int T) {
+    if (T < 2 || T > LDM_SCHEDULE_MAX_T)
+        return ldm_error("schedule: num_train_timesteps must be in [2, %d], found %d",
+                         LDM_SCHEDULE_MAX_T, T);
+    if (kind != LDM_BETA_COSINE && !(b0 > 0 && b0 < 1 && b1 > 0 && b1 < 1))
+        return ldm_error("schedule: beta_start and beta_end must be in (0,1), found %g and %g",
+                         b0, b1);
+    memset(s, 0, sizeof *s);
+    s->T = T;
+    double acc64 = 1.0;  // running product (float64 in both precisions: torch's
+                         // CPU cumprod accumulates float32 in double too)
+    for (int i = 0; i < T; i++) {
+        double beta;
+        if (kind == LDM_BETA_COSINE) {
+            // betas_for_alpha_bar: computed in float64, then stored float32
+            beta = fmin(1.0 - cosine_abar((double)(i + 1) / T) / cosine_abar((double)i / T), 0.999);
+            if (prec == LDM_SCHED_DIFFUSERS) beta = (float)beta;
+        } else if (prec == LDM_SCHED_COMPVIS) {
+            double l = kind == LDM_BETA_SCALED_LINEAR ? linspace_f64(sqrt(b0), sqrt(b1), T, i)
+                                                      : linspace_f64(b0, b1, T, i);
+            beta = kind == LDM_BETA_SCALED_LINEAR ? l * l : l;
+        } else {
+            float l = kind == LDM_BETA_SCALED_LINEAR
+                          ? linspace_f32((float)sqrt(b0), (float)sqrt(b1), T, i)
+                          : linspace_f32((float)b0, (float)b1, T, i);
+            beta = kind == LDM_BETA_SCALED_LINEAR ? (double)(l * l) : (double)l;
+        }
+        double alpha = prec == LDM_SCHED_DIFFUSERS ? (double)(1.0f - (float)beta) : 1.0 - beta;
+        acc64 *= alpha;                                   // abar_t = prod alpha_s (DDPM eq. 4)
+        if (prec == LDM_SCHED_DIFFUSERS) acc64 = (float)acc64;
+        s->alphas_cumprod[i] = (float)acc64;
+    }
+    for (int i = 0; i < T; i++) {
+        // k-diffusion DiscreteEpsDDPMDenoiser: ((1 - ac) / ac) ** 0.5 in float32
+        float ac = s->alphas_cumprod[i];
+        s->sigmas[i] = sqrtf((1.0f - ac) / ac);
+        s->log_sigmas[i] = logf(s->sigmas[i]);
+    }
+    return LDM_OK;
+}
+
+void ldm_schedule_init_sd(ldm_schedule *s) {
+    ldm_schedule_init(s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_COMPVIS, 0.00085, 0.012, 1000);
+}
+
+int ldm_beta_kind_parse(ldm_beta_kind *kind, const char *name) {
+    if (!name) name = "(null)";
+    if (!strcmp(name, "scaled_linear")) *kind = LDM_BETA_SCALED_LINEAR;
+    else if (!strcmp(name, "linear")) *kind = LDM_BETA_LINEAR;
+    else if (!strcmp(name, "cosine") || !strcmp(name, "squaredcos_cap_v2")) *kind = LDM_BETA_COSINE;
+    else
+        return ldm_error("beta schedule: expected scaled_linear, linear or cosine, found \"%s\"",
+                         name);
+    return LDM_OK;
+}
+
+// ---------------------------------------------------------------------------
+// sigma <-> t
+
+float ldm_sigma_to_t(const ldm_schedule *s, float sigma) {
+    float log_sigma = logf(sigma);
+    // low = the last training level with log_sigma[i] <= log_sigma (0 if none),
+    // at most T-2 so that high = low+1 exists
+    int low = 0;
+    for (int i = 0; i < s->T; i++)
+        if (log_sigma - s->log_sigmas[i] >= 0) low = i;
+    if (low > s->T - 2) low = s->T - 2;
+    int high = low + 1;
+    float lo = s->log_sigmas[low], hi = s->log_sigmas[high];
+    float w = (lo - log_sigma) / (lo - hi);
+    if (w < 0) w = 0;
+    if (w > 1) w = 1;
+    return (1.0f - w) * (float)low + w * (float)high;
+}
+
+float ldm_t_to_sigma(const ldm_schedule *s, float t) {
+    int low = (int)floorf(t), high = (int)ceilf(t);
+    if (low < 0) low = 0;
+    if (high > s->T - 1) high = s->T - 1;
+    if (low > high) low = high;
+    float w = t - floorf(t);
+    float log_sigma = (1.0f - w) * s->log_sigmas[low] + w * s->log_sigmas[high];
+    return expf(log_sigma);
+}
+
+double ldm_schedule_abar(const ldm_schedule *s, double t) {
+    double sigma = ldm_t_to_sigma(s, (float)t);
+    return 1.0 / (1.0 + sigma * sigma);
+}
+
+// ---------------------------------------------------------------------------
+// timestep spacings
+
+int ldm_spacing_parse(ldm_spacing *sp, const char *name) {
+    if (!name) name = "(null)";
+    if (!strcmp(name, "leading")) *sp = LDM_SPACING_LEADING;
+    else if (!strcmp(name, "trailing")) *sp = LDM_SPACING_TRAILING;
+    else if (!strcmp(name, "linspace")) *sp = LDM_SPACING_LINSPACE;
+    else if (!strcmp(name, "uniform") || !strcmp(name, "compvis")) *sp = LDM_SPACING_UNIFORM;
+    else
+        return ldm_error("timestep spacing: expected leading, trailing, linspace or uniform, "
+                         "found \"%s\"", name);
+    return LDM_OK;
+}
+
+int ldm_timesteps_count(const ldm_schedule *s, ldm_spacing sp, int n) {
+    if (n < 1 || n > s->T)
+        return ldm_error("steps: expected 1..%d, found %d", s->T, n);
+    if (sp == LDM_SPACING_UNIFORM) {
+        int c = s->T / n;
+        return (s->T + c - 1) / c;  // len(range(0, T, c)): more than n when c does not divide T
+    }
+    return n;
+}
+
+int ldm_timesteps(int *out, const ldm_schedule *s, ldm_spacing sp, int n, int steps_offset) {
+    int count = ldm_timesteps_count(s, sp, n);
+    if (count < 0) return count;
+    int T = s->T;
+    for (int i = 0; i < count; i++) {
+        int t;
+        switch (sp) {
+        case LDM_SPACING_LEADING:   // (arange(n) * (T//n)).round()[::-1] + offset
+            t = (count - 1 - i) * (T / n) + steps_offset;
+            break;
+        case LDM_SPACING_TRAILING:  // round(arange(T, 0, -T/n)) - 1
+            t = (int)nearbyint((double)T - (double)i * ((double)T / n)) - 1;
+            break;
+        case LDM_SPACING_LINSPACE: { // round(np.linspace(0, T-1, n))[::-1]
+            int j = count - 1 - i;
+            double v = n == 1 ? 0.0 : (double)j * ((double)(T - 1) / (n - 1));
+            if (n > 1 && j == n - 1) v = T - 1;  // numpy sets the endpoint exactly
+            t = (int)nearbyint(v);
+            break;
+        }
+        default:                    // CompVis make_ddim_timesteps("uniform") + 1
+            t = (count - 1 - i) * (T / n) + 1;
+            break;
+        }
+        if (t < 0) t = 0;
+        if (t > T - 1) t = T - 1;
+        out[i] = t;
+    }
+    return count;
+}
+
+// ---------------------------------------------------------------------------
+// sigma schedules
+
+void ldm_sigmas_default(float *out, const ldm_schedule *s, int n) {
+    for (int i = 0; i < n; i++)
+        out[i] = ldm_t_to_sigma(s, linspace_f32((float)(s->T - 1), 0.0f, n, i));
+    out[n] = 0;
+}
+
+void ldm_sigmas_karras(float *out, int n, double sigma_min, double sigma_max, double rho) {
+    float min_inv_rho = (float)pow(sigma_min, 1.0 / rho);
+    float max_inv_rho = (float)pow(sigma_max, 1.0 / rho);
+    for (int i = 0; i < n; i++) {
+        float ramp = linspace_f32(0.0f, 1.0f, n, i);
+        float base = max_inv_rho + ramp * (min_inv_rho - max_inv_rho);  // Karras eq. 5
+        out[i] = (float)pow((double)base, rho);
+    }
+    out[n] = 0;
+}
+
+void ldm_sigmas_exponential(float *out, int n, double sigma_min, double sigma_max) {
+    for (int i = 0; i < n; i++)
+        out[i] = expf(linspace_f32((float)log(sigma_max), (float)log(sigma_min), n, i));
+    out[n] = 0;
+}
+
+// ---------------------------------------------------------------------------
+// forward process and parametrisations
+
+void ldm_q_sample(float *xt, const float *x0, const float *noise, const int *t, int64_t B,
+                  int64_t per, const ldm_schedule *s) {
+    for (int64_t b = 0; b < B; b++) {
+        double abar = s->alphas_cumprod[t[b]];
+        float a = (float)sqrt(abar), c = (float)sqrt(1.0 - abar);
+        for (int64_t i = 0; i < per; i++)
+            xt[b * per + i] = a * x0[b * per + i] + c * noise[b * per + i];  // DDPM eq. 4
+    }
+}
+
+void ldm_eps_from_v(float *eps, const float *v, const float *x, double abar, int64_t n) {
+    double a = sqrt(abar), c = sqrt(1.0 - abar);
+    for (int64_t i = 0; i < n; i++) eps[i] = (float)(a * v[i] + c * x[i]);
+}
+
+void ldm_x0_from_eps(float *x0, const float *eps, const float *x, double abar, int64_t n) {
+    double a = sqrt(abar), c = sqrt(1.0 - abar);
+    for (int64_t i = 0; i < n; i++) x0[i] = (float)((x[i] - c * eps[i]) / a);
+}
+
+void ldm_v_from_eps(float *v, const float *eps, const float *x0, double abar, int64_t n) {
+    double a = sqrt(abar), c = sqrt(1.0 - abar);
+    for (int64_t i = 0; i < n; i++) v[i] = (float)(a * eps[i] - c * x0[i]);
+}

@@ -1,0 +1,532 @@
+/*
+ * tests/test_samplers.c -- samplers/ against PyTorch: the RNGs (torch.randn on
+ * CPU, torch CUDA Philox known values), the schedule (diffusers, CompVis,
+ * k-diffusion), timestep spacings, Karras / exponential sigmas, the forward
+ * process, and every sampler's whole trajectory under a deterministic
+ * stand-in denoiser defined identically in tools/reference/fixtures_samplers.py.
+ *
+ * Fixtures: tests/fixtures/samplers/ (make fixtures). Run from the repo root.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldm/error.h"
+#include "ldm/npy.h"
+#include "samplers/rng.h"
+#include "samplers/sampler.h"
+#include "samplers/schedule.h"
+#include "tests/test.h"
+
+#define FIX "tests/fixtures/samplers/"
+
+// Load a fixture (float32 .npy) into a malloc'ed buffer; *n = numel.
+static float *load(const char *name, int64_t *n) {
+    char path[512];
+    snprintf(path, sizeof path, FIX "%s", name);
+    float *data = NULL;
+    int64_t shape[8];
+    int ndim = 0;
+    if (ldm_npy_read_raw(&data, shape, &ndim, path) != LDM_OK) {
+        test_check(0, name, "cannot read fixture: %s (run `make fixtures`)", ldm_last_error());
+        return NULL;
+    }
+    int64_t k = 1;
+    for (int i = 0; i < ndim; i++) k *= shape[i];
+    if (n) *n = k;
+    return data;
+}
+
+// ---------------------------------------------------------------------------
+// RNG
+
+// The cpu generator is bit-exact: same mt19937 words, same masking, and the
+// same float32 operations as each torch build (AVX2 polynomials with fused
+// multiply-adds, or the C library's logf/sinf/cosf). Tolerance 0.
+#define RNG_CPU_ATOL 0.0
+
+static void test_rng_cpu(void) {
+    FILE *f = fopen(FIX "rng_cases.txt", "r");
+    if (!test_check(f != NULL, "rng_cases.txt", "missing (run `make fixtures`)")) return;
+    char line[512];
+    int64_t total = 0, exact = 0;
+    while (fgets(line, sizeof line, f)) {
+        char file[128], kind[16];
+        unsigned long long seed;
+        int per_sample, k, off = 0;
+        if (sscanf(line, "%127s %15s %llu %d %d%n", file, kind, &seed, &per_sample, &k, &off) != 5)
+            continue;
+        int64_t numel[16], sum = 0;
+        char *p = line + off;
+        for (int i = 0; i < k && i < 16; i++) {
+            int used = 0;
+            long long v;
+            sscanf(p, "%lld%n", &v, &used);
+            p += used;
+            numel[i] = v;
+            sum += v;
+        }
+        ldm_cpu_math math = strcmp(kind, "avx2") ? LDM_CPU_MATH_SCALAR : LDM_CPU_MATH_AVX2;
+        int64_t n;
+        float *exp = load(file, &n);
+        if (!exp) continue;
+        float *got = malloc((size_t)sum * sizeof(float));
+        if (per_sample) {  // generator i seeded seed + i, one call each
+            ldm_rng rngs[16];
+            for (int i = 0; i < k; i++) {
+                ldm_rng_init(&rngs[i], LDM_RNG_CPU, seed + (uint64_t)i);
+                rngs[i].cpu_math = math;
+            }
+            ldm_rng_randn_batch(rngs, 1, got, k, numel[0]);
+        } else {           // consecutive calls on one generator
+            ldm_rng r;
+            ldm_rng_init(&r, LDM_RNG_CPU, seed);
+            r.cpu_math = math;
+            int64_t at = 0;
+            for (int i = 0; i < k; i++) {
+                ldm_rng_randn(&r, got + at, numel[i]);
+                at += numel[i];
+            }
+        }
+        char name[200];
+        snprintf(name, sizeof name, "rng cpu %s", file);
+        test_close(name, got, exp, n == sum ? n : 0, 0, RNG_CPU_ATOL);
+        if (n != sum) test_check(0, name, "fixture has %lld values, expected %lld", (long long)n,
+                                 (long long)sum);
+        for (int64_t i = 0; i < n && i < sum; i++) exact += memcmp(&got[i], &exp[i], 4) == 0;
+        total += n;
+        free(got);
+        free(exp);
+    }
+    fclose(f);
+    printf("  rng cpu: %lld of %lld values bit-identical to torch.randn\n", (long long)exact,
+           (long long)total);
+}
+
+static void test_rng_cuda(void) {
+    // Philox4x32-10 known-answer vectors (Random123 kat_vectors, documented constants).
+    static const uint32_t ctr[3][4] = {{0, 0, 0, 0},
+                                       {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu},
+                                       {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}};
+    static const uint32_t key[3][2] = {{0, 0}, {0xffffffffu, 0xffffffffu},
+                                       {0xa4093822u, 0x299f31d0u}};
+    static const uint32_t want[3][4] = {{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u},
+                                        {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu},
+                                        {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}};
+    for (int i = 0; i < 3; i++) {
+        uint32_t out[4];
+        ldm_philox4x32_10(out, ctr[i], key[i]);
+        char name[64];
+        snprintf(name, sizeof name, "philox4x32-10 known-answer vector %d", i);
+        test_check(!memcmp(out, want[i], sizeof out), name, "got %08x %08x %08x %08x", out[0],
+                   out[1], out[2], out[3]);
+    }
+    // torch.randn(3, 4, device="cuda") after manual_seed(0): published values
+    // (documented constants: the first two in REFERENCE.md section 6, all 12
+    // in the docstring of AUTOMATIC1111's rng_philox.py, a public port checked
+    // against torch on a GPU). Tolerance 1e-6: the GPU takes sin/cos from the
+    // __sincosf approximation and the port computes u, v in float64; we
+    // follow curand's float32 u, v and use libm. Measured max 6e-7.
+    ldm_rng r;
+    ldm_rng_init(&r, LDM_RNG_CUDA, 0);
+    float got[4 * 8 * 8];
+    ldm_rng_randn(&r, got, 4 * 8 * 8);
+    const float exp[12] = {-0.92466259f, -0.42534414f, -2.64384580f, 0.14518388f,
+                           -0.12086648f, -0.57972562f, -0.62285119f, -0.32838708f,
+                           -1.07454228f, -0.36314407f, -1.67105067f, 2.26550508f};
+    test_close("rng cuda seed 0, 12 published values", got, exp, 12, 0, 1e-6);
+    // the generator offset advances by 4 per small call (torch's counter_offset)
+    test_check(r.philox_offset == 4, "rng cuda offset after one call", "offset %llu, expected 4",
+               (unsigned long long)r.philox_offset);
+    // element i of a small tensor does not depend on the tensor's size (thread i, value .x)
+    ldm_rng r2;
+    ldm_rng_init(&r2, LDM_RNG_CUDA, 0);
+    float small[12];
+    ldm_rng_randn(&r2, small, 12);
+    test_close("rng cuda prefix independent of numel", small, got, 12, 0, 0);
+}
+
+// ---------------------------------------------------------------------------
+// schedule
+
+// alphas_cumprod and sigmas: float32 values computed by the same formulas;
+// differences come from rounding order only (cumprod over 1000 factors).
+#define SCHED_RTOL 1e-6
+
+static void test_schedule(void) {
+    ldm_schedule s;
+    int64_t n;
+    float *e;
+    ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_COMPVIS, 0.00085, 0.012, 1000);
+    if ((e = load("sched_ac_compvis.npy", &n)))
+        test_close("alphas_cumprod CompVis (float64 betas)", s.alphas_cumprod, e, 1000, SCHED_RTOL, 0);
+    free(e);
+    if ((e = load("sched_sigmas.npy", &n)))
+        test_close("sigmas (k-diffusion CompVisDenoiser)", s.sigmas, e, 1000, SCHED_RTOL, 0);
+    free(e);
+    // REFERENCE.md section 5 constants (printed to 5-7 digits)
+    float kv[4] = {s.alphas_cumprod[0], s.alphas_cumprod[999], s.sigmas[0], s.sigmas[999]};
+    float kc[4] = {0.99915f, 0.0046601f, 0.0291672f, 14.61464f};
+    // Tolerances: the printed digits (5e-6 relative), except sigma_min:
+    // k-diffusion computes 1 - abar_0 in float32, where abar_0 = 0.99915 has
+    // an ulp of 6e-8, i.e. 7e-5 of 1 - abar_0; sqrt halves that. So its
+    // float32 sigma_min is 0.0291675, 1.1e-5 above the exact 0.0291672.
+    static const double tol[4] = {5e-6, 5e-6, 4e-5, 5e-6};
+    for (int i = 0; i < 4; i++) {
+        static const char *nm[4] = {"abar_0 = 0.99915", "abar_999 = 0.0046601",
+                                    "sigma_min = 0.0291672", "sigma_max = 14.61464"};
+        test_close(nm[i], &kv[i], &kc[i], 1, tol[i], 0);
+    }
+    ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
+    if ((e = load("sched_ac_diffusers.npy", &n)))
+        test_close("alphas_cumprod diffusers (float32 betas)", s.alphas_cumprod, e, 1000, SCHED_RTOL, 0);
+    free(e);
+    ldm_schedule_init(&s, LDM_BETA_LINEAR, LDM_SCHED_DIFFUSERS, 1e-4, 0.02, 1000);
+    if ((e = load("sched_ac_linear.npy", &n)))
+        test_close("alphas_cumprod linear 1e-4..0.02", s.alphas_cumprod, e, 1000, SCHED_RTOL, 0);
+    free(e);
+    ldm_schedule_init(&s, LDM_BETA_COSINE, LDM_SCHED_DIFFUSERS, 0, 0, 1000);
+    if ((e = load("sched_ac_cosine.npy", &n)))
+        test_close("alphas_cumprod squaredcos_cap_v2", s.alphas_cumprod, e, 1000, SCHED_RTOL, 0);
+    free(e);
+    test_check(ldm_schedule_init(&s, LDM_BETA_LINEAR, LDM_SCHED_COMPVIS, 0.1, 2.0, 1000) == LDM_ERR,
+               "schedule rejects beta_end 2.0", "accepted");
+
+    ldm_schedule_init_sd(&s);
+    float sig[51];
+    char name[128];
+    for (int k = 0; k < 3; k++) {
+        int steps = (int[]){10, 20, 50}[k];
+        snprintf(name, sizeof name, "sched_sigmas_default_%d.npy", steps);
+        ldm_sigmas_default(sig, &s, steps);
+        if ((e = load(name, &n))) test_close(name, sig, e, steps + 1, SCHED_RTOL, 0);
+        free(e);
+        snprintf(name, sizeof name, "sched_sigmas_karras_%d.npy", steps);
+        ldm_sigmas_karras(sig, steps, s.sigmas[0], s.sigmas[999], 7.0);
+        if ((e = load(name, &n))) test_close(name, sig, e, steps + 1, SCHED_RTOL, 0);
+        free(e);
+        snprintf(name, sizeof name, "sched_sigmas_exponential_%d.npy", steps);
+        ldm_sigmas_exponential(sig, steps, s.sigmas[0], s.sigmas[999]);
+        if ((e = load(name, &n))) test_close(name, sig, e, steps + 1, SCHED_RTOL, 0);
+        free(e);
+    }
+    // sigma <-> t (fractional t: absolute 1e-4 of a timestep, float32 log interpolation)
+    int64_t np_, ne;
+    float *probe = load("sched_sigma_probe.npy", &np_), *want = load("sched_sigma_to_t.npy", &ne);
+    if (probe && want) {
+        float *got = malloc((size_t)np_ * sizeof(float));
+        for (int64_t i = 0; i < np_; i++) got[i] = ldm_sigma_to_t(&s, probe[i]);
+        test_close("sigma_to_t (log-sigma interpolation)", got, want, np_, 0, 2e-4);
+        free(got);
+    }
+    free(probe); free(want);
+    probe = load("sched_t_probe.npy", &np_);
+    want = load("sched_t_to_sigma.npy", &ne);
+    if (probe && want) {
+        float *got = malloc((size_t)np_ * sizeof(float));
+        for (int64_t i = 0; i < np_; i++) got[i] = ldm_t_to_sigma(&s, probe[i]);
+        test_close("t_to_sigma", got, want, np_, SCHED_RTOL, 0);
+        free(got);
+    }
+    free(probe); free(want);
+}
+
+static void test_spacings(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    FILE *f = fopen(FIX "ts_cases.txt", "r");
+    if (!test_check(f != NULL, "ts_cases.txt", "missing")) return;
+    char line[256], file[128], spacing[32];
+    int steps, offset, bad = 0, cases = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%127s %31s %d %d", file, spacing, &steps, &offset) != 4) continue;
+        ldm_spacing sp;
+        int64_t n;
+        float *e = load(file, &n);
+        if (!e || ldm_spacing_parse(&sp, spacing) != LDM_OK) { bad++; free(e); continue; }
+        int ts[1000];
+        int count = ldm_timesteps(ts, &s, sp, steps, offset);
+        int ok = count == n;
+        for (int i = 0; ok && i < count; i++) ok = ts[i] == (int)e[i];
+        if (!ok) {
+            bad++;
+            printf("  timesteps %s: got count %d, first %d; expected count %lld, first %g\n", file,
+                   count, count > 0 ? ts[0] : -1, (long long)n, n ? e[0] : -1.0f);
+        }
+        cases++;
+        free(e);
+    }
+    fclose(f);
+    test_check(bad == 0 && cases > 0, "timestep spacings leading/trailing/linspace/uniform (exact)",
+               "%d of %d cases differ", bad, cases);
+}
+
+static void test_forward(void) {
+    ldm_schedule s;
+    ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
+    int64_t n;
+    float *x0 = load("q_x0.npy", &n), *nz = load("q_noise.npy", &n), *xt = load("q_xt.npy", &n),
+          *v = load("q_v.npy", &n);
+    if (!x0 || !nz || !xt || !v) return;
+    int t[2] = {999, 3};
+    int64_t per = n / 2;
+    float *got = malloc((size_t)n * sizeof(float)), *back = malloc((size_t)n * sizeof(float));
+    ldm_q_sample(got, x0, nz, t, 2, per, &s);
+    test_close("q_sample (diffusers add_noise)", got, xt, n, 1e-6, 0);
+    for (int b = 0; b < 2; b++)
+        ldm_v_from_eps(got + b * per, nz + b * per, x0 + b * per, s.alphas_cumprod[t[b]], per);
+    test_close("v = sqrt(abar) eps - sqrt(1-abar) x0 (get_velocity)", got, v, n, 1e-6, 0);
+    // eps from (v, x_t) must give back the noise; x0 from (eps, x_t) the x0
+    for (int b = 0; b < 2; b++) {
+        ldm_eps_from_v(back + b * per, v + b * per, xt + b * per, s.alphas_cumprod[t[b]], per);
+    }
+    test_close("eps_from_v(v, x_t) = noise", back, nz, n, 1e-5, 0);
+    for (int b = 0; b < 2; b++)
+        ldm_x0_from_eps(back + b * per, nz + b * per, xt + b * per, s.alphas_cumprod[t[b]], per);
+    // at t = 999 x0 = (x_t - 0.998 eps) / 0.068: float32 cancellation, so 1e-4
+    test_close("x0_from_eps(noise, x_t) = x0", back, x0, n, 1e-4, 0);
+    free(got); free(back); free(x0); free(nz); free(xt); free(v);
+}
+
+// ---------------------------------------------------------------------------
+// samplers
+
+// The stand-in denoiser (same formula as fixtures_samplers.py):
+//   eps(x, t, c) = tanh(0.5 x) (t/1000) + 0.1 sin(x + t/100) + 0.05 c cos(x)
+// rows [uncond (c=0) | cond (c = 1 + 0.5 b)] with guidance, [cond] without.
+typedef struct { int64_t B, per; int cfg; int fail_after; } standin_ctx;
+
+static int standin(float *out, const float *x_in, const float *t, int64_t N, void *vctx) {
+    standin_ctx *s = vctx;
+    if (s->fail_after == 0) return ldm_error("stand-in model: injected failure");
+    if (s->fail_after > 0) s->fail_after--;
+    for (int64_t r = 0; r < N; r++) {
+        int64_t b = r % s->B;
+        float c = (s->cfg && r < s->B) ? 0.0f : 1.0f + 0.5f * (float)b;
+        float tt = t[r];
+        for (int64_t k = 0; k < s->per; k++) {
+            float x = x_in[r * s->per + k];
+            out[r * s->per + k] = tanhf(0.5f * x) * (tt / 1000.0f) +
+                                  0.1f * sinf(x + tt / 100.0f) + 0.05f * c * cosf(x);
+        }
+    }
+    return LDM_OK;
+}
+
+typedef struct { float *traj; int64_t n; int steps; } traj_ctx;
+
+static void record(void *vctx, int i, const float *x, const float *denoised) {
+    traj_ctx *c = vctx;
+    if (i < c->steps) memcpy(c->traj + (int64_t)i * c->n, x, (size_t)c->n * sizeof(float));
+}
+
+// Trajectories: every intermediate x within 1e-5 of the largest |x| of that
+// step. Reason: our arithmetic is float32 like the reference, but a few
+// operations round differently (coefficients in double, libm vs torch's
+// vectorised tanh/sin/log/exp, CFG applied to eps instead of to D), each
+// ~1e-7 relative; over 50 steps (100 model calls for Heun/DPM2) these stay
+// below ~3e-6 relative with this contractive stand-in. The largest |x| is
+// sigma_max * |noise| ~ 50 at the start, so 1e-5 relative is ~5e-4 there.
+#define TRAJ_RTOL 1e-5
+
+static void test_sampler_cases(void) {
+    FILE *f = fopen(FIX "sampler_cases.txt", "r");
+    if (!test_check(f != NULL, "sampler_cases.txt", "missing")) return;
+    int64_t nn;
+    float *noise = load("x_T.npy", &nn);
+    if (!noise) { fclose(f); return; }
+    const int64_t B = 2, per = nn / 2;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        char file[128], sampler[32], sched[32], pred[8], prec[16], extra[32] = "-";
+        int steps, cfg, compvis, start = 0;
+        float eta;
+        unsigned long long seed;
+        if (line[0] == '#' ||
+            sscanf(line, "%127s %31s %31s %d %f %d %7s %d %15s %llu %31s", file, sampler, sched,
+                   &steps, &eta, &cfg, pred, &compvis, prec, &seed, extra) < 10)
+            continue;
+        float churn = 0;
+        sscanf(extra, "start=%d", &start);  // img2img: start step, init from init.npy
+        sscanf(extra, "churn=%f", &churn);  // Karras churn for Euler/Heun/DPM2
+        int64_t n;
+        float *exp = load(file, &n);
+        if (!exp) continue;
+        ldm_schedule s;
+        ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR,
+                          strcmp(prec, "diffusers") ? LDM_SCHED_COMPVIS : LDM_SCHED_DIFFUSERS,
+                          0.00085, 0.012, 1000);
+        standin_ctx sc = {B, per, cfg, -1};
+        ldm_denoiser dn = {.fn = standin, .ctx = &sc, .prediction = strcmp(pred, "v") ? LDM_PRED_EPS : LDM_PRED_V,
+                           .cfg = cfg, .cfg_scale = 5.0f, .sched = &s, .B = B, .per = per};
+        ldm_denoiser_init(&dn);
+        const ldm_sampler_info *info;
+        ldm_sigma_kind sk;
+        ldm_sampler_parse(&info, &sk, sampler);
+        ldm_sample_opts o = {.sampler = info, .steps = steps, .eta = eta, .compvis = compvis,
+                             .steps_offset = 1, .spacing = LDM_SPACING_LEADING};
+        if (!strcmp(sched, "karras")) o.sigma_kind = LDM_SIGMAS_KARRAS;
+        if (!strcmp(sched, "exponential")) o.sigma_kind = LDM_SIGMAS_EXPONENTIAL;
+        if (!strcmp(sched, "uniform")) o.spacing = LDM_SPACING_UNIFORM;
+        int64_t ni;
+        float *init = start ? load("init.npy", &ni) : NULL;
+        o.start_step = start;
+        o.s_churn = churn;
+        o.init = init;
+        int count = (info->uses_sigmas ? steps : ldm_timesteps_count(&s, o.spacing, steps)) - start;
+        traj_ctx tc = {malloc((size_t)(count * B * per) * sizeof(float)), B * per, count};
+        o.callback = record;
+        o.callback_ctx = &tc;
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, seed);
+        float *x = malloc((size_t)(B * per) * sizeof(float));
+        int rc = ldm_sample(x, noise, &o, &dn, &rng, 0);
+        char name[200];
+        snprintf(name, sizeof name, "%s (%lld model calls)", file, (long long)dn.nfe);
+        if (strstr(extra, "final") && rc == LDM_OK && n == B * per) {
+            // the fixture holds only the final x: compare that
+            memmove(tc.traj, tc.traj + (int64_t)(count - 1) * B * per,
+                    (size_t)(B * per) * sizeof(float));
+            count = 1;
+        }
+        if (rc != LDM_OK || n != (int64_t)count * B * per) {
+            test_check(0, name, "rc %d, %s, fixture %lld values vs %lld", rc, ldm_last_error(),
+                       (long long)n, (long long)count * B * per);
+        } else {
+            double worst = 0, worst_abs = 0;
+            int worst_step = 0;
+            for (int i = 0; i < count; i++) {
+                const float *g = tc.traj + (int64_t)i * B * per, *e = exp + (int64_t)i * B * per;
+                double ma = 0, sc2 = 0;
+                for (int64_t k = 0; k < B * per; k++) {
+                    double d = fabs((double)g[k] - e[k]);
+                    if (!(d <= ma)) ma = d;  // NaN-propagating max
+                    if (fabs(e[k]) > sc2) sc2 = fabs(e[k]);
+                }
+                double rel = ma / (sc2 > 0 ? sc2 : 1);
+                if (!(rel <= worst)) { worst = rel; worst_abs = ma; worst_step = i; }
+            }
+            int final_ok = !memcmp(x, tc.traj + (int64_t)(count - 1) * B * per,
+                                   (size_t)(B * per) * sizeof(float));
+            int ok = worst <= TRAJ_RTOL && final_ok;
+            test_passed_count += ok;
+            test_failed_count += !ok;
+            printf("  %-7s %-48s %2d steps  worst step %2d: max_abs %.3e max_rel %.3e  (tol %.0e)\n",
+                   ok ? "ok" : "NOT OK", name, count, worst_step, worst_abs, worst, TRAJ_RTOL);
+        }
+        free(x); free(tc.traj); free(exp); free(init);
+        ldm_denoiser_free(&dn);
+    }
+    fclose(f);
+    free(noise);
+}
+
+static void test_names_and_errors(void) {
+    const ldm_sampler_info *info = NULL;
+    ldm_sigma_kind sk;
+    int ok = ldm_sampler_parse(&info, &sk, "DPM++ 2M Karras") == LDM_OK &&
+             !strcmp(info->name, "dpmpp_2m") && sk == LDM_SIGMAS_KARRAS;
+    test_check(ok, "parse \"DPM++ 2M Karras\"", "got %s", info ? info->name : "-");
+    ok = ldm_sampler_parse(&info, &sk, "Euler a") == LDM_OK && !strcmp(info->name, "euler_a") &&
+         sk == LDM_SIGMAS_DEFAULT;
+    test_check(ok, "parse \"Euler a\"", "got %s", info ? info->name : "-");
+    ok = ldm_sampler_parse(&info, &sk, "k_lms") == LDM_OK && !strcmp(info->name, "lms");
+    test_check(ok, "parse \"k_lms\"", "%s", "check failed");
+    ok = ldm_sampler_parse(&info, &sk, "dpmpp_sde_exponential") == LDM_OK &&
+         !strcmp(info->name, "dpmpp_sde") && sk == LDM_SIGMAS_EXPONENTIAL;
+    test_check(ok, "parse \"dpmpp_sde_exponential\"", "%s", "check failed");
+    for (int i = 0; i < ldm_sampler_count; i++) {
+        ok = ldm_sampler_parse(&info, &sk, ldm_samplers[i].label) == LDM_OK &&
+             info == &ldm_samplers[i];
+        if (!ok) test_check(0, "parse every label", "%s", ldm_samplers[i].label);
+    }
+    test_check(ldm_sampler_parse(&info, &sk, "euler_b") == LDM_ERR &&
+                   strstr(ldm_last_error(), "dpmpp_2m") != NULL,
+               "unknown sampler rejected with the list of names", "%s", ldm_last_error());
+    test_check(ldm_sampler_parse(&info, &sk, "DDIM Karras") == LDM_ERR,
+               "Karras on a discrete sampler rejected", "%s", "check failed");
+    ldm_spacing sp;
+    test_check(ldm_spacing_parse(&sp, "sideways") == LDM_ERR, "unknown spacing rejected", "%s", "check failed");
+    ldm_rng_kind rk;
+    test_check(ldm_rng_parse(&rk, "gpu") == LDM_ERR, "unknown rng rejected", "%s", "check failed");
+
+    // a failing model call stops every sampler with its error
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    float noise[2 * 16] = {0}, x[2 * 16];
+    int all = 1;
+    for (int i = 0; i < ldm_sampler_count; i++) {
+        standin_ctx sc = {2, 16, 1, 3};
+        ldm_denoiser dn = {.fn = standin, .ctx = &sc, .cfg = 1, .cfg_scale = 7.5f, .sched = &s,
+                           .B = 2, .per = 16};
+        ldm_denoiser_init(&dn);
+        ldm_sample_opts o = {.sampler = &ldm_samplers[i], .steps = 10, .eta = -1,
+                             .spacing = LDM_SPACING_LEADING, .steps_offset = 1};
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+        ldm_clear_error();
+        int rc = ldm_sample(x, noise, &o, &dn, &rng, 0);
+        if (rc != LDM_ERR || !strstr(ldm_last_error(), "injected")) {
+            all = 0;
+            printf("  %s: rc %d after a model failure\n", ldm_samplers[i].name, rc);
+        }
+        ldm_denoiser_free(&dn);
+    }
+    test_check(all, "model failure propagates out of every sampler", "%s", "check failed");
+    float noise2[16] = {0};
+    ldm_denoiser dn = {.fn = standin, .sched = &s, .B = 1, .per = 16};
+    ldm_denoiser_init(&dn);
+    ldm_sample_opts o = {.sampler = &ldm_samplers[1], .steps = 0, .eta = -1};
+    ldm_rng rng;
+    ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+    test_check(ldm_sample(noise2, noise2, &o, &dn, &rng, 0) == LDM_ERR, "steps = 0 rejected", "%s", "check failed");
+    ldm_denoiser_free(&dn);
+}
+
+// docs/06-samplers.md exercise 1: DDIM with eta = 1 is DDPM's ancestral step
+// (DDIM sec. 4.1). With abar_prev = 1 after the last step (set_alpha_to_one)
+// and the same generator, the two trajectories agree to float rounding.
+static void test_ddim_eta1_is_ddpm(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    int64_t nn;
+    float *noise = load("x_T.npy", &nn);
+    if (!noise) return;
+    int64_t B = 2, per = nn / 2;
+    int ts[20];
+    ldm_timesteps(ts, &s, LDM_SPACING_LEADING, 20, 1);
+    float *x[2];
+    for (int k = 0; k < 2; k++) {
+        standin_ctx sc = {B, per, 1, -1};
+        ldm_denoiser dn = {.fn = standin, .ctx = &sc, .cfg = 1, .cfg_scale = 5.0f, .sched = &s,
+                           .B = B, .per = per};
+        ldm_denoiser_init(&dn);
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, 5);
+        ldm_sampler_ctx c = {.dn = &dn, .rng = &rng, .n = 20, .timesteps = ts, .eta = 1.0f,
+                             .set_alpha_to_one = 1};
+        x[k] = malloc((size_t)nn * sizeof(float));
+        memcpy(x[k], noise, (size_t)nn * sizeof(float));
+        if (k == 0) ldm_sample_ddim(x[k], &c);
+        else ldm_sample_ddpm(x[k], &c);
+        ldm_denoiser_free(&dn);
+    }
+    test_close("DDIM eta=1 equals DDPM (exercise 1)", x[0], x[1], nn, 1e-5, 0);
+    free(x[0]); free(x[1]); free(noise);
+}
+
+int main(void) {
+    printf("-- rng\n");
+    test_rng_cpu();
+    test_rng_cuda();
+    printf("-- schedule\n");
+    test_schedule();
+    test_spacings();
+    test_forward();
+    printf("-- samplers\n");
+    test_sampler_cases();
+    test_names_and_errors();
+    test_ddim_eta1_is_ddpm();
+    return test_summary();
+}
