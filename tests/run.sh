@@ -3,6 +3,8 @@
 # output, then the grand total as one line "N passed, M failed". Exits
 # non-zero when any check failed or any binary crashed or printed no summary.
 BUILD=${1:-build}
+# Tests that run the CLI (tests/test_cli.c) find it as $LDM_BUILD/sd.
+export LDM_BUILD="$BUILD"
 pass=0; fail=0; bad=""
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
