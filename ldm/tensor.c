@@ -79,6 +79,7 @@ void ldm_tensor_free(ldm_tensor *t) {
 }
 
 ldm_tensor ldm_tensor_view(const ldm_tensor *t, const int64_t *shape, int ndim) {
+    LDM_ASSERT(ndim >= 0 && ndim <= LDM_MAX_DIMS, "view rank in 0..LDM_MAX_DIMS", t);
     ldm_tensor v = *t;
     v.owns = 0;
     v.ndim = ndim;
