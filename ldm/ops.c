@@ -25,8 +25,6 @@ extern const struct ldm_ops ldm_ops_cuda __attribute__((weak));
 // The CUDA backend's host code and kernels run on the CPU (ldm/ops_cuda_emu.c,
 // in every build).
 extern const struct ldm_ops ldm_ops_cuda_emu;
-// The CUDA backend's kernels run on the CPU (ldm/ops_cuda_emu.c): every build.
-extern const struct ldm_ops ldm_ops_cuda_emu;
 // ldm/ops_cuda.cu: number of usable GPUs (0 without a device or driver).
 extern int ldm_cuda_device_count(void) __attribute__((weak));
 
@@ -34,7 +32,6 @@ const struct ldm_ops *ldm_backend(const char *name) {
     if (!name) name = "";
     if (strcmp(name, "ref") == 0) return &ldm_ops_ref;
     if (strcmp(name, "cpu") == 0) return &ldm_ops_cpu;
-    if (strcmp(name, "cuda-emu") == 0) return &ldm_ops_cuda_emu;
     if (strcmp(name, "cuda") == 0) {
         if (&ldm_ops_cuda != NULL && ldm_cuda_device_count && ldm_cuda_device_count() == 0) {
             ldm_error("backend 'cuda': this build has it, but no CUDA device is usable here "
