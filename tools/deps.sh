@@ -2,8 +2,8 @@
 # tools/deps.sh check|install -- the Debian packages the ldm.c build needs.
 #   check    exit 0 when every header and library is present
 #   install  apt-get install them (as root, or through sudo), else print the command
-PKGS="build-essential libopenblas-dev libpng-dev libcjson-dev libutf8proc-dev python3 unzip"
-HEADERS="cblas.h png.h cjson/cJSON.h utf8proc.h"
+PKGS="build-essential libopenblas-dev libpng-dev libcjson-dev libutf8proc-dev zlib1g-dev python3 python3-pip unzip"
+HEADERS="cblas.h png.h zlib.h cjson/cJSON.h utf8proc.h"
 
 have_header() {
     echo "#include <$1>" | ${CC:-gcc} -E -x c - >/dev/null 2>&1
@@ -13,7 +13,7 @@ check() {
     for h in $HEADERS; do
         have_header "$h" || { echo "deps: missing header <$h>" >&2; return 1; }
     done
-    command -v python3 >/dev/null 2>&1 || { echo "deps: missing python3" >&2; return 1; }
+    python3 -m pip --version >/dev/null 2>&1 || { echo "deps: missing python3 with pip (vocabulary download)" >&2; return 1; }
     command -v unzip >/dev/null 2>&1 || { echo "deps: missing unzip" >&2; return 1; }
     return 0
 }

@@ -1,0 +1,555 @@
+/*
+ * tokenizer/clean.c -- text cleaning before CLIP's BPE, as Python does it.
+ *
+ * Mirrors open_clip/OpenAI CLIP `simple_tokenizer.py`:
+ *     whitespace_clean(basic_clean(text)).lower()
+ *     basic_clean = ftfy.fix_text -> html.unescape(html.unescape(.)) -> strip
+ *     whitespace_clean = " ".join(text.split()).strip()
+ * with ftfy 6.3.1's default fix_text, minus its mojibake repair
+ * (fix_encoding: guessing that text was decoded with the wrong codec), which
+ * is out of scope: text that ftfy would treat as mojibake may tokenize
+ * differently (docs/02-tokenizer.md).
+ *
+ * Unicode data (categories, bidi classes, case mappings, NFC/NFKC) comes from
+ * utf8proc; the HTML5 entity names from tokenizer/entities.c, generated from
+ * Python's html.entities. Everything works on code-point arrays, like a
+ * Python str, so "position" and "length" mean what they mean in Python.
+ */
+#include "tokenizer/clean.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#include "ldm/error.h"
+#include "tokenizer/casing.h"
+#include "tokenizer/entities.h"
+
+// ---- code-point strings -------------------------------------------------------
+
+void ldm_u32str_free(ldm_u32str *s) {
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+static int u32_reserve(ldm_u32str *s, size_t extra) {
+    if (s->n + extra <= s->cap) return LDM_OK;
+    size_t cap = s->cap ? s->cap : 64;
+    while (cap < s->n + extra) {
+        if (cap > ((size_t)1 << 40)) return ldm_error("tokenizer: text too long (%zu code points)", s->n);
+        cap *= 2;
+    }
+    uint32_t *v = realloc(s->v, cap * sizeof *v);
+    if (!v) return ldm_error("tokenizer: out of memory for %zu code points", cap);
+    s->v = v;
+    s->cap = cap;
+    return LDM_OK;
+}
+
+static int u32_push(ldm_u32str *s, uint32_t c) {
+    if (s->n == s->cap && u32_reserve(s, 1)) return LDM_ERR;
+    s->v[s->n++] = c;
+    return LDM_OK;
+}
+
+static int u32_append(ldm_u32str *s, const uint32_t *c, size_t n) {
+    if (u32_reserve(s, n)) return LDM_ERR;
+    if (n) memcpy(s->v + s->n, c, n * sizeof *c);
+    s->n += n;
+    return LDM_OK;
+}
+
+// Append a UTF-8 literal from the generated tables (always valid UTF-8).
+static int u32_append_utf8(ldm_u32str *s, const char *u) {
+    const uint8_t *p = (const uint8_t *)u;
+    while (*p) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p, -1, &c);
+        if (k <= 0) return ldm_error("tokenizer: internal entity table is not UTF-8");
+        if (u32_push(s, (uint32_t)c)) return LDM_ERR;
+        p += k;
+    }
+    return LDM_OK;
+}
+
+static void u32_swap(ldm_u32str *a, ldm_u32str *b) {
+    ldm_u32str t = *a;
+    *a = *b;
+    *b = t;
+}
+
+// ---- UTF-8 ----------------------------------------------------------------------
+
+int ldm_utf8_decode(ldm_u32str *out, const char *text, size_t len) {
+    const uint8_t *s = (const uint8_t *)text;
+    out->n = 0;
+    if (u32_reserve(out, len + 1)) return LDM_ERR;
+    size_t i = 0;
+    while (i < len) {
+        uint32_t b = s[i], c, min;
+        int k;
+        if (b < 0x80) { out->v[out->n++] = b; i++; continue; }
+        else if ((b & 0xE0) == 0xC0) { k = 1; c = b & 0x1F; min = 0x80; }
+        else if ((b & 0xF0) == 0xE0) { k = 2; c = b & 0x0F; min = 0x800; }
+        else if ((b & 0xF8) == 0xF0) { k = 3; c = b & 0x07; min = 0x10000; }
+        else if ((b & 0xC0) == 0x80)
+            return ldm_error("invalid UTF-8 at byte offset %zu: stray continuation byte 0x%02X", i, b);
+        else
+            return ldm_error("invalid UTF-8 at byte offset %zu: byte 0x%02X cannot start a character", i, b);
+        if (len - i <= (size_t)k)
+            return ldm_error("invalid UTF-8 at byte offset %zu: sequence truncated by the end of the text", i);
+        for (int j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80)
+                return ldm_error("invalid UTF-8 at byte offset %zu: expected a continuation byte at offset %zu, found 0x%02X",
+                                 i, i + j, s[i + j]);
+            c = (c << 6) | (s[i + j] & 0x3F);
+        }
+        if (c < min) return ldm_error("invalid UTF-8 at byte offset %zu: overlong encoding of U+%04X", i, c);
+        if (c >= 0xD800 && c <= 0xDFFF)
+            return ldm_error("invalid UTF-8 at byte offset %zu: encoded surrogate U+%04X", i, c);
+        if (c > 0x10FFFF) return ldm_error("invalid UTF-8 at byte offset %zu: U+%X is above U+10FFFF", i, c);
+        out->v[out->n++] = c;
+        i += (size_t)k + 1;
+    }
+    return LDM_OK;
+}
+
+int ldm_utf8_encode(char **out, size_t *len, const uint32_t *cp, size_t n) {
+    char *s = malloc(4 * n + 1);
+    if (!s) return ldm_error("tokenizer: out of memory encoding %zu code points", n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)utf8proc_encode_char((utf8proc_int32_t)cp[i], (utf8proc_uint8_t *)s + k);
+    s[k] = 0;
+    *out = s;
+    *len = k;
+    return LDM_OK;
+}
+
+// ---- Unicode properties (utf8proc) ------------------------------------------------
+
+// Python str.isspace(): bidirectional class WS, B or S, or category Zs.
+int ldm_py_isspace(uint32_t c) {
+    if (c > 0x10FFFF) return 0;
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)c);
+    return p->category == UTF8PROC_CATEGORY_ZS || p->bidi_class == UTF8PROC_BIDI_CLASS_WS ||
+           p->bidi_class == UTF8PROC_BIDI_CLASS_B || p->bidi_class == UTF8PROC_BIDI_CLASS_S;
+}
+
+static int is_decimal(uint32_t c) { return utf8proc_category((utf8proc_int32_t)c) == UTF8PROC_CATEGORY_ND; }
+
+// ---- ftfy.fix_text ------------------------------------------------------------------
+// ftfy/__init__.py fix_and_explain: repeat [unescape_html, (fix_encoding),
+// fix_c1_controls, fix_latin_ligatures, fix_character_width, uncurl_quotes,
+// fix_line_breaks, fix_surrogates, remove_terminal_escapes,
+// remove_control_chars, NFC] until the text stops changing.
+
+static int is_ascii_alnum(uint32_t c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int entity_cmp(const void *key, const void *elem) {
+    return strcmp((const char *)key, ((const ldm_entity *)elem)->name);
+}
+
+// name (ASCII, without '&') -> replacement, or NULL.
+static const char *entity_find(const ldm_entity *table, int count, const char *name) {
+    const ldm_entity *e = bsearch(name, table, (size_t)count, sizeof *table, entity_cmp);
+    return e ? e->utf8 : NULL;
+}
+
+// Python's html.unescape of t[0..n): see _charref / _replace_charref in
+// Lib/html/__init__.py. Appends to out.
+static const uint32_t html_invalid_charrefs[32] = { // 0x80..0x9F (0x00 and 0x0D handled inline)
+    0x20AC, 0x81,   0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+    0x2039, 0x0152, 0x8D,   0x017D, 0x8F,   0x90,   0x2018, 0x2019, 0x201C, 0x201D, 0x2022,
+    0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D,   0x017E, 0x0178};
+
+static int html_invalid_codepoint(uint32_t c) {
+    return (c >= 0x1 && c <= 0x8) || (c >= 0xE && c <= 0x1F) || (c >= 0x7F && c <= 0x9F) ||
+           (c >= 0xFDD0 && c <= 0xFDEF) || c == 0xB || (c & 0xFFFE) == 0xFFFE;
+}
+
+// Numeric reference value -> replacement (html._replace_charref, numeric branch).
+static int html_numeric(ldm_u32str *out, uint64_t num) {
+    if (num == 0x00) return u32_push(out, 0xFFFD);
+    if (num == 0x0D) return u32_push(out, '\r');
+    if (num >= 0x80 && num <= 0x9F) return u32_push(out, html_invalid_charrefs[num - 0x80]);
+    if ((num >= 0xD800 && num <= 0xDFFF) || num > 0x10FFFF) return u32_push(out, 0xFFFD);
+    if (html_invalid_codepoint((uint32_t)num)) return LDM_OK; // dropped
+    return u32_push(out, (uint32_t)num);
+}
+
+int ldm_html_unescape(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    size_t i = 0;
+    while (i < n) {
+        if (t[i] != '&') {
+            if (u32_push(out, t[i])) return LDM_ERR;
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        if (j < n && t[j] == '#') {
+            // '#[0-9]+;?' or '#[xX][0-9a-fA-F]+;?'; the value saturates past U+10FFFF.
+            int hex = j + 1 < n && (t[j + 1] == 'x' || t[j + 1] == 'X');
+            size_t k = j + 1 + (size_t)hex, d0 = k;
+            uint64_t num = 0;
+            for (; k < n; k++) {
+                uint32_t c = t[k];
+                int v = c >= '0' && c <= '9' ? (int)(c - '0')
+                        : hex && c >= 'a' && c <= 'f' ? (int)(c - 'a' + 10)
+                        : hex && c >= 'A' && c <= 'F' ? (int)(c - 'A' + 10) : -1;
+                if (v < 0) break;
+                num = num * (hex ? 16 : 10) + (uint64_t)v;
+                if (num > 0x10FFFF) num = 0x110000;
+            }
+            if (k == d0) { // no digits: not a reference ('#' cannot start a name)
+                if (u32_push(out, '&')) return LDM_ERR;
+                i++;
+                continue;
+            }
+            if (k < n && t[k] == ';') k++;
+            if (html_numeric(out, num)) return LDM_ERR;
+            i = k;
+            continue;
+        }
+        // '[^\t\n\f <&#;]{1,32};?'
+        size_t k = j;
+        while (k < n && k - j < 32 && t[k] != '\t' && t[k] != '\n' && t[k] != '\f' && t[k] != ' ' &&
+               t[k] != '<' && t[k] != '&' && t[k] != '#' && t[k] != ';')
+            k++;
+        if (k == j) {
+            if (u32_push(out, '&')) return LDM_ERR;
+            i++;
+            continue;
+        }
+        if (k < n && t[k] == ';') k++;
+        // s = t[j..k). Exact name, else the longest name s[:x], x = len-1 .. 2.
+        size_t len = k - j, x;
+        char name[40];
+        const char *rep = NULL;
+        for (x = len; x >= 2; x--) {
+            int ascii = 1;
+            for (size_t q = 0; q < x; q++) {
+                if (t[j + q] >= 0x80) { ascii = 0; break; }
+                name[q] = (char)t[j + q];
+            }
+            name[x] = 0;
+            if (ascii) rep = entity_find(ldm_html5_entities, ldm_html5_entities_count, name);
+            if (rep) break;
+        }
+        if (rep) {
+            if (u32_append_utf8(out, rep) || u32_append(out, t + j + x, len - x)) return LDM_ERR;
+        } else {
+            if (u32_push(out, '&') || u32_append(out, t + j, len)) return LDM_ERR;
+        }
+        i = k;
+    }
+    return LDM_OK;
+}
+
+// ftfy.fixes.unescape_html: only '&#?[0-9A-Za-z]{1,24};' references; names
+// from the HTML5 table (with ';') or ftfy's upper-case list; numeric ones
+// through html.unescape, kept as they are if that leaves a ';'.
+static int ftfy_unescape_html(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    ldm_u32str tmp = {0};
+    size_t i = 0;
+    while (i < n) {
+        if (t[i] == '&') {
+            size_t j = i + 1;
+            int hash = j < n && t[j] == '#';
+            size_t k = j + (size_t)hash;
+            while (k < n && k - (j + (size_t)hash) < 24 && is_ascii_alnum(t[k])) k++;
+            size_t nal = k - (j + (size_t)hash);
+            int match = nal >= 1 && k < n && t[k] == ';';
+            // (when '#' is present, backtracking '#?' cannot help: '#' is not alnum)
+            if (match) {
+                size_t end = k + 1; // past ';'
+                if (hash) {
+                    if (ldm_html_unescape(&tmp, t + i, end - i)) goto fail;
+                    int semi = 0;
+                    for (size_t q = 0; q < tmp.n; q++) semi |= tmp.v[q] == ';';
+                    if (semi ? u32_append(out, t + i, end - i) : u32_append(out, tmp.v, tmp.n)) goto fail;
+                } else {
+                    char name[32];
+                    size_t len = end - j; // alnum + ';'
+                    for (size_t q = 0; q < len; q++) name[q] = (char)t[j + q];
+                    name[len] = 0;
+                    const char *rep = entity_find(ldm_html5_entities, ldm_html5_entities_count, name);
+                    if (!rep) rep = entity_find(ldm_ftfy_upper_entities, ldm_ftfy_upper_entities_count, name);
+                    if (rep ? u32_append_utf8(out, rep) : u32_append(out, t + i, end - i)) goto fail;
+                }
+                i = end;
+                continue;
+            }
+        }
+        if (u32_push(out, t[i])) goto fail;
+        i++;
+    }
+    ldm_u32str_free(&tmp);
+    return LDM_OK;
+fail:
+    ldm_u32str_free(&tmp);
+    return LDM_ERR;
+}
+
+// ftfy.chardata.LIGATURES (fix_latin_ligatures): Latin ligatures and digraphs.
+static const struct { uint32_t c; uint32_t to[3]; } ligatures[] = {
+    {0x0132, {'I', 'J'}},   {0x0133, {'i', 'j'}},     {0x0149, {0x02BC, 'n'}}, {0x01F1, {'D', 'Z'}},
+    {0x01F2, {'D', 'z'}},   {0x01F3, {'d', 'z'}},     {0x01C4, {'D', 0x017D}}, {0x01C5, {'D', 0x017E}},
+    {0x01C6, {'d', 0x017E}}, {0x01C7, {'L', 'J'}},    {0x01C8, {'L', 'j'}},    {0x01C9, {'l', 'j'}},
+    {0x01CA, {'N', 'J'}},   {0x01CB, {'N', 'j'}},     {0x01CC, {'n', 'j'}},    {0xFB00, {'f', 'f'}},
+    {0xFB01, {'f', 'i'}},   {0xFB02, {'f', 'l'}},     {0xFB03, {'f', 'f', 'i'}}, {0xFB04, {'f', 'f', 'l'}},
+    {0xFB05, {0x017F, 't'}}, {0xFB06, {'s', 't'}},
+};
+
+// NFC (compat = 0) or NFKC (compat = 1) of t[0..n) through utf8proc, appended to out.
+static int normalize_append(ldm_u32str *out, const uint32_t *t, size_t n, int compat) {
+    if (n == 0) return LDM_OK;
+    char *u8;
+    size_t u8len;
+    if (ldm_utf8_encode(&u8, &u8len, t, n)) return LDM_ERR;
+    utf8proc_uint8_t *res = NULL;
+    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)u8, (utf8proc_ssize_t)u8len, &res,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE | (compat ? UTF8PROC_COMPAT : 0));
+    free(u8);
+    if (m < 0) return ldm_error("tokenizer: Unicode normalisation failed: %s", utf8proc_errmsg(m));
+    utf8proc_ssize_t off = 0;
+    while (off < m) {
+        utf8proc_int32_t d;
+        utf8proc_ssize_t k = utf8proc_iterate(res + off, m - off, &d);
+        if (k <= 0) { free(res); return ldm_error("tokenizer: normalisation produced invalid UTF-8"); }
+        if (u32_push(out, (uint32_t)d)) { free(res); return LDM_ERR; }
+        off += k;
+    }
+    free(res);
+    return LDM_OK;
+}
+
+// out = NFC / NFKC of t. utf8proc 2.8 composes a Hangul LV syllable with
+// U+11A7, which is not a trailing consonant (T runs U+11A8..U+11C2), so the
+// text is normalised in pieces split at U+11A7: a starter that composes with
+// nothing, so splitting there changes nothing else.
+static int normalize(ldm_u32str *out, const uint32_t *t, size_t n, int compat) {
+    out->n = 0;
+    if (n == 0) return LDM_OK; // t may be NULL
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && t[i] != 0x11A7) continue;
+        if (normalize_append(out, t + start, i - start, compat)) return LDM_ERR;
+        if (i < n && u32_push(out, 0x11A7)) return LDM_ERR;
+        start = i + 1;
+    }
+    return LDM_OK;
+}
+
+// fix_character_width: U+3000 -> ' ', U+FF01..U+FFEF -> their NFKC form
+// (ftfy builds this map with unicodedata.normalize("NFKC", char)).
+static int width_fix(ldm_u32str *out, uint32_t c) {
+    if (c == 0x3000) return u32_push(out, ' ');
+    return normalize(out, &c, 1, 1);
+}
+
+// uncurl_quotes: [\u02bc\u2018-\u201b] -> ', [\u201c-\u201f] -> "
+static uint32_t uncurl(uint32_t c) {
+    if (c == 0x02BC || (c >= 0x2018 && c <= 0x201B)) return '\'';
+    if (c >= 0x201C && c <= 0x201F) return '"';
+    return c;
+}
+
+// fix_character_width then uncurl_quotes on one character, appended to out.
+static int width_uncurl_push(ldm_u32str *out, uint32_t c) {
+    if (c != 0x3000 && !(c >= 0xFF01 && c <= 0xFFEF)) return u32_push(out, uncurl(c));
+    ldm_u32str w = {0};
+    int rc = width_fix(&w, c);
+    for (size_t r = 0; r < w.n && rc == LDM_OK; r++) rc = u32_push(out, uncurl(w.v[r]));
+    ldm_u32str_free(&w);
+    return rc;
+}
+
+// One pass of the character-level fixers, in ftfy's order. The first four
+// map one character at a time, so they are applied per character.
+static int ftfy_char_fixes(ldm_u32str *out, const uint32_t *t, size_t n) {
+    ldm_u32str a = {0};
+    out->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c = t[i];
+        // fix_c1_controls: U+0080..U+009F as Windows-1252 ("sloppy": undefined
+        // bytes stay themselves) -- the same table html.unescape uses.
+        if (c >= 0x80 && c <= 0x9F) c = html_invalid_charrefs[c - 0x80];
+        // fix_latin_ligatures, then width and quotes on each resulting character.
+        int lig = -1;
+        for (int q = 0; q < (int)(sizeof ligatures / sizeof ligatures[0]); q++)
+            if (ligatures[q].c == c) { lig = q; break; }
+        int rc = LDM_OK;
+        if (lig < 0) rc = width_uncurl_push(&a, c);
+        else
+            for (int q = 0; q < 3 && ligatures[lig].to[q] && rc == LDM_OK; q++)
+                rc = width_uncurl_push(&a, ligatures[lig].to[q]);
+        if (rc) goto fail;
+    }
+    // fix_line_breaks: \r\n, \r, U+2028, U+2029, U+0085 -> \n
+    // (fix_surrogates has nothing to do: valid UTF-8 holds no surrogates)
+    // remove_terminal_escapes: '\033\[(\d|;)*[a-zA-Z]' (Python \d = Unicode Nd)
+    // remove_control_chars: U+00-08, 0B, 0E-1F, 7F, 206A-206F, FEFF, FFF9-FFFC
+    {
+        ldm_u32str b = {0};
+        for (size_t i = 0; i < a.n; i++) {
+            uint32_t c = a.v[i];
+            if (c == '\r' && i + 1 < a.n && a.v[i + 1] == '\n') continue; // the \n follows
+            if (c == '\r' || c == 0x2028 || c == 0x2029 || c == 0x85) c = '\n';
+            if (u32_push(&b, c)) { ldm_u32str_free(&b); goto fail; }
+        }
+        for (size_t i = 0; i < b.n; i++) {
+            uint32_t c = b.v[i];
+            if (c == 0x1B && i + 1 < b.n && b.v[i + 1] == '[') {
+                size_t k = i + 2;
+                while (k < b.n && (b.v[k] == ';' || is_decimal(b.v[k]))) k++;
+                if (k < b.n && ((b.v[k] >= 'a' && b.v[k] <= 'z') || (b.v[k] >= 'A' && b.v[k] <= 'Z'))) {
+                    i = k;
+                    continue;
+                }
+            }
+            if (c <= 0x08 || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F || (c >= 0x206A && c <= 0x206F) ||
+                c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFC))
+                continue;
+            if (u32_push(out, c)) { ldm_u32str_free(&b); goto fail; }
+        }
+        ldm_u32str_free(&b);
+    }
+    ldm_u32str_free(&a);
+    return LDM_OK;
+fail:
+    ldm_u32str_free(&a);
+    return LDM_ERR;
+}
+
+static int u32_equal(const ldm_u32str *a, const ldm_u32str *b) {
+    return a->n == b->n && (a->n == 0 || memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
+}
+
+// fix_and_explain on one segment (a line with its '\n'), looping to a fixed point.
+static int ftfy_segment(ldm_u32str *out, const uint32_t *t, size_t n, int unescape) {
+    ldm_u32str cur = {0}, tmp = {0};
+    if (u32_append(&cur, t, n)) return LDM_ERR;
+    for (int iter = 0;; iter++) {
+        ldm_u32str orig = {0};
+        if (u32_append(&orig, cur.v, cur.n)) goto fail;
+        if (unescape) {
+            if (ftfy_unescape_html(&tmp, cur.v, cur.n)) { ldm_u32str_free(&orig); goto fail; }
+            u32_swap(&cur, &tmp);
+        }
+        if (ftfy_char_fixes(&tmp, cur.v, cur.n)) { ldm_u32str_free(&orig); goto fail; }
+        u32_swap(&cur, &tmp);
+        if (normalize(&tmp, cur.v, cur.n, 0)) { ldm_u32str_free(&orig); goto fail; }
+        u32_swap(&cur, &tmp);
+        int same = u32_equal(&cur, &orig);
+        ldm_u32str_free(&orig);
+        // Every pass shortens the text or leaves it fixed, except NFC
+        // reorderings; bound the loop anyway (ftfy's is unbounded).
+        if (same || iter > 64) break;
+    }
+    ldm_u32str_free(&tmp);
+    out->n = 0;
+    int rc = u32_append(out, cur.v, cur.n);
+    ldm_u32str_free(&cur);
+    return rc;
+fail:
+    ldm_u32str_free(&cur);
+    ldm_u32str_free(&tmp);
+    return LDM_ERR;
+}
+
+// ftfy.fix_text: segments end after each '\n'; unescape_html="auto" turns off
+// for good at the first segment holding a '<' (ftfy rebinds its config).
+int ldm_ftfy_fix_text(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    ldm_u32str seg = {0};
+    int unescape = 1;
+    size_t pos = 0;
+    while (pos < n) {
+        size_t end = pos;
+        while (end < n && t[end] != '\n') end++;
+        if (end < n) end++; // include the '\n'
+        for (size_t i = pos; i < end && unescape; i++)
+            if (t[i] == '<') unescape = 0;
+        if (ftfy_segment(&seg, t + pos, end - pos, unescape) || u32_append(out, seg.v, seg.n)) {
+            ldm_u32str_free(&seg);
+            return LDM_ERR;
+        }
+        pos = end;
+    }
+    ldm_u32str_free(&seg);
+    return LDM_OK;
+}
+
+// ---- str.lower() ------------------------------------------------------------------
+
+// Unicode "Cased" and "Case_Ignorable" (used by Final_Sigma): utf8proc has
+// no such properties, so they come generated from Python's own database
+// (tokenizer/casing.c).
+static int in_ranges(const ldm_cp_range *r, int n, uint32_t c) {
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (c < r[mid].lo) hi = mid - 1;
+        else if (c > r[mid].hi) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+static int is_cased(uint32_t c) { return in_ranges(ldm_cased_ranges, ldm_cased_count, c); }
+static int is_case_ignorable(uint32_t c) { return in_ranges(ldm_case_ignorable_ranges, ldm_case_ignorable_count, c); }
+
+int ldm_py_lower(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    if (u32_reserve(out, n + 8)) return LDM_ERR;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c = t[i];
+        if (c == 0x0130) { // SpecialCasing: LATIN CAPITAL LETTER I WITH DOT ABOVE -> i + U+0307
+            if (u32_push(out, 'i') || u32_push(out, 0x0307)) return LDM_ERR;
+            continue;
+        }
+        if (c == 0x03A3) { // Final_Sigma: cased (ignorable)* SIGMA !((ignorable)* cased)
+            size_t j = i;
+            while (j > 0 && is_case_ignorable(t[j - 1])) j--;
+            int fin = j > 0 && is_cased(t[j - 1]);
+            if (fin) {
+                size_t k = i + 1;
+                while (k < n && is_case_ignorable(t[k])) k++;
+                fin = k == n || !is_cased(t[k]);
+            }
+            if (u32_push(out, fin ? 0x03C2 : 0x03C3)) return LDM_ERR;
+            continue;
+        }
+        if (u32_push(out, (uint32_t)utf8proc_tolower((utf8proc_int32_t)c))) return LDM_ERR;
+    }
+    return LDM_OK;
+}
+
+// ---- the whole cleaning -----------------------------------------------------------
+
+int ldm_text_clean(ldm_u32str *out, const uint32_t *text, size_t n) {
+    ldm_u32str a = {0}, b = {0};
+    int rc = LDM_ERR;
+    if (ldm_ftfy_fix_text(&a, text, n)) goto done;     // ftfy.fix_text
+    if (ldm_html_unescape(&b, a.v, a.n)) goto done;   // html.unescape
+    if (ldm_html_unescape(&a, b.v, b.n)) goto done;   // html.unescape again
+    // strip + " ".join(text.split()) + strip: runs of str.isspace() -> one space.
+    b.n = 0;
+    for (size_t i = 0; i < a.n;) {
+        if (ldm_py_isspace(a.v[i])) { i++; continue; }
+        if (b.n && u32_push(&b, ' ')) goto done;
+        while (i < a.n && !ldm_py_isspace(a.v[i]))
+            if (u32_push(&b, a.v[i++])) goto done;
+    }
+    rc = ldm_py_lower(out, b.v, b.n); // .lower()
+done:
+    ldm_u32str_free(&a);
+    ldm_u32str_free(&b);
+    return rc;
+}
