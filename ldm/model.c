@@ -1,0 +1,754 @@
+/*
+ * ldm/model.c -- open a Stable Diffusion model from a single file or a
+ * diffusers folder, detect what it is, and hand each component its weights
+ * and config (see model.h).
+ *
+ * Detection, single file (keys and shapes, REFERENCE.md sections 2, 3, 7):
+ *   SD1  cond_stage_model.transformer.text_model.*  (OpenAI CLIP, 768 wide)
+ *   SD2  cond_stage_model.model.*                    (OpenCLIP, 1024 wide)
+ *   refused, by name: SDXL (conditioner.embedders.*, label_emb), SD3
+ *   (joint_blocks), Flux (double_blocks), inpainting (UNet in_channels 9),
+ *   depth (5).
+ * Prediction type: SD1 is epsilon. SD2: the 512 "base" model (global_step
+ * 875000) is epsilon and the 768 model is v; without a step, the
+ * heuristic of ComfyUI's SD2 detection is used: the std of
+ * output_blocks.11.1.transformer_blocks.0.norm1.bias is > 0.09 in the
+ * v-models. The caller can always override (--prediction eps|v).
+ * Diffusers folders: configs from config.json, prediction_type from
+ * scheduler/scheduler_config.json.
+ *
+ * Leaves out: sharded weights (*.index.json), LoRA, textual inversion.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "error.h"
+#include "model.h"
+#include "ops.h"
+
+// ---------------------------------------------------------------------------
+// presets (CompVis v1-inference.yaml / v2-inference(-v).yaml)
+
+void ldm_unet_config_sd(ldm_unet_config *c, ldm_family fam) {
+    memset(c, 0, sizeof *c);
+    c->in_channels = 4;
+    c->out_channels = 4;
+    c->sample_size = fam == LDM_FAMILY_SD2 ? 96 : 64;
+    c->n_levels = 4;
+    const int ch[4] = {320, 640, 1280, 1280};
+    const int sd2_heads[4] = {5, 10, 20, 20};  // head size 64
+    for (int i = 0; i < 4; i++) {
+        c->block_out_channels[i] = ch[i];
+        c->down_attn[i] = i < 3;
+        c->up_attn[i] = i > 0;
+        c->attention_head_dim[i] = fam == LDM_FAMILY_SD2 ? sd2_heads[i] : 8;
+        c->num_heads[i] = c->attention_head_dim[i];
+    }
+    c->layers_per_block = 2;
+    c->mid_attn = 1;
+    c->transformer_layers_per_block = 1;
+    c->cross_attention_dim = fam == LDM_FAMILY_SD2 ? 1024 : 768;
+    c->use_linear_projection = fam == LDM_FAMILY_SD2;
+    c->upcast_attention = fam == LDM_FAMILY_SD2;
+    c->norm_num_groups = 32;
+    c->norm_eps = 1e-5f;
+    c->flip_sin_to_cos = 1;
+    c->freq_shift = 0;
+    c->time_embed_dim = 4 * 320;
+}
+
+void ldm_vae_config_sd(ldm_vae_config *c) {
+    memset(c, 0, sizeof *c);
+    c->in_channels = 3;
+    c->out_channels = 3;
+    c->n_levels = 4;
+    const int ch[4] = {128, 256, 512, 512};
+    for (int i = 0; i < 4; i++) c->block_out_channels[i] = ch[i];
+    c->layers_per_block = 2;
+    c->latent_channels = 4;
+    c->norm_num_groups = 32;
+    c->norm_eps = 1e-6f;
+    c->sample_size = 512;
+    c->scaling_factor = 0.18215f;
+    c->use_quant_conv = c->use_post_quant_conv = 1;
+    c->mid_block_add_attention = 1;
+}
+
+void ldm_clip_config_sd(ldm_clip_config *c, ldm_family fam) {
+    memset(c, 0, sizeof *c);
+    int sd2 = fam == LDM_FAMILY_SD2;
+    c->vocab_size = 49408;
+    c->hidden_size = sd2 ? 1024 : 768;
+    c->intermediate_size = sd2 ? 4096 : 3072;
+    c->num_hidden_layers = sd2 ? 24 : 12;
+    c->num_attention_heads = sd2 ? 16 : 12;
+    c->max_position_embeddings = 77;
+    c->hidden_act = sd2 ? LDM_ACT_GELU : LDM_ACT_QUICK_GELU;
+    c->layer_norm_eps = 1e-5f;
+    c->skip_last_layers = sd2;  // penultimate layer
+    c->pad_token_id = sd2 ? 0 : 49407;
+}
+
+const char *ldm_family_name(ldm_family f) { return f == LDM_FAMILY_SD2 ? "SD2" : "SD1"; }
+const char *ldm_prediction_name(ldm_prediction p) {
+    return p == LDM_PRED_V ? "v_prediction" : p == LDM_PRED_EPS ? "epsilon" : "auto";
+}
+
+// ---------------------------------------------------------------------------
+// config.json parsing (cJSON)
+
+static int j_int(const cJSON *o, const char *k, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+}
+static float j_float(const cJSON *o, const char *k, float def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? (float)v->valuedouble : def;
+}
+static const char *j_str(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+// An int list into out[LDM_MAX_LEVELS]; returns its length, -1 if absent/bad.
+static int j_int_list(const cJSON *o, const char *k, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k), *it;
+    if (!cJSON_IsArray(v)) return -1;
+    int n = 0;
+    cJSON_ArrayForEach(it, v) {
+        if (n >= LDM_MAX_LEVELS || !cJSON_IsNumber(it)) return -1;
+        out[n++] = (int)it->valuedouble;
+    }
+    return n;
+}
+
+static cJSON *parse_json(const char *json, const char *path) {
+    cJSON *root = cJSON_Parse(json);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        ldm_error("%s: not a JSON object", path);
+        return NULL;
+    }
+    return root;
+}
+
+int ldm_unet_config_parse(ldm_unet_config *c, const char *json, const char *path) {
+    cJSON *o = parse_json(json, path);
+    if (!o) return LDM_ERR;
+    ldm_unet_config_sd(c, LDM_FAMILY_SD1);  // defaults for absent fields
+    int rc = 0;
+    c->in_channels = j_int(o, "in_channels", 4);
+    c->out_channels = j_int(o, "out_channels", 4);
+    c->sample_size = j_int(o, "sample_size", 64);
+    c->n_levels = j_int_list(o, "block_out_channels", c->block_out_channels);
+    c->layers_per_block = j_int(o, "layers_per_block", 2);
+    c->cross_attention_dim = j_int(o, "cross_attention_dim", 768);
+    c->use_linear_projection = j_int(o, "use_linear_projection", 0);
+    c->upcast_attention = j_int(o, "upcast_attention", 0);
+    c->norm_num_groups = j_int(o, "norm_num_groups", 32);
+    c->norm_eps = j_float(o, "norm_eps", 1e-5f);
+    c->flip_sin_to_cos = j_int(o, "flip_sin_to_cos", 1);
+    c->freq_shift = j_int(o, "freq_shift", 0);
+    const cJSON *tl = cJSON_GetObjectItemCaseSensitive(o, "transformer_layers_per_block");
+    c->transformer_layers_per_block = cJSON_IsNumber(tl) ? (int)tl->valuedouble : 1;
+    const char *addition = j_str(o, "addition_embed_type");
+    const char *cls = j_str(o, "_class_name");
+    if (c->n_levels < 1) {
+        rc = ldm_error("%s: block_out_channels must be a list of 1..%d ints", path, LDM_MAX_LEVELS);
+        goto done;
+    }
+    c->time_embed_dim = 4 * c->block_out_channels[0];
+    if (addition || cJSON_IsArray(tl) || c->transformer_layers_per_block != 1) {
+        rc = ldm_error("%s: an SDXL-style UNet (addition_embed_type '%s', transformer_layers_per_"
+                       "block) is not supported: ldm.c runs SD1/SD2", path, addition ? addition : "");
+        goto done;
+    }
+    if (cls && strcmp(cls, "UNet2DConditionModel") != 0) {
+        rc = ldm_error("%s: UNet class '%s' is not supported (expected UNet2DConditionModel)", path, cls);
+        goto done;
+    }
+    if (c->in_channels != 4) {
+        rc = ldm_error("%s: UNet with %d input channels: %s is not supported (SD1/SD2 text-to-image "
+                       "UNets have 4)", path, c->in_channels,
+                       c->in_channels == 9 ? "an inpainting model" : c->in_channels == 5
+                       ? "a depth-conditioned model" : "this architecture");
+        goto done;
+    }
+    // block types: attention or not, per level
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(o, "down_block_types");
+    const cJSON *ut = cJSON_GetObjectItemCaseSensitive(o, "up_block_types");
+    if (cJSON_GetArraySize(dt) != c->n_levels || cJSON_GetArraySize(ut) != c->n_levels) {
+        rc = ldm_error("%s: down_block_types/up_block_types must list %d blocks", path, c->n_levels);
+        goto done;
+    }
+    for (int i = 0; i < c->n_levels; i++) {
+        const cJSON *d = cJSON_GetArrayItem(dt, i), *u = cJSON_GetArrayItem(ut, i);
+        if (!cJSON_IsString(d) || !cJSON_IsString(u)) { rc = ldm_error("%s: bad block type", path); goto done; }
+        if (!strcmp(d->valuestring, "CrossAttnDownBlock2D")) c->down_attn[i] = 1;
+        else if (!strcmp(d->valuestring, "DownBlock2D")) c->down_attn[i] = 0;
+        else { rc = ldm_error("%s: down block type '%s' is not supported", path, d->valuestring); goto done; }
+        if (!strcmp(u->valuestring, "CrossAttnUpBlock2D")) c->up_attn[i] = 1;
+        else if (!strcmp(u->valuestring, "UpBlock2D")) c->up_attn[i] = 0;
+        else { rc = ldm_error("%s: up block type '%s' is not supported", path, u->valuestring); goto done; }
+    }
+    const char *mid = j_str(o, "mid_block_type");
+    c->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
+    // attention_head_dim: int or per-level list; diffusers uses it as the
+    // number of heads unless num_attention_heads is given.
+    int tmp[LDM_MAX_LEVELS];
+    const cJSON *ahd = cJSON_GetObjectItemCaseSensitive(o, "attention_head_dim");
+    const cJSON *nah = cJSON_GetObjectItemCaseSensitive(o, "num_attention_heads");
+    for (int i = 0; i < c->n_levels; i++) c->attention_head_dim[i] = 8;
+    if (cJSON_IsNumber(ahd))
+        for (int i = 0; i < c->n_levels; i++) c->attention_head_dim[i] = (int)ahd->valuedouble;
+    else if (cJSON_IsArray(ahd)) {
+        if (j_int_list(o, "attention_head_dim", tmp) != c->n_levels) {
+            rc = ldm_error("%s: attention_head_dim list must have %d entries", path, c->n_levels);
+            goto done;
+        }
+        memcpy(c->attention_head_dim, tmp, sizeof tmp);
+    }
+    for (int i = 0; i < c->n_levels; i++) c->num_heads[i] = c->attention_head_dim[i];
+    if (cJSON_IsNumber(nah))
+        for (int i = 0; i < c->n_levels; i++) c->num_heads[i] = (int)nah->valuedouble;
+    else if (cJSON_IsArray(nah)) {
+        if (j_int_list(o, "num_attention_heads", tmp) != c->n_levels) {
+            rc = ldm_error("%s: num_attention_heads list must have %d entries", path, c->n_levels);
+            goto done;
+        }
+        memcpy(c->num_heads, tmp, sizeof tmp);
+    }
+    for (int i = 0; i < c->n_levels; i++)
+        if (c->block_out_channels[i] < 1 || c->num_heads[i] < 1 ||
+            c->block_out_channels[i] % c->num_heads[i] || c->norm_num_groups < 1 ||
+            c->block_out_channels[i] % c->norm_num_groups) {
+            rc = ldm_error("%s: level %d: %d channels must be a positive multiple of %d heads and "
+                           "%d groups", path, i, c->block_out_channels[i], c->num_heads[i],
+                           c->norm_num_groups);
+            goto done;
+        }
+    if (c->layers_per_block < 1 || c->layers_per_block > 16)
+        rc = ldm_error("%s: layers_per_block %d out of range", path, c->layers_per_block);
+done:
+    cJSON_Delete(o);
+    return rc;
+}
+
+int ldm_vae_config_parse(ldm_vae_config *c, const char *json, const char *path) {
+    cJSON *o = parse_json(json, path);
+    if (!o) return LDM_ERR;
+    ldm_vae_config_sd(c);
+    int rc = 0;
+    c->in_channels = j_int(o, "in_channels", 3);
+    c->out_channels = j_int(o, "out_channels", 3);
+    c->n_levels = j_int_list(o, "block_out_channels", c->block_out_channels);
+    c->layers_per_block = j_int(o, "layers_per_block", 2);
+    c->latent_channels = j_int(o, "latent_channels", 4);
+    c->norm_num_groups = j_int(o, "norm_num_groups", 32);
+    c->sample_size = j_int(o, "sample_size", 512);
+    c->scaling_factor = j_float(o, "scaling_factor", 0.18215f);
+    c->use_quant_conv = j_int(o, "use_quant_conv", 1);
+    c->use_post_quant_conv = j_int(o, "use_post_quant_conv", 1);
+    c->mid_block_add_attention = j_int(o, "mid_block_add_attention", 1);
+    const char *cls = j_str(o, "_class_name");
+    if (cls && strcmp(cls, "AutoencoderKL") != 0)
+        rc = ldm_error("%s: VAE class '%s' is not supported (expected AutoencoderKL)", path, cls);
+    else if (c->n_levels < 1)
+        rc = ldm_error("%s: block_out_channels must be a list of 1..%d ints", path, LDM_MAX_LEVELS);
+    else if (c->latent_channels != 4)
+        rc = ldm_error("%s: a VAE with %d latent channels (SD3/Flux use 16) is not supported",
+                       path, c->latent_channels);
+    for (int i = 0; !rc && i < c->n_levels; i++)
+        if (c->norm_num_groups < 1 || c->block_out_channels[i] < 1 ||
+            c->block_out_channels[i] % c->norm_num_groups)
+            rc = ldm_error("%s: %d channels not a multiple of %d groups", path,
+                           c->block_out_channels[i], c->norm_num_groups);
+    cJSON_Delete(o);
+    return rc;
+}
+
+int ldm_clip_config_parse(ldm_clip_config *c, const char *json, const char *path) {
+    cJSON *o = parse_json(json, path);
+    if (!o) return LDM_ERR;
+    // transformers CLIPTextConfig; a full CLIPConfig nests it in "text_config".
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text_config");
+    if (!cJSON_IsObject(t)) t = o;
+    ldm_clip_config_sd(c, LDM_FAMILY_SD1);
+    int rc = 0;
+    c->vocab_size = j_int(t, "vocab_size", 49408);
+    c->hidden_size = j_int(t, "hidden_size", 512);
+    c->intermediate_size = j_int(t, "intermediate_size", 2048);
+    c->num_hidden_layers = j_int(t, "num_hidden_layers", 12);
+    c->num_attention_heads = j_int(t, "num_attention_heads", 8);
+    c->max_position_embeddings = j_int(t, "max_position_embeddings", 77);
+    c->layer_norm_eps = j_float(t, "layer_norm_eps", 1e-5f);
+    c->pad_token_id = j_int(t, "pad_token_id", 1);
+    c->skip_last_layers = 0;  // a diffusers SD2 text encoder already stops at layer 23
+    const char *act = j_str(t, "hidden_act");
+    if (!act || !strcmp(act, "quick_gelu")) c->hidden_act = LDM_ACT_QUICK_GELU;
+    else if (!strcmp(act, "gelu")) c->hidden_act = LDM_ACT_GELU;
+    else rc = ldm_error("%s: hidden_act '%s' is not supported (quick_gelu or gelu)", path, act);
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(o, "architectures");
+    const cJSON *a0 = cJSON_GetArrayItem(arch, 0);
+    if (!rc && cJSON_IsString(a0) && strcmp(a0->valuestring, "CLIPTextModel") != 0)
+        rc = ldm_error("%s: text encoder '%s' is not supported (SDXL's second encoder is "
+                       "CLIPTextModelWithProjection; SD3/Flux use T5): expected CLIPTextModel",
+                       path, a0->valuestring);
+    if (!rc && (c->hidden_size < 1 || c->num_attention_heads < 1 ||
+                c->hidden_size % c->num_attention_heads || c->num_hidden_layers < 1 ||
+                c->vocab_size < 1 || c->intermediate_size < 1 || c->max_position_embeddings < 1))
+        rc = ldm_error("%s: inconsistent text encoder sizes (hidden %d, heads %d, layers %d)",
+                       path, c->hidden_size, c->num_attention_heads, c->num_hidden_layers);
+    cJSON_Delete(o);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
+// files and folders
+
+static char *read_text(const char *path, int required) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (required) ldm_error("%s: cannot open", path);
+        return NULL;
+    }
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    int big = buf && n == (1 << 20) - 1 && fgetc(f) != EOF;
+    fclose(f);
+    if (!buf || big) {
+        free(buf);
+        ldm_error("%s: %s", path, buf ? "larger than 1 MiB: not a config file" : "out of memory");
+        return NULL;
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Parse <dir>/<sub>/config.json with `parse`. 1 = parsed, 0 = absent, LDM_ERR.
+static int read_config(const char *dir, const char *sub, void *cfg,
+                       int (*parse)(void *, const char *, const char *)) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s/config.json", dir, sub);
+    if (!is_file(p)) return 0;
+    char *json = read_text(p, 1);
+    if (!json) return LDM_ERR;
+    int rc = parse(cfg, json, p);
+    free(json);
+    return rc ? LDM_ERR : 1;
+}
+static int parse_unet(void *c, const char *j, const char *p) { return ldm_unet_config_parse(c, j, p); }
+static int parse_vae(void *c, const char *j, const char *p) { return ldm_vae_config_parse(c, j, p); }
+static int parse_clip(void *c, const char *j, const char *p) { return ldm_clip_config_parse(c, j, p); }
+
+// Open the weights of one diffusers component; 1 = opened, 0 = no weights file.
+static int open_component(ldm_tensor_file *f, const char *dir, const char *sub) {
+    static const char *const names[] = {
+        "diffusion_pytorch_model.safetensors", "model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
+        "diffusion_pytorch_model.bin", "pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin", "pytorch_model.fp16.bin",
+    };
+    char p[4096];
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(p, sizeof p, "%s/%s/%s", dir, sub, names[i]);
+        if (is_file(p)) return ldm_tensor_file_open(f, p) ? LDM_ERR : 1;
+    }
+    snprintf(p, sizeof p, "%s/%s/diffusion_pytorch_model.safetensors.index.json", dir, sub);
+    char q[4096];
+    snprintf(q, sizeof q, "%s/%s/model.safetensors.index.json", dir, sub);
+    if (is_file(p) || is_file(q))
+        return ldm_error("%s/%s: sharded weights (*.index.json) are not supported: merge the "
+                         "shards into one .safetensors file", dir, sub);
+    return 0;
+}
+
+static int64_t count_prefix(const ldm_tensor_file *f, const char *prefix) {
+    size_t n = strlen(prefix);
+    int64_t c = 0;
+    for (int64_t i = 0; i < f->n_entries; i++) c += strncmp(f->entries[i].name, prefix, n) == 0;
+    return c;
+}
+
+// Layers of a text encoder in file f: the count of distinct "<pre>N." indices.
+static int count_layers(const ldm_tensor_file *f, const char *pre) {
+    int n = 0;
+    char key[300];
+    while (n < 1000) {
+        snprintf(key, sizeof key, "%.200s%d.", pre, n);
+        if (!count_prefix(f, key)) break;
+        n++;
+    }
+    return n;
+}
+
+static void weights_init(ldm_weights *w, const ldm_tensor_file *f, ldm_component comp,
+                         ldm_layout layout, const struct ldm_ops *ops) {
+    memset(w, 0, sizeof *w);
+    w->file = f;
+    w->comp = comp;
+    w->layout = layout;
+    w->prefix = "";
+    w->ops = ops;
+}
+
+// ---------------------------------------------------------------------------
+// prediction type
+
+static void decide_prediction(ldm_model *m, const ldm_model_options *opt, const char *sched_pred) {
+    if (opt && opt->prediction != LDM_PRED_AUTO) {
+        m->prediction = opt->prediction;
+        snprintf(m->prediction_why, sizeof m->prediction_why, "forced by the caller (--prediction)");
+        return;
+    }
+    if (sched_pred) {
+        m->prediction = !strcmp(sched_pred, "v_prediction") ? LDM_PRED_V : LDM_PRED_EPS;
+        snprintf(m->prediction_why, sizeof m->prediction_why,
+                 "scheduler_config.json prediction_type \"%.60s\"", sched_pred);
+        return;
+    }
+    if (m->family == LDM_FAMILY_SD1) {
+        m->prediction = LDM_PRED_EPS;
+        snprintf(m->prediction_why, sizeof m->prediction_why, "SD1 models predict epsilon");
+        return;
+    }
+    if (m->global_step == 875000) {
+        m->prediction = LDM_PRED_EPS;
+        snprintf(m->prediction_why, sizeof m->prediction_why,
+                 "global_step 875000: the SD2 512-base model (epsilon)");
+        return;
+    }
+    const ldm_tensor_entry *e = m->layout == LDM_LAYOUT_COMPVIS && m->n_files
+        ? ldm_tensor_file_find(&m->files[0],
+                               "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias")
+        : NULL;
+    float *v = e && e->numel > 0 && e->numel < (1 << 20) ? malloc((size_t)e->numel * sizeof *v) : NULL;
+    if (v && ldm_entry_to_f32(v, e) == 0) {
+        double s = 0, s2 = 0;
+        for (int64_t i = 0; i < e->numel; i++) s += v[i], s2 += (double)v[i] * v[i];
+        double mean = s / e->numel, std = sqrt(fmax(s2 / e->numel - mean * mean, 0));
+        m->prediction = std > 0.09 ? LDM_PRED_V : LDM_PRED_EPS;
+        snprintf(m->prediction_why, sizeof m->prediction_why,
+                 "SD2 heuristic: std of output_blocks.11.1...norm1.bias = %.3f %s 0.09", std,
+                 std > 0.09 ? ">" : "<=");
+        free(v);
+        return;
+    }
+    free(v);
+    m->prediction = LDM_PRED_V;
+    snprintf(m->prediction_why, sizeof m->prediction_why,
+             "SD2 without evidence: v (the 768 model); override with --prediction eps");
+}
+
+// ---------------------------------------------------------------------------
+// open
+
+static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options *opt,
+                          const struct ldm_ops *ops) {
+    char p[4096];
+    static const char *const foreign[][2] = {
+        {"text_encoder_2", "SDXL (two text encoders)"}, {"transformer", "SD3/Flux (a DiT, no UNet)"},
+        {"text_encoder_3", "SD3 (T5 text encoder)"}, {"prior", "a prior/unCLIP pipeline"},
+    };
+    for (size_t i = 0; i < sizeof foreign / sizeof *foreign; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, foreign[i][0]);
+        if (is_dir(p))
+            return ldm_error("%s: has a %s/ folder: %s is not supported (ldm.c runs SD1/SD2)",
+                             dir, foreign[i][0], foreign[i][1]);
+    }
+    snprintf(p, sizeof p, "%s/model_index.json", dir);
+    char *idx = read_text(p, 0);
+    if (idx) {
+        cJSON *o = cJSON_Parse(idx);
+        const char *cls = j_str(o, "_class_name");
+        int bad = cls && strstr(cls, "StableDiffusion") == NULL;
+        bad |= cls && (strstr(cls, "XL") || strstr(cls, "3") || strstr(cls, "Inpaint") ||
+                       strstr(cls, "Depth") || strstr(cls, "Upscale"));
+        char c[128];
+        snprintf(c, sizeof c, "%s", cls ? cls : "");
+        cJSON_Delete(o);
+        free(idx);
+        if (bad)
+            return ldm_error("%s: model_index.json names the pipeline '%s': not supported "
+                             "(ldm.c runs SD1/SD2 text-to-image)", dir, c);
+    }
+    int r;
+    if ((r = read_config(dir, "unet", &m->unet, parse_unet)) < 0) return LDM_ERR;
+    m->has_unet = r;
+    if ((r = read_config(dir, "vae", &m->vae, parse_vae)) < 0) return LDM_ERR;
+    m->has_vae = r;
+    if ((r = read_config(dir, "text_encoder", &m->clip, parse_clip)) < 0) return LDM_ERR;
+    m->has_text = r;
+    if (!m->has_unet && !m->has_vae && !m->has_text)
+        return ldm_error("%s: not a diffusers model folder: no unet/, vae/ or text_encoder/ "
+                         "config.json", dir);
+    static const char *const subs[3] = {"unet", "vae", "text_encoder"};
+    int *has[3] = {&m->has_unet, &m->has_vae, &m->has_text};
+    for (int i = 0; i < 3; i++) {
+        if (!*has[i]) continue;
+        r = open_component(&m->files[i], dir, subs[i]);
+        if (r < 0) return LDM_ERR;
+        if (r == 0)
+            return ldm_error("%s/%s: config.json but no weights (expected "
+                             "diffusion_pytorch_model.safetensors, model.safetensors or *.bin)",
+                             dir, subs[i]);
+    }
+    m->n_files = 3;
+    // Family: OpenCLIP (SD2) uses exact GELU, OpenAI CLIP (SD1) quick_gelu;
+    // without a text encoder, the UNet's context width decides.
+    if (m->has_text) m->family = m->clip.hidden_act == LDM_ACT_GELU ? LDM_FAMILY_SD2 : LDM_FAMILY_SD1;
+    else m->family = m->has_unet && m->unet.cross_attention_dim == 1024 ? LDM_FAMILY_SD2 : LDM_FAMILY_SD1;
+    // Prompts are padded with <|endoftext|> (SD1, HF tokenizer) or 0 (SD2,
+    // open_clip); config.json's pad_token_id (1) is not what the pipelines use.
+    m->clip.pad_token_id = m->family == LDM_FAMILY_SD2 ? 0 : 49407;
+    weights_init(&m->unet_w, &m->files[0], LDM_COMP_UNET, LDM_LAYOUT_DIFFUSERS, ops);
+    weights_init(&m->vae_w, &m->files[1], LDM_COMP_VAE, LDM_LAYOUT_DIFFUSERS, ops);
+    weights_init(&m->clip_w, &m->files[2],
+                 m->family == LDM_FAMILY_SD2 ? LDM_COMP_TEXT_SD2 : LDM_COMP_TEXT_SD1,
+                 LDM_LAYOUT_DIFFUSERS, ops);
+    // transformers < 5 saved CLIPTextModel weights as "text_model.*", 5.x without.
+    if (m->has_text &&
+        ldm_tensor_file_find(&m->files[2], "text_model.embeddings.token_embedding.weight"))
+        m->clip_w.prefix = "text_model.";
+    snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", dir);
+    char *sj = read_text(p, 0);
+    char pred[64] = "";
+    if (sj) {
+        cJSON *o = cJSON_Parse(sj);
+        const char *s = j_str(o, "prediction_type");
+        if (s) snprintf(pred, sizeof pred, "%s", s);
+        cJSON_Delete(o);
+        free(sj);
+    }
+    decide_prediction(m, opt, pred[0] ? pred : NULL);
+    return 0;
+}
+
+static int open_single(ldm_model *m, const char *path, const ldm_model_options *opt,
+                       const struct ldm_ops *ops) {
+    ldm_tensor_file *f = &m->files[0];
+    if (ldm_tensor_file_open(f, path)) return LDM_ERR;
+    m->n_files = 1;
+    for (int i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta_keys[i], "global_step")) m->global_step = strtoll(f->meta_values[i], NULL, 10);
+    // Refuse what is not SD1/SD2, by name.
+    static const char *const foreign[][2] = {
+        {"conditioner.embedders.", "SDXL (conditioner.embedders.*)"},
+        {"model.diffusion_model.label_emb.", "SDXL / unCLIP (label_emb)"},
+        {"model.diffusion_model.joint_blocks.", "SD3 (MMDiT joint_blocks)"},
+        {"joint_blocks.", "SD3 (MMDiT joint_blocks)"},
+        {"model.diffusion_model.double_blocks.", "Flux (double_blocks)"},
+        {"double_blocks.", "Flux (double_blocks)"},
+    };
+    for (size_t i = 0; i < sizeof foreign / sizeof *foreign; i++)
+        if (count_prefix(f, foreign[i][0]))
+            return ldm_error("%s: %s is not supported: ldm.c runs SD1/SD2 checkpoints", path,
+                             foreign[i][1]);
+    int sd1 = ldm_tensor_file_find(f, "cond_stage_model.transformer.text_model.embeddings."
+                                      "token_embedding.weight") != NULL;
+    int sd2 = ldm_tensor_file_find(f, "cond_stage_model.model.token_embedding.weight") != NULL;
+    const ldm_tensor_entry *cin = ldm_tensor_file_find(f, "model.diffusion_model.input_blocks.0.0.weight");
+    if (!sd1 && !sd2 && !cin) {
+        if (ldm_tensor_file_find(f, "conv_in.weight") || count_prefix(f, "text_model.") ||
+            ldm_tensor_file_find(f, "embeddings.token_embedding.weight") ||
+            ldm_tensor_file_find(f, "encoder.conv_in.weight"))
+            return ldm_error("%s: a single diffusers component (diffusers key names); pass the "
+                             "model folder that holds unet/, vae/ and text_encoder/", path);
+        return ldm_error("%s: not a Stable Diffusion checkpoint: no model.diffusion_model.* UNet "
+                         "and no cond_stage_model.* text encoder keys", path);
+    }
+    if (cin && cin->ndim == 4 && cin->shape[1] != 4)
+        return ldm_error("%s: UNet with %lld input channels: %s is not supported (SD1/SD2 "
+                         "text-to-image UNets have 4)", path, (long long)cin->shape[1],
+                         cin->shape[1] == 9 ? "an inpainting model" : cin->shape[1] == 5
+                         ? "a depth-conditioned model" : "this architecture");
+    const ldm_tensor_entry *ctx = ldm_tensor_file_find(
+        f, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
+    m->family = sd2 || (!sd1 && ctx && ctx->ndim == 2 && ctx->shape[1] == 1024) ? LDM_FAMILY_SD2
+                                                                                : LDM_FAMILY_SD1;
+    m->has_unet = cin != NULL;
+    m->has_vae = count_prefix(f, "first_stage_model.") > 0;
+    m->has_text = sd1 || sd2;
+    ldm_unet_config_sd(&m->unet, m->family);
+    ldm_vae_config_sd(&m->vae);
+    ldm_clip_config_sd(&m->clip, m->family);
+    if (opt && opt->config_dir) {
+        if (read_config(opt->config_dir, "unet", &m->unet, parse_unet) < 0 ||
+            read_config(opt->config_dir, "vae", &m->vae, parse_vae) < 0 ||
+            read_config(opt->config_dir, "text_encoder", &m->clip, parse_clip) < 0)
+            return LDM_ERR;
+    }
+    // Text encoder sizes come from the tensors themselves.
+    if (m->has_text) {
+        const char *tp = sd2 ? "cond_stage_model.model." : "cond_stage_model.transformer.text_model.";
+        char k[256];
+        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "token_embedding.weight" : "embeddings.token_embedding.weight");
+        const ldm_tensor_entry *te = ldm_tensor_file_find(f, k);
+        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "positional_embedding" : "embeddings.position_embedding.weight");
+        const ldm_tensor_entry *pe = ldm_tensor_file_find(f, k);
+        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks.0.mlp.c_fc.weight"
+                                                : "encoder.layers.0.mlp.fc1.weight");
+        const ldm_tensor_entry *fc = ldm_tensor_file_find(f, k);
+        if (te && te->ndim == 2 && pe && pe->ndim == 2 && fc && fc->ndim == 2) {
+            int D = (int)te->shape[1];
+            if (D != m->clip.hidden_size && !(opt && opt->config_dir))
+                m->clip.num_attention_heads = D / 64 > 0 ? D / 64 : 1;  // head size 64 in SD1/SD2
+            m->clip.vocab_size = (int)te->shape[0];
+            m->clip.hidden_size = D;
+            m->clip.max_position_embeddings = (int)pe->shape[0];
+            m->clip.intermediate_size = (int)fc->shape[0];
+        }
+        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks." : "encoder.layers.");
+        m->clip.num_hidden_layers = count_layers(f, k);
+        m->clip.skip_last_layers = sd2;  // SD2: penultimate layer
+        m->clip.hidden_act = sd2 ? LDM_ACT_GELU : LDM_ACT_QUICK_GELU;
+        m->clip.pad_token_id = sd2 ? 0 : 49407;
+        if (m->clip.num_hidden_layers <= m->clip.skip_last_layers)
+            return ldm_error("%s: text encoder has %d layers: truncated checkpoint?", path,
+                             m->clip.num_hidden_layers);
+    }
+    if (cin && cin->ndim == 4 && cin->shape[0] != m->unet.block_out_channels[0])
+        return ldm_error("%s: UNet width %lld differs from the SD preset %d: pass a diffusers "
+                         "config folder for this model (--config DIR)", path,
+                         (long long)cin->shape[0], m->unet.block_out_channels[0]);
+    weights_init(&m->unet_w, f, LDM_COMP_UNET, LDM_LAYOUT_COMPVIS, ops);
+    m->unet_w.layers_per_block = m->unet.layers_per_block;
+    m->unet_w.n_levels = m->unet.n_levels;
+    weights_init(&m->vae_w, f, LDM_COMP_VAE, LDM_LAYOUT_COMPVIS, ops);
+    m->vae_w.layers_per_block = m->vae.layers_per_block;
+    m->vae_w.n_levels = m->vae.n_levels;
+    weights_init(&m->clip_w, f, sd2 ? LDM_COMP_TEXT_SD2 : LDM_COMP_TEXT_SD1, LDM_LAYOUT_COMPVIS, ops);
+    decide_prediction(m, opt, NULL);
+    return 0;
+}
+
+int ldm_model_open(ldm_model *m, const char *path, const ldm_model_options *opt) {
+    memset(m, 0, sizeof *m);
+    m->global_step = -1;
+    const struct ldm_ops *ops = opt && opt->ops ? opt->ops : ldm_backend_default();
+    if (!ops) return LDM_ERR;
+    m->path = strdup(path);
+    if (!m->path) return ldm_error("out of memory");
+    int rc;
+    if (is_dir(path)) {
+        m->layout = LDM_LAYOUT_DIFFUSERS;
+        rc = open_diffusers(m, path, opt, ops);
+        char p[4096];
+        snprintf(p, sizeof p, "%s/tokenizer/vocab.json", path);
+        if (rc == 0 && is_file(p)) {
+            snprintf(p, sizeof p, "%s/tokenizer", path);
+            m->tokenizer_dir = strdup(p);
+        }
+    } else {
+        m->layout = LDM_LAYOUT_COMPVIS;
+        rc = open_single(m, path, opt, ops);
+    }
+    if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ldm_last_error());
+        ldm_model_close(m);
+        return ldm_error("%s", msg);
+    }
+    return 0;
+}
+
+void ldm_model_close(ldm_model *m) {
+    for (int i = 0; i < 3; i++) ldm_tensor_file_close(&m->files[i]);
+    free(m->path);
+    free(m->tokenizer_dir);
+    memset(m, 0, sizeof *m);
+}
+
+// ---------------------------------------------------------------------------
+// summary (`sd info`)
+
+// Parameters and dtypes of the entries of f under prefix (NULL: all);
+// `ignore` counts skipped EMA copies.
+static void tally(const ldm_tensor_file *f, const char *prefix, int64_t *params, int64_t *count,
+                  char *dtypes, size_t n) {
+    int seen[16] = {0};
+    *params = *count = 0;
+    size_t pl = prefix ? strlen(prefix) : 0;
+    for (int64_t i = 0; i < f->n_entries; i++) {
+        const ldm_tensor_entry *e = &f->entries[i];
+        if (prefix && strncmp(e->name, prefix, pl) != 0) continue;
+        *params += e->numel;
+        (*count)++;
+        if ((int)e->dtype < 16) seen[e->dtype] = 1;
+    }
+    dtypes[0] = 0;
+    for (int d = 0; d < 16; d++)
+        if (seen[d]) {
+            size_t u = strlen(dtypes);
+            snprintf(dtypes + u, n - u, "%s%s", u ? "," : "", ldm_dtype_name((ldm_dtype)d));
+        }
+}
+
+int ldm_model_print_summary(const ldm_model *m, void *file) {
+    FILE *out = file ? file : stdout;
+    fprintf(out, "model       %s\n", m->path);
+    fprintf(out, "layout      %s\n", m->layout == LDM_LAYOUT_COMPVIS
+                                        ? "CompVis single file (model.diffusion_model.*, "
+                                          "first_stage_model.*, cond_stage_model.*)"
+                                        : "diffusers folder (unet/, vae/, text_encoder/)");
+    fprintf(out, "family      %s (text encoder: %s)\n", ldm_family_name(m->family),
+            m->family == LDM_FAMILY_SD2 ? "OpenCLIP ViT-H/14 style, penultimate layer"
+                                        : "OpenAI CLIP ViT-L/14 style, last layer");
+    fprintf(out, "prediction  %s (%s)\n", ldm_prediction_name(m->prediction), m->prediction_why);
+    if (m->global_step >= 0) fprintf(out, "global_step %lld\n", (long long)m->global_step);
+    const char *names[3] = {"unet", "vae", "text"};
+    const char *prefixes[3] = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model."};
+    const int has[3] = {m->has_unet, m->has_vae, m->has_text};
+    int64_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        const ldm_tensor_file *f = m->layout == LDM_LAYOUT_COMPVIS ? &m->files[0] : &m->files[i];
+        if (!has[i]) {
+            fprintf(out, "%-11s absent\n", names[i]);
+            continue;
+        }
+        int64_t params, count;
+        char dt[64];
+        tally(f, m->layout == LDM_LAYOUT_COMPVIS ? prefixes[i] : NULL, &params, &count, dt, sizeof dt);
+        total += params;
+        fprintf(out, "%-11s %lld tensors, %.2fM parameters, %s, %s (%s)\n", names[i],
+                (long long)count, params / 1e6, dt, f->format ? f->format : "?", f->path);
+    }
+    if (m->layout == LDM_LAYOUT_COMPVIS) {
+        int64_t p, c;
+        char dt[64];
+        tally(&m->files[0], "model_ema.", &p, &c, dt, sizeof dt);
+        if (c) fprintf(out, "ema         %lld tensors ignored (model_ema.*)\n", (long long)c);
+    }
+    fprintf(out, "total       %.2fM parameters\n", total / 1e6);
+    const ldm_unet_config *u = &m->unet;
+    if (m->has_unet) {
+        fprintf(out, "unet config channels [");
+        for (int i = 0; i < u->n_levels; i++) fprintf(out, "%s%d", i ? "," : "", u->block_out_channels[i]);
+        fprintf(out, "], heads [");
+        for (int i = 0; i < u->n_levels; i++) fprintf(out, "%s%d", i ? "," : "", u->num_heads[i]);
+        fprintf(out, "], %d res/level, context %d, %s proj, sample %d\n", u->layers_per_block,
+                u->cross_attention_dim, u->use_linear_projection ? "linear" : "conv", u->sample_size);
+    }
+    if (m->has_vae)
+        fprintf(out, "vae config  channels [%d..%d] x %d levels, latent %d, scale %.5f\n",
+                m->vae.block_out_channels[0], m->vae.block_out_channels[m->vae.n_levels - 1],
+                m->vae.n_levels, m->vae.latent_channels, m->vae.scaling_factor);
+    if (m->has_text)
+        fprintf(out, "text config width %d, %d layers (%d run), %d heads, mlp %d, vocab %d, %s\n",
+                m->clip.hidden_size, m->clip.num_hidden_layers,
+                m->clip.num_hidden_layers - m->clip.skip_last_layers, m->clip.num_attention_heads,
+                m->clip.intermediate_size, m->clip.vocab_size,
+                m->clip.hidden_act == LDM_ACT_GELU ? "gelu" : "quick_gelu");
+    return 0;
+}

@@ -1,0 +1,313 @@
+/*
+ * ldm/weights.c -- load one weight tensor by its diffusers name, whatever
+ * the checkpoint layout; the one place that knows the key layouts.
+ *
+ *   diffusers folder file  key = prefix + name  ("down_blocks.0.resnets.0.norm1.weight")
+ *   CompVis single file    key = compvis_key(component, name)
+ *                          ("model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+ *                           REFERENCE.md section 7 gives the mapping)
+ * After the key is found, the stored shape must equal the expected shape,
+ * except that a stored [C,C,1,1] is accepted for an expected [C,C] (the
+ * CompVis VAE attention q/k/v/proj_out are 1x1 convs, diffusers has Linear).
+ * The tensor is converted to fp32 (F16/BF16 exactly) and uploaded to w->ops.
+ *
+ * Leaves out: sharded diffusers weights (*.safetensors.index.json).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "error.h"
+#include "ops.h"
+#include "weights.h"
+
+// ---------------------------------------------------------------------------
+// CompVis layout: diffusers name -> original checkpoint key (REFERENCE.md
+// section 7). UNet under "model.diffusion_model.", VAE under
+// "first_stage_model.", text encoder under
+// "cond_stage_model.transformer.text_model." (SD1, same names as
+// transformers) or "cond_stage_model.model." (SD2, open_clip names).
+// A key may hold several diffusers tensors stacked along dim 0 (open_clip's
+// attn.in_proj_weight = [q;k;v]): then *part / *nparts say which rows.
+
+// "a.b.c" starts with `pre`: returns the rest after it, else NULL.
+static const char *after(const char *name, const char *pre) {
+    size_t n = strlen(pre);
+    return strncmp(name, pre, n) == 0 ? name + n : NULL;
+}
+
+static const char *put(char *buf, size_t n, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static const char *put(char *buf, size_t n, const char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= n)
+        return ldm_error("weight '%s': key longer than %zu bytes", name, n), NULL;
+    return buf;
+}
+
+// Inside a UNet ResBlock: diffusers ResnetBlock2D -> CompVis ResBlock names.
+static const char *unet_resnet_part(const char *rest, const char **tail) {
+    static const char *const map[][2] = {
+        {"norm1.", "in_layers.0."},  {"conv1.", "in_layers.2."},
+        {"time_emb_proj.", "emb_layers.1."}, {"norm2.", "out_layers.0."},
+        {"conv2.", "out_layers.3."}, {"conv_shortcut.", "skip_connection."},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if ((*tail = after(rest, map[i][0]))) return map[i][1];
+    return NULL;
+}
+
+// "<pre>%d.<mid>%d.<rest>" -> a, b, rest (b optional when mid == NULL).
+static int parse2(const char *name, const char *pre, const char *mid, int *a, int *b,
+                  const char **rest) {
+    const char *p = after(name, pre);
+    if (!p) return 0;
+    char *e;
+    long x = strtol(p, &e, 10);
+    if (e == p || *e != '.' || x < 0 || x > 10000) return 0;
+    *a = (int)x;
+    p = e + 1;
+    if (!mid) { *rest = p; return 1; }
+    if (!(p = after(p, mid))) return 0;
+    x = strtol(p, &e, 10);
+    if (e == p || *e != '.' || x < 0 || x > 10000) return 0;
+    *b = (int)x;
+    *rest = e + 1;
+    return 1;
+}
+
+static const char *unet_compvis_key(char *buf, size_t n, const ldm_weights *w, const char *name) {
+    const char *P = "model.diffusion_model.";
+    int L = w->layers_per_block > 0 ? w->layers_per_block : 2;  // resnets per down level
+    static const char *const top[][2] = {
+        {"conv_in.", "input_blocks.0.0."},     {"time_embedding.linear_1.", "time_embed.0."},
+        {"time_embedding.linear_2.", "time_embed.2."}, {"conv_norm_out.", "out.0."},
+        {"conv_out.", "out.2."},
+    };
+    const char *rest, *tail, *r;
+    int a, b;
+    for (size_t i = 0; i < sizeof top / sizeof *top; i++)
+        if ((rest = after(name, top[i][0]))) return put(buf, n, name, "%s%s%s", P, top[i][1], rest);
+    // input_blocks: 0 = conv_in, then per level L x (ResBlock [+ SpatialTransformer]), Downsample
+    if (parse2(name, "down_blocks.", "resnets.", &a, &b, &rest) && (r = unet_resnet_part(rest, &tail)))
+        return put(buf, n, name, "%sinput_blocks.%d.0.%s%s", P, 1 + a * (L + 1) + b, r, tail);
+    if (parse2(name, "down_blocks.", "attentions.", &a, &b, &rest))
+        return put(buf, n, name, "%sinput_blocks.%d.1.%s", P, 1 + a * (L + 1) + b, rest);
+    if (parse2(name, "down_blocks.", NULL, &a, &b, &rest) && (tail = after(rest, "downsamplers.0.conv.")))
+        return put(buf, n, name, "%sinput_blocks.%d.0.op.%s", P, 1 + a * (L + 1) + L, tail);
+    // middle_block: ResBlock, SpatialTransformer, ResBlock
+    if (parse2(name, "mid_block.resnets.", NULL, &a, &b, &rest) && (r = unet_resnet_part(rest, &tail)))
+        return put(buf, n, name, "%smiddle_block.%d.%s%s", P, a == 0 ? 0 : 2, r, tail);
+    if ((rest = after(name, "mid_block.attentions.0.")))
+        return put(buf, n, name, "%smiddle_block.1.%s", P, rest);
+    // output_blocks: per level (L+1) x (ResBlock [+ SpatialTransformer] [+ Upsample])
+    if (parse2(name, "up_blocks.", "resnets.", &a, &b, &rest) && (r = unet_resnet_part(rest, &tail)))
+        return put(buf, n, name, "%soutput_blocks.%d.0.%s%s", P, a * (L + 1) + b, r, tail);
+    if (parse2(name, "up_blocks.", "attentions.", &a, &b, &rest))
+        return put(buf, n, name, "%soutput_blocks.%d.1.%s", P, a * (L + 1) + b, rest);
+    if (parse2(name, "up_blocks.", NULL, &a, &b, &rest) && (tail = after(rest, "upsamplers.0.conv."))) {
+        // The Upsample is module 1 of the level's last output block, or
+        // module 2 when that block also has a SpatialTransformer.
+        int idx = a * (L + 1) + L;
+        put(buf, n, name, "%soutput_blocks.%d.2.conv.%s", P, idx, tail);
+        if (w->file && ldm_tensor_file_find(w->file, buf)) return buf;
+        return put(buf, n, name, "%soutput_blocks.%d.1.conv.%s", P, idx, tail);
+    }
+    return ldm_error("UNet weight '%s' has no CompVis equivalent", name), NULL;
+}
+
+// VAE: CompVis Encoder/Decoder -> diffusers AutoencoderKL. The decoder's
+// levels are numbered bottom-up in CompVis (up.3 runs first) and top-down in
+// diffusers: up_blocks.i = up.(NL-1-i).
+static const char *vae_compvis_key(char *buf, size_t n, const ldm_weights *w, const char *name) {
+    const char *P = "first_stage_model.";
+    int NL = w->n_levels > 0 ? w->n_levels : 4;
+    const char *rest, *tail, *part = NULL, *coder;
+    int a, b;
+    if ((rest = after(name, "quant_conv.")) || (rest = after(name, "post_quant_conv.")))
+        return put(buf, n, name, "%s%s", P, name);
+    if ((rest = after(name, "encoder."))) coder = "encoder";
+    else if ((rest = after(name, "decoder."))) coder = "decoder";
+    else return ldm_error("VAE weight '%s' has no CompVis equivalent", name), NULL;
+    const char *sub = rest;
+    static const char *const res_map[][2] = {
+        {"norm1.", "norm1."}, {"conv1.", "conv1."}, {"norm2.", "norm2."},
+        {"conv2.", "conv2."}, {"conv_shortcut.", "nin_shortcut."},
+    };
+    static const char *const attn_map[][2] = {
+        {"group_norm.", "norm."}, {"to_q.", "q."}, {"to_k.", "k."}, {"to_v.", "v."},
+        {"to_out.0.", "proj_out."},
+    };
+    if ((tail = after(sub, "conv_in.")) || (tail = after(sub, "conv_out.")))
+        return put(buf, n, name, "%s%s.%s", P, coder, sub);
+    if ((tail = after(sub, "conv_norm_out.")))
+        return put(buf, n, name, "%s%s.norm_out.%s", P, coder, tail);
+    if (parse2(sub, "mid_block.resnets.", NULL, &a, &b, &rest)) {
+        for (size_t i = 0; i < 5; i++)
+            if ((tail = after(rest, res_map[i][0])))
+                return put(buf, n, name, "%s%s.mid.block_%d.%s%s", P, coder, a + 1, res_map[i][1], tail);
+    }
+    if ((rest = after(sub, "mid_block.attentions.0."))) {
+        for (size_t i = 0; i < 5; i++)
+            if ((tail = after(rest, attn_map[i][0])))
+                return put(buf, n, name, "%s%s.mid.attn_1.%s%s", P, coder, attn_map[i][1], tail);
+    }
+    int up = coder[0] == 'd';
+    if (parse2(sub, up ? "up_blocks." : "down_blocks.", "resnets.", &a, &b, &rest)) {
+        int lvl = up ? NL - 1 - a : a;
+        for (size_t i = 0; i < 5; i++)
+            if ((tail = after(rest, res_map[i][0])))
+                return put(buf, n, name, "%s%s.%s.%d.block.%d.%s%s", P, coder, up ? "up" : "down",
+                           lvl, b, res_map[i][1], tail);
+    }
+    if (parse2(sub, up ? "up_blocks." : "down_blocks.", NULL, &a, &b, &rest) &&
+        (tail = after(rest, up ? "upsamplers.0.conv." : "downsamplers.0.conv."))) {
+        part = up ? "up" : "down";
+        return put(buf, n, name, "%s%s.%s.%d.%s.conv.%s", P, coder, part, up ? NL - 1 - a : a,
+                   up ? "upsample" : "downsample", tail);
+    }
+    return ldm_error("VAE weight '%s' has no CompVis equivalent", name), NULL;
+}
+
+// Text encoders, asked for by transformers CLIPTextModel names without the
+// "text_model." prefix ("encoder.layers.0.mlp.fc1.weight").
+// SD1: the same names under "cond_stage_model.transformer.text_model.".
+// SD2: open_clip's text tower under "cond_stage_model.model.".
+static const char *text_compvis_key(char *buf, size_t n, const ldm_weights *w, const char *name,
+                                    int *part, int *nparts) {
+    if (w->comp == LDM_COMP_TEXT_SD1)
+        return put(buf, n, name, "cond_stage_model.transformer.text_model.%s", name);
+    const char *P = "cond_stage_model.model.";
+    const char *rest, *tail;
+    int a, b;
+    if (!strcmp(name, "embeddings.token_embedding.weight"))
+        return put(buf, n, name, "%stoken_embedding.weight", P);
+    if (!strcmp(name, "embeddings.position_embedding.weight"))
+        return put(buf, n, name, "%spositional_embedding", P);
+    if ((tail = after(name, "final_layer_norm.")))
+        return put(buf, n, name, "%sln_final.%s", P, tail);
+    if (parse2(name, "encoder.layers.", NULL, &a, &b, &rest)) {
+        static const char *const map[][2] = {
+            {"layer_norm1.", "ln_1."}, {"layer_norm2.", "ln_2."}, {"mlp.fc1.", "mlp.c_fc."},
+            {"mlp.fc2.", "mlp.c_proj."}, {"self_attn.out_proj.", "attn.out_proj."},
+        };
+        for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+            if ((tail = after(rest, map[i][0])))
+                return put(buf, n, name, "%stransformer.resblocks.%d.%s%s", P, a, map[i][1], tail);
+        // q, k, v are rows [0,D), [D,2D), [2D,3D) of the fused in_proj.
+        static const char *const qkv[] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
+        for (int i = 0; i < 3; i++)
+            if ((tail = after(rest, qkv[i])) && (!strcmp(tail, "weight") || !strcmp(tail, "bias"))) {
+                *part = i;
+                *nparts = 3;
+                return put(buf, n, name, "%stransformer.resblocks.%d.attn.in_proj_%s", P, a, tail);
+            }
+    }
+    return ldm_error("text encoder weight '%s' has no CompVis (open_clip) equivalent", name), NULL;
+}
+
+// Writes the key into buf[n] and returns buf; NULL + ldm_error when the name
+// has no CompVis equivalent. *part/*nparts: rows of a fused tensor (0/1 = all).
+static const char *compvis_key(char *buf, size_t n, const ldm_weights *w, const char *name,
+                               int *part, int *nparts) {
+    *part = 0;
+    *nparts = 1;
+    switch (w->comp) {
+    case LDM_COMP_UNET: return unet_compvis_key(buf, n, w, name);
+    case LDM_COMP_VAE: return vae_compvis_key(buf, n, w, name);
+    case LDM_COMP_TEXT_SD1:
+    case LDM_COMP_TEXT_SD2: return text_compvis_key(buf, n, w, name, part, nparts);
+    }
+    return ldm_error("weight '%s': unknown component %d", name, (int)w->comp), NULL;
+}
+
+// ---------------------------------------------------------------------------
+
+static const char *weights_key_part(char *buf, size_t n, const ldm_weights *w, const char *name,
+                                    int *part, int *nparts) {
+    *part = 0;
+    *nparts = 1;
+    switch (w->layout) {
+    case LDM_LAYOUT_DIFFUSERS: {
+        const char *prefix = w->prefix ? w->prefix : "";
+        int len = snprintf(buf, n, "%s%s", prefix, name);
+        if (len < 0 || (size_t)len >= n)
+            return ldm_error("weight '%s': key longer than %zu bytes", name, n), NULL;
+        return buf;
+    }
+    case LDM_LAYOUT_COMPVIS:
+        return compvis_key(buf, n, w, name, part, nparts);
+    }
+    return ldm_error("weight '%s': unknown key layout %d", name, (int)w->layout), NULL;
+}
+
+const char *ldm_weights_key(char *buf, size_t n, const ldm_weights *w, const char *name) {
+    int part, nparts;
+    return weights_key_part(buf, n, w, name, &part, &nparts);
+}
+
+// The stored shape `got` is acceptable for the expected `want`: equal, or
+// want = [C0,C1] and got = [C0,C1,1,1] (1x1 conv stored where Linear is used).
+static int shape_accepts(const int64_t *want, int want_nd, const int64_t *got, int got_nd) {
+    if (want_nd == got_nd) {
+        for (int i = 0; i < want_nd; i++)
+            if (want[i] != got[i]) return 0;
+        return 1;
+    }
+    return want_nd == 2 && got_nd == 4 && got[0] == want[0] && got[1] == want[1] && got[2] == 1 &&
+           got[3] == 1;
+}
+
+// out <- the tensor `name` expected as shape[ndim], on w->ops.
+int ldm_weights_load(ldm_tensor *out, ldm_weights *w, const char *name, const int64_t *shape,
+                     int ndim) {
+    memset(out, 0, sizeof *out);
+    char key[512], want[160], got[160];
+    const char *path = w->file && w->file->path ? w->file->path : "<weights>";
+    int part, nparts;  // rows part/nparts of a fused tensor (open_clip in_proj)
+    if (!weights_key_part(key, sizeof key, w, name, &part, &nparts)) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", ldm_last_error());
+        return ldm_error("%s: %s", path, msg);
+    }
+    ldm_shape_str(want, sizeof want, shape, ndim);
+    const ldm_tensor_entry *e = w->file ? ldm_tensor_file_find(w->file, key) : NULL;
+    if (!e)
+        return ldm_error("%s: missing tensor '%s' (expected %s) -- is this the right model "
+                         "component and version (SD1/SD2)?", path, key, want);
+    ldm_tensor_entry slice;
+    if (nparts > 1 && e->ndim >= 1 && e->shape[0] % nparts == 0 && e->numel > 0) {
+        // Rows [part*R, (part+1)*R) of a [nparts*R, ...] tensor: a view into the file.
+        slice = *e;
+        slice.shape[0] = e->shape[0] / nparts;
+        slice.numel = e->numel / nparts;
+        slice.nbytes = e->nbytes / (uint64_t)nparts;
+        slice.data = e->data + (uint64_t)part * slice.nbytes;
+        e = &slice;
+    }
+    ldm_shape_str(got, sizeof got, e->shape, e->ndim);
+    if (!shape_accepts(shape, ndim, e->shape, e->ndim))
+        return ldm_error("%s: tensor '%s': expected %s, found %s -- is this an SD1/SD2 %s "
+                         "checkpoint of the expected size?", path, key, want, got,
+                         w->comp == LDM_COMP_UNET ? "UNet"
+                         : w->comp == LDM_COMP_VAE ? "VAE" : "text encoder");
+    float *host = malloc((size_t)(e->numel ? e->numel : 1) * sizeof(float));
+    if (!host) return ldm_error("%s: tensor '%s': out of memory for %s", path, key, got);
+    if (ldm_entry_to_f32(host, e) != 0) {
+        free(host);
+        return LDM_ERR;
+    }
+    *out = ldm_tensor_new(w->ops, shape, ndim);
+    if (!out->data) {
+        free(host);
+        return LDM_ERR;
+    }
+    if (out->numel) ldm_tensor_from_host(out, host);
+    free(host);
+    w->n_params += e->numel;
+    w->n_loaded++;
+    return 0;
+}
