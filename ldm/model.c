@@ -28,6 +28,7 @@
 #include "error.h"
 #include "model.h"
 #include "ops.h"
+#include "unet.h"
 
 // ---------------------------------------------------------------------------
 // presets (CompVis v1-inference.yaml / v2-inference(-v).yaml)
@@ -134,106 +135,10 @@ static cJSON *parse_json(const char *json, const char *path) {
     return root;
 }
 
+// The UNet config has one parser, in ldm/unet.c next to the code that reads
+// it (it also names unsupported architectures: SDXL, inpainting, ...).
 int ldm_unet_config_parse(ldm_unet_config *c, const char *json, const char *path) {
-    cJSON *o = parse_json(json, path);
-    if (!o) return LDM_ERR;
-    ldm_unet_config_sd(c, LDM_FAMILY_SD1);  // defaults for absent fields
-    int rc = 0;
-    c->in_channels = j_int(o, "in_channels", 4);
-    c->out_channels = j_int(o, "out_channels", 4);
-    c->sample_size = j_int(o, "sample_size", 64);
-    c->n_levels = j_int_list(o, "block_out_channels", c->block_out_channels);
-    c->layers_per_block = j_int(o, "layers_per_block", 2);
-    c->cross_attention_dim = j_int(o, "cross_attention_dim", 768);
-    c->use_linear_projection = j_int(o, "use_linear_projection", 0);
-    c->upcast_attention = j_int(o, "upcast_attention", 0);
-    c->norm_num_groups = j_int(o, "norm_num_groups", 32);
-    c->norm_eps = j_float(o, "norm_eps", 1e-5f);
-    c->flip_sin_to_cos = j_int(o, "flip_sin_to_cos", 1);
-    c->freq_shift = j_int(o, "freq_shift", 0);
-    const cJSON *tl = cJSON_GetObjectItemCaseSensitive(o, "transformer_layers_per_block");
-    c->transformer_layers_per_block = cJSON_IsNumber(tl) ? (int)tl->valuedouble : 1;
-    const char *addition = j_str(o, "addition_embed_type");
-    const char *cls = j_str(o, "_class_name");
-    if (c->n_levels < 1) {
-        rc = ldm_error("%s: block_out_channels must be a list of 1..%d ints", path, LDM_MAX_LEVELS);
-        goto done;
-    }
-    c->time_embed_dim = 4 * c->block_out_channels[0];
-    if (addition || cJSON_IsArray(tl) || c->transformer_layers_per_block != 1) {
-        rc = ldm_error("%s: an SDXL-style UNet (addition_embed_type '%s', transformer_layers_per_"
-                       "block) is not supported: ldm.c runs SD1/SD2", path, addition ? addition : "");
-        goto done;
-    }
-    if (cls && strcmp(cls, "UNet2DConditionModel") != 0) {
-        rc = ldm_error("%s: UNet class '%s' is not supported (expected UNet2DConditionModel)", path, cls);
-        goto done;
-    }
-    if (c->in_channels != 4) {
-        rc = ldm_error("%s: UNet with %d input channels: %s is not supported (SD1/SD2 text-to-image "
-                       "UNets have 4)", path, c->in_channels,
-                       c->in_channels == 9 ? "an inpainting model" : c->in_channels == 5
-                       ? "a depth-conditioned model" : "this architecture");
-        goto done;
-    }
-    // block types: attention or not, per level
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(o, "down_block_types");
-    const cJSON *ut = cJSON_GetObjectItemCaseSensitive(o, "up_block_types");
-    if (cJSON_GetArraySize(dt) != c->n_levels || cJSON_GetArraySize(ut) != c->n_levels) {
-        rc = ldm_error("%s: down_block_types/up_block_types must list %d blocks", path, c->n_levels);
-        goto done;
-    }
-    for (int i = 0; i < c->n_levels; i++) {
-        const cJSON *d = cJSON_GetArrayItem(dt, i), *u = cJSON_GetArrayItem(ut, i);
-        if (!cJSON_IsString(d) || !cJSON_IsString(u)) { rc = ldm_error("%s: bad block type", path); goto done; }
-        if (!strcmp(d->valuestring, "CrossAttnDownBlock2D")) c->down_attn[i] = 1;
-        else if (!strcmp(d->valuestring, "DownBlock2D")) c->down_attn[i] = 0;
-        else { rc = ldm_error("%s: down block type '%s' is not supported", path, d->valuestring); goto done; }
-        if (!strcmp(u->valuestring, "CrossAttnUpBlock2D")) c->up_attn[i] = 1;
-        else if (!strcmp(u->valuestring, "UpBlock2D")) c->up_attn[i] = 0;
-        else { rc = ldm_error("%s: up block type '%s' is not supported", path, u->valuestring); goto done; }
-    }
-    const char *mid = j_str(o, "mid_block_type");
-    c->mid_attn = !mid || !strcmp(mid, "UNetMidBlock2DCrossAttn");
-    // attention_head_dim: int or per-level list; diffusers uses it as the
-    // number of heads unless num_attention_heads is given.
-    int tmp[LDM_MAX_LEVELS];
-    const cJSON *ahd = cJSON_GetObjectItemCaseSensitive(o, "attention_head_dim");
-    const cJSON *nah = cJSON_GetObjectItemCaseSensitive(o, "num_attention_heads");
-    for (int i = 0; i < c->n_levels; i++) c->attention_head_dim[i] = 8;
-    if (cJSON_IsNumber(ahd))
-        for (int i = 0; i < c->n_levels; i++) c->attention_head_dim[i] = (int)ahd->valuedouble;
-    else if (cJSON_IsArray(ahd)) {
-        if (j_int_list(o, "attention_head_dim", tmp) != c->n_levels) {
-            rc = ldm_error("%s: attention_head_dim list must have %d entries", path, c->n_levels);
-            goto done;
-        }
-        memcpy(c->attention_head_dim, tmp, sizeof tmp);
-    }
-    for (int i = 0; i < c->n_levels; i++) c->num_heads[i] = c->attention_head_dim[i];
-    if (cJSON_IsNumber(nah))
-        for (int i = 0; i < c->n_levels; i++) c->num_heads[i] = (int)nah->valuedouble;
-    else if (cJSON_IsArray(nah)) {
-        if (j_int_list(o, "num_attention_heads", tmp) != c->n_levels) {
-            rc = ldm_error("%s: num_attention_heads list must have %d entries", path, c->n_levels);
-            goto done;
-        }
-        memcpy(c->num_heads, tmp, sizeof tmp);
-    }
-    for (int i = 0; i < c->n_levels; i++)
-        if (c->block_out_channels[i] < 1 || c->num_heads[i] < 1 ||
-            c->block_out_channels[i] % c->num_heads[i] || c->norm_num_groups < 1 ||
-            c->block_out_channels[i] % c->norm_num_groups) {
-            rc = ldm_error("%s: level %d: %d channels must be a positive multiple of %d heads and "
-                           "%d groups", path, i, c->block_out_channels[i], c->num_heads[i],
-                           c->norm_num_groups);
-            goto done;
-        }
-    if (c->layers_per_block < 1 || c->layers_per_block > 16)
-        rc = ldm_error("%s: layers_per_block %d out of range", path, c->layers_per_block);
-done:
-    cJSON_Delete(o);
-    return rc;
+    return ldm_unet_config_from_json(c, json, path);
 }
 
 int ldm_vae_config_parse(ldm_vae_config *c, const char *json, const char *path) {

@@ -184,10 +184,15 @@ int ldm_tensor_file_open(ldm_tensor_file *f, const char *path) {
     const uint8_t *b = map;
 
     int rc;
-    if ((size >= 4 && memcmp(b, "PK\x03\x04", 4) == 0) || (size >= 2 && b[0] == 0x80 && b[1] <= 5)) {
-        rc = ldm_ckpt_parse(f, b, size, path);   // ldm/ckpt.c (zip; names the legacy pickle format)
+    if (size >= 4 && memcmp(b, "PK\x03\x04", 4) == 0) {
+        rc = ldm_ckpt_parse(f, b, size, path);   // ldm/ckpt.c
     } else if (size >= 9 && b[8] == '{') {
         rc = ldm_safetensors_parse(f, b, size, path);
+    } else if (size >= 2 && b[0] == 0x80 && b[1] <= 5) {
+        // A bare pickle (PROTO opcode): the pre-1.6 torch.save format; the
+        // ckpt reader names it. Checked after safetensors, whose little-endian
+        // header length may also start with 0x80.
+        rc = ldm_ckpt_parse(f, b, size, path);
     } else if (size < 9) {
         rc = ldm_error("%s: file is only %zu bytes: too short for safetensors (8-byte header "
                        "length + JSON) or a zip", path, size);

@@ -56,7 +56,7 @@ static void test_bad_corpus(void) {
         {"truncated_half", "truncated"},
         {"truncated_tail", "truncated"},
         {"entry_past_end", "runs past the end"},
-        {"legacy_pickle", "unknown format"},
+        {"legacy_pickle", "legacy (pre-1.6"},
     };
     unlink(SENTINEL);
     char path[256], name[300];
