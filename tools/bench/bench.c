@@ -90,6 +90,8 @@ static void report(const char *what, double flops, double secs, double own_sgemm
     printf("  (%.1f per thread by CPU time)\n", flops / best_cpu / 1e9 / nthreads);
 }
 
+void bench_unet(void);   // tools/bench/bench_unet.c: full-size SD1 UNet evaluation
+
 int main(void) {
     const char *env = getenv("LDM_THREADS");
     ldm_ops_cpu.set_threads(env ? atoi(env) : 0);
@@ -131,5 +133,6 @@ int main(void) {
         ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v); ldm_tensor_free(&out);
     }
     printf("(attention FLOPs = 4*B*NH*T*T*HS: the two GEMMs; the softmax's exp is not counted)\n");
+    bench_unet();
     return 0;
 }
