@@ -1,0 +1,149 @@
+/*
+ * ldm/pipeline.h -- text-to-image and image-to-image: the whole latent
+ * diffusion loop (LDM paper section 3.3, Fig. 3) over the modules of ldm.c.
+ *
+ *   prompt, negative --prompt weighting--> ids in 77-token chunks --CLIP-->
+ *       context c [1,77k,D], u [1,77k,D]   (u padded to c's length or back)
+ *   seed --rng--> noise [B,4,h,w]           (img2img: + VAE-encoded init,
+ *                                            noised to the start level)
+ *   sampler loop: D(x; t) from one UNet batch [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w]
+ *       guided eps = u + s (c - u)          (classifier-free guidance)
+ *   latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in [-1,1] --> uint8 RGB
+ *
+ * Mirrors: CompVis scripts/txt2img.py and scripts/img2img.py (loop, strength,
+ * guidance order), diffusers StableDiffusionPipeline / StableDiffusion
+ * Img2ImgPipeline (the test reference), AUTOMATIC1111's prompt attention
+ * syntax and 75-token chunking (prompt_parser.parse_prompt_attention,
+ * sd_hijack_clip), with "pad prompt/negative prompt to the same length".
+ * Leaves out: inpainting, textual-inversion embeddings, prompt editing
+ * `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
+ * hires fix, the CompVis watermark and safety checker.
+ */
+#ifndef LDM_PIPELINE_H
+#define LDM_PIPELINE_H
+
+#include <stdint.h>
+#include "clip.h"
+#include "model.h"
+#include "tensor.h"
+#include "unet.h"
+#include "vae.h"
+#include "samplers/rng.h"
+#include "samplers/sampler.h"
+#include "samplers/schedule.h"
+
+struct ldm_tokenizer;
+
+// ---------------------------------------------------------------------------
+// Prompt weighting (A1111 syntax), independent of any model
+
+// One piece of a parsed prompt: text and its attention multiplier.
+// weight < 0 marks a BREAK (start a new 75-token chunk).
+typedef struct ldm_prompt_piece {
+    char *text;
+    float weight;
+} ldm_prompt_piece;
+
+// "a (red:1.2) [car]" -> pieces ("a ", 1), ("red", 1.2), (" ", 1), ("car", 1/1.1).
+// ( ) multiply by 1.1, [ ] by 1/1.1, (text:w) by w, nesting multiplies,
+// \( \) \[ \] \\ are literal, unclosed brackets apply to the rest, BREAK
+// (a word, upper case) starts a new chunk. Adjacent pieces of equal weight
+// are merged. Empty prompt -> one piece ("", 1). 0 / LDM_ERR (out of memory).
+int ldm_prompt_parse(ldm_prompt_piece **pieces, int *n, const char *prompt);
+void ldm_prompt_pieces_free(ldm_prompt_piece *pieces, int n);
+
+// Tokenize parsed pieces into chunks of 77: chunk k = [SOT, 75 tokens or
+// padding, EOT]; padding is EOT then `pad` (SD1 49407, SD2 0) after the first
+// EOT, as A1111. A chunk that fills up within 20 tokens after a comma is split
+// after the comma (A1111 comma_padding_backtrack 20).
+//   ids [n_chunks*77] (malloc'ed), mult [n_chunks*77] (malloc'ed; 1 for
+//   SOT/EOT/padding). 0 / LDM_ERR.
+int ldm_prompt_tokenize(int32_t **ids, float **mult, int *n_chunks,
+                        struct ldm_tokenizer *tok, const char *prompt, int pad);
+
+// ---------------------------------------------------------------------------
+// The loaded model (weights loaded once, used for every image)
+
+typedef struct ldm_pipeline_options {
+    const struct ldm_ops *ops;      // backend (NULL: ldm_backend_default())
+    const char *config_dir;         // configs for a single file of non-standard size (or NULL)
+    const char *vae_path;           // replace the model's VAE (--vae FILE), or NULL
+    const char *vocab;              // BPE vocabulary (NULL: the model's tokenizer/ or the default)
+    ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
+    int need_encoder;               // 1: load the VAE encoder too (img2img)
+    int verbose;                    // stage messages on stderr
+} ldm_pipeline_options;
+
+typedef struct ldm_pipeline {
+    ldm_model model;                // files, configs, family, prediction
+    const struct ldm_ops *ops;
+    struct ldm_tokenizer *tok;
+    ldm_clip clip;
+    ldm_unet unet;
+    ldm_vae vae;
+    ldm_schedule sched;             // SD schedule (scaled linear, CompVis precision)
+    int factor;                     // VAE pixels per latent pixel: 2^(levels-1) (8 for SD)
+    int latent_channels;            // 4
+    int verbose;
+    double load_seconds;
+} ldm_pipeline;
+
+int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_options *o);
+void ldm_pipeline_close(ldm_pipeline *p);
+
+// prompt -> context [1, 77*n_chunks, D] on p->ops (allocated here), weighted
+// as A1111's "Original" emphasis: per chunk z = clip(ids) [1,77,D];
+// m = mean(z); z *= mult (per token); z *= m / mean(z). clip_skip >= 1
+// (1 = the model's own output; 2 = one more layer skipped, then final LN).
+int ldm_pipeline_encode_prompt(ldm_tensor *ctx, ldm_pipeline *p, const char *prompt, int clip_skip);
+
+// ---------------------------------------------------------------------------
+// One generation call: B images (txt2img or img2img)
+
+// Progress: called at each stage start (step -1) and after each sampler step.
+typedef void (*ldm_progress_fn)(void *ctx, const char *stage, int step, int n_steps,
+                                double seconds_per_step);
+
+typedef struct ldm_generate_params {
+    const char *prompt;             // A1111 syntax (weights, BREAK, long prompts)
+    const char *negative;           // "" or NULL: the empty prompt
+    int width, height;              // pixels, multiples of 8 (and of the VAE factor)
+    int batch;                      // B images per call (--n_samples)
+    const ldm_sampler_info *sampler;
+    ldm_sigma_kind sigma_kind;      // k-diffusion samplers: default / Karras / exponential
+    ldm_spacing spacing;            // DDIM/PLMS/DDPM timesteps (CompVis: UNIFORM)
+    int steps_offset;               // 1 for leading spacing (SD), ignored by UNIFORM
+    int compvis;                    // DDIM/PLMS: CompVis noise draws
+    int steps;                      // >= 1
+    float eta;                      // < 0: the sampler's default
+    float cfg_scale;                // s (7.5); exactly 1: no unconditional pass (CompVis)
+    int clip_skip;                  // >= 1
+    ldm_rng *rng;                   // the run's generator (continues across calls)
+    // img2img (init_rgb != NULL): init image [init_h][init_w][3] uint8 of the same
+    // size as width x height; strength in [0,1]: int(strength*steps) steps run.
+    const uint8_t *init_rgb;
+    double strength;                // double: int(strength * steps) as Python computes it
+    ldm_vae_options vae_opt;        // tiling
+    int truncate;                   // 1: uint8 by truncation (CompVis), 0: rounding (diffusers)
+    ldm_progress_fn progress;
+    void *progress_ctx;
+} ldm_generate_params;
+
+// Checks params without running anything (sizes, steps, strength, sampler).
+// 0 / LDM_ERR naming the parameter.
+int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g);
+
+// Run. latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
+// The generator is used in this order: (img2img) the VAE posterior noise
+// [B,C,h,w], the initial noise [B,C,h,w], then the sampler's own draws.
+// Dumps (LDM_DUMP): "prompt/text_model.*", "negative/text_model.*",
+// "context", "uncond_context", "init_latent", "noise", "stepNNN/unet_in",
+// "stepNNN/unet.*" (block dumps of the UNet), "stepNNN/unet_out",
+// "stepNNN/latent", "stepNNN/denoised", "latent", "imageK/vae.*", "imageK/image".
+int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_out,
+                 uint8_t *rgb_out);
+
+// Peak resident set size of this process in bytes (getrusage ru_maxrss).
+int64_t ldm_peak_rss_bytes(void);
+
+#endif
