@@ -18,8 +18,8 @@ OPT      ?= -O3 -march=native
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
             -fopenmp -fPIC -I. $(OPT) $(EXTRA_CFLAGS)
 # OpenBLAS (sgemm), libpng (images), cJSON (safetensors headers, configs),
-# utf8proc (Unicode data for the tokenizer), OpenMP, libm.
-LDLIBS   := -lopenblas -lpng -lcjson -lutf8proc -fopenmp -lm
+# utf8proc (Unicode data for the tokenizer), zlib (the gzip vocabulary), OpenMP, libm.
+LDLIBS   := -lopenblas -lpng -lcjson -lutf8proc -lz -fopenmp -lm
 # Build folder; debug builds go to build/debug so both can coexist.
 BUILD    ?= build
 
@@ -34,6 +34,27 @@ SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
+# ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
+# `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
+# ldm/ops_cuda.cu compiled by nvcc and linked with cuBLAS + the CUDA runtime.
+# Without CUDA=1 nothing here applies: the default build never needs CUDA
+# (the `cuda-emu` backend, which runs the CUDA kernels on the CPU, is plain C).
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) nvcc)
+# GPU generations compiled for (sm_80 A100, sm_86/89 RTX 30/40 + L4, sm_90
+# H100), plus PTX of the newest so later GPUs can JIT it.
+CUDA_ARCH ?= 80 86 89 90
+NVCCFLAGS := -O3 -std=c++20 -I. $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH)) \
+             -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
+ifeq ($(CUDA),1)
+LIB_OBJ  += $(BUILD)/obj/ldm/ops_cuda.o
+# -u: ops.c refers to ldm_ops_cuda only weakly, which alone would not pull
+# ops_cuda.o out of libldm.a; this makes every program of this build link it.
+LDLIBS   += -Wl,-u,ldm_ops_cuda -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+            -lcublas -lcudart -lstdc++
+endif
+
 # The CLIP BPE vocabulary (never committed; fetched from the open_clip_torch
 # wheel on the package registry and checked by sha256, see tools/fetch_vocab.sh).
 VOCAB    := build/vocab/bpe_simple_vocab_16e6.txt.gz
@@ -42,7 +63,7 @@ REF_PY   := .venv-ref/bin/python
 # Seconds each fuzz target runs under `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all lib test check debug deps reference-env fixtures fuzz bench clean help vocab
+.PHONY: all lib test check debug deps reference-env fixtures fuzz bench clean help vocab cuda test-cuda
 
 all: $(BUILD)/sd $(BUILD)/libldm.a $(BUILD)/libldm.so $(VOCAB)
 
@@ -114,6 +135,15 @@ $(REF_PY): tools/reference/requirements.txt
 fixtures: $(REF_PY) $(VOCAB)
 	$(REF_PY) tools/reference/make_fixtures.py
 
+# Full-size random models (real SD1/SD2 shapes and key layouts, generated and
+# cached under build/reference/) against PyTorch: every
+# tools/reference/test_reference_*.py in turn. Slow (minutes); not part of `test`.
+.PHONY: test-reference
+test-reference: $(BUILD)/sd $(REF_PY)
+	@rc=0; for s in tools/reference/test_reference_*.py; do \
+	    echo "== $$s"; $(REF_PY) $$s --sd $(BUILD)/sd || rc=1; \
+	done; exit $$rc
+
 # ---- fuzzing ----------------------------------------------------------------
 # libFuzzer targets tests/fuzz/fuzz_*.c, built with clang + ASan, each run for
 # FUZZ_SECONDS on a corpus seeded from tests/fixtures/bad (and the valid files).
@@ -138,6 +168,91 @@ $(BUILD)/bench: $(BENCH_SRC) $(BUILD)/libldm.a
 bench: $(BUILD)/bench
 	$(BUILD)/bench
 
+# ---- CUDA backend: targets -----------------------------------------------------
+# The op and model cases shared by the emulated (default) and the GPU test.
+$(BUILD)/tests/test_cuda_emu $(BUILD)/tests/cuda/test_cuda: tests/cuda/op_cases.h tests/cuda/model_cases.h
+
+# ldm/ops_cuda.cu -> object, by nvcc (warnings are errors; -MMD: header deps).
+$(BUILD)/obj/%.o: %.cu | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+# build/cuda/sd (with `--backend cuda`), build/cuda/libldm.a, build/cuda/libldm.so
+cuda:
+	@command -v $(NVCC) >/dev/null 2>&1 || { echo "make cuda: nvcc not found (looked for \
+	$(NVCC)): install the CUDA toolkit or set CUDA_HOME=/path/to/cuda"; exit 1; }
+	@$(MAKE) --no-print-directory CUDA=1 BUILD=build/cuda all build/cuda/tools/softmax_forward
+
+# Teaching kernels (tools/cuda/*.cu, llm.c style): numbered versions of one
+# op, each checked against a CPU reference and timed. Built by `make cuda`.
+$(BUILD)/tools/%: tools/cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ $< -Xlinker -rpath,$(CUDA_HOME)/lib64
+
+# The launch glue written twice (GPU / emulation) agrees (tools/cuda/check_twins.py),
+# then every op and the tiny models on `cuda` against `ref`, PyTorch and `cpu`
+# (tests/cuda/test_cuda.c); without a GPU that part prints "no CUDA device:
+# skipped" and succeeds.
+test-cuda: cuda
+	@python3 tools/cuda/check_twins.py > build/cuda/twins.log || { cat build/cuda/twins.log; exit 1; }
+	@tail -n 1 build/cuda/twins.log
+	@$(MAKE) --no-print-directory CUDA=1 BUILD=build/cuda build/cuda/tests/cuda/test_cuda
+	build/cuda/tests/cuda/test_cuda
+
+# ---- notebooks and course exercises (notebooks/, docs/exercises/) ----------------
+# `make notebooks`: a light venv (build/venv-nb: numpy, matplotlib, nbclient,
+# nbformat, ipykernel from the package registry; no torch), a check that the
+# ctypes mirrors of notebooks/ldm_py.py match the C headers, then every
+# notebooks/NN-*.ipynb executed headlessly on the committed tiny models; fails on
+# any cell error. Executed copies go to build/notebooks/ (the committed ones
+# carry no outputs). Not part of `make test`.
+# `make exercise-N`: build with docs/exercises/NN-*/'s function in place of the
+# project's and run that module's test (SOLUTION=1: the project's own code);
+# `make exercises-check`: every starting point fails and every solution passes.
+.PHONY: notebooks exercises-check
+NB_VENV := build/venv-nb
+NB_PY   := $(NB_VENV)/bin/python
+$(NB_PY): notebooks/requirements.txt
+	python3 -m venv $(NB_VENV)
+	$(NB_PY) -m pip install -q -r notebooks/requirements.txt
+	@touch $@
+notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
+	@mkdir -p $(BUILD)/nb
+	@$(NB_PY) notebooks/ldm_py.py --layout-c > $(BUILD)/nb/layout_check.c
+	@$(CC) -std=c11 -D_GNU_SOURCE -I. -o $(BUILD)/nb/layout_check $(BUILD)/nb/layout_check.c
+	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
+	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
+	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
+exercise-%: $(VOCAB)
+	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
+exercises-check: $(VOCAB)
+	@docs/exercises/run.sh --check-all
+
+# ---- the embedded tiny model (tools/train/, tools/tiny-model/) -------------------
+# `make demo`: build, then draw the default prompts (English and Japanese) with
+# the committed tiny model (64x64, DDIM 20 steps, guidance 5) into outputs/demo/.
+# `make train-tiny`: retrain it from scratch in PyTorch (.venv-ref), seeded:
+# procedural dataset -> autoencoder -> latents -> text-conditioned UNet ->
+# fp16 diffusers folder in TINY_OUT with loss_curves.png and training.json.
+# TINY_OUT=tools/tiny-model replaces the committed model; TINY_ARGS adds flags
+# of tools/train/train_tiny.py (e.g. TINY_ARGS="--unet-steps 6000 --resume").
+.PHONY: demo train-tiny
+TINY_MODEL := tools/tiny-model
+TINY_OUT   ?= build/tiny-model
+TINY_ARGS  ?=
+DEMO_EN    := a red circle on the left
+DEMO_JA    := 右に青い四角
+demo: $(BUILD)/sd $(VOCAB)
+	@mkdir -p outputs/demo
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_EN)" --H 64 --W 64 \
+	    --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1 --outdir outputs/demo/en
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_JA)" --H 64 --W 64 \
+	    --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1 --outdir outputs/demo/ja
+	@echo "demo: \"$(DEMO_EN)\" -> outputs/demo/en/grid-0000.png (samples in outputs/demo/en/samples/)"
+	@echo "demo: \"$(DEMO_JA)\" -> outputs/demo/ja/grid-0000.png (samples in outputs/demo/ja/samples/)"
+train-tiny: $(REF_PY)
+	nice $(REF_PY) tools/train/train_tiny.py --work build/tiny-train --out $(TINY_OUT) $(TINY_ARGS)
+
 clean:
 	rm -rf build
 
@@ -149,6 +264,12 @@ help:
 	@echo "make deps       install the Debian packages the build needs"
 	@echo "make reference-env  PyTorch reference venv (.venv-ref)"
 	@echo "make fixtures   regenerate tests/fixtures from PyTorch"
+	@echo "make test-reference  full-size random models vs PyTorch (slow)"
 	@echo "make fuzz       libFuzzer targets for the loaders (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 	@echo "make bench      sgemm / op GFLOPS on this machine"
+	@echo "make cuda       build/cuda/sd + libldm with the CUDA backend (nvcc, cuBLAS)"
+	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
+	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
+	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
+	@echo "make exercises-check  every exercise: starting point fails, solution passes"
 	@echo "make clean      remove build/"

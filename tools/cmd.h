@@ -14,6 +14,20 @@ typedef struct sd_command {
 } sd_command;
 
 int cmd_info(int argc, char **argv);
+int cmd_compare(int argc, char **argv);      // tools/cmd_compare.c
+// tools/info_model.c: the detected model (family, prediction, components) of
+// a checkpoint or diffusers folder; required=0 prints why it is not one.
+int sd_info_model(const char *path, int required);
+int sd_info_is_dir(const char *path);
+int cmd_encode_prompt(int argc, char **argv);   // tools/cmd_encode_prompt.c
+int cmd_check_model(int argc, char **argv);     // tools/cmd_check_model.c
+int cmd_vae_decode(int argc, char **argv);   // tools/cmd_vae.c
+int cmd_vae_encode(int argc, char **argv);
+int cmd_unet(int argc, char **argv);         // tools/cmd_unet.c
+int cmd_tokenize(int argc, char **argv);     // tools/cmd_tokenize.c
+int cmd_txt2img(int argc, char **argv);      // tools/cmd_txt2img.c
+int cmd_img2img(int argc, char **argv);
+int cmd_png_info(int argc, char **argv);
 
 // Shared by subcommands: print "sd: <message>" to stderr, return 1 (exit code).
 int sd_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -14,6 +14,16 @@
 
 static const sd_command commands[] = {
     {"info", cmd_info, "list the tensors and metadata of a checkpoint file; extract one as .npy"},
+    {"encode-prompt", cmd_encode_prompt, "prompt -> CLIP text encoder context [1,77,D] as .npy"},
+    {"check-model", cmd_check_model, "detect a model and load all its weights; times and memory"},
+    {"vae-decode", cmd_vae_decode, "decode a latent .npy into a PNG with the VAE decoder"},
+    {"vae-encode", cmd_vae_encode, "encode a PNG into a latent .npy with the VAE encoder"},
+    {"unet", cmd_unet, "run the UNet once on .npy inputs; print its block table; time it"},
+    {"compare", cmd_compare, "compare two dump folders tensor by tensor; mark the first divergence"},
+    {"tokenize", cmd_tokenize, "prompts on stdin -> CLIP BPE ids (--pieces, --context 77 --pad end|zero)"},
+    {"txt2img", cmd_txt2img, "text -> images (CompVis scripts/txt2img.py flags and outputs)"},
+    {"img2img", cmd_img2img, "image + text -> images (CompVis scripts/img2img.py, --strength)"},
+    {"png-info", cmd_png_info, "print the generation parameters stored in a PNG"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 
