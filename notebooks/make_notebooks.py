@@ -1,0 +1,908 @@
+"""
+notebooks/make_notebooks.py -- writes the course notebooks notebooks/NN-*.ipynb.
+
+The notebooks are generated from the cell texts below, so they are plain,
+reviewable and always committed without outputs:
+
+    build/venv-nb/bin/python notebooks/make_notebooks.py      (after editing this file)
+    make notebooks                                             (executes them all)
+
+Each notebook follows one chapter of docs/ and runs top to bottom on the tiny
+random-weight models committed under tests/fixtures/ (their pictures are noise:
+the weights are random until a trained tiny model is committed). The variable
+MODEL at the top of each notebook (or $LDM_MODEL) points it at a real checkpoint.
+"""
+import copy
+import os
+import textwrap
+
+import nbformat
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def md(s):
+    return nbformat.v4.new_markdown_cell(textwrap.dedent(s).strip())
+
+
+def code(s):
+    return nbformat.v4.new_code_cell(textwrap.dedent(s).strip())
+
+
+SETUP = code('''
+    # Setup: the ctypes bindings to build/libldm.so (notebooks/ldm_py.py; run `make` first).
+    import os, sys
+    ROOT = os.path.abspath("")
+    while not os.path.exists(os.path.join(ROOT, "notebooks", "ldm_py.py")):
+        ROOT = os.path.dirname(ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+    os.chdir(ROOT)  # the tokenizer finds build/vocab/ relative to the repository root
+    import numpy as np
+    import matplotlib.pyplot as plt
+    import ldm_py as L
+    L.load()
+
+    # MODEL: the tiny random-weight test model (L.TINY_MODEL: tests/fixtures/pipeline/model)
+    # until a trained tiny model is committed -- its pictures are NOISE, only the shapes
+    # and the mechanics are real. Point MODEL at a real checkpoint (.safetensors / .ckpt file
+    # or a diffusers folder) to see real pictures; CONFIG_DIR only for single files of
+    # non-standard size.
+    MODEL = os.environ.get("LDM_MODEL", L.TINY_MODEL)
+    CONFIG_DIR = None
+''')
+
+TINY_NOTE = md('''
+    > **About the pictures.** With the default `MODEL` (the tiny test model of
+    > `tests/fixtures/pipeline/model`: SD1 layout, random weights, an 8-wide CLIP, a
+    > UNet of 4–8 channels) every image below is noise: the weights were never
+    > trained, until a trained tiny model is committed. The shapes, the data flow and
+    > every number's *meaning* are those of Stable Diffusion; set `MODEL` to a real
+    > SD1/SD2 checkpoint for real pictures.
+''')
+
+NOTEBOOKS = {}
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["01-tensors-and-ops"] = [
+    md('''
+    # 01 — Tensors and ops: group norm and attention, in C, beside NumPy
+
+    Chapter: [docs/01-tensors-and-ops.md](../docs/01-tensors-and-ops.md) · exercises
+    [1 (group norm)](../docs/exercises/01-group-norm/README.md),
+    [2 (attention, causal mask)](../docs/exercises/02-causal-attention/README.md).
+
+    Every model file calls the op table (`ldm/ops.h`); `ref` is plain loops, `cpu` is
+    OpenBLAS + OpenMP. Here two ops run through the bindings and are checked against
+    a NumPy one-liner of their definition.
+    '''),
+    SETUP,
+    md('''
+    ## Group normalisation (Wu & He 2018, eq. 1–2)
+    `x [B,C,H,W]` in `G` groups of `C/G` channels; each group is normalised by its own
+    mean and (biased) variance, then scaled per channel. The UNet uses 32 groups.
+    '''),
+    code('''
+    rng = np.random.default_rng(0)
+    B, Cc, H, W, G = 2, 8, 6, 6, 4
+    x = (rng.standard_normal((B, Cc, H, W)) * np.arange(1, Cc + 1)[None, :, None, None]
+         + 3 * np.arange(Cc)[None, :, None, None]).astype(np.float32)
+    gamma = np.ones(Cc, np.float32); beta = np.zeros(Cc, np.float32)
+    got = {be: L.group_norm(x, gamma, beta, G, 1e-5, backend_name=be) for be in ("ref", "cpu")}
+    xg = x.reshape(B, G, -1)
+    want = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
+    for be, y in got.items():
+        print(f"{be}: max |C - NumPy| = {np.abs(y - want).max():.2e}")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3))
+    for a, arr, title in ((ax[0], x, "input x"), (ax[1], got["cpu"], "group_norm(x), G=4")):
+        a.boxplot([arr[0, c].ravel() for c in range(Cc)])
+        a.set_title(title); a.set_xlabel("channel (groups of 2)")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## Attention and the causal mask (LDM eq. 3)
+    `softmax(QKᵀ/√d)·V`, per head. CLIP's text encoder adds a causal mask: token *i*
+    sees tokens *0..i* only. The matrix of probabilities below is what the mask does.
+    '''),
+    code('''
+    T, D, NH = 12, 16, 2
+    q, k, v = (rng.standard_normal((1, T, D)).astype(np.float32) for _ in range(3))
+    hs = D // NH
+
+    def attention_numpy(q, k, v, causal):
+        qh = q.reshape(1, -1, NH, hs).transpose(0, 2, 1, 3)
+        kh = k.reshape(1, -1, NH, hs).transpose(0, 2, 1, 3)
+        vh = v.reshape(1, -1, NH, hs).transpose(0, 2, 1, 3)
+        s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(hs)
+        if causal:
+            s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        return (p @ vh).transpose(0, 2, 1, 3).reshape(1, T, D), p
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4))
+    for a, causal in zip(ax, (False, True)):
+        want, p = attention_numpy(q, k, v, causal)
+        got = L.attention(q, k, v, NH, causal=causal)
+        print(f"causal={causal}: max |C - NumPy| = {np.abs(got - want).max():.2e}")
+        im = a.imshow(p[0, 0], cmap="viridis"); a.set_title(f"head 0 probabilities, causal={causal}")
+        a.set_xlabel("key j"); a.set_ylabel("query i"); plt.colorbar(im, ax=a)
+    plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["02-tokenizer"] = [
+    md('''
+    # 02 — The CLIP tokenizer: byte-level BPE, merge by merge
+
+    Chapter: [docs/02-tokenizer.md](../docs/02-tokenizer.md) · exercise
+    [5 (BPE merges)](../docs/exercises/05-bpe-merges/README.md) · paper: LDM sec. 4.3.1
+    (τ_θ is a transformer over the *tokenized* prompt); Sennrich et al. 2016 (BPE).
+
+    `tokenizer/bpe.c` does, for every piece of the prompt: UTF-8 bytes → the
+    byte-to-unicode table → one symbol per byte (`</w>` on the last) → repeatedly merge
+    the adjacent pair of lowest rank. Below the same loop in 30 lines of Python, run on
+    the same vocabulary, shows each merge, and is checked against the C tokenizer.
+    '''),
+    SETUP,
+    code('''
+    tok = L.Tokenizer()          # build/vocab/bpe_simple_vocab_16e6.txt.gz (make vocab)
+    for p in ["a photo of a cat", "An astronaut riding a horse, 4k", "diffusion123"]:
+        print(f"{p!r:40s} -> {tok.encode(p)}")
+        print(" " * 44, tok.pieces(p))
+    '''),
+    md('''
+    ## The merges, step by step
+    The vocabulary file lists 48,894 merges in rank order (line 1 = rank 0). The
+    byte-to-unicode table maps each of the 256 bytes to a printable character so that
+    merges can be written as text.
+    '''),
+    code('''
+    import gzip
+    vocab_path = os.path.join(ROOT, "build", "vocab", "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(vocab_path, "rt", encoding="utf-8").read().split("\\n")
+    merges = [tuple(l.split()) for l in lines[1:49152 - 256 - 2 + 1]]
+    rank = {m: i for i, m in enumerate(merges)}
+
+    def bytes_to_unicode():
+        bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+        cs, n = bs[:], 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b); cs.append(256 + n); n += 1
+        return dict(zip(bs, map(chr, cs)))
+    b2u = bytes_to_unicode()
+
+    def bpe_steps(word):
+        """-> list of symbol lists, one per merge (the first: bytes)."""
+        w = [b2u[b] for b in word.encode("utf-8")]
+        w[-1] += "</w>"
+        steps = [list(w)]
+        while len(w) > 1:
+            pairs = [(rank.get((a, b), 1 << 30), a, b) for a, b in zip(w, w[1:])]
+            r, a, b = min(pairs)
+            if r == 1 << 30:
+                break
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                    out.append(a + b); i += 2
+                else:
+                    out.append(w[i]); i += 1
+            w = out
+            steps.append(list(w))
+        return steps
+
+    def draw_steps(word, ax):
+        steps = bpe_steps(word)
+        for row, syms in enumerate(steps):
+            xpos = 0
+            for s in syms:
+                wdt = len(s.replace("</w>", "_"))
+                ax.add_patch(plt.Rectangle((xpos, -row), wdt - 0.1, 0.8, color=plt.cm.tab20(sum(map(ord, s)) % 20)))
+                ax.text(xpos + wdt / 2, -row + 0.4, s.replace("</w>", "·"), ha="center", va="center", fontsize=9)
+                xpos += wdt
+        ax.set_xlim(-0.2, max(len(word) + 1, 4)); ax.set_ylim(-len(steps) + 0.5, 1)
+        ax.set_title(f"{word!r}: {len(steps) - 1} merges"); ax.axis("off")
+
+    words = ["photograph", "diffusion", "unbelievably", "astronaut"]
+    fig, axes = plt.subplots(1, len(words), figsize=(16, 4.5))
+    for w, a in zip(words, axes):
+        draw_steps(w, a)
+    plt.suptitle("each row: the word after one more merge (· marks </w>)"); plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # The Python loop and the C tokenizer agree (lower-case words, no cleaning needed).
+    test_words = "a photograph of an astronaut riding a horse in photorealistic detail trending on artstation unbelievably diffusion".split()
+    for w in test_words:
+        assert bpe_steps(w)[-1] == tok.pieces(w), (w, bpe_steps(w)[-1], tok.pieces(w))
+    print(f"{len(test_words)} words: Python BPE == C BPE")
+    '''),
+    md('''
+    ## The 77 ids CLIP sees
+    `[SOT] + ids[:75] + [EOT] + padding` — SD1 pads with EOT (49407), SD2 with 0.
+    '''),
+    code('''
+    ids = tok.context(tok.encode("a photograph of an astronaut riding a horse"))
+    fig, ax = plt.subplots(figsize=(14, 1.6))
+    kind = np.array([0 if i == tok.SOT else 2 if i == tok.EOT else 1 for i in ids])
+    ax.imshow(kind[None], cmap="Set2", aspect="auto")
+    for j, i in enumerate(ids[:12]):
+        ax.text(j, 0, tok.piece(i).replace("</w>", "") if i < 49406 else ("SOT" if i == tok.SOT else "EOT"),
+                ha="center", va="center", fontsize=7, rotation=90)
+    ax.set_yticks([]); ax.set_xlabel("position (0..76): SOT, tokens, EOT, padding (EOT)")
+    plt.show()
+    '''),
+    code('''
+    # How often does a word become one token? Merge ranks used by a sentence.
+    text = ("a beautiful painting of a lighthouse on a rocky coast at sunset, dramatic clouds, "
+            "oil on canvas, highly detailed, by a famous impressionist painter")
+    ranks = []
+    for w in text.replace(",", " ,").split():
+        st = bpe_steps(w)
+        for a, b in zip(st, st[1:]):
+            ranks += [rank[(x, y)] for x, y in zip(a, a[1:]) if x + y in b and (x, y) in rank][:1]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3))
+    ax[0].hist(ranks, bins=30); ax[0].set_xlabel("merge rank"); ax[0].set_title("ranks of the merges used")
+    lens = [len(tok.encode(w)) for w in text.replace(",", " ").split()]
+    ax[1].hist(lens, bins=np.arange(0.5, max(lens) + 1.5)); ax[1].set_xlabel("tokens per word")
+    ax[1].set_title("most English words are one token")
+    plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["03-clip"] = [
+    md('''
+    # 03 — CLIP text encoder: attention patterns and embedding similarity
+
+    Chapter: [docs/03-clip-and-checkpoints.md](../docs/03-clip-and-checkpoints.md) ·
+    paper: LDM sec. 3.3 and 4.3.1 — the context `τ_θ(y)` [77, D] that the UNet's
+    cross-attention reads. Exercise [2](../docs/exercises/02-causal-attention/README.md)
+    writes the causal attention used here.
+
+    The attention probabilities are not kept by `ldm/clip.c` (the op is fused). They are
+    recomputed here in NumPy from the layer inputs the C code dumps (`LDM_DUMP`) and the
+    weights it loaded — and the NumPy layer is checked against the C layer's output.
+    '''),
+    SETUP, TINY_NOTE,
+    code('''
+    m = L.Model(MODEL, CONFIG_DIR, vae=False)
+    tok = L.Tokenizer()
+    cfg = m.m.clip
+    print(f"{m.family}, D={cfg.hidden_size}, layers={m.clip.n_layers}, heads={cfg.num_attention_heads}, vocab={cfg.vocab_size}")
+    prompt = "a photograph of an astronaut riding a horse"
+    ids = np.array([m.context_ids(tok, prompt)])
+    ctx, d = L.dumps(m.encode_ids, ids)
+    print("context", ctx.shape, "dumped:", sorted(d)[:3], "...")
+    '''),
+    code('''
+    T_ = L.to_numpy
+    def ln(x, w, b, eps): mu = x.mean(-1, keepdims=True); return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+    import math
+    erf = np.vectorize(math.erf)
+    act = (lambda x: x / (1 + np.exp(-1.702 * x))) if cfg.hidden_act == 0 else (lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))))
+
+    def clip_layer(x, ly, NH):
+        """One CLIPEncoderLayer in NumPy -> (output, attention probabilities [NH,T,T])."""
+        Tn, D = x.shape[-2:]; hs = D // NH
+        h = ln(x, T_(ly.ln1_w), T_(ly.ln1_b), cfg.layer_norm_eps)
+        q, k, v = (h @ T_(getattr(ly, n + "_w")).T + T_(getattr(ly, n + "_b")) for n in "qkv")
+        split = lambda a: a.reshape(Tn, NH, hs).transpose(1, 0, 2)
+        s = split(q) @ split(k).transpose(0, 2, 1) / np.sqrt(hs)
+        s = np.where(np.tril(np.ones((Tn, Tn), bool)), s, -np.inf)          # the causal mask
+        p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        a = (p @ split(v)).transpose(1, 0, 2).reshape(Tn, D)
+        x = x + a @ T_(ly.o_w).T + T_(ly.o_b)
+        h = ln(x, T_(ly.ln2_w), T_(ly.ln2_b), cfg.layer_norm_eps)
+        x = x + act(h @ T_(ly.fc1_w).T + T_(ly.fc1_b)) @ T_(ly.fc2_w).T + T_(ly.fc2_b)
+        return x, p
+
+    x = d["text_model.embeddings"][0]
+    probs = []
+    for i in range(m.clip.n_layers):
+        x_np, p = clip_layer(x, m.clip.layers[i], cfg.num_attention_heads)
+        x_c = d[f"text_model.encoder.layers.{i}"][0]
+        print(f"layer {i:2d}: max |NumPy - C| = {np.abs(x_np - x_c).max():.2e}")
+        assert np.abs(x_np - x_c).max() <= 1e-3 * max(1.0, np.abs(x_c).max())
+        probs.append(p)
+        x = x_c
+    '''),
+    code('''
+    n_tok = len(tok.encode(prompt)) + 2   # SOT ... EOT
+    labels = ["SOT"] + [tok.piece(i).replace("</w>", "") for i in tok.encode(prompt)] + ["EOT"]
+    layers = sorted(set([0, len(probs) // 2, len(probs) - 1]))
+    NH = cfg.num_attention_heads
+    heads = list(range(min(NH, 4)))
+    fig, axes = plt.subplots(len(layers), len(heads), figsize=(3.2 * len(heads), 3.2 * len(layers)), squeeze=False)
+    for r, li in enumerate(layers):
+        for c, h in enumerate(heads):
+            ax = axes[r][c]
+            ax.imshow(probs[li][h, :n_tok, :n_tok], cmap="magma", vmin=0, vmax=1)
+            ax.set_title(f"layer {li}, head {h}", fontsize=9)
+            ax.set_xticks(range(n_tok)); ax.set_xticklabels(labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(n_tok)); ax.set_yticklabels(labels, fontsize=7)
+    plt.suptitle("CLIP self-attention (query rows, key columns): lower-triangular by the causal mask")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## Embedding similarity
+    Cosine similarity between prompts, using the context row at the EOT token (the
+    position CLIP pools), and between the tokens of one prompt.
+    '''),
+    code('''
+    prompts = ["a photo of a cat", "a photo of a dog", "a painting of a cat",
+               "a red sports car", "a blue sports car", "an empty room"]
+    rows = []
+    for p in prompts:
+        c = m.encode_prompt(tok, p)[0]
+        rows.append(c[len(tok.encode(p)) + 1])          # the EOT position
+    E = np.array(rows); E /= np.linalg.norm(E, axis=1, keepdims=True)
+    tokc = ctx[0, :n_tok] / np.linalg.norm(ctx[0, :n_tok], axis=1, keepdims=True)
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    im = ax[0].imshow(E @ E.T, cmap="coolwarm", vmin=-1, vmax=1)
+    ax[0].set_xticks(range(len(prompts))); ax[0].set_xticklabels(prompts, rotation=60, ha="right", fontsize=8)
+    ax[0].set_yticks(range(len(prompts))); ax[0].set_yticklabels(prompts, fontsize=8)
+    ax[0].set_title("prompt vs prompt (EOT row)"); plt.colorbar(im, ax=ax[0])
+    im = ax[1].imshow(tokc @ tokc.T, cmap="coolwarm", vmin=-1, vmax=1)
+    ax[1].set_xticks(range(n_tok)); ax[1].set_xticklabels(labels, rotation=90, fontsize=8)
+    ax[1].set_yticks(range(n_tok)); ax[1].set_yticklabels(labels, fontsize=8)
+    ax[1].set_title("token vs token in one prompt"); plt.colorbar(im, ax=ax[1])
+    plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["04-vae"] = [
+    md('''
+    # 04 — The autoencoder: latent channels and the round trip
+
+    Chapter: [docs/04-vae.md](../docs/04-vae.md) · paper: LDM sec. 3.1 "Perceptual Image
+    Compression" — `z = E(x)`, `x̃ = D(z)`, downsampling factor f (8 for SD; 2 for the
+    tiny test VAE), KL-regularised latent (App. G).
+    '''),
+    SETUP, TINY_NOTE,
+    code('''
+    m = L.Model(MODEL, CONFIG_DIR)
+    vc = m.m.vae
+    side = 32 * m.factor                    # 64 px for the tiny VAE, 256 px for SD
+    x = L.test_image(side)                  # [1,3,side,side] in [-1,1]
+    moments = m.vae_moments(x)              # [1, 2Z, h, w] = (mean, logvar)
+    Z = vc.latent_channels
+    mean, logvar = moments[:, :Z], moments[:, Z:]
+    z = m.vae_encode(x)                     # mean * scaling_factor
+    print(f"image {x.shape} -> moments {moments.shape} -> latent {z.shape}, f = {m.factor}, scaling_factor {vc.scaling_factor}")
+    kl = 0.5 * np.sum(mean ** 2 + np.exp(logvar) - 1 - logvar)
+    print(f"KL(q(z|x) || N(0,I)) = {kl:.1f} nats")
+    '''),
+    code('''
+    fig, ax = plt.subplots(1, Z + 1, figsize=(3 * (Z + 1), 3))
+    ax[0].imshow(L.to_rgb(x[0])); ax[0].set_title(f"input {side}x{side}")
+    for c in range(Z):
+        ax[c + 1].imshow(z[0, c], cmap="RdBu_r"); ax[c + 1].set_title(f"latent channel {c}")
+    for a in ax: a.axis("off")
+    plt.tight_layout(); plt.show()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3))
+    for c in range(Z):
+        ax[0].hist(z[0, c].ravel(), bins=40, histtype="step", label=f"channel {c}")
+    ax[0].legend(); ax[0].set_title("scaled latent values (SD aims at ~unit variance)")
+    ax[1].hist(np.exp(0.5 * logvar).ravel(), bins=40); ax[1].set_title("posterior std exp(logvar/2)")
+    plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    rec = m.vae_decode(z)
+    err = np.abs(rec - x)
+    psnr = 10 * np.log10(4 / np.mean((rec - x) ** 2))
+    fig, ax = plt.subplots(1, 3, figsize=(10, 3.5))
+    ax[0].imshow(L.to_rgb(x[0])); ax[0].set_title("x")
+    ax[1].imshow(L.to_rgb(rec[0])); ax[1].set_title("D(E(x))")
+    im = ax[2].imshow(err[0].mean(0), cmap="inferno"); ax[2].set_title(f"|error|, PSNR {psnr:.1f} dB")
+    plt.colorbar(im, ax=ax[2])
+    for a in ax: a.axis("off")
+    plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # Shapes through the encoder and decoder, from the C dumps (LDM_DUMP).
+    _, de = L.dumps(m.vae_encode, x)
+    _, dd = L.dumps(m.vae_decode, z)
+    fig, ax = plt.subplots(1, 2, figsize=(14, 4))
+    for a, dump, title in ((ax[0], de, "encoder"), (ax[1], dd, "decoder")):
+        names = [n for n in dump if dump[n].ndim == 4]
+        a.bar(range(len(names)), [dump[n].shape[1] for n in names], color="tab:blue", label="channels")
+        a2 = a.twinx(); a2.plot(range(len(names)), [dump[n].shape[-1] for n in names], "o-r", label="side (px)")
+        a.set_xticks(range(len(names))); a.set_xticklabels([n.replace("vae.", "") for n in names], rotation=80, fontsize=7)
+        a.set_ylabel("channels"); a2.set_ylabel("side"); a.set_title(title + ", blocks in execution order")
+    plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["05-unet"] = [
+    md('''
+    # 05 — The UNet: shapes per block and cross-attention maps
+
+    Chapter: [docs/05-unet.md](../docs/05-unet.md) · paper: LDM sec. 3.3, eq. 3 —
+    cross-attention `softmax(QKᵀ/√d)·V` with Q from the UNet's features and K, V from
+    the prompt context.
+
+    `ldm/unet.c` builds the network as a table of blocks; the bindings read that table
+    and receive every block's output through the UNet's hook. The cross-attention maps
+    are recomputed in NumPy from the block's input and the loaded weights, and the
+    NumPy transformer block is checked against the C block's output.
+    '''),
+    SETUP, TINY_NOTE,
+    code('''
+    m = L.Model(MODEL, CONFIG_DIR, vae=False)
+    tok = L.Tokenizer()
+    uc = m.u.cfg
+    h = uc.sample_size
+    prompt = "a photograph of an astronaut riding a horse"
+    ctx = m.encode_prompt(tok, prompt)
+    x = L.randn(0, (1, uc.in_channels, h, h))
+    outs = {}
+    eps = m.unet(x, 500.0, ctx, hook=lambda name, a: outs.__setitem__(name, a))
+    rows = m.blocks()
+    print(f"{len(rows)} blocks, latent {x.shape} -> eps {eps.shape}; {m.u.n_params:,} parameters, {m.u.flops / 1e9:.3f} GFLOP")
+    '''),
+    code('''
+    kinds = ["conv_in", "res", "attn", "down", "up", "out"]
+    colors = dict(zip(kinds, plt.cm.tab10.colors))
+    sides = [outs["unet." + r["name"]].shape[-1] if "unet." + r["name"] in outs else np.nan for r in rows]
+    fig, ax = plt.subplots(3, 1, figsize=(14, 9), sharex=True)
+    ax[0].bar(range(len(rows)), [r["cout"] for r in rows], color=[colors[r["kind"]] for r in rows])
+    ax[0].set_ylabel("channels out")
+    ax[1].plot(range(len(rows)), sides, "o-"); ax[1].set_ylabel("latent side"); ax[1].invert_yaxis()
+    ax[1].set_title("the U: resolution per block (down, mid, up)")
+    ax[2].bar(range(len(rows)), [r["flops"] / 1e6 for r in rows], color=[colors[r["kind"]] for r in rows])
+    ax[2].set_ylabel("MFLOP")
+    ax[2].set_xticks(range(len(rows))); ax[2].set_xticklabels([r["name"] for r in rows], rotation=90, fontsize=7)
+    for k in kinds: ax[0].bar([0], [0], color=colors[k], label=k)
+    ax[0].legend(ncol=6, fontsize=8)
+    plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # The timestep embedding the ResBlocks receive (sinusoidal, [cos | sin]).
+    ts = np.arange(0, 1000, 5, dtype=np.float32)
+    emb = m.timestep_embedding(ts)
+    plt.figure(figsize=(10, 3)); plt.imshow(emb.T, aspect="auto", cmap="RdBu_r", extent=[0, 1000, emb.shape[1], 0])
+    plt.xlabel("timestep t"); plt.ylabel("dimension"); plt.title("timestep embedding"); plt.colorbar(); plt.show()
+    '''),
+    md('''
+    ## Cross-attention maps per prompt token
+    For a transformer block (`Transformer2DModel`): GroupNorm → proj_in → [self-attention,
+    **cross-attention**, GEGLU feed-forward] → proj_out, plus the residual. Its input is
+    the output of the row before it in the table.
+    '''),
+    code('''
+    import math
+    T_ = L.to_numpy
+    erf = np.vectorize(math.erf)
+    def ln(x, w, b, eps=1e-5): mu = x.mean(-1, keepdims=True); return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+    def gn(x, G, eps, w, b):
+        xg = x.reshape(x.shape[0], G, -1)
+        y = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + eps)).reshape(x.shape)
+        return y * w[None, :, None, None] + b[None, :, None, None]
+    def mha(xq, xkv, a, NH):
+        q, k, v = xq @ T_(a.q_w).T, xkv @ T_(a.k_w).T, xkv @ T_(a.v_w).T
+        B_, Tq, D = q.shape; hs = D // NH
+        sp = lambda t: t.reshape(B_, -1, NH, hs).transpose(0, 2, 1, 3)
+        s = sp(q) @ sp(k).transpose(0, 1, 3, 2) / np.sqrt(hs)
+        p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        o = (p @ sp(v)).transpose(0, 2, 1, 3).reshape(B_, Tq, D)
+        return o @ T_(a.out_w).T + T_(a.out_b), p
+
+    def transformer_numpy(blk, x, ctx):
+        """Transformer2DModel in NumPy: x [B,C,H,W] -> (out, [cross-attention probs per depth])."""
+        tr = blk.tr; B_, Cc, H, W = x.shape
+        hdn = gn(x, uc.norm_num_groups, 1e-6, T_(tr.norm_w), T_(tr.norm_b)).reshape(B_, Cc, H * W).transpose(0, 2, 1)
+        hdn = hdn @ T_(tr.proj_in_w).reshape(tr.d, Cc).T + T_(tr.proj_in_b)
+        maps = []
+        for k in range(tr.depth):
+            tb = tr.blocks[k]
+            n = ln(hdn, T_(tb.norm1_w), T_(tb.norm1_b)); hdn = hdn + mha(n, n, tb.attn1, tr.heads)[0]
+            n = ln(hdn, T_(tb.norm2_w), T_(tb.norm2_b)); o, p = mha(n, ctx, tb.attn2, tr.heads); hdn = hdn + o
+            maps.append(p)
+            n = ln(hdn, T_(tb.norm3_w), T_(tb.norm3_b)); f = n @ T_(tb.ff1_w).T + T_(tb.ff1_b)
+            a_, g = np.split(f, 2, axis=-1)
+            hdn = hdn + (a_ * 0.5 * g * (1 + erf(g / np.sqrt(2)))) @ T_(tb.ff2_w).T + T_(tb.ff2_b)
+        o = hdn @ T_(tr.proj_out_w).reshape(Cc, tr.d).T + T_(tr.proj_out_b)
+        return o.transpose(0, 2, 1).reshape(B_, Cc, H, W) + x, maps
+
+    attn_maps = {}
+    for i, r in enumerate(rows):
+        if r["kind"] != "attn":
+            continue
+        xin = outs["unet." + rows[i - 1]["name"]]
+        out_np, maps = transformer_numpy(m.block(r["name"]), xin, ctx)
+        out_c = outs["unet." + r["name"]]
+        err = np.abs(out_np - out_c).max() / max(1e-6, np.abs(out_c).max())
+        assert err < 1e-3, (r["name"], err)
+        attn_maps[r["name"]] = (maps[0], out_c.shape[-2:])
+    print(f"{len(attn_maps)} transformer blocks recomputed in NumPy, all within 1e-3 of the C output")
+    '''),
+    code('''
+    words = ["SOT"] + [tok.piece(i).replace("</w>", "") for i in tok.encode(prompt)] + ["EOT"]
+    names = list(attn_maps)
+    show = sorted({names[0], names[len(names) // 2], names[-1]}, key=names.index)
+    fig, axes = plt.subplots(len(show), len(words), figsize=(1.8 * len(words), 2 * len(show)), squeeze=False)
+    for r, name in enumerate(show):
+        p, (H, W) = attn_maps[name]
+        avg = p[0].mean(0)                              # heads averaged: [H*W, 77]
+        for j, w in enumerate(words):
+            ax = axes[r][j]; ax.imshow(avg[:, j].reshape(H, W), cmap="viridis"); ax.set_xticks([]); ax.set_yticks([])
+            if r == 0: ax.set_title(w, fontsize=9)
+            if j == 0: ax.set_ylabel(name.replace("_blocks", ""), fontsize=7)
+    plt.suptitle("cross-attention: where each prompt token is read (heads averaged)"); plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["06a-forward-process"] = [
+    md('''
+    # 06a — The forward process q(x_t | x_0) and the noise schedule
+
+    Chapter: [docs/06-samplers.md](../docs/06-samplers.md) · exercise
+    [3 (q_sample)](../docs/exercises/03-forward-process/README.md) · papers: DDPM (Ho et
+    al. 2020) eq. 4, `q(x_t|x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I)`; LDM sec. 3.2 runs it on latents.
+    '''),
+    SETUP,
+    code('''
+    S = L.Schedule()                    # SD: scaled linear 0.00085..0.012, T = 1000 (samplers/schedule.c)
+    t = np.arange(S.T)
+    ab = S.alphas_cumprod
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.5))
+    ax[0].plot(t, ab, label="ᾱ_t"); ax[0].plot(t, np.sqrt(ab), label="√ᾱ_t (signal)")
+    ax[0].plot(t, np.sqrt(1 - ab), label="√(1−ᾱ_t) (noise)"); ax[0].legend(); ax[0].set_xlabel("t")
+    ax[1].plot(t, 10 * np.log10(ab / (1 - ab))); ax[1].axhline(0, color="gray", lw=0.5)
+    ax[1].set_ylabel("SNR (dB)"); ax[1].set_xlabel("t"); ax[1].set_title("SNR_t = ᾱ/(1−ᾱ) = 1/σ²")
+    for kind in ("scaled_linear", "linear", "cosine"):
+        b0, b1 = (0.00085, 0.012) if kind != "linear" else (1e-4, 0.02)
+        ax[2].plot(t, L.Schedule(kind, b0, b1).alphas_cumprod, label=kind)
+    ax[2].legend(); ax[2].set_title("ᾱ_t of three schedules"); ax[2].set_xlabel("t")
+    plt.tight_layout(); plt.show()
+    print(f"sigma range {S.sigmas[0]:.4f} .. {S.sigmas[-1]:.2f}; SNR at t=999: {ab[-1] / (1 - ab[-1]):.5f}")
+    '''),
+    code('''
+    x0 = L.test_image(128)
+    noise = L.randn(42, x0.shape)
+    steps = [0, 50, 100, 200, 400, 600, 800, 999]
+    xs = np.concatenate([S.q_sample(x0, noise, tt) for tt in steps])    # C: ldm_q_sample
+    # the same by the formula, in NumPy
+    want = np.stack([np.sqrt(ab[tt]) * x0[0] + np.sqrt(1 - ab[tt]) * noise[0] for tt in steps])
+    print(f"max |C - NumPy| = {np.abs(xs - want).max():.2e}")
+    fig, ax = plt.subplots(1, len(steps), figsize=(2.2 * len(steps), 2.6))
+    for a, tt, img in zip(ax, steps, xs):
+        a.imshow(L.to_rgb(img)); a.set_title(f"t={tt}\\nSNR {10*np.log10(ab[tt]/(1-ab[tt])):.0f} dB", fontsize=9); a.axis("off")
+    plt.suptitle("q(x_t | x_0) in pixel space (SD does this to the VAE latent)"); plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # Where the structure disappears: correlation of x_t with x_0, per t.
+    corr = [np.corrcoef(S.q_sample(x0, noise, tt).ravel(), x0.ravel())[0, 1] for tt in t[::10]]
+    plt.figure(figsize=(6, 3)); plt.plot(t[::10], corr); plt.plot(t, np.sqrt(ab) / np.sqrt(ab * x0.var() + (1 - ab)) * np.sqrt(x0.var()), "--")
+    plt.xlabel("t"); plt.ylabel("corr(x_t, x_0)"); plt.title("measured (solid) vs predicted (dashed)"); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+TOY = code('''
+    # A toy data distribution whose exact denoiser is known: a mixture of Gaussians
+    # in 2-D (8 modes on a ring, two classes). E[x_0 | x_sigma] in closed form.
+    K = 8
+    ang = 2 * np.pi * np.arange(K) / K
+    MUS = 1.5 * np.stack([np.cos(ang), np.sin(ang)], 1)
+    CLS = np.arange(K) % 2                       # class of each mode
+    S2 = 0.1 ** 2                                # variance of each mode
+    S = L.Schedule()
+
+    def gmm_denoise(x, sigma, modes):
+        var = S2 + sigma ** 2                    # [N,1]
+        d2 = ((x[:, None, :] - MUS[None, modes]) ** 2).sum(-1)
+        logr = -d2 / (2 * var)
+        r = np.exp(logr - logr.max(1, keepdims=True)); r /= r.sum(1, keepdims=True)
+        post = MUS[None, modes] + (S2 / var)[..., None] * (x[:, None, :] - MUS[None, modes])
+        return (r[..., None] * post).sum(1)
+
+    def toy_eps(x_in, t, modes=np.arange(K)):
+        """The network of the samplers' interface: x_in = c_in x, fractional t -> eps."""
+        sigma = np.array([S.t_to_sigma(float(tt)) for tt in t])[:, None]
+        x = x_in * np.sqrt(sigma ** 2 + 1)       # c_in = 1/sqrt(sigma^2+1) = sqrt(abar)
+        return (x - gmm_denoise(x, sigma, modes)) / sigma
+
+    def toy_eps_cfg(x_in, t):
+        """Rows [uncond..., cond...]: unconditional = all modes, conditional = class 1."""
+        n = len(x_in) // 2
+        return np.concatenate([toy_eps(x_in[:n], t[:n]), toy_eps(x_in[n:], t[n:], np.where(CLS == 1)[0])])
+
+    def show_modes(ax):
+        ax.scatter(*MUS.T, c=["tab:red" if c else "tab:blue" for c in CLS], marker="x", s=80, zorder=5)
+        ax.set_aspect("equal"); ax.set_xlim(-2.5, 2.5); ax.set_ylim(-2.5, 2.5)
+''')
+
+NOTEBOOKS["06b-samplers"] = [
+    md('''
+    # 06b — Samplers: trajectories, predicted x₀, and equal-cost comparisons
+
+    Chapter: [docs/06-samplers.md](../docs/06-samplers.md) · exercise
+    [4 (DDIM update)](../docs/exercises/04-ddim-update/README.md) · papers: DDIM (Song et
+    al. 2021) eq. 12/16; Karras et al. 2022 (Euler, Heun, σ schedules); DPM-Solver++
+    (Lu et al. 2022).
+
+    Every sampler here is the C code of `samplers/` called through `ldm_sample`; the
+    network is a Python callback (`ctypes.CFUNCTYPE`). First a closed-form stand-in
+    denoiser on 2-D data, where the right answer is known; then the tiny UNet.
+    '''),
+    SETUP, TOY,
+    code('''
+    print([s[0] for s in L.samplers()])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for kind in ("default", "karras", "exponential"):
+        ax.semilogy(S.sigmas_for(20, kind)[:-1], "o-", label=kind)
+    ax.set_xlabel("step"); ax.set_ylabel("σ"); ax.legend(); ax.set_title("20-step σ schedules")
+    plt.show()
+    '''),
+    code('''
+    B = 300
+    noise = L.randn(1, (B, 2))
+    traj, den = [], []
+    x, nfe = L.sample("euler", noise, toy_eps, steps=25,
+                      callback=lambda i, xi, di: (traj.append(xi), den.append(di)))
+    sig = S.sigmas_for(25)
+    traj = np.array([noise * sig[0]] + traj); den = np.array(den)
+    fig, ax = plt.subplots(1, 2, figsize=(12, 6))
+    for b in range(0, B, 3):
+        ax[0].plot(*traj[:, b].T, lw=0.4, color="gray")
+    ax[0].scatter(*x.T, s=6, zorder=4); show_modes(ax[0]); ax[0].set_xlim(-6, 6); ax[0].set_ylim(-6, 6)
+    ax[0].set_title(f"Euler, 25 steps ({nfe} model calls): trajectories from σ={sig[0]:.1f}")
+    for b in range(0, 12):
+        ax[1].plot(*den[:, b].T, "-o", ms=2, lw=0.8)
+    show_modes(ax[1]); ax[1].set_title("predicted x₀ (denoised) per step, 12 particles")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## Euler vs Heun vs DPM++ 2M vs LMS at equal model evaluations
+    Heun costs two network calls per step; the fair axis is the number of calls (NFE).
+    The error is against a 1000-step Heun solution from the same noise (the ODE's answer).
+    With the default σ schedule (uniform in t) the last step, σ_min ≈ 0.03 → 0, costs
+    every sampler the same first-order error; with the Karras schedule (more steps at
+    low σ) the higher-order solvers show their order.
+    '''),
+    code('''
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for ax, sk in zip(axes, ("", " Karras")):
+        ref, _ = L.sample("heun" + sk, noise, toy_eps, steps=1000)
+        for name in ("euler", "heun", "dpmpp_2m", "lms"):
+            pts = []
+            for n in (4, 8, 16, 32, 48):
+                xn, nfe = L.sample(name + sk, noise, toy_eps, steps=n)
+                pts.append((nfe, np.sqrt(np.mean((xn - ref) ** 2))))
+            pts = np.array(pts); ax.loglog(pts[:, 0], pts[:, 1], "o-", label=name)
+        ax.set_xlabel("model evaluations (NFE)"); ax.set_title(("default" if not sk else "Karras") + " σ schedule")
+        ax.legend(); ax.grid(True, which="both", lw=0.3)
+    axes[0].set_ylabel("RMS distance to the ODE solution"); plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # One step in isolation: ldm_sample_* with n = 1 from sigma 2.0 to 1.0.
+    x_s = noise[:50] * 2.0
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, c in (("euler", "tab:blue"), ("heun", "tab:orange"), ("dpmpp_2m", "tab:green")):
+        xn, d0 = L.sampler_step(name, x_s, 2.0, 1.0, toy_eps)
+        ax.quiver(*x_s.T, *(xn - x_s).T, color=c, angles="xy", scale_units="xy", scale=1, width=0.004, label=name)
+    show_modes(ax); ax.set_xlim(-6, 6); ax.set_ylim(-6, 6); ax.legend(); ax.set_title("one step σ 2 → 1")
+    plt.show()
+    '''),
+    md('''
+    ## DDIM η sweep
+    η = 0 is the deterministic DDIM; η = 1 is DDPM's posterior variance (eq. 16). Same
+    noise, same 50 steps.
+    '''),
+    code('''
+    etas = [0.0, 0.5, 1.0]
+    fig, ax = plt.subplots(1, len(etas) + 1, figsize=(16, 4))
+    for a, eta in zip(ax, etas):
+        xe, _ = L.sample("ddim", noise, toy_eps, steps=50, eta=eta, seed=7)
+        a.scatter(*xe.T, s=5); show_modes(a); a.set_title(f"DDIM η={eta}")
+        dist = np.sqrt(((xe[:, None] - MUS[None]) ** 2).sum(-1)).min(1)
+        ax[-1].hist(dist, bins=np.linspace(0, 0.3, 30), histtype="step", label=f"η={eta}")
+    ax[-1].set_xlabel("distance to the nearest mode"); ax[-1].legend()
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## The same loop with the tiny UNet
+    Predicted x₀ per step, decoded by the VAE. (Random weights: noise pictures.)
+    '''),
+    TINY_NOTE,
+    code('''
+    m = L.Model(MODEL, CONFIG_DIR)
+    tok = L.Tokenizer()
+    ctx = m.encode_prompt(tok, "a photograph of an astronaut riding a horse")
+    h = m.u.cfg.sample_size
+    lat_noise = L.randn(3, (1, m.u.cfg.in_channels, h, h))
+    pred = "v" if m.prediction.startswith("v") else "eps"
+    den = []
+    lat, nfe = L.sample("euler", lat_noise, m.model_fn(ctx), steps=8, prediction=pred,
+                        callback=lambda i, xi, di: den.append(di))
+    imgs = [m.vae_decode(d)[0] for d in den]
+    fig, ax = plt.subplots(1, len(imgs), figsize=(2 * len(imgs), 2.4))
+    for i, (a, im) in enumerate(zip(ax, imgs)):
+        a.imshow(L.to_rgb(im)); a.set_title(f"step {i}: D(x)", fontsize=9); a.axis("off")
+    plt.suptitle(f"Euler, 8 steps, {nfe} UNet calls: the predicted x₀ decoded"); plt.tight_layout(); plt.show()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["07-guidance-and-img2img"] = [
+    md('''
+    # 07 — Classifier-free guidance and img2img strength
+
+    Chapter: [docs/07-pipeline.md](../docs/07-pipeline.md) and
+    [docs/06-samplers.md](../docs/06-samplers.md) (the model wrapper) · papers: Ho & Salimans 2022 (classifier-free guidance,
+    `ε̃ = ε(∅) + s·(ε(c) − ε(∅))`); SDEdit (Meng et al. 2022) for img2img.
+
+    Both are composed here from the modules (UNet, samplers, VAE) through the bindings,
+    exactly as `ldm/pipeline.c` composes them: guidance is the sampler's model wrapper
+    (`ldm_denoiser`, rows `[uncond..., cond...]`), img2img starts `ldm_sample` part-way
+    down the schedule from the noised latent of an image.
+    '''),
+    SETUP, TOY,
+    code('''
+    # Guidance on the toy: unconditional = all 8 modes, condition = the red class.
+    noise = L.randn(5, (300, 2))
+    scales = [0.0, 1.0, 3.0, 8.0]
+    fig, ax = plt.subplots(1, len(scales), figsize=(16, 4))
+    for a, s in zip(ax, scales):
+        xs, nfe = L.sample("euler", noise, toy_eps_cfg, steps=30, cfg_scale=s)
+        a.scatter(*xs.T, s=5); show_modes(a); a.set_title(f"scale s={s} ({nfe} calls of 2 rows)")
+    plt.suptitle("s=0: unconditional; s=1: the conditional model; s>1: pushed beyond it"); plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    # img2img on the toy: start from blue-class points, noised to `strength`, sample back.
+    init = MUS[np.zeros(300, int)] + 0.03 * L.randn(6, (300, 2))
+    fig, ax = plt.subplots(1, 4, figsize=(16, 4))
+    n = 20
+    for a, st in zip(ax, (0.2, 0.5, 0.8, 1.0)):
+        xs, _ = L.sample("euler", noise, toy_eps, steps=n, init=init, start_step=n - int(st * n))
+        a.scatter(*xs.T, s=5); show_modes(a); a.set_title(f"strength {st}: {int(st * n)} of {n} steps")
+    plt.suptitle("img2img: the higher the strength, the further from the init"); plt.tight_layout(); plt.show()
+    '''),
+    TINY_NOTE,
+    code('''
+    m = L.Model(MODEL, CONFIG_DIR)
+    tok = L.Tokenizer()
+    pred = "v" if m.prediction.startswith("v") else "eps"
+    prompt = "a photograph of an astronaut riding a horse"
+    c, u = m.encode_prompt(tok, prompt), m.encode_prompt(tok, "")
+    h = m.u.cfg.sample_size
+    lat_noise = L.randn(11, (1, m.u.cfg.in_channels, h, h))
+    scales = [1.0, 3.0, 7.5, 12.0]
+    fig, ax = plt.subplots(1, len(scales), figsize=(3 * len(scales), 3.3))
+    for a, s in zip(ax, scales):
+        lat, nfe = L.sample("dpmpp_2m", lat_noise, m.model_fn(c, u), steps=10, cfg_scale=s, prediction=pred)
+        a.imshow(L.to_rgb(m.vae_decode(lat)[0])); a.set_title(f"guidance {s}"); a.axis("off")
+    plt.suptitle(f"classifier-free guidance sweep, same seed: {prompt!r}"); plt.tight_layout(); plt.show()
+    '''),
+    code('''
+    side = h * m.factor
+    img = L.test_image(side)
+    init_lat = m.vae_encode(img)
+    strengths = [0.2, 0.4, 0.6, 0.8, 1.0]
+    n = 10
+    fig, ax = plt.subplots(1, len(strengths) + 1, figsize=(3 * (len(strengths) + 1), 3.3))
+    ax[0].imshow(L.to_rgb(img[0])); ax[0].set_title("init image"); ax[0].axis("off")
+    for a, st in zip(ax[1:], strengths):
+        lat, nfe = L.sample("euler", lat_noise, m.model_fn(c, u), steps=n, cfg_scale=7.5, prediction=pred,
+                            init=init_lat, start_step=n - int(st * n))
+        a.imshow(L.to_rgb(m.vae_decode(lat)[0])); a.set_title(f"strength {st} ({nfe} calls)"); a.axis("off")
+    plt.suptitle("img2img strength sweep"); plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## The same through `ldm/pipeline.c`
+    `ldm_generate` is what `sd txt2img` / `sd img2img` run: A1111 prompt syntax and
+    75-token chunks, guidance, the sampler loop, the VAE. For a plain prompt it must
+    give exactly the loop composed above, to the bit.
+    '''),
+    code('''
+    pl = L.Pipeline(MODEL, CONFIG_DIR)
+    W_ = H_ = h * m.factor
+    rgb, lat_p = pl.generate(prompt, "", W_, H_, sampler="euler", steps=10, cfg_scale=7.5, seed=11, eta=0.0)
+    lat_c, _ = L.sample("euler", lat_noise, m.model_fn(c, u), steps=10, cfg_scale=7.5, prediction=pred)
+    print(f"pipeline vs composed latent: max |diff| = {np.abs(lat_p - lat_c).max():.2e}")
+    assert np.allclose(lat_p, lat_c, rtol=1e-5, atol=1e-5 * np.abs(lat_c).max())
+
+    fig, ax = plt.subplots(2, 5, figsize=(15, 6.5))
+    for a, s in zip(ax[0], [1.0, 2.0, 4.0, 7.5, 12.0]):
+        im, _ = pl.generate(prompt, "", W_, H_, sampler="DPM++ 2M Karras", steps=12, cfg_scale=s, seed=11)
+        a.imshow(im[0]); a.set_title(f"ldm_generate, guidance {s}", fontsize=9); a.axis("off")
+    init_u8 = np.round(L.to_rgb(img[0]) * 255).astype(np.uint8)
+    for a, st in zip(ax[1], [0.0, 0.25, 0.5, 0.75, 1.0]):
+        im, _ = pl.generate(prompt, "", W_, H_, sampler="ddim", steps=20, cfg_scale=7.5, seed=11,
+                            init=init_u8, strength=st)
+        a.imshow(im[0]); a.set_title(f"img2img (DDIM), strength {st}", fontsize=9); a.axis("off")
+    plt.tight_layout(); plt.show()
+    pl.close()
+    '''),
+]
+
+# ---------------------------------------------------------------------------
+NOTEBOOKS["10-compare-with-pytorch"] = [
+    md('''
+    # 10 — Comparing against PyTorch dumps, block by block
+
+    How correctness is established ([docs/00-overview.md](../docs/00-overview.md)): every
+    named intermediate is dumped by the C code (`LDM_DUMP=DIR` / `sd --dump DIR`) under
+    the diffusers module path, and PyTorch forward hooks write the same names. Here the
+    committed PyTorch dumps of the tiny test models (`tests/fixtures/unet/sd1/blocks`,
+    `tests/fixtures/vae/tiny2/dump`, written by `tools/reference/fixtures_*.py`) are
+    loaded beside the C ones and the error is plotted per block, in execution order.
+    '''),
+    SETUP,
+    code('''
+    if os.path.exists(os.path.join(ROOT, ".venv-ref")):
+        print("note: .venv-ref exists; `make fixtures` regenerates these PyTorch dumps. "
+              "The committed ones are used here.")
+    else:
+        print("note: no .venv-ref (make reference-env); using the committed PyTorch dumps")
+
+    def compare(ref, got, order):
+        rows = []
+        for name in order:
+            if name not in ref or name not in got:
+                continue
+            a, b = got[name].astype(np.float64), ref[name].astype(np.float64)
+            if a.shape != b.shape:
+                print(f"{name}: shape C {a.shape} vs PyTorch {b.shape}"); continue
+            d = np.abs(a - b).max()
+            cos = (a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
+            rows.append((name, d, d / max(np.abs(b).max(), 1e-30), cos))
+        return rows
+
+    def plot_rows(rows, title):
+        fig, ax = plt.subplots(figsize=(14, 4))
+        ax.semilogy(range(len(rows)), [r[1] for r in rows], "o-", label="max |C − PyTorch|")
+        ax.semilogy(range(len(rows)), [r[2] for r in rows], "s-", label="relative (÷ max |PyTorch|)")
+        ax.axhline(1e-4, color="gray", ls="--", lw=0.8, label="block tolerance 1e-4")
+        ax.set_xticks(range(len(rows))); ax.set_xticklabels([r[0] for r in rows], rotation=90, fontsize=7)
+        ax.legend(); ax.set_title(title); plt.tight_layout(); plt.show()
+        worst = max(rows, key=lambda r: r[2])
+        print(f"{len(rows)} tensors; worst relative error {worst[2]:.2e} at {worst[0]}; min cosine {min(r[3] for r in rows):.8f}")
+    '''),
+    code('''
+    fx = os.path.join(ROOT, "tests", "fixtures", "unet", "sd1")
+    unet = L.UNetFolder(fx)
+    x, t, c = (np.load(os.path.join(fx, f"b2_{n}.npy")) for n in ("latent", "t", "context"))
+    got = {}
+    out = unet.unet(x, t, c, hook=lambda name, a: got.__setitem__(name, a))
+    ref = L.read_dump_dir(os.path.join(fx, "blocks"))
+    exec_order = [n for n in got if n in ref]          # the order the C forward ran them
+    rows = compare(ref, got, exec_order)
+    rows.append(("output", *compare({"o": np.load(os.path.join(fx, "b2_out.npy"))}, {"o": out}, ["o"])[0][1:]))
+    plot_rows(rows, "UNet (tiny SD1 layout, batch 2) vs diffusers UNet2DConditionModel")
+    '''),
+    code('''
+    fv = os.path.join(ROOT, "tests", "fixtures", "vae", "tiny2")
+    vae = L.VaeFolder(fv)
+    xv = np.load(os.path.join(fv, "x.npy"))[:1]
+    zin = np.load(os.path.join(fv, "latent_in.npy"))[:1] / vae.vf.cfg.scaling_factor
+    _, got_e = L.dumps(vae.encoder_forward, xv)
+    _, got_d = L.dumps(vae.decoder_forward, zin)
+    ref = L.read_dump_dir(os.path.join(fv, "dump"))
+    got = {**got_e, **got_d}
+    order = [n for n in got if n in ref]               # execution order (files as written)
+    plot_rows(compare(ref, got, order), "VAE (tiny2) encoder + decoder vs diffusers AutoencoderKL")
+    '''),
+]
+
+
+def main():
+    for name, cells in NOTEBOOKS.items():
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [copy.deepcopy(c) for c in cells]   # shared cells (SETUP) get their own ids
+        for i, c in enumerate(nb.cells):   # stable ids: regenerating gives the same file
+            c["id"] = f"c{i:02d}"
+        nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                       "language_info": {"name": "python"}}
+        path = os.path.join(HERE, name + ".ipynb")
+        nbformat.write(nb, path)
+        print("wrote", os.path.relpath(path))
+
+
+if __name__ == "__main__":
+    main()
