@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int test_passed_count, test_failed_count;
@@ -68,6 +69,22 @@ static inline __attribute__((unused)) int test_close(const char *name, const flo
            n ? exp[worst] : 0.0, rtol);
     fflush(stdout);
     return ok;
+}
+
+// Read a whole file into a NUL-terminated malloc'ed buffer (*size = bytes,
+// if size != NULL). NULL when it cannot be read.
+static inline __attribute__((unused)) char *test_read_file(const char *path, size_t *size) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
+    if (buf) buf[n] = '\0';
+    fclose(fp);
+    if (size) *size = buf ? (size_t)n : 0;
+    return buf;
 }
 
 static inline __attribute__((unused)) int test_summary(void) {

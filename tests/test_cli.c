@@ -24,28 +24,14 @@
 
 static char sd[512], tmpdir[256], out_path[600], err_path[600];
 
-static char *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
-    if (buf) buf[n] = '\0';
-    fclose(fp);
-    if (size) *size = (size_t)n;
-    return buf;
-}
-
 // Run `sd ARGS` with stdout/stderr into files; returns the exit status, or
 // 128 + signal when it died of one (a crash).
 static int run(const char *args, char **out, char **err) {
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
     int st = system(cmd);
-    *out = read_file(out_path, NULL);
-    *err = read_file(err_path, NULL);
+    *out = test_read_file(out_path, NULL);
+    *err = test_read_file(err_path, NULL);
     if (st == -1) return -1;
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
@@ -144,7 +130,7 @@ static void test_npy(void) {
 }
 
 static void test_bad(void) {
-    char *man = read_file(DIR "bad/MANIFEST.tsv", NULL);
+    char *man = test_read_file(DIR "bad/MANIFEST.tsv", NULL);
     if (!test_check(man != NULL, "bad/MANIFEST.tsv", "missing; run make fixtures")) return;
     int n = 0, good = 0;
     for (char *line = strtok(man, "\n"); line; line = strtok(NULL, "\n")) {

@@ -23,20 +23,6 @@
 
 #define DIR "tests/fixtures/io/"
 
-static char *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
-    if (buf) buf[n] = '\0';
-    fclose(fp);
-    if (size) *size = (size_t)n;
-    return buf;
-}
-
 static void test_numpy_files(void) {
     static const char *kinds[] = {"f32", "f64", "f16"};
     for (int k = 0; k < 3; k++) {
@@ -87,7 +73,7 @@ static void test_roundtrip(const char *tmpdir) {
         if (test_check(ok, name, "shape differs")) test_close(name, back, d, n, 0, 0);
         free(back);
         size_t size;
-        char *raw = read_file(path, &size);
+        char *raw = test_read_file(path, &size);
         unsigned hlen = raw ? (uint8_t)raw[8] | ((uint8_t)raw[9] << 8) : 0;
         snprintf(name, sizeof name, "npy header of %d dims: v1.0, 64-byte aligned, ends '\\n'",
                  cases[c].ndim);
@@ -115,7 +101,7 @@ static void test_roundtrip(const char *tmpdir) {
 
 static void test_bad(void) {
     size_t n;
-    char *man = read_file(DIR "bad/MANIFEST.tsv", &n);
+    char *man = test_read_file(DIR "bad/MANIFEST.tsv", &n);
     if (!test_check(man != NULL, "bad/MANIFEST.tsv", "missing; run make fixtures")) return;
     for (char *line = strtok(man, "\n"); line; line = strtok(NULL, "\n")) {
         if (strncmp(line, "npy\t", 4) != 0) continue;

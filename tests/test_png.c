@@ -23,20 +23,6 @@
 
 #define DIR "tests/fixtures/io/"
 
-static char *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
-    if (buf) buf[n] = '\0';
-    fclose(fp);
-    if (size) *size = (size_t)n;
-    return buf;
-}
-
 static const char *find_text(const ldm_image *img, const char *key) {
     for (int i = 0; i < img->n_text; i++)
         if (!strcmp(img->text_keys[i], key)) return img->text_values[i];
@@ -46,7 +32,7 @@ static const char *find_text(const ldm_image *img, const char *key) {
 // Does the PNG file at path contain a chunk of type `kind` (e.g. "iTXt")?
 static int has_chunk(const char *path, const char *kind) {
     size_t n;
-    char *b = read_file(path, &n);
+    char *b = test_read_file(path, &n);
     int found = 0;
     for (size_t p = 8; b && p + 8 <= n;) {   // walk length|type|data|crc
         uint32_t len = ((uint32_t)(uint8_t)b[p] << 24) | ((uint32_t)(uint8_t)b[p + 1] << 16) |
@@ -95,7 +81,7 @@ static void test_fixtures(void) {
     }
     // text chunks written by Pillow
     size_t n;
-    char *js = read_file(DIR "expected.json", &n);
+    char *js = test_read_file(DIR "expected.json", &n);
     cJSON *root = js ? cJSON_Parse(js) : NULL;
     cJSON *texts = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "png_text"), "png_text.png");
     ldm_image img;
@@ -168,7 +154,7 @@ static void test_roundtrip(const char *tmpdir) {
 
 static void test_bad(void) {
     size_t n;
-    char *man = read_file(DIR "bad/MANIFEST.tsv", &n);
+    char *man = test_read_file(DIR "bad/MANIFEST.tsv", &n);
     if (!test_check(man != NULL, "bad/MANIFEST.tsv", "missing; run make fixtures")) return;
     int count = 0;
     for (char *line = strtok(man, "\n"); line; line = strtok(NULL, "\n")) {

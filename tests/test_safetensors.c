@@ -32,20 +32,6 @@
 
 #define DIR "tests/fixtures/io/"
 
-static char *read_file(const char *path, size_t *size) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
-    if (buf) buf[n] = '\0';
-    fclose(fp);
-    if (size) *size = (size_t)n;
-    return buf;
-}
-
 // Bit-exact comparison of n floats (NaN matches NaN). Prints mismatches count.
 static int bits_equal(const char *name, const float *got, const float *exp, int64_t n) {
     int64_t bad = 0, first = -1;
@@ -191,7 +177,7 @@ static void test_write_roundtrip(const char *tmpdir) {
 // ---------------------------------------------------------------------------
 static void test_bad_files(void) {
     size_t n;
-    char *man = read_file(DIR "bad/MANIFEST.tsv", &n);
+    char *man = test_read_file(DIR "bad/MANIFEST.tsv", &n);
     if (!test_check(man != NULL, "bad/MANIFEST.tsv", "missing; run make fixtures")) return;
     int count = 0;
     for (char *line = strtok(man, "\n"); line; line = strtok(NULL, "\n")) {
@@ -217,7 +203,7 @@ static void test_bad_files(void) {
 
         // the parser alone, on an exact-size heap copy (ASan catches over-reads)
         size_t size;
-        char *buf = read_file(path, &size);
+        char *buf = test_read_file(path, &size);
         if (buf && size >= 9 && memcmp(buf, "PK\3\4", 4) != 0 && buf[8] == '{') {
             uint8_t *exact = malloc(size);
             memcpy(exact, buf, size);
@@ -293,7 +279,7 @@ static void test_weights(void) {
 
 int main(void) {
     size_t n;
-    char *js = read_file(DIR "expected.json", &n);
+    char *js = test_read_file(DIR "expected.json", &n);
     cJSON *expected = js ? cJSON_Parse(js) : NULL;
     if (test_check(expected != NULL, "expected.json", "missing or invalid; run make fixtures")) {
         test_valid_files(expected);

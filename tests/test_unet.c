@@ -30,19 +30,6 @@
 #define FIX "tests/fixtures/unet/"
 #define MAX_BLOCKS 128
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 // Per-block comparison, filled by the hook during the b2 forward.
 typedef struct {
     const char *dir;
@@ -91,7 +78,7 @@ static void print_blocks(const block_log *L) {
 static void check_block_names(const char *cfgname, const block_log *L) {
     char path[256], *txt;
     snprintf(path, sizeof path, "%s/blocks/order.txt", L->dir);
-    txt = read_text(path);
+    txt = test_read_file(path, NULL);
     if (!test_check(txt != NULL, "blocks/order.txt readable", "%s", path)) return;
     int want = 0, found = 0, worst_i = -1;
     double worst = 0;
@@ -155,7 +142,7 @@ static int load_unet(ldm_unet *u, ldm_tensor_file *f, const char *dir, const str
                      int check_parsers) {
     char path[256];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *json = read_text(path);
+    char *json = test_read_file(path, NULL);
     if (!json) return ldm_error("cannot read %s", path);
     ldm_unet_config cfg;
     int rc = ldm_unet_config_from_json(&cfg, json, path);
@@ -364,7 +351,7 @@ static void test_errors(void) {
     ldm_tensor_file_close(&f);
 
     // A weight of the wrong shape names the tensor: the SD1 weights under the SD2 config.
-    char *json = read_text(FIX "sd2/config.json");
+    char *json = test_read_file(FIX "sd2/config.json", NULL);
     ldm_tensor_file f1;
     if (json && ldm_unet_config_from_json(&c, json, "sd2") == 0 &&
         ldm_tensor_file_open(&f1, FIX "sd1/diffusion_pytorch_model.safetensors") == 0) {

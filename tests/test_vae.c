@@ -30,19 +30,6 @@
 
 #define FIX "tests/fixtures/vae/"
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 // A loaded fixture model (through ldm_vae_file_open: a diffusers vae folder).
 typedef struct fixture {
     ldm_vae_file src;
@@ -50,7 +37,7 @@ typedef struct fixture {
 } fixture;
 
 static int fixture_open(fixture *fx, const char *dir, const struct ldm_ops *ops) {
-    char path[256];
+    char path[512];
     memset(fx, 0, sizeof *fx);
     snprintf(path, sizeof path, FIX "%s", dir);
     if (ldm_vae_file_open(&fx->src, path, ops)) return LDM_ERR;
@@ -63,7 +50,7 @@ static void fixture_close(fixture *fx) {
 }
 
 static ldm_tensor load_npy(const struct ldm_ops *ops, const char *dir, const char *name) {
-    char path[256];
+    char path[512];
     ldm_tensor t = {0};
     snprintf(path, sizeof path, FIX "%s/%s", dir, name);
     if (ldm_npy_read(&t, ops, path)) printf("  cannot read %s: %s\n", path, ldm_last_error());
