@@ -223,6 +223,10 @@ notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
 	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
+# `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png).
+.PHONY: docs-figures
+docs-figures: $(BUILD)/libldm.so $(NB_PY)
+	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)
@@ -269,6 +273,7 @@ help:
 	@echo "make bench      sgemm / op GFLOPS on this machine"
 	@echo "make cuda       build/cuda/sd + libldm with the CUDA backend (nvcc, cuBLAS)"
 	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
+	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
