@@ -231,3 +231,13 @@ const ldm_tensor_entry *ldm_tensor_file_find(const ldm_tensor_file *f, const cha
         if (strcmp(f->entries[i].name, name) == 0) return &f->entries[i];
     return NULL;
 }
+
+void ldm_tensor_file_release(const ldm_tensor_file *f, const ldm_tensor_entry *e) {
+    if (!f || !f->map || !e || e->nbytes == 0) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t base = (uintptr_t)f->map, start = (uintptr_t)e->data, end = start + e->nbytes;
+    if (start < base || end > base + f->map_size || end < start) return;
+    start = (start + page - 1) & ~(page - 1);   // only pages no other tensor shares
+    end &= ~(page - 1);
+    if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
+}

@@ -49,6 +49,10 @@ int ldm_tensor_file_open(ldm_tensor_file *f, const char *path);
 void ldm_tensor_file_close(ldm_tensor_file *f);
 // Exact name lookup; NULL when absent.
 const ldm_tensor_entry *ldm_tensor_file_find(const ldm_tensor_file *f, const char *name);
+// Drop the mapped pages that lie wholly inside entry e's bytes (after it has
+// been converted), so a loaded model does not also keep the file resident.
+// Touching e->data later simply reads the file again.
+void ldm_tensor_file_release(const ldm_tensor_file *f, const ldm_tensor_entry *e);
 
 // safetensors: parse a whole file already in memory (used by open and by the
 // fuzzer). The entries point into buf, which must outlive f.

@@ -300,6 +300,7 @@ int ldm_weights_load(ldm_tensor *out, ldm_weights *w, const char *name, const in
         free(host);
         return LDM_ERR;
     }
+    ldm_tensor_file_release(w->file, e);   // the fp32 copy is what we keep
     *out = ldm_tensor_new(w->ops, shape, ndim);
     if (!out->data) {
         free(host);
