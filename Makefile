@@ -247,6 +247,7 @@ TINY_ARGS  ?=
 DEMO_EN    := a red circle on the left
 DEMO_JA    := 右に青い四角
 demo: $(BUILD)/sd $(VOCAB)
+	@rm -rf outputs/demo/en outputs/demo/ja    # sd numbers its files on from existing ones
 	@mkdir -p outputs/demo
 	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_EN)" --H 64 --W 64 \
 	    --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1 --outdir outputs/demo/en
@@ -277,4 +278,6 @@ help:
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
+	@echo "make demo       draw the demo prompts with the embedded tiny model into outputs/demo/"
+	@echo "make train-tiny retrain the tiny model (PyTorch, CPU; TINY_OUT=$(TINY_OUT))"
 	@echo "make clean      remove build/"
