@@ -21,14 +21,7 @@ int ldm_sample_dpm2(float *x, ldm_sampler_ctx *c) {
     const float *sig = c->sigmas;
     int rc = LDM_OK;
     for (int i = 0; i < c->n; i++) {
-        float gamma = (c->s_tmin <= sig[i] && sig[i] <= c->s_tmax)
-                          ? fminf(c->s_churn / c->n, (float)(M_SQRT2 - 1)) : 0.0f;
-        ldm_sampler_noise(c, eps);
-        float sigma_hat = sig[i] * (gamma + 1);
-        if (gamma > 0) {
-            float add = sqrtf(sigma_hat * sigma_hat - sig[i] * sig[i]);
-            for (int64_t k = 0; k < n; k++) x[k] += eps[k] * c->s_noise * add;
-        }
+        float sigma_hat = ldm_sampler_churn(c, i, x, eps);   // Karras churn (Algorithm 2)
         if ((rc = ldm_denoiser_denoised(c->dn, denoised, x, sigma_hat)) != LDM_OK) break;
         for (int64_t k = 0; k < n; k++) d[k] = (x[k] - denoised[k]) / sigma_hat;
         if (sig[i + 1] == 0) {  // Euler method

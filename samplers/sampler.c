@@ -98,6 +98,20 @@ void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise) {
     ldm_rng_randn_batch(c->rng, c->per_sample_noise, noise, c->dn->B, c->dn->per);
 }
 
+float ldm_sampler_churn(ldm_sampler_ctx *c, int i, float *x, float *eps) {
+    const float *sig = c->sigmas;
+    int64_t n = c->dn->B * c->dn->per;
+    float gamma = (c->s_tmin <= sig[i] && sig[i] <= c->s_tmax)
+                      ? fminf(c->s_churn / c->n, (float)(M_SQRT2 - 1)) : 0.0f;
+    ldm_sampler_noise(c, eps);  // drawn every step, as k-diffusion does
+    float sigma_hat = sig[i] * (gamma + 1);
+    if (gamma > 0) {
+        float add = sqrtf(sigma_hat * sigma_hat - sig[i] * sig[i]);
+        for (int64_t k = 0; k < n; k++) x[k] += eps[k] * c->s_noise * add;
+    }
+    return sigma_hat;
+}
+
 float *ldm_sampler_alloc(const ldm_sampler_ctx *c, int count) {
     size_t n = (size_t)count * (size_t)(c->dn->B * c->dn->per);
     float *p = malloc(n * sizeof(float));

@@ -119,6 +119,12 @@ int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_
 
 // noise [B,per] <- the next draw, as torch.randn_like(x) on the run's generator(s).
 void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
+// Karras et al. 2022 Algorithm 2 "churn" at step i (Euler, Heun, DPM2):
+// gamma = min(s_churn/n, sqrt2 - 1) inside [s_tmin, s_tmax]; draws noise [B,per]
+// into eps every step (as k-diffusion does, even when gamma = 0), adds
+// eps * s_noise * sqrt(sigma_hat^2 - sigma_i^2) to x, returns sigma_hat =
+// sigma_i (gamma + 1).
+float ldm_sampler_churn(ldm_sampler_ctx *c, int i, float *x, float *eps);
 // malloc'ed [count*B*per] floats (NULL + ldm_error on failure)
 float *ldm_sampler_alloc(const ldm_sampler_ctx *c, int count);
 // Ancestral step split (k-diffusion get_ancestral_step): sigma_up =
