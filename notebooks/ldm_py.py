@@ -147,7 +147,8 @@ class UnetBlock(C.Structure):  # ldm_unet_block
                 ("level", C.c_int), ("cin", C.c_int), ("cout", C.c_int), ("skip", C.c_int),
                 ("push", C.c_int), ("heads", C.c_int), ("res", UnetResblock),
                 ("tr", UnetTransformer), ("conv_w", Tensor), ("conv_b", Tensor),
-                ("norm_w", Tensor), ("norm_b", Tensor), ("flops", C.c_double)]
+                ("norm_w", Tensor), ("norm_b", Tensor), ("flops", C.c_double),
+                ("secs", C.c_double)]
 
 
 HOOK_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_char_p, C.POINTER(Tensor))
