@@ -10,7 +10,12 @@
  *   dpmpp_2m_karras  k-diffusion sample_dpmpp_2m on Karras sigmas
  *   img2img          diffusers StableDiffusionImg2ImgPipeline + DDIM, strength 0.75
  *   plms             diffusers StableDiffusionPipeline + PNDMScheduler(skip_prk_steps)
- * The case parameters below repeat the script's CASES.
+ * and, from tools/reference/fixtures_pipeline_tiny.py, the trained tiny model
+ * tools/tiny-model (the one `make demo` and `sd txt2img` without --ckpt use):
+ *   tiny_ddim_en     diffusers DDIM, make demo's English prompt, B=2, 20 steps
+ *   tiny_ddim_ja     the same with make demo's Japanese prompt
+ *   tiny_euler_a     k-diffusion sample_euler_ancestral with a negative prompt
+ * The case parameters below repeat the scripts' CASES.
  *
  * Tolerances (DESIGN.md): context 1e-4 relative (one CLIP forward), final
  * latent 1e-3 relative (whole pipeline), pixels: >= 99.9% identical, the rest
@@ -36,6 +41,7 @@
 #include "tests/test.h"
 
 #define FIX "tests/fixtures/pipeline/"
+#define TINY "tools/tiny-model"
 
 typedef struct pcase {
     const char *name, *prompt, *negative, *sampler;
@@ -43,11 +49,12 @@ typedef struct pcase {
     float scale;
     double strength;
     ldm_prediction pred;
+    const char *model;      // NULL: the random model FIX "model"
 } pcase;
 
 static const pcase CASES[] = {
     {"ddim", "a photograph of an astronaut riding a horse", "blurry, low quality", "ddim", 2, 5,
-     42, 1, 7.5f, 0, LDM_PRED_EPS},
+     42, 1, 7.5f, 0, LDM_PRED_EPS, NULL},
     {"euler_long",
      "a (very beautiful:1.3) painting of a [quiet] lake at dawn, mist over the water, "
      "((tall pine trees)), distant mountains, soft light, \\(detailed\\) reflections, "
@@ -55,13 +62,20 @@ static const pcase CASES[] = {
      "oil on canvas, by an old master, museum quality, dramatic clouds, "
      "warm colors, cinematic composition, [[muted greens]], (glowing horizon:0.8), "
      "calm, serene, peaceful, morning",
-     "ugly", "euler", 1, 6, 7, 2, 5.0f, 0, LDM_PRED_EPS},
+     "ugly", "euler", 1, 6, 7, 2, 5.0f, 0, LDM_PRED_EPS, NULL},
     {"euler_a_v", "a red (cube:1.5) on a table BREAK studio light", "", "euler_a", 1, 5, 3, 1, 4.0f,
-     0, LDM_PRED_V},
+     0, LDM_PRED_V, NULL},
     {"dpmpp_2m_karras", "a cat wearing a hat", "dog", "DPM++ 2M Karras", 1, 6, 11, 1, 7.5f, 0,
-     LDM_PRED_EPS},
-    {"img2img", "a watercolor landscape", "", "ddim", 1, 8, 5, 1, 7.5f, 0.75f, LDM_PRED_EPS},
-    {"plms", "a bowl of fruit, still life", "", "plms", 1, 5, 9, 1, 7.5f, 0, LDM_PRED_EPS},
+     LDM_PRED_EPS, NULL},
+    {"img2img", "a watercolor landscape", "", "ddim", 1, 8, 5, 1, 7.5f, 0.75f, LDM_PRED_EPS, NULL},
+    {"plms", "a bowl of fruit, still life", "", "plms", 1, 5, 9, 1, 7.5f, 0, LDM_PRED_EPS, NULL},
+    // the trained tiny model (tools/reference/fixtures_pipeline_tiny.py)
+    {"tiny_ddim_en", "a red circle on the left", "", "ddim", 2, 20, 1, 1, 5.0f, 0, LDM_PRED_EPS,
+     TINY},
+    {"tiny_ddim_ja", "右に青い四角", "", "ddim", 2, 20, 1, 1, 5.0f, 0,
+     LDM_PRED_EPS, TINY},
+    {"tiny_euler_a", "a small blue square above a yellow triangle", "green", "euler_a", 1, 15, 4,
+     1, 5.0f, 0, LDM_PRED_EPS, TINY},
 };
 
 static float *load(const char *name, const char *suffix, int64_t *n) {
@@ -121,8 +135,8 @@ static void test_case(const pcase *c) {
     ldm_pipeline p;
     ldm_pipeline_options po = {.ops = &ldm_ops_cpu, .prediction = c->pred,
                                .need_encoder = c->strength > 0};
-    if (!test_check(ldm_pipeline_open(&p, FIX "model", &po) == 0, "open tiny model", "%s",
-                    ldm_last_error()))
+    const char *model = c->model ? c->model : FIX "model";
+    if (!test_check(ldm_pipeline_open(&p, model, &po) == 0, model, "open: %s", ldm_last_error()))
         return;
     char name[128];
     int64_t n_ctx = 0, n_unc = 0, n_lat = 0, n_img = 0;
@@ -292,7 +306,6 @@ static void test_cli(void) {
     struct { const char *args, *expect; int code; } bad[] = {
         {"txt2img --ckpt " FIX "model --H 60 --W 64 --outdir %s", "multiples of 8", 2},
         {"txt2img --ckpt " FIX "model --H 64 --W 64 --bogus 1 --outdir %s", "unknown flag", 2},
-        {"txt2img --H 64 --W 64 --outdir %s", "no model: pass --ckpt FILE|DIR", 2},
         {"txt2img --ckpt " FIX "model --H 64 --W 64 --sampler nope --outdir %s", "sampler", 2},
         {"txt2img --ckpt " FIX "model --H 64 --W 64 --ddim_steps 0 --outdir %s", "ddim_steps", 2},
         {"img2img --ckpt " FIX "model --init-img " FIX "model/model_index.json --outdir %s", "init-img", 1},
@@ -311,7 +324,33 @@ static void test_cli(void) {
                    label, "exit %d (want %d), stderr: %s", rc, bad[i].code, err);
     }
 
-    // 4. img2img case through the CLI
+    // 4. no --ckpt: the tiny model, said on stderr, drawn at 64x64; without it
+    //    (LDM_TINY_MODEL naming a missing folder) a clear error and no file
+    char out3[600];
+    snprintf(out3, sizeof out3, "%s/tiny", tmp);
+    snprintf(args, sizeof args, "txt2img --prompt 'a red circle on the left' --backend cpu "
+             "--n_samples 1 --n_iter 1 --ddim_steps 2 --skip_grid --outdir %s", out3);
+    rc = run(args, &err);
+    if (test_check(rc == 0 && strstr(err, "no --ckpt given: using the tiny model in " TINY),
+                   "no --ckpt: uses the tiny model and says so", "exit %d: %s", rc, err)) {
+        ldm_image im = {0};
+        char p[1024];
+        snprintf(p, sizeof p, "%s/samples/00000.png", out3);
+        int ok = ldm_png_read(&im, p) == 0 && im.width == 64 && im.height == 64;
+        test_check(ok, "no --ckpt: a 64x64 sample", "%dx%d", im.width, im.height);
+        ldm_image_free(&im);
+    }
+    setenv("LDM_TINY_MODEL", "/nonexistent-tiny-model", 1);
+    snprintf(args, sizeof args, "txt2img --prompt cat --outdir %s", out3);
+    char tiny_samples[700];
+    snprintf(tiny_samples, sizeof tiny_samples, "%s/samples", out3);
+    rc = run(args, &err);
+    unsetenv("LDM_TINY_MODEL");
+    test_check(rc == 2 && strstr(err, "tiny model folder /nonexistent-tiny-model is not here") &&
+               count(out3) == 1 && count(tiny_samples) == 1,
+               "no --ckpt and no tiny model: clear error, no file", "exit %d: %s", rc, err);
+
+    // 5. img2img case through the CLI
     char out2[600];
     snprintf(out2, sizeof out2, "%s/img", tmp);
     snprintf(args, sizeof args, "img2img --ckpt " FIX "model --backend cpu --rng cpu --init-img "

@@ -11,6 +11,8 @@
  * unambiguous prefix and given as --flag=value, as argparse allows. Never
  * overwrites: a taken name moves to the next free number.
  * Each PNG carries an AUTOMATIC1111-style "parameters" text chunk.
+ * Without --ckpt both use the tiny model the project trained and ships
+ * (LDM_TINY_MODEL_DEFAULT, or $LDM_TINY_MODEL) at 64x64, and say so on stderr.
  * Leaves out: --laion400m, the invisible watermark and the safety checker;
  * --precision is accepted and ignored (everything is fp32).
  */
@@ -31,6 +33,10 @@
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "tools/cmd.h"
+
+// The tiny text-to-image model of tools/train/ (docs/10-tiny-model.md),
+// relative to the repository root like the vocabulary's default.
+#define LDM_TINY_MODEL_DEFAULT "tools/tiny-model"
 
 // ---------------------------------------------------------------------------
 // flags: name, kind, help. Parsed argparse-style (unique prefixes, --a=b).
@@ -54,8 +60,8 @@ static const flag FLAGS[] = {
     {"--fixed_code", F_BOOL, -1, "same starting noise for every iteration"},
     {"--ddim_eta", F_FLOAT, 0, "DDIM eta (0.0: deterministic)"},
     {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img)"},
-    {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512)"},
-    {"--W", F_INT, -1, "image width in pixels, multiple of 8 (512)"},
+    {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512; 64 with the tiny model)"},
+    {"--W", F_INT, -1, "image width in pixels, multiple of 8 (512; 64 with the tiny model)"},
     {"--C", F_INT, 0, "latent channels (4; must match the model)"},
     {"--f", F_INT, 0, "downsampling factor (8; must match the model's VAE)"},
     {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img)"},
@@ -63,7 +69,8 @@ static const flag FLAGS[] = {
     {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img, 5.0 img2img)"},
     {"--from-file", F_STR, 0, "one prompt per line; each gets n_samples images"},
     {"--config", F_STR, 0, "diffusers-style folder of configs for a non-standard single file"},
-    {"--ckpt", F_STR, 0, "model: .safetensors/.ckpt single file or diffusers folder"},
+    {"--ckpt", F_STR, 0, "model: .safetensors/.ckpt single file or diffusers folder "
+                         "(default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")"},
     {"--seed", F_INT, 0, "seed (42)"},
     {"--precision", F_STR, 0, "accepted for compatibility; ldm.c computes in fp32"},
     {"--init-img", F_STR, 1, "img2img: the initial image (PNG; sides multiples of 8)"},
@@ -93,7 +100,7 @@ typedef struct opts {
 } opts;
 
 static void usage(FILE *f, int img2img) {
-    fprintf(f, "usage: sd %s --ckpt MODEL [flags]\n\n", img2img ? "img2img" : "txt2img");
+    fprintf(f, "usage: sd %s [--ckpt MODEL] [flags]\n\n", img2img ? "img2img" : "txt2img");
     fprintf(f, img2img ? "Image-to-image (SDEdit) as CompVis scripts/img2img.py.\n\n"
                        : "Text-to-image as CompVis scripts/txt2img.py.\n\n");
     for (int i = 0; i < N_FLAGS; i++) {
@@ -357,6 +364,13 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
 // ---------------------------------------------------------------------------
 // the command
 
+// The model `sd txt2img` uses when no --ckpt is given: $LDM_TINY_MODEL, else
+// the folder the repository ships (relative, like the vocabulary's default).
+static const char *tiny_model_path(void) {
+    const char *e = getenv("LDM_TINY_MODEL");
+    return e && *e ? e : LDM_TINY_MODEL_DEFAULT;
+}
+
 static int run(int argc, char **argv, int img2img) {
     opts o;
     int e = parse_flags(&o, argc, argv, img2img);
@@ -365,12 +379,18 @@ static int run(int argc, char **argv, int img2img) {
     const char *cmd = img2img ? "img2img" : "txt2img";
 
     // ---- values, checked before anything is loaded
+    // no --ckpt: the tiny model the project trained (tools/tiny-model, or
+    // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
+    const char *ckpt = get(&o, "--ckpt");
+    int tiny = ckpt == NULL;
+    if (tiny) ckpt = tiny_model_path();
+    long long side = tiny ? 64 : 512;
     long long steps, n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
     double eta, scale, strength;
     if (get_int(&o, "--ddim_steps", 50, 1, 1000, &steps) ||
         get_int(&o, "--n_iter", img2img ? 1 : 2, 1, 100000, &n_iter) ||
-        get_int(&o, "--H", 512, -1000000, 1000000, &H) ||
-        get_int(&o, "--W", 512, -1000000, 1000000, &W) ||
+        get_int(&o, "--H", side, -1000000, 1000000, &H) ||
+        get_int(&o, "--W", side, -1000000, 1000000, &W) ||
         get_int(&o, "--C", 4, 1, 64, &C) || get_int(&o, "--f", 8, 1, 64, &f) ||
         get_int(&o, "--n_samples", img2img ? 2 : 3, 1, 64, &n_samples) ||
         get_int(&o, "--n_rows", 0, 0, 1000, &n_rows) ||
@@ -387,8 +407,16 @@ static int run(int argc, char **argv, int img2img) {
     if (img2img && !(strength >= 0 && strength <= 1))
         return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, strength), 2;
     if (eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
-    const char *ckpt = get(&o, "--ckpt");
-    if (!ckpt) return sd_fail("%s: no model: pass --ckpt FILE|DIR", cmd), 2;
+    if (tiny) {
+        struct stat st;
+        if (stat(ckpt, &st) != 0 || !S_ISDIR(st.st_mode))
+            return sd_fail("%s: no --ckpt given, and the tiny model folder %s is not here (run from "
+                           "the repository root, set LDM_TINY_MODEL=DIR, or pass --ckpt FILE|DIR)",
+                           cmd, ckpt), 2;
+        fprintf(stderr, "%s: no --ckpt given: using the tiny model in %s (64x64 coloured shapes, "
+                "English or Japanese prompts; pass --ckpt for a Stable Diffusion checkpoint)\n",
+                cmd, ckpt);
+    }
     const char *init_path = get(&o, "--init-img");
     if (img2img && !init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
 
