@@ -239,7 +239,7 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("sigma_kind", C.c_int), ("spacing", C.c_int), ("steps_offset", C.c_int),
                 ("compvis", C.c_int), ("steps", C.c_int), ("eta", C.c_float),
                 ("cfg_scale", C.c_float), ("clip_skip", C.c_int), ("rng", C.POINTER(Rng)),
-                ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_float),
+                ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
                 ("vae_opt", VaeOptions), ("truncate", C.c_int), ("progress", C.c_void_p),
                 ("progress_ctx", C.c_void_p)]
 
@@ -262,17 +262,26 @@ OPAQUE_BYTES = 1 << 20
 
 
 def check_layout(report):
-    """report: the JSON layout_check prints ({"struct": {"sizeof": n, "fields": {f: off}},
-    "opaque": {"ldm_vae": n, ...}}). Returns a list of mismatches (empty = all good)."""
+    """report: the JSON layout_check prints ({"struct": {"sizeof": n, "fields":
+    {f: [offset, size, kind]}}, "opaque": {"ldm_vae": n, ...}}; kind "f" for a float or
+    double, "o" otherwise). Returns a list of mismatches (empty = all good). Offsets
+    alone miss a float mirrored as a double (or an int as a float) in the last field."""
     bad = []
     for name, info in report["structs"].items():
         py = MIRRORS[name]
         if C.sizeof(py) != info["sizeof"]:
             bad.append(f"{name}: sizeof C {info['sizeof']} vs ctypes {C.sizeof(py)}")
-        for f, off in info["fields"].items():
-            got = getattr(py, f).offset
-            if got != off:
-                bad.append(f"{name}.{f}: offset C {off} vs ctypes {got}")
+        types = dict(py._fields_)
+        for f, (off, size, kind) in info["fields"].items():
+            got = getattr(py, f)
+            if got.offset != off:
+                bad.append(f"{name}.{f}: offset C {off} vs ctypes {got.offset}")
+            if got.size != size:
+                bad.append(f"{name}.{f}: size C {size} vs ctypes {got.size}")
+            py_kind = "f" if types[f] in (C.c_float, C.c_double) else "o"
+            if py_kind != kind:
+                bad.append(f"{name}.{f}: C {'floating' if kind == 'f' else 'not floating'}, "
+                           f"ctypes {types[f].__name__}")
     for name, size in report["opaque"].items():
         if size > OPAQUE_BYTES:
             bad.append(f"{name}: {size} bytes > OPAQUE_BYTES {OPAQUE_BYTES}")
@@ -534,9 +543,11 @@ class Tokenizer:
 
 # ---- the model --------------------------------------------------------------------
 
-# The tiny random-weight models the tests use: the pipeline's (full CLIP vocabulary,
-# VAE factor 8 as SD) when present, else the checkpoint-layout one (128-token vocabulary).
-TINY_MODEL = next((p for p in (os.path.join(ROOT, "tests", "fixtures", "pipeline", "model"),
+# The default model: the tiny model the project trained (tools/tiny-model); else the
+# random-weight test models: the pipeline's (full CLIP vocabulary, VAE factor 8 as SD),
+# then the checkpoint-layout one (128-token vocabulary).
+TINY_MODEL = next((p for p in (os.path.join(ROOT, "tools", "tiny-model"),
+                               os.path.join(ROOT, "tests", "fixtures", "pipeline", "model"),
                                os.path.join(ROOT, "tests", "fixtures", "ckpt", "sd1"))
                    if os.path.isdir(p)), None)
 
@@ -1029,13 +1040,15 @@ def layout_c_source():
     (the input of check_layout)."""
     lines = ["#include <stddef.h>", "#include <stdio.h>"]
     lines += [f'#include "{h}"' for h in _HEADERS]
+    lines += ['#define KIND(x) _Generic((x), float: "f", double: "f", default: "o")',
+              "#define FIELD(T, f) offsetof(T, f), sizeof(((T *)0)->f), KIND(((T *)0)->f)"]
     lines += ["int main(void) {", '    printf("{\\"structs\\": {");']
     for k, (name, py) in enumerate(MIRRORS.items()):
         sep = "," if k else ""
         lines.append(f'    printf("{sep}\\"{name}\\": {{\\"sizeof\\": %zu, \\"fields\\": {{", sizeof({name}));')
         for j, (f, _) in enumerate(py._fields_):
             fs = "," if j else ""
-            lines.append(f'    printf("{fs}\\"{f}\\": %zu", offsetof({name}, {f}));')
+            lines.append(f'    printf("{fs}\\"{f}\\": [%zu, %zu, \\"%s\\"]", FIELD({name}, {f}));')
         lines.append('    printf("}}");')
     lines.append('    printf("}, \\"opaque\\": {");')
     for k, name in enumerate(_OPAQUE):
