@@ -8,9 +8,11 @@ reviewable and always committed without outputs:
     make notebooks                                             (executes them all)
 
 Each notebook follows one chapter of docs/ and runs top to bottom on the tiny
-random-weight models committed under tests/fixtures/ (their pictures are noise:
-the weights are random until a trained tiny model is committed). The variable
-MODEL at the top of each notebook (or $LDM_MODEL) points it at a real checkpoint.
+model the project trained (tools/tiny-model: 64x64 coloured shapes from English
+or Japanese captions, docs/10-tiny-model.md); the comparison notebook uses the
+random-weight test models under tests/fixtures/, whose PyTorch dumps are
+committed. The variable MODEL at the top of each notebook (or $LDM_MODEL)
+points it at a real checkpoint.
 """
 import copy
 import os
@@ -42,22 +44,25 @@ SETUP = code('''
     import ldm_py as L
     L.load()
 
-    # MODEL: the tiny random-weight test model (L.TINY_MODEL: tests/fixtures/pipeline/model)
-    # until a trained tiny model is committed -- its pictures are NOISE, only the shapes
-    # and the mechanics are real. Point MODEL at a real checkpoint (.safetensors / .ckpt file
-    # or a diffusers folder) to see real pictures; CONFIG_DIR only for single files of
-    # non-standard size.
+    # MODEL: the tiny model the project trained (L.TINY_MODEL: tools/tiny-model; 64x64
+    # coloured shapes, English or Japanese captions). Point MODEL at a real checkpoint
+    # (.safetensors / .ckpt file or a diffusers folder) for Stable Diffusion's pictures;
+    # CONFIG_DIR only for single files of non-standard size.
     MODEL = os.environ.get("LDM_MODEL", L.TINY_MODEL)
     CONFIG_DIR = None
+    # PROMPT: one the tiny model was trained to draw, or a classic one for a real SD model.
+    PROMPT = ("a red circle on the left" if os.path.abspath(MODEL) == os.path.abspath(L.TINY_MODEL)
+              else "a photograph of an astronaut riding a horse")
 ''')
 
 TINY_NOTE = md('''
-    > **About the pictures.** With the default `MODEL` (the tiny test model of
-    > `tests/fixtures/pipeline/model`: SD1 layout, random weights, an 8-wide CLIP, a
-    > UNet of 4–8 channels) every image below is noise: the weights were never
-    > trained, until a trained tiny model is committed. The shapes, the data flow and
-    > every number's *meaning* are those of Stable Diffusion; set `MODEL` to a real
-    > SD1/SD2 checkpoint for real pictures.
+    > **About the pictures.** The default `MODEL` is the tiny model the project trained
+    > (`tools/tiny-model`, [docs/10-tiny-model.md](../docs/10-tiny-model.md)): SD1 layout,
+    > a 64-wide CLIP text encoder, a UNet of 32–64 channels, 64×64 pixels, trained on
+    > coloured circles, squares and triangles captioned in English and Japanese — so it
+    > draws `PROMPT` ("a red circle on the left") and little else. The shapes, the data
+    > flow and every number's *meaning* are those of Stable Diffusion; set `MODEL` to a
+    > real SD1/SD2 checkpoint for its pictures.
 ''')
 
 NOTEBOOKS = {}
@@ -270,7 +275,7 @@ NOTEBOOKS["03-clip"] = [
     tok = L.Tokenizer()
     cfg = m.m.clip
     print(f"{m.family}, D={cfg.hidden_size}, layers={m.clip.n_layers}, heads={cfg.num_attention_heads}, vocab={cfg.vocab_size}")
-    prompt = "a photograph of an astronaut riding a horse"
+    prompt = PROMPT
     ids = np.array([m.context_ids(tok, prompt)])
     ctx, d = L.dumps(m.encode_ids, ids)
     print("context", ctx.shape, "dumped:", sorted(d)[:3], "...")
@@ -435,7 +440,7 @@ NOTEBOOKS["05-unet"] = [
     tok = L.Tokenizer()
     uc = m.u.cfg
     h = uc.sample_size
-    prompt = "a photograph of an astronaut riding a horse"
+    prompt = PROMPT
     ctx = m.encode_prompt(tok, prompt)
     x = L.randn(0, (1, uc.in_channels, h, h))
     outs = {}
@@ -707,13 +712,13 @@ NOTEBOOKS["06b-samplers"] = [
     '''),
     md('''
     ## The same loop with the tiny UNet
-    Predicted x₀ per step, decoded by the VAE. (Random weights: noise pictures.)
+    Predicted x₀ per step, decoded by the VAE.
     '''),
     TINY_NOTE,
     code('''
     m = L.Model(MODEL, CONFIG_DIR)
     tok = L.Tokenizer()
-    ctx = m.encode_prompt(tok, "a photograph of an astronaut riding a horse")
+    ctx = m.encode_prompt(tok, PROMPT)
     h = m.u.cfg.sample_size
     lat_noise = L.randn(3, (1, m.u.cfg.in_channels, h, h))
     pred = "v" if m.prediction.startswith("v") else "eps"
@@ -768,7 +773,7 @@ NOTEBOOKS["07-guidance-and-img2img"] = [
     m = L.Model(MODEL, CONFIG_DIR)
     tok = L.Tokenizer()
     pred = "v" if m.prediction.startswith("v") else "eps"
-    prompt = "a photograph of an astronaut riding a horse"
+    prompt = PROMPT
     c, u = m.encode_prompt(tok, prompt), m.encode_prompt(tok, "")
     h = m.u.cfg.sample_size
     lat_noise = L.randn(11, (1, m.u.cfg.in_channels, h, h))
