@@ -53,7 +53,9 @@ static void usage(FILE *f) {
     fprintf(f, "ldm.c: Stable Diffusion (latent diffusion) in plain C.\n\nsubcommands:\n");
     for (int i = 0; i < n_commands; i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nenvironment: LDM_BACKEND=ref|cpu|cuda (default cpu)\n");
+    fprintf(f, "\nenvironment: LDM_BACKEND=ref|cpu|cuda (default cpu), LDM_VOCAB=FILE (CLIP BPE),\n"
+               "             LDM_TINY_MODEL=DIR (the model txt2img/img2img use without --ckpt;\n"
+               "             default tools/tiny-model), LDM_DUMP=DIR (as --dump)\n");
 }
 
 int main(int argc, char **argv) {
