@@ -303,9 +303,24 @@ def pndm_scheduler():
                          steps_offset=1, timestep_spacing="leading")
 
 
+def run_txt2img(case, text, unet, vae, sched, c, u):
+    """diffusers StableDiffusionPipeline, 64x64, CPU generator -> final latent"""
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator("cpu").manual_seed(case["seed"])
+    with torch.no_grad():
+        return pipe(prompt_embeds=c, negative_prompt_embeds=u, height=64, width=64,
+                    num_inference_steps=case["steps"], guidance_scale=case["scale"],
+                    num_images_per_prompt=case["B"], eta=0.0, generator=g,
+                    output_type="latent").images
+
+
 def main():
     from open_clip.tokenizer import SimpleTokenizer
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline
     os.makedirs(OUT, exist_ok=True)
     text, unet, vae = build_model()
     tokenizer = SimpleTokenizer()
@@ -326,16 +341,7 @@ def main():
         B = case["B"]
         if case["sampler"] in ("ddim", "plms") and name != "img2img":
             sched = ddim_scheduler(case["pred"]) if case["sampler"] == "ddim" else pndm_scheduler()
-            pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet,
-                                           scheduler=sched, safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
-            pipe.set_progress_bar_config(disable=True)
-            g = torch.Generator("cpu").manual_seed(case["seed"])
-            with torch.no_grad():
-                lat = pipe(prompt_embeds=c, negative_prompt_embeds=u, height=64, width=64,
-                           num_inference_steps=case["steps"], guidance_scale=case["scale"],
-                           num_images_per_prompt=B, eta=0.0, generator=g,
-                           output_type="latent").images
+            lat = run_txt2img(case, text, unet, vae, sched, c, u)
         elif name == "img2img":
             pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=None,
                                                   unet=unet, scheduler=ddim_scheduler(case["pred"]),

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import torch
 
-from fixtures_pipeline import OUT, ddim_scheduler, encode, padded, run_kdiffusion
+from fixtures_pipeline import OUT, ddim_scheduler, encode, padded, run_kdiffusion, run_txt2img
 
 MODEL = "tools/tiny-model"
 
@@ -36,7 +36,7 @@ CASES = {
 
 
 def main():
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTextModel
     torch.set_num_threads(1)
@@ -52,19 +52,8 @@ def main():
         c = encode(text, tokenizer, case["prompt"], 1)
         u = encode(text, tokenizer, case["negative"], 1)
         c, u = padded(c, u, empty)
-        B = case["B"]
         if case["sampler"] == "ddim":
-            pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=None, unet=unet,
-                                           scheduler=ddim_scheduler("epsilon"),
-                                           safety_checker=None, feature_extractor=None,
-                                           requires_safety_checker=False)
-            pipe.set_progress_bar_config(disable=True)
-            g = torch.Generator("cpu").manual_seed(case["seed"])
-            with torch.no_grad():
-                lat = pipe(prompt_embeds=c, negative_prompt_embeds=u, height=64, width=64,
-                           num_inference_steps=case["steps"], guidance_scale=case["scale"],
-                           num_images_per_prompt=B, eta=0.0, generator=g,
-                           output_type="latent").images
+            lat = run_txt2img(case, text, unet, vae, ddim_scheduler("epsilon"), c, u)
         else:
             lat = run_kdiffusion(dict(case, pred="epsilon"), unet, c, u)
         with torch.no_grad():
