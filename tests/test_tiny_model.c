@@ -115,7 +115,8 @@ static void add(tally *t, int *nt, const char *key, int c, int p) {
 }
 
 int main(void) {
-    const char *model = getenv("LDM_TINY_MODEL") && *getenv("LDM_TINY_MODEL") ? getenv("LDM_TINY_MODEL") : MODEL;
+    const char *env = getenv("LDM_TINY_MODEL");
+    const char *model = env && *env ? env : MODEL;
     printf("== tiny model semantic test (%s)\n", model);
     if (!test_check(load_grid(), "read " GRID, "missing or empty")) return test_summary();
     ldm_pipeline p;
