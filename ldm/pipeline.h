@@ -32,6 +32,11 @@
 #include "samplers/sampler.h"
 #include "samplers/schedule.h"
 
+// The tiny text-to-image model the project trained and ships (tools/train/,
+// docs/10-tiny-model.md), relative to the repository root like the vocabulary's
+// default; `sd txt2img` uses it without --ckpt, $LDM_TINY_MODEL overrides it.
+#define LDM_TINY_MODEL_DEFAULT "tools/tiny-model"
+
 struct ldm_tokenizer;
 
 // ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@
 #include "tests/test.h"
 
 #define FIX "tests/fixtures/pipeline/"
-#define TINY "tools/tiny-model"
+#define TINY LDM_TINY_MODEL_DEFAULT
 
 typedef struct pcase {
     const char *name, *prompt, *negative, *sampler;
@@ -72,8 +72,7 @@ static const pcase CASES[] = {
     // the trained tiny model (tools/reference/fixtures_pipeline_tiny.py)
     {"tiny_ddim_en", "a red circle on the left", "", "ddim", 2, 20, 1, 1, 5.0f, 0, LDM_PRED_EPS,
      TINY},
-    {"tiny_ddim_ja", "右に青い四角", "", "ddim", 2, 20, 1, 1, 5.0f, 0,
-     LDM_PRED_EPS, TINY},
+    {"tiny_ddim_ja", "右に青い四角", "", "ddim", 2, 20, 1, 1, 5.0f, 0, LDM_PRED_EPS, TINY},
     {"tiny_euler_a", "a small blue square above a yellow triangle", "green", "euler_a", 1, 15, 4,
      1, 5.0f, 0, LDM_PRED_EPS, TINY},
 };
@@ -341,9 +340,9 @@ static void test_cli(void) {
         ldm_image_free(&im);
     }
     setenv("LDM_TINY_MODEL", "/nonexistent-tiny-model", 1);
-    snprintf(args, sizeof args, "txt2img --prompt cat --outdir %s", out3);
     char tiny_samples[700];
     snprintf(tiny_samples, sizeof tiny_samples, "%s/samples", out3);
+    snprintf(args, sizeof args, "txt2img --prompt cat --outdir %s", out3);
     rc = run(args, &err);
     unsetenv("LDM_TINY_MODEL");
     test_check(rc == 2 && strstr(err, "tiny model folder /nonexistent-tiny-model is not here") &&

@@ -25,7 +25,7 @@
 #include "samplers/sampler.h"
 #include "tests/test.h"
 
-#define MODEL "tools/tiny-model"   // or $LDM_TINY_MODEL (a retrained model)
+#define MODEL LDM_TINY_MODEL_DEFAULT   // or $LDM_TINY_MODEL (a retrained model)
 #define GRID "tests/fixtures/tiny/grid.tsv"
 #define SIDE 64
 #define SEEDS 2

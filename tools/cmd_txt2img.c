@@ -34,10 +34,6 @@
 #include "samplers/sampler.h"
 #include "tools/cmd.h"
 
-// The tiny text-to-image model of tools/train/ (docs/10-tiny-model.md),
-// relative to the repository root like the vocabulary's default.
-#define LDM_TINY_MODEL_DEFAULT "tools/tiny-model"
-
 // ---------------------------------------------------------------------------
 // flags: name, kind, help. Parsed argparse-style (unique prefixes, --a=b).
 
