@@ -5,7 +5,7 @@
 # `make help`     lists every target
 #
 # Sources are picked up by directory, so adding a module is adding a file:
-#   ldm/*.c tokenizer/*.c samplers/*.c  -> the library
+#   ldm/*.c ldm/*/*.c tokenizer/*.c samplers/*.c -> the library
 #   tools/*.c                           -> the `sd` CLI (one cmd_*.c per subcommand)
 #   tests/test_*.c                      -> one test binary each
 
@@ -27,7 +27,7 @@ BUILD    ?= build
 SANITIZE := -O0 -g3 -fno-omit-frame-pointer -fsanitize=address,undefined \
             -fno-sanitize-recover=undefined
 
-LIB_SRC  := $(sort $(wildcard ldm/*.c tokenizer/*.c samplers/*.c))
+LIB_SRC  := $(sort $(wildcard ldm/*.c ldm/*/*.c tokenizer/*.c samplers/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 SD_SRC   := $(sort $(wildcard tools/*.c))
 SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
@@ -36,7 +36,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 # ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
 # `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
-# ldm/ops_cuda.cu compiled by nvcc and linked with cuBLAS + the CUDA runtime.
+# ldm/backend/ops_cuda.cu compiled by nvcc and linked with cuBLAS + the CUDA runtime.
 # Without CUDA=1 nothing here applies: the default build never needs CUDA
 # (the `cuda-emu` backend, which runs the CUDA kernels on the CPU, is plain C).
 CUDA_HOME ?= /usr/local/cuda
@@ -48,7 +48,7 @@ NVCCFLAGS := -O3 -std=c++20 -I. $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$
              -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH)) \
              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
 ifeq ($(CUDA),1)
-LIB_OBJ  += $(BUILD)/obj/ldm/ops_cuda.o
+LIB_OBJ  += $(BUILD)/obj/ldm/backend/ops_cuda.o
 # -u: ops.c refers to ldm_ops_cuda only weakly, which alone would not pull
 # ops_cuda.o out of libldm.a; this makes every program of this build link it.
 LDLIBS   += -Wl,-u,ldm_ops_cuda -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
@@ -172,7 +172,7 @@ bench: $(BUILD)/bench
 # The op and model cases shared by the emulated (default) and the GPU test.
 $(BUILD)/tests/test_cuda_emu $(BUILD)/tests/cuda/test_cuda: tests/cuda/op_cases.h tests/cuda/model_cases.h
 
-# ldm/ops_cuda.cu -> object, by nvcc (warnings are errors; -MMD: header deps).
+# ldm/backend/ops_cuda.cu -> object, by nvcc (warnings are errors; -MMD: header deps).
 $(BUILD)/obj/%.o: %.cu | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@

@@ -10,7 +10,7 @@
  *   out = final_layer_norm(x)
  * act = quick_gelu x*sigmoid(1.702x) (OpenAI CLIP, SD1) or erf GELU (OpenCLIP, SD2).
  * Attention: softmax(q k^T / sqrt(HS) + causal) v per head, q/k/v with bias.
- * Runs only through the op table (ldm/ops.h), so every backend works.
+ * Runs only through the op table (ldm/backend/ops.h), so every backend works.
  *
  * Leaves out: the pooled output and text_projection (SD never uses them),
  * padding attention masks (SD passes none), prompt weighting.
@@ -19,10 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "clip.h"
-#include "dump.h"
-#include "error.h"
-#include "ops.h"
+#include "ldm/clip.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
 
 // ---------------------------------------------------------------------------
 // loading

@@ -9,15 +9,15 @@
  * Every width/depth/head count comes from ldm_clip_config (ldm/model.h), so
  * tiny test models run through the same code. Weights are asked for by their
  * transformers names without the "text_model." prefix
- * ("encoder.layers.0.self_attn.q_proj.weight"); ldm/weights.c maps them.
+ * ("encoder.layers.0.self_attn.q_proj.weight"); ldm/io/weights.c maps them.
  */
 #ifndef LDM_CLIP_H
 #define LDM_CLIP_H
 
 #include <stdint.h>
-#include "model.h"
-#include "tensor.h"
-#include "weights.h"
+#include "ldm/model.h"
+#include "ldm/core/tensor.h"
+#include "ldm/io/weights.h"
 
 typedef struct ldm_clip_layer {        // one pre-LN transformer block (CLIPEncoderLayer)
     ldm_tensor ln1_w, ln1_b;           // [D]      layer_norm1

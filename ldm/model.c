@@ -25,10 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "error.h"
-#include "model.h"
-#include "ops.h"
-#include "unet.h"
+#include "ldm/core/error.h"
+#include "ldm/model.h"
+#include "ldm/backend/ops.h"
+#include "ldm/unet.h"
 
 // ---------------------------------------------------------------------------
 // presets (CompVis v1-inference.yaml / v2-inference(-v).yaml)

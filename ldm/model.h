@@ -10,7 +10,7 @@
  *   - a diffusers folder: unet/, vae/, text_encoder/, tokenizer/, each with
  *     config.json (parsed here) and diffusion_pytorch_model.safetensors |
  *     model.safetensors | *.bin.
- * Each component gets an `ldm_weights` (ldm/weights.h): model code asks it for
+ * Each component gets an `ldm_weights` (ldm/io/weights.h): model code asks it for
  * tensors by diffusers name, whatever the layout.
  *
  * Left out: SDXL (two text encoders, add_embedding), SD3/Flux (MMDiT),
@@ -20,8 +20,8 @@
 #define LDM_MODEL_H
 
 #include <stdint.h>
-#include "tensorfile.h"
-#include "weights.h"
+#include "ldm/io/tensorfile.h"
+#include "ldm/io/weights.h"
 
 #define LDM_MAX_LEVELS 8   // resolution levels of a UNet / VAE
 
@@ -88,7 +88,7 @@ typedef struct ldm_clip_config {
 } ldm_clip_config;
 
 typedef enum ldm_family { LDM_FAMILY_SD1, LDM_FAMILY_SD2 } ldm_family;
-#include "prediction.h"   // ldm_prediction: LDM_PRED_AUTO | LDM_PRED_EPS | LDM_PRED_V
+#include "ldm/prediction.h"   // ldm_prediction: LDM_PRED_AUTO | LDM_PRED_EPS | LDM_PRED_V
 
 typedef struct ldm_model_options {
     const struct ldm_ops *ops;      // backend the weights are uploaded to (NULL: default)

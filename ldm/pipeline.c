@@ -12,7 +12,7 @@
  * Order of this file: 1. prompt parsing, 2. chunking, 3. loading,
  * 4. prompt encoding, 5. the UNet callback, 6. generate.
  */
-#include "pipeline.h"
+#include "ldm/pipeline.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -22,10 +22,10 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "dump.h"
-#include "error.h"
-#include "image.h"
-#include "ops.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "ldm/backend/ops.h"
 #include "tokenizer/bpe.h"
 
 static double now_seconds(void) {

@@ -23,11 +23,11 @@
 #define LDM_PIPELINE_H
 
 #include <stdint.h>
-#include "clip.h"
-#include "model.h"
-#include "tensor.h"
-#include "unet.h"
-#include "vae.h"
+#include "ldm/clip.h"
+#include "ldm/model.h"
+#include "ldm/core/tensor.h"
+#include "ldm/unet.h"
+#include "ldm/vae.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "samplers/schedule.h"

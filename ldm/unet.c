@@ -6,7 +6,7 @@
  * ResnetBlock2D, Transformer2DModel, BasicTransformerBlock, Attention, GEGLU,
  * Downsample2D, Upsample2D) = CompVis openaimodel.py UNetModel +
  * attention.py SpatialTransformer. Weights are asked for by diffusers name;
- * ldm/weights.c maps them for CompVis single files.
+ * ldm/io/weights.c maps them for CompVis single files.
  *
  * Teaching order of this file:
  *   1. activations (allocation with a live/peak byte count) and the FLOP
@@ -36,10 +36,10 @@
 #include <string.h>
 #include <time.h>
 #include <cjson/cJSON.h>
-#include "dump.h"
-#include "error.h"
-#include "ops.h"
-#include "unet.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/unet.h"
 
 // ---- 1. activations and FLOP counting -----------------------------------------
 

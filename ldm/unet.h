@@ -15,7 +15,7 @@
  *
  * `sd unet --table` prints the table of a model. Block names are the diffusers
  * module paths ("down_blocks.0.resnets.1"): weights are loaded by those names
- * (ldm/weights.c maps them for CompVis files) and dumps (ldm/dump.h) are
+ * (ldm/io/weights.c maps them for CompVis files) and dumps (ldm/io/dump.h) are
  * written as "unet.<name>".
  *
  * Left out: SDXL's added conditioning, class embeddings, inpainting-specific
@@ -26,9 +26,9 @@
 #define LDM_UNET_H
 
 #include <stdint.h>
-#include "model.h"
-#include "tensor.h"
-#include "weights.h"
+#include "ldm/model.h"
+#include "ldm/core/tensor.h"
+#include "ldm/io/weights.h"
 
 // ResnetBlock2D (CompVis ResBlock). Cin may include a concatenated skip.
 typedef struct ldm_unet_resblock {

@@ -27,10 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "dump.h"
-#include "error.h"
-#include "ops.h"
-#include "vae.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/vae.h"
 
 // ---------------------------------------------------------------------------
 // config
@@ -323,7 +323,7 @@ static int open_single(ldm_vae_file *vf, const char *path) {
     }
     if (ldm_tensor_file_find(f, "decoder.up.0.block.0.norm1.weight")) {
         // Standalone CompVis VAE: give its keys the prefix they have inside a
-        // full checkpoint, so ldm/weights.c's one CompVis mapping applies.
+        // full checkpoint, so ldm/io/weights.c's one CompVis mapping applies.
         const char *p = "first_stage_model.";
         for (int64_t i = 0; i < f->n_entries; i++) {
             char *n = malloc(strlen(p) + strlen(f->entries[i].name) + 1);

@@ -14,7 +14,7 @@
  *           -> Decoder -> x [B,3,8h,8w] in (about) [-1,1]
  *
  * Weights are asked for by their diffusers AutoencoderKL state-dict names
- * ("decoder.up_blocks.0.resnets.0.norm1.weight"); ldm/weights.c maps them to
+ * ("decoder.up_blocks.0.resnets.0.norm1.weight"); ldm/io/weights.c maps them to
  * the CompVis keys ("first_stage_model.decoder.up.3.block.0.norm1.weight").
  *
  * Large images are decoded/encoded in overlapping tiles whose seams are blended
@@ -30,10 +30,10 @@
 #define LDM_VAE_H
 
 #include <stdint.h>
-#include "model.h"
-#include "tensor.h"
-#include "tensorfile.h"
-#include "weights.h"
+#include "ldm/model.h"
+#include "ldm/core/tensor.h"
+#include "ldm/io/tensorfile.h"
+#include "ldm/io/weights.h"
 
 #define LDM_VAE_MAX_LAYERS 8   // resnets per level (decoder: layers_per_block + 1)
 

@@ -21,7 +21,7 @@ What it offers (all arrays are float32 NumPy arrays in PyTorch order):
     sampler_step(name, x, sigma_from, sigma_to, model_fn)  one k-diffusion step
     Pipeline(path).generate(prompt, ...)          ldm_generate: txt2img / img2img
     UNetFolder(dir), VaeFolder(dir)               one component alone (fixtures)
-    group_norm(...), attention(...)               single ops of ldm/ops.h
+    group_norm(...), attention(...)               single ops of ldm/backend/ops.h
     dumps(fn) / read_dump_dir(dir)                LDM_DUMP intermediates as arrays
 
 Leaves out: the CUDA backend (the notebooks run on `cpu`), prompt weighting
@@ -46,12 +46,12 @@ MAX_LEVELS = 8
 f32p = C.POINTER(C.c_float)
 
 
-class Tensor(C.Structure):  # ldm/tensor.h ldm_tensor
+class Tensor(C.Structure):  # ldm/core/tensor.h ldm_tensor
     _fields_ = [("data", f32p), ("ndim", C.c_int), ("shape", C.c_int64 * MAX_DIMS),
                 ("numel", C.c_int64), ("ops", C.c_void_p), ("owns", C.c_int)]
 
 
-class TensorEntry(C.Structure):  # ldm/tensorfile.h ldm_tensor_entry
+class TensorEntry(C.Structure):  # ldm/io/tensorfile.h ldm_tensor_entry
     _fields_ = [("name", C.c_char_p), ("dtype", C.c_int), ("ndim", C.c_int),
                 ("shape", C.c_int64 * MAX_DIMS), ("numel", C.c_int64),
                 ("data", C.c_void_p), ("nbytes", C.c_uint64)]
@@ -64,7 +64,7 @@ class TensorFile(C.Structure):  # ldm_tensor_file
                 ("map", C.c_void_p), ("map_size", C.c_size_t)]
 
 
-class Weights(C.Structure):  # ldm/weights.h ldm_weights
+class Weights(C.Structure):  # ldm/io/weights.h ldm_weights
     _fields_ = [("file", C.c_void_p), ("comp", C.c_int), ("layout", C.c_int),
                 ("prefix", C.c_char_p), ("ops", C.c_void_p), ("n_params", C.c_int64),
                 ("n_loaded", C.c_int64), ("layers_per_block", C.c_int), ("n_levels", C.c_int)]
@@ -431,7 +431,7 @@ def free_tensor(t):
     load().ldm_tensor_free(C.byref(t))
 
 
-# ---- single ops (ldm/ops.h checked wrappers) -------------------------------------
+# ---- single ops (ldm/backend/ops.h checked wrappers) -------------------------------------
 
 def group_norm(x, gamma, beta, groups, eps=1e-5, backend_name="cpu"):
     """ldm_group_norm on x [B,C,H,W] (or [B,C,S]) -> NumPy."""
@@ -1029,7 +1029,7 @@ def test_image(side=64):
 
 
 # Headers that declare the mirrored structs (for layout_c_source).
-_HEADERS = ["ldm/tensor.h", "ldm/tensorfile.h", "ldm/weights.h", "ldm/model.h", "ldm/unet.h",
+_HEADERS = ["ldm/core/tensor.h", "ldm/io/tensorfile.h", "ldm/io/weights.h", "ldm/model.h", "ldm/unet.h",
             "ldm/clip.h", "ldm/vae.h", "samplers/schedule.h", "samplers/rng.h",
             "samplers/sampler.h", "tokenizer/bpe.h", "ldm/pipeline.h"]
 _OPAQUE = ["ldm_vae", "ldm_pipeline"]

@@ -76,7 +76,7 @@ NOTEBOOKS["01-tensors-and-ops"] = [
     [1 (group norm)](../docs/exercises/01-group-norm/README.md),
     [2 (attention, causal mask)](../docs/exercises/02-causal-attention/README.md).
 
-    Every model file calls the op table (`ldm/ops.h`); `ref` is plain loops, `cpu` is
+    Every model file calls the op table (`ldm/backend/ops.h`); `ref` is plain loops, `cpu` is
     OpenBLAS + OpenMP. Here two ops run through the bindings and are checked against
     a NumPy one-liner of their definition.
     '''),

@@ -18,7 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 int ldm_sample_ddim(float *x, ldm_sampler_ctx *c) {

@@ -15,7 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 int ldm_sample_ddpm(float *x, ldm_sampler_ctx *c) {

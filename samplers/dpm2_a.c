@@ -8,7 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 int ldm_sample_dpm2_a(float *x, ldm_sampler_ctx *c) {

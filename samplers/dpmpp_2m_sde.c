@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c) {

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 int ldm_sample_euler(float *x, ldm_sampler_ctx *c) {

@@ -12,7 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 #define LMS_ORDER 4

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "sampler.h"
 
 // x_prev [n] <- DDIM eta=0 step of x [n] from abar a_t to a_prev with eps e;

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 
 // ---------------------------------------------------------------------------
 // mt19937 (the 32-bit Mersenne Twister)

@@ -12,7 +12,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 
 // ---------------------------------------------------------------------------
 // torch.linspace, element i of n, in float64 and float32

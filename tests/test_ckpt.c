@@ -1,6 +1,6 @@
 /*
  * tests/test_ckpt.c -- checkpoint loading: the torch zip + pickle reader
- * (ldm/ckpt.c), the CompVis <-> diffusers key mapping (ldm/weights.c) and
+ * (ldm/io/ckpt.c), the CompVis <-> diffusers key mapping (ldm/io/weights.c) and
  * model detection (ldm/model.c).
  *
  * Fixtures (tools/reference/fixtures_ckpt.py, tests/fixtures/ckpt/):
@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
-#include "ldm/weights.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
+#include "ldm/io/weights.h"
 #include "tests/test.h"
 
 #define FIX "tests/fixtures/ckpt/"

@@ -16,8 +16,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/npy.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
 #include "tests/test.h"
 
 #define DIR "tests/fixtures/io/"

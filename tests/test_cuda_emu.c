@@ -1,10 +1,10 @@
 /*
  * tests/test_cuda_emu.c -- the CUDA backend's kernels and host logic, run on
- * the CPU by the `cuda-emu` backend (ldm/ops_cuda_emu.c), against `ref`.
+ * the CPU by the `cuda-emu` backend (ldm/backend/ops_cuda_emu.c), against `ref`.
  *
- * cuda-emu executes the kernel bodies of ldm/cuda_kernels.h for every block
+ * cuda-emu executes the kernel bodies of ldm/backend/cuda_kernels.h for every block
  * and thread, phase by phase between barriers, and the op sequences of
- * ldm/cuda_host.h with cuBLAS replaced by a column-major loop that checks
+ * ldm/backend/cuda_host.h with cuBLAS replaced by a column-major loop that checks
  * cuBLAS's argument rules. So this test covers, without a GPU: every
  * kernel's index arithmetic, the reductions' barrier structure, every GEMM's
  * transposes / leading dimensions / batch strides, im2col chunking and the
@@ -17,9 +17,9 @@
  * What it cannot cover is listed in docs/08-cuda.md.
  */
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/ops.h"
-#include "ldm/ops_cuda.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/backend/ops_cuda.h"
 #include "tests/test.h"
 #include "tests/cuda/op_cases.h"
 #include "tests/cuda/model_cases.h"

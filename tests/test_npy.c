@@ -1,5 +1,5 @@
 /*
- * tests/test_npy.c -- .npy read/write (ldm/npy.c) and named dumps (ldm/dump.c).
+ * tests/test_npy.c -- .npy read/write (ldm/io/npy.c) and named dumps (ldm/io/dump.c).
  *
  * 1. Files written by numpy's np.save (float32, float64, float16, 0-d) read
  *    as the float32 values numpy itself converts to (astype(float32)).
@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "ldm/dump.h"
-#include "ldm/error.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
 #include "tests/test.h"
 
 #define DIR "tests/fixtures/io/"

@@ -1,5 +1,5 @@
 /*
- * tests/test_ops.c -- every op of struct ldm_ops (ldm/ops.h), in both the
+ * tests/test_ops.c -- every op of struct ldm_ops (ldm/backend/ops.h), in both the
  * `ref` and `cpu` backends, checked three ways:
  *
  *   1. against PyTorch: the cases listed in tests/fixtures/ops/cases.txt,
@@ -10,7 +10,7 @@
  *      `cpu` must not grow the process's peak RSS by anything near the size
  *      of a full score matrix, and must match a direct double-precision
  *      computation on sampled rows.
- * Plus the small contracts of ldm/tensor.c (views, slices, overflow) and the
+ * Plus the small contracts of ldm/core/tensor.c (views, slices, overflow) and the
  * backend selection. Each comparison prints max-abs / max-rel / worst index.
  *
  * Tolerance: 1e-5 of max|expected| (DESIGN.md, single op) unless a comment
@@ -20,9 +20,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <omp.h>
-#include "ldm/error.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
 #include "tests/test.h"
 
 #define FIX "tests/fixtures/ops/"

@@ -33,10 +33,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/image.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
 #include "ldm/pipeline.h"
 #include "tests/test.h"
 

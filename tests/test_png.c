@@ -1,5 +1,5 @@
 /*
- * tests/test_png.c -- PNG read/write (ldm/image.c).
+ * tests/test_png.c -- PNG read/write (ldm/io/image.c).
  *
  * 1. PNGs of every colour type and depth written by Pillow (and a minimal
  *    Python encoder for 16-bit RGB/RGBA and 2-bit gray) read as the 8-bit RGB
@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/image.h"
-#include "ldm/npy.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "ldm/io/npy.h"
 #include "tests/test.h"
 
 #define DIR "tests/fixtures/io/"

@@ -1,6 +1,6 @@
 /*
- * tests/test_safetensors.c -- the checkpoint file reader (ldm/tensorfile.c,
- * ldm/safetensors.c) and weight loading by name (ldm/weights.c).
+ * tests/test_safetensors.c -- the checkpoint file reader (ldm/io/tensorfile.c,
+ * ldm/io/safetensors.c) and weight loading by name (ldm/io/weights.c).
  *
  * 1. Files written by the Python `safetensors` package (F32/F16/BF16 and the
  *    integer dtypes, with __metadata__) list the tensors, shapes and metadata
@@ -23,11 +23,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
-#include "ldm/weights.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
+#include "ldm/io/weights.h"
 #include "tests/test.h"
 
 #define DIR "tests/fixtures/io/"

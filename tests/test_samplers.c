@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ldm/error.h"
-#include "ldm/npy.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "samplers/schedule.h"

@@ -18,8 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
 #include "ldm/pipeline.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"

@@ -26,7 +26,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "tests/test.h"
 #include "tokenizer/bpe.h"
 

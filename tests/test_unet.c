@@ -18,13 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 #include "ldm/unet.h"
-#include "ldm/weights.h"
+#include "ldm/io/weights.h"
 #include "tests/test.h"
 
 #define FIX "tests/fixtures/unet/"

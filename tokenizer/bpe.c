@@ -24,7 +24,7 @@
 #include <utf8proc.h>
 #include <zlib.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "tokenizer/clean.h"
 
 // The .gz file: line 0 is "#version: 0.2", then these many merges are used

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "tokenizer/casing.h"
 #include "tokenizer/entities.h"
 

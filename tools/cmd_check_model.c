@@ -12,9 +12,9 @@
 #include <sys/resource.h>
 #include <time.h>
 #include "ldm/clip.h"
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/ops.h"
+#include "ldm/backend/ops.h"
 #include "ldm/unet.h"
 #include "ldm/vae.h"
 #include "tools/cmd.h"

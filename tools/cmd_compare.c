@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "ldm/error.h"
-#include "ldm/npy.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
 #include "tools/cmd.h"
 
 typedef struct dump_file {

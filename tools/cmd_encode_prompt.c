@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/clip.h"
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
 #include "tokenizer/bpe.h"
 #include "tools/cmd.h"
 

@@ -9,7 +9,7 @@
  * After the listing, the detected model (family, prediction type, parameters
  * per component: tools/info_model.c) when FILE is a Stable Diffusion checkpoint.
  *
- * The format is found by magic bytes (ldm/tensorfile.c). A bad file gives
+ * The format is found by magic bytes (ldm/io/tensorfile.c). A bad file gives
  * one line "sd: FILE: <what is wrong>" on stderr and exit status 1. The .npy
  * is written to a temporary file and renamed (never a partial file), and an
  * existing OUT.npy is not replaced unless --force is given.
@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/npy.h"
-#include "ldm/tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/io/tensorfile.h"
 #include "tools/cmd.h"
 
 static void info_usage(FILE *f) {

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "tokenizer/bpe.h"
 #include "tools/cmd.h"
 

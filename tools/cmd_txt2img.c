@@ -26,9 +26,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include "ldm/error.h"
-#include "ldm/image.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "ldm/backend/ops.h"
 #include "ldm/pipeline.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"

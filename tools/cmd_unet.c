@@ -18,13 +18,13 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <omp.h>
-#include "ldm/dump.h"
-#include "ldm/error.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 #include "ldm/unet.h"
-#include "ldm/weights.h"
+#include "ldm/io/weights.h"
 #include "tools/cmd.h"
 
 static void unet_usage(FILE *f) {

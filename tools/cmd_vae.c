@@ -25,13 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/image.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 #include "ldm/vae.h"
-#include "ldm/weights.h"
+#include "ldm/io/weights.h"
 #include "samplers/rng.h"
 #include "tools/cmd.h"
 

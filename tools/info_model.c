@@ -7,9 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/ops.h"
+#include "ldm/backend/ops.h"
 #include "tools/cmd.h"
 
 int sd_info_is_dir(const char *path) {

@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
 #include "tools/cmd.h"
 
 static const sd_command commands[] = {

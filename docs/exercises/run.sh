@@ -9,7 +9,7 @@
 #
 # Each exercise folder docs/exercises/NN-name/ holds README.md (the task), the
 # starting point the student edits (one function) and `exercise.conf`:
-#   FILE=ldm/ops_ref.c  FUNC=ref_group_norm  START=group_norm.c  TEST=test_ops
+#   FILE=ldm/backend/ops_ref.c  FUNC=ref_group_norm  START=group_norm.c  TEST=test_ops
 # The build happens in build/exercises/NN/: a tree of symbolic links to the
 # repository in which FILE alone is a real file, the project's FILE with FUNC
 # replaced (docs/exercises/splice.py). The repository itself is never touched.

@@ -21,14 +21,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/clip.h"
-#include "ldm/error.h"
+#include "ldm/core/error.h"
 #include "ldm/model.h"
-#include "ldm/npy.h"
-#include "ldm/ops.h"
-#include "ldm/tensorfile.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 #include "ldm/unet.h"
 #include "ldm/vae.h"
-#include "ldm/weights.h"
+#include "ldm/io/weights.h"
 #include "tests/test.h"
 
 static char *mc_read_text(const char *path) {

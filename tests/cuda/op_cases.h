@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include "ldm/ops.h"
+#include "ldm/backend/ops.h"
 #include "tests/test.h"
 
 // Why 1e-7: the bar for fp32 (TF32 off). Reductions in a different

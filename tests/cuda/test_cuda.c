@@ -11,9 +11,9 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/ops.h"
-#include "ldm/ops_cuda.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/backend/ops_cuda.h"
 #include "tests/test.h"
 #include "tests/cuda/op_cases.h"
 #include "tests/cuda/model_cases.h"

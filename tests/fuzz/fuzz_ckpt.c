@@ -1,6 +1,6 @@
 /*
  * tests/fuzz/fuzz_ckpt.c -- libFuzzer target for the torch .ckpt reader
- * (ldm_ckpt_parse, ldm/ckpt.c): the zip reader and, behind it, the pickle
+ * (ldm_ckpt_parse, ldm/io/ckpt.c): the zip reader and, behind it, the pickle
  * interpreter.
  *
  * Each input is a whole file in an exact-size heap copy, so AddressSanitizer
@@ -13,8 +13,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *buf = malloc(size ? size : 1);

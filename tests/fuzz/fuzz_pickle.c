@@ -1,6 +1,6 @@
 /*
  * tests/fuzz/fuzz_pickle.c -- libFuzzer target for the allow-list pickle
- * interpreter of ldm/ckpt.c, without the zip around it.
+ * interpreter of ldm/io/ckpt.c, without the zip around it.
  *
  * The input is taken as the bytes of archive/data.pkl and wrapped here in a
  * stored zip that also holds four storages archive/data/0..3 of 64 bytes, so
@@ -10,8 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 static uint8_t *put16(uint8_t *p, uint32_t v) { p[0] = v & 255; p[1] = (v >> 8) & 255; return p + 2; }
 static uint8_t *put32(uint8_t *p, uint32_t v) { return put16(put16(p, v & 0xffff), v >> 16); }

@@ -1,6 +1,6 @@
 /*
  * tests/fuzz/fuzz_safetensors.c -- libFuzzer target for the safetensors
- * reader (ldm_safetensors_parse, ldm/safetensors.c).
+ * reader (ldm_safetensors_parse, ldm/io/safetensors.c).
  *
  * Each input is a whole file in memory, in an exact-size heap copy so that
  * AddressSanitizer catches any read past its end. When the parser accepts
@@ -12,8 +12,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ldm/error.h"
-#include "ldm/tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *buf = malloc(size ? size : 1);

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include "ldm/ops.h"
+#include "ldm/backend/ops.h"
 
 #define REPS 3
 

@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include "ldm/error.h"
-#include "ldm/ops.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
 #include "ldm/unet.h"
 
 void bench_unet(void);

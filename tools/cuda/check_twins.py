@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """tools/cuda/check_twins.py -- the one part of the CUDA backend the CPU
 emulation cannot execute is the glue that is written twice: the launchers
-`launch_<k>` (ldm/ops_cuda.cu with <<<grid, threads>>>, ldm/ops_cuda_emu.c with
+`launch_<k>` (ldm/backend/ops_cuda.cu with <<<grid, threads>>>, ldm/backend/ops_cuda_emu.c with
 loops) and the `__global__` wrappers that forward their arguments to the
-kernel bodies of ldm/cuda_kernels.h. A swapped pair of int64_t arguments
+kernel bodies of ldm/backend/cuda_kernels.h. A swapped pair of int64_t arguments
 there would compile silently and only fail on a GPU. This script checks, for
 every elementwise/layout kernel, that
   1. each __global__ k_<name>(params) calls its body with IDX then exactly
@@ -17,8 +17,8 @@ docs/08-cuda.md. Run by `make test-cuda`; exit status 1 on any mismatch.
 import re
 import sys
 
-cu = open("ldm/ops_cuda.cu").read()
-emu = open("ldm/ops_cuda_emu.c").read()
+cu = open("ldm/backend/ops_cuda.cu").read()
+emu = open("ldm/backend/ops_cuda_emu.c").read()
 bad = 0
 
 

@@ -8,13 +8,13 @@
  *           version 0 = all (default), N rows (default 8192), D columns (4096)
  *
  * The workload is the attention score block of the UNet's first level at
- * 512x512: rows of Tk = 4096 scores (ldm/cuda_host.h, cuh_attention).
+ * 512x512: rows of Tk = 4096 scores (ldm/backend/cuda_host.h, cuh_attention).
  *
  *   v1  one thread per row: three serial passes (max, sum of exp, scale).
  *       Simple, and slow: a warp's 32 threads read 32 different rows, so no
  *       load is coalesced, and N threads are too few to fill the GPU.
  *   v2  one block per row, shared-memory tree reduction with a barrier per
- *       step -- the version in the backend (ldm/cuda_kernels.h,
+ *       step -- the version in the backend (ldm/backend/cuda_kernels.h,
  *       ldm_k_softmax_*), chosen there because its phases can be emulated
  *       on the CPU. Loads are coalesced (neighbouring threads, neighbouring
  *       columns).

@@ -22,7 +22,7 @@ numbers and every layout must give bit-identical tensors.
 
 The CompVis key names are produced by this script's own mapping
 (REFERENCE.md section 7), checked here against diffusers' single-file
-converter when it is available, and independently of ldm/weights.c.
+converter when it is available, and independently of ldm/io/weights.c.
 Never pickles a real callable: the malicious pickles are assembled opcode by
 opcode.
 """

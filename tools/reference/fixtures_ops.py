@@ -3,7 +3,7 @@
 Writes tests/fixtures/ops/<case>.<tensor>.npy (float32) and one manifest,
 tests/fixtures/ops/cases.txt, with a line per case:
     <op> <case> key=value ...
-naming the op of struct ldm_ops (ldm/ops.h) and its scalar arguments. The C
+naming the op of struct ldm_ops (ldm/backend/ops.h) and its scalar arguments. The C
 test reads the manifest, so adding a case here needs no C change.
 
 Every output comes from torch.nn.functional in float32 (F.linear, F.conv2d,

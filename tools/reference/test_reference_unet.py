@@ -8,7 +8,7 @@ Generated on demand (cached) under build/reference/unet/<sd1|sd2>/:
                         (model.diffusion_model.input_blocks.1.0.in_layers.0...),
                         as inside an SD checkpoint; the key mapping below is
                         written from REFERENCE.md section 7 independently of
-                        ldm/weights.c, so the two check each other.
+                        ldm/io/weights.c, so the two check each other.
 Weights are stored as fp16; PyTorch runs fp32 on the same rounded values.
 Cases: a 64x64 latent (512x512 image) at batch 2 with two fractional
 timesteps (CFG's [uncond, cond] batch) and a non-square 64x96 latent at

@@ -1,5 +1,5 @@
 /*
- * ldm/npy.c -- NumPy .npy read/write (format versions 1.0, 2.0 and 3.0).
+ * ldm/io/npy.c -- NumPy .npy read/write (format versions 1.0, 2.0 and 3.0).
  *
  * File layout (numpy/lib/format.py, "NEP 1"):
  *   "\x93NUMPY" major minor            8 bytes
@@ -22,10 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "error.h"
-#include "npy.h"
-#include "ops.h"
-#include "tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 
 #define NPY_MAX_HEADER (1 << 20)   // a real header is < 1 KB; refuse silly sizes
 

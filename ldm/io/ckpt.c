@@ -1,5 +1,5 @@
 /*
- * ldm/ckpt.c -- read a torch.save checkpoint (.ckpt / pytorch_model.bin)
+ * ldm/io/ckpt.c -- read a torch.save checkpoint (.ckpt / pytorch_model.bin)
  * without executing it.
  *
  * A torch.save file (torch >= 1.6) is a zip archive of STORED entries:
@@ -35,8 +35,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "error.h"
-#include "tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 // ---------------------------------------------------------------------------
 // little-endian loads (the mapping has no alignment guarantee)

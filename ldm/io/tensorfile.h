@@ -1,10 +1,10 @@
 /*
- * ldm/tensorfile.h -- one view of every checkpoint file format: a list of
+ * ldm/io/tensorfile.h -- one view of every checkpoint file format: a list of
  * named tensors (name, dtype, shape, bytes) plus string metadata.
  *
  * Formats (detected by magic bytes, never by extension):
- *   safetensors   ldm/safetensors.c   (u64 header length + JSON + data)
- *   .ckpt / .bin  ldm/ckpt.c          (torch.save zip + allow-listed pickle)
+ *   safetensors   ldm/io/safetensors.c   (u64 header length + JSON + data)
+ *   .ckpt / .bin  ldm/io/ckpt.c          (torch.save zip + allow-listed pickle)
  * The file is mmap'ed read-only; entries point into the mapping, so nothing
  * is copied until a tensor is converted to fp32 (ldm_entry_to_f32).
  * Every size and offset is validated on open (REFERENCE.md section 7): a bad
@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "tensor.h"
+#include "ldm/core/tensor.h"
 
 typedef enum ldm_dtype {
     LDM_DTYPE_F32, LDM_DTYPE_F16, LDM_DTYPE_BF16, LDM_DTYPE_F64,
@@ -61,7 +61,7 @@ int ldm_safetensors_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, c
 int ldm_safetensors_write(const char *path, int n, const char *const *names,
                           const ldm_tensor *const *tensors_host);
 
-// .ckpt / torch zip (ldm/ckpt.c): same contract as ldm_safetensors_parse.
+// .ckpt / torch zip (ldm/io/ckpt.c): same contract as ldm_safetensors_parse.
 int ldm_ckpt_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, const char *path);
 
 const char *ldm_dtype_name(ldm_dtype t);   // "F32", "F16", ...

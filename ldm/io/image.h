@@ -1,5 +1,5 @@
 /*
- * ldm/image.h -- PNG in and out (libpng), and the pixel <-> [-1,1] tensor
+ * ldm/io/image.h -- PNG in and out (libpng), and the pixel <-> [-1,1] tensor
  * conversions of the pipelines.
  *
  * Input of any PNG colour type and depth (gray, gray+alpha, palette, RGB,

@@ -1,5 +1,5 @@
 /*
- * ldm/image.c -- PNG read and write with libpng (see image.h).
+ * ldm/io/image.c -- PNG read and write with libpng (see image.h).
  *
  * Read: any PNG colour type and bit depth becomes 8-bit RGB [H][W][3]:
  *   palette          -> RGB via the PLTE table (tRNS transparency dropped)
@@ -30,8 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "error.h"
-#include "image.h"
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
 
 #define PNG_CHUNK_MAX (8u << 20)   // largest ancillary chunk (text, ICC profile) accepted
 

@@ -1,5 +1,5 @@
 /*
- * ldm/cuda_kernels.h -- the bodies of every CUDA kernel of the `cuda` backend,
+ * ldm/backend/cuda_kernels.h -- the bodies of every CUDA kernel of the `cuda` backend,
  * written once as plain functions that compile both as CUDA (nvcc, on the
  * device) and as C11 (gcc, on the host).
  *
@@ -7,9 +7,9 @@
  * function run once per (block, thread); its only inputs besides the
  * arguments are blockIdx, threadIdx and blockDim. So each body here takes
  * those indices as explicit arguments:
- *   - ldm/ops_cuda.cu wraps each body in a thin __global__ kernel that passes
+ *   - ldm/backend/ops_cuda.cu wraps each body in a thin __global__ kernel that passes
  *     the real blockIdx.x / threadIdx.x / blockDim.x;
- *   - ldm/ops_cuda_emu.c (backend "cuda-emu") runs the same body on the CPU in
+ *   - ldm/backend/ops_cuda_emu.c (backend "cuda-emu") runs the same body on the CPU in
  *     plain loops over every block and every thread.
  * The index arithmetic (what every thread reads and writes) is therefore
  * tested by the default `make test` on any machine (tests/test_cuda_emu.c).
@@ -31,7 +31,7 @@
  * threads per block). Elementwise kernels use one thread per output element
  * i = block * block_dim + thread. Row kernels (norms, softmax) use one block
  * per row and stride the row by block_dim. All index arithmetic is int64_t.
- * Tensors are contiguous fp32 in PyTorch order (ldm/tensor.h).
+ * Tensors are contiguous fp32 in PyTorch order (ldm/core/tensor.h).
  *
  * The GEMMs (linear, conv, attention scores) are not kernels here: they are
  * cuBLAS calls described by struct ldm_gemm at the end of this file, which

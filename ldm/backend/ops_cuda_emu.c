@@ -1,8 +1,8 @@
 /*
- * ldm/ops_cuda_emu.c -- backend "cuda-emu": the `cuda` backend run on the CPU.
+ * ldm/backend/ops_cuda_emu.c -- backend "cuda-emu": the `cuda` backend run on the CPU.
  *
- * It executes exactly what ldm/ops_cuda.cu executes on a GPU -- the same
- * kernel bodies (ldm/cuda_kernels.h) and the same host code (ldm/cuda_host.h:
+ * It executes exactly what ldm/backend/ops_cuda.cu executes on a GPU -- the same
+ * kernel bodies (ldm/backend/cuda_kernels.h) and the same host code (ldm/backend/cuda_host.h:
  * GEMM arguments, chunking, bias passes) -- with three substitutions:
  *   - a kernel launch <<<blocks, LDM_CU_THREADS>>> becomes two loops, over
  *     every block and every thread of the block;
@@ -27,9 +27,9 @@
 #include <math.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include "ops.h"
-#include "ops_cuda.h"
-#include "cuda_kernels.h"
+#include "ldm/backend/ops.h"
+#include "ldm/backend/ops_cuda.h"
+#include "ldm/backend/cuda_kernels.h"
 
 #define NT LDM_CU_THREADS
 
@@ -356,7 +356,7 @@ static void launch_transpose(float *out, const float *x, int64_t B, int64_t M, i
 }
 
 // ---- the op sequences, shared with ops_cuda.cu -------------------------------------------
-#include "cuda_host.h"
+#include "ldm/backend/cuda_host.h"
 
 // Each op opens the fence for its duration (strict mode; a no-op otherwise).
 static void emu_linear(float *out, const float *x, const float *w, const float *b, int64_t M,

@@ -1,11 +1,11 @@
 /*
- * ldm/ops.h -- the op table: every piece of arithmetic the models need.
+ * ldm/backend/ops.h -- the op table: every piece of arithmetic the models need.
  *
  * A backend is a `struct ldm_ops` of function pointers (the idea of ggml's
  * ggml-backend-impl.h). Three backends implement it:
- *   ref   plain loops, single-threaded: the readable truth (ldm/ops_ref.c)
- *   cpu   OpenBLAS sgemm + OpenMP                          (ldm/ops_cpu.c)
- *   cuda  cuBLAS + kernels, built by `make cuda`           (ldm/ops_cuda.cu)
+ *   ref   plain loops, single-threaded: the readable truth (ldm/backend/ops_ref.c)
+ *   cpu   OpenBLAS sgemm + OpenMP                          (ldm/backend/ops_cpu.c)
+ *   cuda  cuBLAS + kernels, built by `make cuda`           (ldm/backend/ops_cuda.cu)
  * Every backend is tested against `ref`, op by op (tests/test_ops.c).
  *
  * Two layers:
@@ -22,7 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "tensor.h"
+#include "ldm/core/tensor.h"
 
 struct ldm_ops {
     const char *name; // "ref", "cpu", "cuda"

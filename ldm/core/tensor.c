@@ -1,14 +1,14 @@
 /*
- * ldm/tensor.c -- construction, views, host copies and inspection of
+ * ldm/core/tensor.c -- construction, views, host copies and inspection of
  * ldm_tensor (see tensor.h for the layout and the shape notation).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "error.h"
-#include "ops.h"
-#include "tensor.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/core/tensor.h"
 
 int64_t ldm_shape_numel(const int64_t *shape, int ndim) {
     int64_t n = 1;

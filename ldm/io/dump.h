@@ -1,5 +1,5 @@
 /*
- * ldm/dump.h -- named intermediates for comparison against PyTorch.
+ * ldm/io/dump.h -- named intermediates for comparison against PyTorch.
  *
  * When LDM_DUMP=DIR is set (the CLI's --dump DIR sets it), ldm_dump(name, t)
  * writes DIR/<step prefix><name>.npy. Names are the diffusers module paths
@@ -10,7 +10,7 @@
 #ifndef LDM_DUMP_H
 #define LDM_DUMP_H
 
-#include "tensor.h"
+#include "ldm/core/tensor.h"
 
 int ldm_dump_enabled(void);
 // Prefix for the following names, e.g. "step003/" (NULL or "" to clear).

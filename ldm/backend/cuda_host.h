@@ -1,8 +1,8 @@
 /*
- * ldm/cuda_host.h -- the host side of the `cuda` backend: how each op of
+ * ldm/backend/cuda_host.h -- the host side of the `cuda` backend: how each op of
  * struct ldm_ops becomes kernel launches and cuBLAS calls. Shared, word for
- * word, by the real backend (ldm/ops_cuda.cu) and its CPU emulation
- * (ldm/ops_cuda_emu.c), so the emulated tests also cover the GEMM arguments
+ * word, by the real backend (ldm/backend/ops_cuda.cu) and its CPU emulation
+ * (ldm/backend/ops_cuda_emu.c), so the emulated tests also cover the GEMM arguments
  * (transposes, leading dimensions, batch strides), the bias passes, the
  * im2col chunking and the attention query blocks.
  *
@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cuda_kernels.h"
+#include "ldm/backend/cuda_kernels.h"
 
 static int64_t cuh_min(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t cuh_max(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -1,5 +1,5 @@
 /*
- * ldm/dump.c -- write named intermediates as DIR/<prefix><name>.npy when
+ * ldm/io/dump.c -- write named intermediates as DIR/<prefix><name>.npy when
  * LDM_DUMP=DIR is set (see dump.h). The same names come out of
  * tools/reference/dump_torch.py, so the two dumps can be compared tensor by
  * tensor (`sd compare`).
@@ -15,9 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "dump.h"
-#include "error.h"
-#include "npy.h"
+#include "ldm/io/dump.h"
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
 
 static char dump_prefix[256];
 static int dump_error_reported;

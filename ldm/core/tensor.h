@@ -1,5 +1,5 @@
 /*
- * ldm/tensor.h -- the tensor type every module of ldm.c passes around.
+ * ldm/core/tensor.h -- the tensor type every module of ldm.c passes around.
  *
  * A tensor is fp32, in PyTorch order (NCHW for images, [B,T,C] for tokens),
  * row-major and contiguous: element (i0,i1,...,in) lives at
@@ -7,7 +7,7 @@
  * contiguous tensor, so a .npy dumped by PyTorch and a buffer here index
  * the same way.
  *
- * Memory belongs to a backend (struct ldm_ops, ldm/ops.h): on `ref` and `cpu`
+ * Memory belongs to a backend (struct ldm_ops, ldm/backend/ops.h): on `ref` and `cpu`
  * it is host memory, on `cuda` it is device memory. A view shares the data of
  * another tensor with a different shape (reshape without copy) and never frees.
  *

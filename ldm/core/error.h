@@ -1,5 +1,5 @@
 /*
- * ldm/error.h -- how library functions report failure.
+ * ldm/core/error.h -- how library functions report failure.
  *
  * Convention: a function that can fail on user input (a file, a prompt, a
  * flag) returns an int: 0 on success, LDM_ERR (-1) on failure, after setting

@@ -1,5 +1,5 @@
 /*
- * ldm/ops.c -- backend selection and the checked op wrappers (see ops.h).
+ * ldm/backend/ops.c -- backend selection and the checked op wrappers (see ops.h).
  *
  * The wrappers are the only way model code reaches arithmetic: each one
  * asserts its shape contract (LDM_ASSERT prints file:line and the shapes,
@@ -10,22 +10,22 @@
  * Backends: `ref` (ops_ref.c), `cpu` (ops_cpu.c), and `cuda` when the CUDA
  * object is linked in (`make cuda`): ldm_ops_cuda is a weak symbol here, so a
  * build without CUDA simply reports that the backend is not available.
- * `cuda-emu` (ldm/ops_cuda_emu.c) is the CUDA backend's code run on the CPU,
+ * `cuda-emu` (ldm/backend/ops_cuda_emu.c) is the CUDA backend's code run on the CPU,
  * for testing it anywhere.
  */
 #include <stdlib.h>
 #include <string.h>
-#include "error.h"
-#include "ops.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
 
 // ---- backend selection ------------------------------------------------------
 
-// Defined in ldm/ops_cuda.cu when built with `make cuda`; NULL address otherwise.
+// Defined in ldm/backend/ops_cuda.cu when built with `make cuda`; NULL address otherwise.
 extern const struct ldm_ops ldm_ops_cuda __attribute__((weak));
-// The CUDA backend's host code and kernels run on the CPU (ldm/ops_cuda_emu.c,
+// The CUDA backend's host code and kernels run on the CPU (ldm/backend/ops_cuda_emu.c,
 // in every build).
 extern const struct ldm_ops ldm_ops_cuda_emu;
-// ldm/ops_cuda.cu: number of usable GPUs (0 without a device or driver).
+// ldm/backend/ops_cuda.cu: number of usable GPUs (0 without a device or driver).
 extern int ldm_cuda_device_count(void) __attribute__((weak));
 
 const struct ldm_ops *ldm_backend(const char *name) {

@@ -1,5 +1,5 @@
 /*
- * ldm/ops_ref.c -- the `ref` backend: every op of struct ldm_ops (ops.h) as
+ * ldm/backend/ops_ref.c -- the `ref` backend: every op of struct ldm_ops (ops.h) as
  * plain single-threaded loops. This is the readable truth the other backends
  * are tested against (tests/test_ops.c), and the one to step through in gdb
  * (`LDM_BACKEND=ref gdb --args build/sd ...`).
@@ -15,7 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ops.h"
+#include "ldm/backend/ops.h"
 
 // ---- memory -------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 /*
- * ldm/tensorfile.c -- open a checkpoint file of any supported format, look
+ * ldm/io/tensorfile.c -- open a checkpoint file of any supported format, look
  * tensors up by name, and convert a stored tensor to fp32.
  *
  * The format is chosen by magic bytes, never by the file name:
- *   "PK\x03\x04"                       a torch.save zip (.ckpt/.bin) -> ldm_ckpt_parse (ldm/ckpt.c)
+ *   "PK\x03\x04"                       a torch.save zip (.ckpt/.bin) -> ldm_ckpt_parse (ldm/io/ckpt.c)
  *   u64 LE length, then '{' at byte 8  safetensors                   -> ldm_safetensors_parse
  * The whole file is mmap'ed read-only; the parsers only validate and point
  * into the mapping. Conversion to fp32 happens per tensor (ldm_entry_to_f32),
@@ -20,8 +20,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "error.h"
-#include "tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 // ---------------------------------------------------------------------------
 // dtypes
@@ -185,7 +185,7 @@ int ldm_tensor_file_open(ldm_tensor_file *f, const char *path) {
 
     int rc;
     if (size >= 4 && memcmp(b, "PK\x03\x04", 4) == 0) {
-        rc = ldm_ckpt_parse(f, b, size, path);   // ldm/ckpt.c
+        rc = ldm_ckpt_parse(f, b, size, path);   // ldm/io/ckpt.c
     } else if (size >= 9 && b[8] == '{') {
         rc = ldm_safetensors_parse(f, b, size, path);
     } else if (size >= 2 && b[0] == 0x80 && b[1] <= 5) {

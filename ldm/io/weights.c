@@ -1,5 +1,5 @@
 /*
- * ldm/weights.c -- load one weight tensor by its diffusers name, whatever
+ * ldm/io/weights.c -- load one weight tensor by its diffusers name, whatever
  * the checkpoint layout; the one place that knows the key layouts.
  *
  *   diffusers folder file  key = prefix + name  ("down_blocks.0.resnets.0.norm1.weight")
@@ -17,9 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "error.h"
-#include "ops.h"
-#include "weights.h"
+#include "ldm/core/error.h"
+#include "ldm/backend/ops.h"
+#include "ldm/io/weights.h"
 
 // ---------------------------------------------------------------------------
 // CompVis layout: diffusers name -> original checkpoint key (REFERENCE.md

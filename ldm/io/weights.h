@@ -1,5 +1,5 @@
 /*
- * ldm/weights.h -- loading a model component's weights by name.
+ * ldm/io/weights.h -- loading a model component's weights by name.
  *
  * Model code (clip.c, unet.c, vae.c) asks for every weight by its diffusers
  * name (the module path of the diffusers/transformers model, e.g.
@@ -15,8 +15,8 @@
 #define LDM_WEIGHTS_H
 
 #include <stdint.h>
-#include "tensor.h"
-#include "tensorfile.h"
+#include "ldm/core/tensor.h"
+#include "ldm/io/tensorfile.h"
 
 typedef enum ldm_layout { LDM_LAYOUT_DIFFUSERS, LDM_LAYOUT_COMPVIS } ldm_layout;
 typedef enum ldm_component {

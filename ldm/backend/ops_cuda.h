@@ -1,6 +1,6 @@
 /*
- * ldm/ops_cuda.h -- knobs of the `cuda` backend (ldm/ops_cuda.cu, built by
- * `make cuda`) and of its CPU emulation `cuda-emu` (ldm/ops_cuda_emu.c, in
+ * ldm/backend/ops_cuda.h -- knobs of the `cuda` backend (ldm/backend/ops_cuda.cu, built by
+ * `make cuda`) and of its CPU emulation `cuda-emu` (ldm/backend/ops_cuda_emu.c, in
  * every build). The backends themselves are reached through ldm_backend().
  */
 #ifndef LDM_OPS_CUDA_H

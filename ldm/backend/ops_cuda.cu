@@ -1,5 +1,5 @@
 /*
- * ldm/ops_cuda.cu -- backend "cuda": every op of struct ldm_ops on an NVIDIA
+ * ldm/backend/ops_cuda.cu -- backend "cuda": every op of struct ldm_ops on an NVIDIA
  * GPU, fp32 throughout. Built only by `make cuda` (nvcc); the default build
  * does not need CUDA.
  *
@@ -9,9 +9,9 @@
  *   GEMMs      cuBLAS cublasSgemmStridedBatched for linear, conv2d (im2col +
  *              GEMM) and the two attention products; math mode
  *              CUBLAS_PEDANTIC_MATH, so no TF32: results stay fp32 like `ref`
- *   the rest   the kernels of ldm/cuda_kernels.h, each wrapped below in a thin
+ *   the rest   the kernels of ldm/backend/cuda_kernels.h, each wrapped below in a thin
  *              __global__ function that passes the real block/thread indices
- *   op logic   ldm/cuda_host.h (shared with the CPU emulation, `cuda-emu`)
+ *   op logic   ldm/backend/cuda_host.h (shared with the CPU emulation, `cuda-emu`)
  * Everything runs on the legacy default stream, so every kernel, cuBLAS call
  * and cudaMemcpy is ordered after the previous one; downloads synchronise.
  *
@@ -31,10 +31,10 @@
 #include <stdlib.h>
 
 extern "C" {
-#include "ops.h"
-#include "ops_cuda.h"
+#include "ldm/backend/ops.h"
+#include "ldm/backend/ops_cuda.h"
 }
-#include "cuda_kernels.h"
+#include "ldm/backend/cuda_kernels.h"
 
 #define NT LDM_CU_THREADS
 
@@ -359,7 +359,7 @@ static void launch_softmax_rows(float *out, const float *x, int64_t N, int64_t D
 }
 
 // ---- the op sequences, shared with ops_cuda_emu.c -----------------------------------------
-#include "cuda_host.h"
+#include "ldm/backend/cuda_host.h"
 
 extern "C" const struct ldm_ops ldm_ops_cuda = {
     .name = "cuda",

@@ -1,5 +1,5 @@
 /*
- * ldm/safetensors.c -- the safetensors format: a validating reader over a
+ * ldm/io/safetensors.c -- the safetensors format: a validating reader over a
  * buffer already in memory (the mmap of ldm_tensor_file_open, or the
  * fuzzer's input) and a writer for fp32 tensors.
  *
@@ -40,8 +40,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "error.h"
-#include "tensorfile.h"
+#include "ldm/core/error.h"
+#include "ldm/io/tensorfile.h"
 
 #define ST_MAX_HEADER 100000000ull      // R2: 1e8 bytes
 #define ST_MAX_INT 9007199254740992.0   // 2^53: larger JSON numbers are not exact doubles

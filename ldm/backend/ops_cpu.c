@@ -1,5 +1,5 @@
 /*
- * ldm/ops_cpu.c -- the `cpu` backend: struct ldm_ops (ops.h) on OpenBLAS
+ * ldm/backend/ops_cpu.c -- the `cpu` backend: struct ldm_ops (ops.h) on OpenBLAS
  * sgemm + OpenMP. Same math as ops_ref.c, arranged for speed:
  *
  *   linear     one sgemm (x @ w^T), bias added after
@@ -26,7 +26,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include "ops.h"
+#include "ldm/backend/ops.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
 // cblas.h works).

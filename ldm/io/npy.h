@@ -1,5 +1,5 @@
 /*
- * ldm/npy.h -- NumPy .npy files (format 1.0/2.0), float32 little-endian,
+ * ldm/io/npy.h -- NumPy .npy files (format 1.0/2.0), float32 little-endian,
  * C order: what np.save writes for a float32 array and np.load reads back.
  * Used for dumps (--dump DIR), fixtures and the CLI's .npy outputs.
  */
@@ -7,7 +7,7 @@
 #define LDM_NPY_H
 
 #include <stdint.h>
-#include "tensor.h"
+#include "ldm/core/tensor.h"
 
 // Read a float32 (or float64/float16, converted) C-order .npy into a new host
 // tensor on `ops`. 0 / LDM_ERR (message names the file and the problem).

@@ -1,9 +1,9 @@
 /*
- * ldm/error.c -- the per-thread last-error message (see error.h).
+ * ldm/core/error.c -- the per-thread last-error message (see error.h).
  */
 #include <stdarg.h>
 #include <stdio.h>
-#include "error.h"
+#include "ldm/core/error.h"
 
 static _Thread_local char last_error[1024];
 
