@@ -32,7 +32,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 SD_SRC   := $(sort $(wildcard tools/*.c))
 SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links
 
 # ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
 # `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
@@ -106,6 +106,13 @@ $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libldm.a | $(BUILD)/.deps-ok
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
 
 -include $(LIB_OBJ:.o=.d) $(SD_OBJ:.o=.d)
+
+# The docs' links into the code land on what their titles name (a script run
+# by tests/run.sh like the test binaries; tools/docs_links.py says how).
+$(BUILD)/tests/test_docs_links: tools/docs_links.py
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\nexec python3 "%s" --check\n' "$(abspath tools/docs_links.py)" > $@
+	@chmod +x $@
 
 # ---- tests ------------------------------------------------------------------
 # Every test binary, run by tests/run.sh, which prints the grand total line
@@ -224,6 +231,11 @@ notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png).
+# `make docs-links`: recompute every docs/ link's #L line anchor (and a
+# "file.c:NN" link text) from the symbol its title names, after code moved.
+.PHONY: docs-links
+docs-links:
+	python3 tools/docs_links.py --fix
 .PHONY: docs-figures
 docs-figures: $(BUILD)/libldm.so $(NB_PY)
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
@@ -274,6 +286,7 @@ help:
 	@echo "make bench      sgemm / op GFLOPS on this machine"
 	@echo "make cuda       build/cuda/sd + libldm with the CUDA backend (nvcc, cuBLAS)"
 	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
+	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
