@@ -50,7 +50,9 @@ int main(void) {
     // device memory is; model code that touched tensor data directly would
     // crash here (SIGSEGV at the line) instead of on the first GPU run.
     printf("-- whole tiny models on cuda-emu, memory fenced off from the host\n");
-    ldm_cuda_emu_set_strict(1);
+    ldm_cuda_options strict = {0};
+    strict.emu_strict = 1;
+    ldm_cuda_set_options(&strict);
     mc_run_all(emu);
     return test_summary();
 }
