@@ -24,19 +24,20 @@
  * scoping half-enforces (a variable declared in a phase dies at its end) and
  * the emulator checks where it can.
  *
- * Rules for a cooperative kernel (checked: * ; on a GPU they are what makes
- * __syncthreads() well defined anyway):
+ * Rules for a cooperative kernel -- on a GPU they are what makes
+ * __syncthreads() well defined anyway; [checked] marks those the emulator
+ * enforces (it aborts naming the kernel):
  *   - code that uses threadIdx is inside a for_each_thread phase;
- *   * a phase holds no __syncthreads() and is not left by return or break
- *     (every thread must reach every barrier);
+ *   - [checked] a phase holds no __syncthreads() and is not left by return or
+ *     break (every thread must reach every barrier);
+ *   - [checked] __syncthreads() appears only in a kernel that has phases;
  *   - code between phases is the same for every thread (it depends on
  *     blockIdx, blockDim, the arguments and shared memory read after a
  *     barrier): here it runs once per block, on a GPU once per thread.
  *     Variables it declares are only read inside phases. Outside phases
  *     threadIdx.x holds 0xffffffff here (before the first phase: the first
  *     thread's index -- the emulator cannot know yet), so misuse indexes far
- *     out of range;
- *   * __syncthreads() appears only in a kernel that has phases.
+ *     out of range.
  * __shared__ variables are then ordinary locals of the once-per-block call:
  * one copy per block, shared by its threads. ops_cuda_emu.c is compiled with
  * -ftrivial-auto-var-init=pattern (Makefile), so each block's shared memory
