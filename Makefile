@@ -179,6 +179,15 @@ bench: $(BUILD)/bench
 # The op and model cases shared by the emulated (default) and the GPU test.
 $(BUILD)/tests/test_cuda_emu $(BUILD)/tests/cuda/test_cuda: tests/cuda/op_cases.h tests/cuda/model_cases.h
 
+# The emulator (backend cuda-emu) starts every block's __shared__ memory -- in
+# C, locals of the kernel's once-per-block call -- as 0xfefefefe bytes
+# (-1.7e38 as a float), as a GPU starts it as garbage, so a kernel reading a
+# slot no thread wrote gets a ruined result, not a lucky one (cuda_emu.h).
+# gcc cannot see that a for_each_thread loop writes shared memory before the
+# code after it reads it (the loop runs blockDim.x times, never 0): without
+# -Wno-maybe-uninitialized it warns about every reduction.
+$(BUILD)/obj/ldm/backend/ops_cuda_emu.o: CFLAGS += -ftrivial-auto-var-init=pattern -Wno-maybe-uninitialized
+
 # ldm/backend/ops_cuda.cu -> object, by nvcc (warnings are errors; -MMD: header deps).
 $(BUILD)/obj/%.o: %.cu | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
@@ -196,13 +205,11 @@ $(BUILD)/tools/%: tools/cuda/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< -Xlinker -rpath,$(CUDA_HOME)/lib64
 
-# The launch glue written twice (GPU / emulation) agrees (tools/cuda/check_twins.py),
-# then every op and the tiny models on `cuda` against `ref`, PyTorch and `cpu`
-# (tests/cuda/test_cuda.c); without a GPU that part prints "no CUDA device:
-# skipped" and succeeds.
+# Every op and the tiny models on `cuda` against `ref`, PyTorch and `cpu`
+# (tests/cuda/test_cuda.c); without a GPU it prints "no CUDA device: skipped"
+# and succeeds (the kernels and launches then run only on the CPU, in
+# tests/test_cuda_emu.c of `make test`).
 test-cuda: cuda
-	@python3 tools/cuda/check_twins.py > build/cuda/twins.log || { cat build/cuda/twins.log; exit 1; }
-	@tail -n 1 build/cuda/twins.log
 	@$(MAKE) --no-print-directory CUDA=1 BUILD=build/cuda build/cuda/tests/cuda/test_cuda
 	build/cuda/tests/cuda/test_cuda
 

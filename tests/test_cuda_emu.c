@@ -2,8 +2,8 @@
  * tests/test_cuda_emu.c -- the CUDA backend's kernels and host logic, run on
  * the CPU by the `cuda-emu` backend (ldm/backend/ops_cuda_emu.c), against `ref`.
  *
- * cuda-emu executes the kernel bodies of ldm/backend/cuda_kernels.h for every block
- * and thread, phase by phase between barriers, and the op sequences of
+ * cuda-emu executes the kernels of ldm/backend/cuda_kernels.h for every block
+ * and thread, phase by phase between barriers, and the launches and op sequences of
  * ldm/backend/cuda_host.h with cuBLAS replaced by a column-major loop that checks
  * cuBLAS's argument rules. So this test covers, without a GPU: every
  * kernel's index arithmetic, the reductions' barrier structure, every GEMM's
@@ -50,7 +50,9 @@ int main(void) {
     // device memory is; model code that touched tensor data directly would
     // crash here (SIGSEGV at the line) instead of on the first GPU run.
     printf("-- whole tiny models on cuda-emu, memory fenced off from the host\n");
-    ldm_cuda_emu_set_strict(1);
+    ldm_cuda_options strict = {0};
+    strict.emu_strict = 1;
+    ldm_cuda_set_options(&strict);
     mc_run_all(emu);
     return test_summary();
 }

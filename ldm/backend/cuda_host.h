@@ -2,28 +2,25 @@
  * ldm/backend/cuda_host.h -- the host side of the `cuda` backend: how each op of
  * struct ldm_ops becomes kernel launches and cuBLAS calls. Shared, word for
  * word, by the real backend (ldm/backend/ops_cuda.cu) and its CPU emulation
- * (ldm/backend/ops_cuda_emu.c), so the emulated tests also cover the GEMM arguments
- * (transposes, leading dimensions, batch strides), the bias passes, the
- * im2col chunking and the attention query blocks.
+ * (ldm/backend/ops_cuda_emu.c), so the emulated tests also cover every launch
+ * (kernel, grid, arguments), the GEMM arguments (transposes, leading
+ * dimensions, batch strides), the bias passes, the im2col chunking and the
+ * attention query blocks.
  *
- * This file is included (once) by a backend after it has defined:
- *   static void cu_gemm(const ldm_gemm *g);           one strided-batched SGEMM
- *   static float *cu_workspace(int64_t nfloats);      scratch of >= nfloats floats
- *   static int64_t cu_workspace_limit(void);          preferred scratch size (floats)
- *   static void cu_copy_in(void *dst, const void *src_host, size_t nbytes);
- *   static void cu_copy(void *dst, const void *src, size_t nbytes);
- *   static void launch_<kernel>(... same arguments as ldm_k_<kernel> without
- *                               the three index arguments ...);
- *   static void launch_layer_norm / launch_group_norm / launch_softmax_rows
- *     (the phase sequences of cuda_kernels.h, one block per row / group)
- * and it defines the static functions cuh_<op>, which the backend puts in its
- * struct ldm_ops. It must compile as C11 and as C++ (nvcc).
+ * This file is included (once) by a backend after the kernels
+ * (ldm/backend/cuda_kernels.h) and after it has defined
+ *   LAUNCH(kernel, blocks, threads, args...)   kernel<<<blocks, threads>>>(args...)
+ *       -- the real launch plus an error check in ops_cuda.cu, loops over the
+ *       blocks and threads in ops_cuda_emu.c;
+ * and it defines the functions declared just below (the backend's memory and
+ * cuBLAS). It defines the static functions cuh_<op>, which the backend puts
+ * in its struct ldm_ops. It must compile as C11 and as C++ (nvcc).
  *
  * Memory bound: the only large temporaries are the im2col columns and the
  * attention scores; both are produced in chunks that fit the workspace
- * (cu_workspace_limit, default 256 MiB, $LDM_CUDA_WORKSPACE_MB), so the
- * [Tq,Tk] score matrix of a 64x64 latent (4096 x 4096 per head) is never held
- * whole.
+ * (cu_workspace_limit: ldm_cuda_options.workspace_mb, default 256 MiB), so
+ * the [Tq,Tk] score matrix of a 64x64 latent (4096 x 4096 per head) is never
+ * held whole.
  */
 #ifndef LDM_CUDA_HOST_H
 #define LDM_CUDA_HOST_H
@@ -31,7 +28,45 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ldm/backend/ops_cuda.h"
 #include "ldm/backend/cuda_kernels.h"
+
+// ============================================================================
+// GEMM descriptors: one cuBLAS cublasSgemmStridedBatched call.
+// cuBLAS is column-major: a row-major matrix X[R,Cc] (leading dim Cc) is the
+// column-major matrix X^T (leading dim Cc). So a row-major C = A @ B is
+// computed as the column-major C^T = B^T A^T: every call below says which
+// row-major product it is and how it maps.
+//   C[i + j*ldc] (+ batch*strideC) = alpha * sum_l op(A)[i,l] op(B)[l,j] + beta * C
+//   op(A) = A (m x k, A[i + l*lda]) or A^T (A stored k x m, A[l + i*lda])
+// ============================================================================
+typedef struct ldm_gemm {
+    int transa, transb;       // 0 = CUBLAS_OP_N, 1 = CUBLAS_OP_T
+    int64_t m, n, k;          // C is m x n, the inner dimension is k
+    float alpha, beta;
+    const float *A;           // op(A) m x k
+    int64_t lda, strideA;     // strides in floats between batch entries
+    const float *B;           // op(B) k x n
+    int64_t ldb, strideB;
+    float *C;                 // m x n
+    int64_t ldc, strideC;
+    int64_t batch;            // number of products
+} ldm_gemm;
+
+// ---- what each backend defines ---------------------------------------------------
+static void cu_gemm(const ldm_gemm *g);            // one strided-batched SGEMM
+static float *cu_workspace(int64_t nfloats);       // scratch of >= nfloats floats
+static int64_t cu_workspace_limit(void);           // preferred scratch size (floats)
+static void cu_copy_in(void *dst, const void *src_host, size_t nbytes);
+static void cu_copy(void *dst, const void *src, size_t nbytes);
+
+// Workspace size in floats for ldm_cuda_options.workspace_mb (0: 256 MiB).
+static int64_t cuh_workspace_floats(int64_t mb) {
+    return (mb > 0 ? mb : 256) * (1 << 20) / (int64_t)sizeof(float);
+}
+
+// Blocks needed to give each of n elements one thread.
+static int64_t cuh_blocks(int64_t n) { return (n + LDM_CU_THREADS - 1) / LDM_CU_THREADS; }
 
 static int64_t cuh_min(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t cuh_max(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -61,7 +96,8 @@ static void cuh_linear(float *out, const float *x, const float *w, const float *
                        int64_t K, int64_t N) {
     if (M == 0 || N == 0) return;
     cuh_gemm1(1, 0, N, M, K, 1.0f, w, K, x, K, 0.0f, out, N);
-    if (b) launch_add_bias(out, b, M * N, N, 1);   // out[m,n] += b[n]
+    if (b)   // out[m,n] += b[n]
+        LAUNCH(add_bias_kernel, cuh_blocks(M * N), LDM_CU_THREADS, out, b, M * N, N, 1);
 }
 
 // x[B,Cin,H,W] (*) w[Cout,Cin,KH,KW] + b[Cout] -> out[B,Cout,Ho,Wo]
@@ -99,13 +135,16 @@ static void cuh_conv2d(float *out, const float *x, const float *w, const float *
             for (int64_t p0 = 0; p0 < P; p0 += chunk) {
                 int64_t np = cuh_min(chunk, P - p0);
                 // col[CKK, np] for positions p0..p0+np-1
-                launch_im2col(col, xb, Cin, H, W, KH, KW, stride, pad_t, pad_l, Wo, p0, np);
+                LAUNCH(im2col_kernel, cuh_blocks(CKK * np), LDM_CU_THREADS, col, xb, Cin, H, W, KH,
+                       KW, stride, pad_t, pad_l, Wo, p0, np);
                 // out_b[:, p0:p0+np] = w @ col  (column-major: rows p0.. of out_b^T)
                 cuh_gemm1(0, 0, np, Cout, CKK, 1.0f, col, np, w, CKK, 0.0f, ob + p0, P);
             }
         }
     }
-    if (b) launch_add_bias(out, b, B * Cout * P, Cout, P);   // out[b,c,p] += bias[c]
+    if (b)   // out[b,c,p] += bias[c]
+        LAUNCH(add_bias_kernel, cuh_blocks(B * Cout * P), LDM_CU_THREADS, out, b, B * Cout * P,
+               Cout, P);
 }
 
 // ---- normalisation (one block per row / group) ---------------------------------
@@ -113,18 +152,18 @@ static void cuh_conv2d(float *out, const float *x, const float *w, const float *
 static void cuh_group_norm(float *out, const float *x, const float *gamma, const float *beta,
                            int64_t B, int64_t C, int64_t S, int64_t G, float eps) {
     if (B * C * S == 0) return;
-    launch_group_norm(out, x, gamma, beta, B, C, S, G, eps);
+    LAUNCH(group_norm_kernel, B * G, LDM_CU_THREADS, out, x, gamma, beta, C, S, G, eps);
 }
 
 static void cuh_layer_norm(float *out, const float *x, const float *gamma, const float *beta,
                            int64_t N, int64_t D, float eps) {
     if (N * D == 0) return;
-    launch_layer_norm(out, x, gamma, beta, N, D, eps);
+    LAUNCH(layer_norm_kernel, N, LDM_CU_THREADS, out, x, gamma, beta, D, eps);
 }
 
 static void cuh_softmax(float *out, const float *x, int64_t N, int64_t D) {
     if (N * D == 0) return;
-    launch_softmax_rows(out, x, N, D, 0, 0);
+    LAUNCH(softmax_rows_kernel, N, LDM_CU_THREADS, out, x, D, 0, 0);
 }
 
 // ---- attention ------------------------------------------------------------------
@@ -163,7 +202,7 @@ static void cuh_attention(float *out, const float *q, const float *k, const floa
             cu_gemm(&g);
 
             // rows of S are (head, query in block): NH*nq rows of Tk scores
-            launch_softmax_rows(S, S, NH * nq, Tk, causal ? nq : 0, q0);
+            LAUNCH(softmax_rows_kernel, NH * nq, LDM_CU_THREADS, S, S, Tk, causal ? nq : 0, q0);
 
             memset(&g, 0, sizeof g);
             g.transa = 0; g.transb = 0;
@@ -180,10 +219,14 @@ static void cuh_attention(float *out, const float *q, const float *k, const floa
 
 // ---- elementwise ----------------------------------------------------------------
 
-static void cuh_silu(float *out, const float *x, int64_t n) { if (n) launch_silu(out, x, n); }
-static void cuh_gelu(float *out, const float *x, int64_t n) { if (n) launch_gelu(out, x, n); }
+static void cuh_silu(float *out, const float *x, int64_t n) {
+    if (n) LAUNCH(silu_kernel, cuh_blocks(n), LDM_CU_THREADS, out, x, n);
+}
+static void cuh_gelu(float *out, const float *x, int64_t n) {
+    if (n) LAUNCH(gelu_kernel, cuh_blocks(n), LDM_CU_THREADS, out, x, n);
+}
 static void cuh_quick_gelu(float *out, const float *x, int64_t n) {
-    if (n) launch_quick_gelu(out, x, n);
+    if (n) LAUNCH(quick_gelu_kernel, cuh_blocks(n), LDM_CU_THREADS, out, x, n);
 }
 
 // x[N,2F] -> out[N,F]. The kernel needs out apart from x: an in-place call
@@ -194,39 +237,46 @@ static void cuh_geglu(float *out, const float *x, int64_t N, int64_t F) {
     uintptr_t x0 = (uintptr_t)x, x1 = (uintptr_t)(x + N * 2 * F);
     if (o0 < x1 && x0 < o1) {
         float *tmp = cu_workspace(N * F);
-        launch_geglu(tmp, x, N, F);
+        LAUNCH(geglu_kernel, cuh_blocks(N * F), LDM_CU_THREADS, tmp, x, N, F);
         cu_copy(out, tmp, (size_t)(N * F) * sizeof(float));
     } else {
-        launch_geglu(out, x, N, F);
+        LAUNCH(geglu_kernel, cuh_blocks(N * F), LDM_CU_THREADS, out, x, N, F);
     }
 }
 
 static void cuh_add(float *out, const float *a, const float *b, int64_t n) {
-    if (n) launch_add(out, a, b, n);
+    if (n) LAUNCH(add_kernel, cuh_blocks(n), LDM_CU_THREADS, out, a, b, n);
 }
 static void cuh_mul(float *out, const float *a, const float *b, int64_t n) {
-    if (n) launch_mul(out, a, b, n);
+    if (n) LAUNCH(mul_kernel, cuh_blocks(n), LDM_CU_THREADS, out, a, b, n);
 }
 static void cuh_scale(float *out, const float *a, float s, int64_t n) {
-    if (n) launch_scale(out, a, s, n);
+    if (n) LAUNCH(scale_kernel, cuh_blocks(n), LDM_CU_THREADS, out, a, s, n);
 }
 static void cuh_add_channel(float *out, const float *x, const float *y, int64_t B, int64_t C,
                             int64_t S) {
-    if (B * C * S != 0) launch_add_channel(out, x, y, B, C, S);
+    if (B * C * S != 0)
+        LAUNCH(add_channel_kernel, cuh_blocks(B * C * S), LDM_CU_THREADS, out, x, y, B, C, S);
 }
 
 // ---- layout -----------------------------------------------------------------------
 
 static void cuh_upsample2x(float *out, const float *x, int64_t B, int64_t C, int64_t H,
                            int64_t W) {
-    if (B * C * H * W != 0) launch_upsample2x(out, x, B, C, H, W);
+    if (B * C * H * W != 0)
+        LAUNCH(upsample2x_kernel, cuh_blocks(B * C * 4 * H * W), LDM_CU_THREADS, out, x, B, C, H,
+               W);
 }
 static void cuh_concat_channels(float *out, const float *a, const float *b, int64_t B,
                                 int64_t Ca, int64_t Cb, int64_t S) {
-    if (B * (Ca + Cb) * S != 0) launch_concat_channels(out, a, b, B, Ca, Cb, S);
+    if (B * (Ca + Cb) * S != 0)
+        LAUNCH(concat_channels_kernel, cuh_blocks(B * (Ca + Cb) * S), LDM_CU_THREADS, out, a, b, B,
+               Ca, Cb, S);
 }
+// One block per 32x32 tile of each image.
 static void cuh_transpose(float *out, const float *x, int64_t B, int64_t M, int64_t N) {
-    if (B * M * N != 0) launch_transpose(out, x, B, M, N);
+    int64_t tiles = ((M + LDM_CU_TILE - 1) / LDM_CU_TILE) * ((N + LDM_CU_TILE - 1) / LDM_CU_TILE);
+    if (B * M * N != 0) LAUNCH(transpose_kernel, B * tiles, LDM_CU_THREADS, out, x, M, N);
 }
 
 // ids[n] are on the host: copy them into the workspace (int32 has the size of
@@ -236,7 +286,7 @@ static void cuh_embedding(float *out, const float *table, const int32_t *ids, in
     if (n * D == 0) return;
     int32_t *dev_ids = (int32_t *)cu_workspace(n);
     cu_copy_in(dev_ids, ids, (size_t)n * sizeof(int32_t));
-    launch_embedding(out, table, dev_ids, n, D);
+    LAUNCH(embedding_kernel, cuh_blocks(n * D), LDM_CU_THREADS, out, table, dev_ids, n, D);
 }
 
 #endif

@@ -2,23 +2,30 @@
  * ldm/backend/ops_cuda_emu.c -- backend "cuda-emu": the `cuda` backend run on the CPU.
  *
  * It executes exactly what ldm/backend/ops_cuda.cu executes on a GPU -- the same
- * kernel bodies (ldm/backend/cuda_kernels.h) and the same host code (ldm/backend/cuda_host.h:
- * GEMM arguments, chunking, bias passes) -- with three substitutions:
- *   - a kernel launch <<<blocks, LDM_CU_THREADS>>> becomes two loops, over
- *     every block and every thread of the block;
- *   - a kernel with barriers runs phase by phase: one phase for all threads
- *     of the block, then the next (what __syncthreads() guarantees);
+ * kernels (ldm/backend/cuda_kernels.h, plain CUDA compiled here as C) and the same
+ * host code (ldm/backend/cuda_host.h: launches, GEMM arguments, chunking, bias
+ * passes) -- with three substitutions:
+ *   - LAUNCH(kernel, blocks, threads, args...), <<<blocks, threads>>> on a
+ *     GPU, becomes loops over every block and every thread of the block, with
+ *     blockIdx/threadIdx/blockDim/gridDim as C variables
+ *     (ldm/backend/cuda_emu.h);
+ *   - a block-cooperative kernel runs phase by phase: each for_each_thread
+ *     phase for all threads of the block, then the next (what __syncthreads()
+ *     guarantees; why and how in cuda_emu.h);
  *   - cublasSgemmStridedBatched becomes a plain column-major loop that first
  *     checks the arguments the way cuBLAS does (leading dimensions, int range).
  * Memory is host memory (malloc), so it runs anywhere, under ASan too (an
- * out-of-bounds index in a kernel body is then reported with its line). In
+ * out-of-bounds index in a kernel is then reported with its line). In
  * strict mode it is fenced off from the host outside the backend's ops, as
  * device memory is (see below).
  *
- * Slow (plain loops, naive GEMM): a test backend, not for images. Shared
- * memory starts filled with NaN at each block (a GPU's is uninitialised), and
- * the launch order can be reversed (ldm_cuda_emu_set_reverse) to expose
- * threads that depend on each other.
+ * Slow (plain loops, naive GEMM): a test backend, not for images. Each
+ * block's shared memory starts filled with a huge value (a GPU's is
+ * uninitialised), and the launch order can be reversed
+ * (ldm_cuda_emu_set_reverse) to expose threads that depend on each other.
+ *
+ * Also defined here, because this file is in every build: the options of
+ * both CUDA backends (ldm_cuda_set_options), which ops_cuda.cu reads too.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,34 +38,36 @@
 #include "ldm/backend/ops_cuda.h"
 #include "ldm/backend/cuda_kernels.h"
 
-#define NT LDM_CU_THREADS
+// ---- options (both backends) ----------------------------------------------------
+
+// The options in force for `cuda` and `cuda-emu`, all 0 (defaults) until a
+// program's main calls ldm_cuda_set_options. Read by ldm/backend/ops_cuda.cu
+// too; defined here because this file is built in every build.
+ldm_cuda_options ldm_cuda_opts;
+
+void ldm_cuda_set_options(const ldm_cuda_options *o) {
+    if (o) {
+        ldm_cuda_opts = *o;
+    } else {
+        ldm_cuda_options defaults = {0};
+        ldm_cuda_opts = defaults;
+    }
+}
 
 // ---- memory: host memory, optionally fenced off from the host -----------------
 //
 // On a GPU, model code that reads or writes a tensor's data pointer directly
 // (instead of through the ops or upload/download) crashes, because the
 // pointer is device memory. Plain host memory would hide that bug, so in
-// strict mode (ldm_cuda_emu_set_strict, or LDM_CUDA_EMU_STRICT=1) every
-// allocation comes from one arena that is PROT_NONE except while an op of
-// this backend runs: a host access from outside the backend is a SIGSEGV at
-// the faulting line. (Allocations are page-rounded and never reused: strict
-// mode is for tests.)
+// strict mode (ldm_cuda_options.emu_strict) every allocation comes from one
+// arena that is PROT_NONE except while an op of this backend runs: a host
+// access from outside the backend is a SIGSEGV at the faulting line.
+// (Allocations are page-rounded and never reused: strict mode is for tests.)
 
-static int emu_strict = -1;          // -1: not read from the environment yet
 static unsigned char *arena;         // reserved, PROT_NONE outside ops
 static size_t arena_size = (size_t)16 << 30, arena_used;   // 16 GiB of address space
 static size_t page_size;
 
-void ldm_cuda_emu_set_strict(int strict) {
-    emu_strict = strict != 0;
-}
-static int strict_on(void) {
-    if (emu_strict < 0) {
-        const char *e = getenv("LDM_CUDA_EMU_STRICT");
-        emu_strict = e && *e == '1';
-    }
-    return emu_strict;
-}
 static int in_arena(const void *p) {
     return arena && (const unsigned char *)p >= arena &&
            (const unsigned char *)p < arena + arena_size;
@@ -72,7 +81,7 @@ static void emu_leave(void) {
 }
 
 static void *emu_alloc(size_t nbytes) {
-    if (!strict_on()) return malloc(nbytes ? nbytes : 1);
+    if (!ldm_cuda_opts.emu_strict) return malloc(nbytes ? nbytes : 1);
     if (!arena) {
         page_size = (size_t)sysconf(_SC_PAGESIZE);
         void *a = mmap(NULL, arena_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
@@ -108,19 +117,33 @@ static void emu_copy(void *dst, const void *src, size_t n) {
 
 // ---- launch order ------------------------------------------------------------------
 
-static int emu_reverse;
-void ldm_cuda_emu_set_reverse(int reverse) { emu_reverse = reverse != 0; }
-// The i-th block or thread to run, of n.
-static int64_t emu_at(int64_t i, int64_t n) { return emu_reverse ? n - 1 - i : i; }
+void ldm_cuda_emu_set_reverse(int reverse) { emu.reverse = reverse != 0; }
+
+// ---- kernel launches: every block, every thread ---------------------------------
+
+// kernel<<<blocks, threads>>>(args...): the blocks one after another; in each,
+// the kernel is called for every thread -- or once, if it runs its threads
+// itself in for_each_thread phases (ldm/backend/cuda_emu.h).
+#define LAUNCH(kernel, blocks, threads, ...)                                   \
+    do {                                                                       \
+        for (emu_grid(#kernel, (blocks), (threads)); emu_next_block();)        \
+            while (emu_next_thread()) kernel(__VA_ARGS__);                     \
+    } while (0)
+
+// ---- the op sequences, shared with ops_cuda.cu -------------------------------------------
+// (they call the workspace and GEMM functions defined below)
+#include "ldm/backend/cuda_host.h"
 
 // ---- workspace -----------------------------------------------------------------------
 
 static float *emu_ws;
 static int64_t emu_ws_cap;                          // floats allocated
-static int64_t emu_ws_limit = (int64_t)64 << 20;    // floats preferred (256 MiB)
+static int64_t emu_ws_limit;   // floats preferred; 0: ldm_cuda_opts.workspace_mb
 
 void ldm_cuda_emu_set_workspace_limit(int64_t nfloats) { emu_ws_limit = nfloats > 0 ? nfloats : 1; }
-static int64_t cu_workspace_limit(void) { return emu_ws_limit; }
+static int64_t cu_workspace_limit(void) {
+    return emu_ws_limit ? emu_ws_limit : cuh_workspace_floats(ldm_cuda_opts.workspace_mb);
+}
 static float *cu_workspace(int64_t nfloats) {
     if (nfloats > emu_ws_cap) {
         free(emu_ws);
@@ -181,184 +204,8 @@ static void cu_gemm(const ldm_gemm *g) {
     }
 }
 
-// ---- kernel launches: every block, every thread ---------------------------------
+// ---- the ops: each opens the fence for its duration (strict mode; a no-op otherwise) --
 
-// A 1-D elementwise launch <<<ldm_cu_blocks(n), NT>>> of kernel body K.
-// (Written out per kernel below so each reads like its <<<>>> twin in
-// ops_cuda.cu; nb = number of blocks.)
-static void launch_silu(float *out, const float *x, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++) ldm_k_silu(emu_at(b, nb), emu_at(t, NT), NT, out, x, n);
-}
-static void launch_gelu(float *out, const float *x, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++) ldm_k_gelu(emu_at(b, nb), emu_at(t, NT), NT, out, x, n);
-}
-static void launch_quick_gelu(float *out, const float *x, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_quick_gelu(emu_at(b, nb), emu_at(t, NT), NT, out, x, n);
-}
-static void launch_geglu(float *out, const float *x, int64_t N, int64_t F) {
-    int64_t nb = ldm_cu_blocks(N * F);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_geglu(emu_at(b, nb), emu_at(t, NT), NT, out, x, N, F);
-}
-static void launch_add(float *out, const float *a, const float *c, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++) ldm_k_add(emu_at(b, nb), emu_at(t, NT), NT, out, a, c, n);
-}
-static void launch_mul(float *out, const float *a, const float *c, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++) ldm_k_mul(emu_at(b, nb), emu_at(t, NT), NT, out, a, c, n);
-}
-static void launch_scale(float *out, const float *a, float s, int64_t n) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_scale(emu_at(b, nb), emu_at(t, NT), NT, out, a, s, n);
-}
-static void launch_add_channel(float *out, const float *x, const float *y, int64_t B, int64_t C,
-                               int64_t S) {
-    int64_t nb = ldm_cu_blocks(B * C * S);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_add_channel(emu_at(b, nb), emu_at(t, NT), NT, out, x, y, B, C, S);
-}
-static void launch_add_bias(float *out, const float *bias, int64_t n, int64_t C, int64_t inner) {
-    int64_t nb = ldm_cu_blocks(n);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_add_bias(emu_at(b, nb), emu_at(t, NT), NT, out, bias, n, C, inner);
-}
-static void launch_upsample2x(float *out, const float *x, int64_t B, int64_t C, int64_t H,
-                              int64_t W) {
-    int64_t nb = ldm_cu_blocks(B * C * 4 * H * W);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_upsample2x(emu_at(b, nb), emu_at(t, NT), NT, out, x, B, C, H, W);
-}
-static void launch_concat_channels(float *out, const float *a, const float *c, int64_t B,
-                                   int64_t Ca, int64_t Cb, int64_t S) {
-    int64_t nb = ldm_cu_blocks(B * (Ca + Cb) * S);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_concat_channels(emu_at(b, nb), emu_at(t, NT), NT, out, a, c, B, Ca, Cb, S);
-}
-static void launch_embedding(float *out, const float *table, const int32_t *ids, int64_t n,
-                             int64_t D) {
-    int64_t nb = ldm_cu_blocks(n * D);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_embedding(emu_at(b, nb), emu_at(t, NT), NT, out, table, ids, n, D);
-}
-static void launch_im2col(float *col, const float *x, int64_t Cin, int64_t H, int64_t W,
-                          int64_t KH, int64_t KW, int64_t stride, int64_t pad_t, int64_t pad_l,
-                          int64_t Wo, int64_t p0, int64_t np) {
-    int64_t nb = ldm_cu_blocks(Cin * KH * KW * np);
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_im2col(emu_at(b, nb), emu_at(t, NT), NT, col, x, Cin, H, W, KH, KW, stride,
-                         pad_t, pad_l, Wo, p0, np);
-}
-
-// ---- kernels with barriers: phase by phase ------------------------------------------
-
-// Shared memory as a fresh block finds it: garbage. NaN makes a read of a
-// slot nobody wrote visible in the result.
-static void emu_smem_fresh(ldm_k_smem *sm) {
-    for (int i = 0; i < NT; i++) sm->red[i] = NAN;
-    sm->stat[0] = sm->stat[1] = NAN;
-}
-// The tree reduction: log2(NT) phases, a barrier after each.
-static void emu_reduce_sum(ldm_k_smem *sm) {
-    for (int64_t s = NT / 2; s > 0; s /= 2)
-        for (int64_t t = 0; t < NT; t++) ldm_k_reduce_sum_step(emu_at(t, NT), s, sm);
-}
-static void emu_reduce_max(ldm_k_smem *sm) {
-    for (int64_t s = NT / 2; s > 0; s /= 2)
-        for (int64_t t = 0; t < NT; t++) ldm_k_reduce_max_step(emu_at(t, NT), s, sm);
-}
-
-// One block per row r of x[N,D] (k_layer_norm in ops_cuda.cu).
-static void launch_layer_norm(float *out, const float *x, const float *gamma, const float *beta,
-                              int64_t N, int64_t D, float eps) {
-    ldm_k_smem sm;
-    for (int64_t b = 0; b < N; b++) {
-        int64_t r = emu_at(b, N);
-        emu_smem_fresh(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_sum(emu_at(t, NT), NT, &sm, x + r * D, D);
-        emu_reduce_sum(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_mean(emu_at(t, NT), &sm, D);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_var(emu_at(t, NT), NT, &sm, x + r * D, D);
-        emu_reduce_sum(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_rstd(emu_at(t, NT), &sm, D, eps);
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_layer_norm_apply(r, emu_at(t, NT), NT, &sm, out, x, gamma, beta, D);
-    }
-}
-
-// One block per (image, group) of x[B,C,S] (k_group_norm in ops_cuda.cu).
-static void launch_group_norm(float *out, const float *x, const float *gamma, const float *beta,
-                              int64_t B, int64_t C, int64_t S, int64_t G, float eps) {
-    int64_t n = (C / G) * S;
-    ldm_k_smem sm;
-    for (int64_t b = 0; b < B * G; b++) {
-        int64_t g = emu_at(b, B * G);
-        emu_smem_fresh(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_sum(emu_at(t, NT), NT, &sm, x + g * n, n);
-        emu_reduce_sum(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_mean(emu_at(t, NT), &sm, n);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_var(emu_at(t, NT), NT, &sm, x + g * n, n);
-        emu_reduce_sum(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_moments_rstd(emu_at(t, NT), &sm, n, eps);
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_group_norm_apply(g, emu_at(t, NT), NT, &sm, out, x, gamma, beta, C, S, G);
-    }
-}
-
-// One block per row of x[N,D] (k_softmax_rows in ops_cuda.cu).
-static void launch_softmax_rows(float *out, const float *x, int64_t N, int64_t D,
-                                int64_t causal_rows, int64_t q0) {
-    ldm_k_smem sm;
-    for (int64_t b = 0; b < N; b++) {
-        int64_t r = emu_at(b, N);
-        emu_smem_fresh(&sm);
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_softmax_max(r, emu_at(t, NT), NT, &sm, x, D, causal_rows, q0);
-        emu_reduce_max(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_softmax_publish_max(emu_at(t, NT), &sm);
-        for (int64_t t = 0; t < NT; t++)
-            ldm_k_softmax_exp(r, emu_at(t, NT), NT, &sm, out, x, D, causal_rows, q0);
-        emu_reduce_sum(&sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_softmax_publish_inv(emu_at(t, NT), &sm);
-        for (int64_t t = 0; t < NT; t++) ldm_k_softmax_normalize(r, emu_at(t, NT), NT, &sm, out, D);
-    }
-}
-
-// One block per 32x32 tile of x[B,M,N] (k_transpose in ops_cuda.cu).
-static void launch_transpose(float *out, const float *x, int64_t B, int64_t M, int64_t N) {
-    int64_t nb = ldm_cu_transpose_blocks(B, M, N);
-    ldm_k_tile_smem sm;
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t g = emu_at(b, nb);
-        for (int64_t r = 0; r < LDM_CU_TILE; r++)
-            for (int64_t c = 0; c <= LDM_CU_TILE; c++) sm.tile[r][c] = NAN;
-        for (int64_t t = 0; t < NT; t++) ldm_k_transpose_load(g, emu_at(t, NT), &sm, x, M, N);
-        for (int64_t t = 0; t < NT; t++) ldm_k_transpose_store(g, emu_at(t, NT), &sm, out, M, N);
-    }
-}
-
-// ---- the op sequences, shared with ops_cuda.cu -------------------------------------------
-#include "ldm/backend/cuda_host.h"
-
-// Each op opens the fence for its duration (strict mode; a no-op otherwise).
 static void emu_linear(float *out, const float *x, const float *w, const float *b, int64_t M,
                        int64_t K, int64_t N) {
     emu_enter(); cuh_linear(out, x, w, b, M, K, N); emu_leave();

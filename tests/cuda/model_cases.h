@@ -6,7 +6,7 @@
  *   - with PyTorch's output, at the tolerance each model's own test uses for
  *     cpu and ref (UNet 1e-3 of max |value|, CLIP and VAE 1e-4), and
  *   - with the same model on the `cpu` backend (1e-4: two fp32 backends
- *     summing in different orders, DESIGN.md's block budget).
+ *     summing in different orders: the project's per-block tolerance).
  * This puts every op together in the order the models use them (views,
  * in-place calls, workspace reuse across ops) rather than one at a time.
  * (The whole txt2img pipeline is not run here: its tiny test model needs

@@ -15,9 +15,9 @@
  *       load is coalesced, and N threads are too few to fill the GPU.
  *   v2  one block per row, shared-memory tree reduction with a barrier per
  *       step -- the version in the backend (ldm/backend/cuda_kernels.h,
- *       ldm_k_softmax_*), chosen there because its phases can be emulated
- *       on the CPU. Loads are coalesced (neighbouring threads, neighbouring
- *       columns).
+ *       softmax_rows_kernel), chosen there because its barrier phases can be
+ *       emulated on the CPU. Loads are coalesced (neighbouring threads,
+ *       neighbouring columns).
  *   v3  one warp per row, reductions with __shfl_down_sync: no shared memory,
  *       no block barriers; 8 rows per 256-thread block.
  *   v4  v3 with the online softmax (Milakov & Gimelshein 2018, "Online
