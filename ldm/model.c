@@ -3,7 +3,7 @@
  * diffusers folder, detect what it is, and hand each component its weights
  * and config (see model.h).
  *
- * Detection, single file (keys and shapes, REFERENCE.md sections 2, 3, 7):
+ * Detection, single file (keys and shapes; docs/03-clip-and-checkpoints.md section 4):
  *   SD1  cond_stage_model.transformer.text_model.*  (OpenAI CLIP, 768 wide)
  *   SD2  cond_stage_model.model.*                    (OpenCLIP, 1024 wide)
  *   refused, by name: SDXL (conditioner.embedders.*, label_emb), SD3
