@@ -441,14 +441,9 @@ static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options
     return 0;
 }
 
-static int open_single(ldm_model *m, const char *path, const ldm_model_options *opt,
-                       const struct ldm_ops *ops) {
-    ldm_tensor_file *f = &m->files[0];
-    if (ldm_tensor_file_open(f, path)) return LDM_ERR;
-    m->n_files = 1;
-    for (int i = 0; i < f->n_meta; i++)
-        if (!strcmp(f->meta_keys[i], "global_step")) m->global_step = strtoll(f->meta_values[i], NULL, 10);
-    // Refuse what is not SD1/SD2, by name.
+// A single file of another architecture is refused by name, by the key
+// prefixes only it has: SDXL, SD3, Flux.
+static int refuse_foreign_keys(const ldm_tensor_file *f, const char *path) {
     static const char *const foreign[][2] = {
         {"conditioner.embedders.", "SDXL (conditioner.embedders.*)"},
         {"model.diffusion_model.label_emb.", "SDXL / unCLIP (label_emb)"},
@@ -461,11 +456,21 @@ static int open_single(ldm_model *m, const char *path, const ldm_model_options *
         if (count_prefix(f, foreign[i][0]))
             return ldm_error("%s: %s is not supported: ldm.c runs SD1/SD2 checkpoints", path,
                              foreign[i][1]);
+    return 0;
+}
+
+// Which components a single file holds and its family, from its keys: the
+// text encoder's names (OpenAI CLIP: SD1, OpenCLIP: SD2), else the UNet's
+// context width. A UNet must take 4 input channels (inpainting 9, depth 5
+// are named). -> m->has_*, m->family, *sd2_text (an OpenCLIP encoder), *cin
+// (the UNet's first conv, or NULL).
+static int detect_single(ldm_model *m, const ldm_tensor_file *f, const char *path,
+                         int *sd2_text, const ldm_tensor_entry **cin) {
     int sd1 = ldm_tensor_file_find(f, "cond_stage_model.transformer.text_model.embeddings."
                                       "token_embedding.weight") != NULL;
     int sd2 = ldm_tensor_file_find(f, "cond_stage_model.model.token_embedding.weight") != NULL;
-    const ldm_tensor_entry *cin = ldm_tensor_file_find(f, "model.diffusion_model.input_blocks.0.0.weight");
-    if (!sd1 && !sd2 && !cin) {
+    *cin = ldm_tensor_file_find(f, "model.diffusion_model.input_blocks.0.0.weight");
+    if (!sd1 && !sd2 && !*cin) {
         if (ldm_tensor_file_find(f, "conv_in.weight") || count_prefix(f, "text_model.") ||
             ldm_tensor_file_find(f, "embeddings.token_embedding.weight") ||
             ldm_tensor_file_find(f, "encoder.conv_in.weight"))
@@ -474,56 +479,80 @@ static int open_single(ldm_model *m, const char *path, const ldm_model_options *
         return ldm_error("%s: not a Stable Diffusion checkpoint: no model.diffusion_model.* UNet "
                          "and no cond_stage_model.* text encoder keys", path);
     }
-    if (cin && cin->ndim == 4 && cin->shape[1] != 4)
+    const ldm_tensor_entry *c = *cin;
+    if (c && c->ndim == 4 && c->shape[1] != 4)
         return ldm_error("%s: UNet with %lld input channels: %s is not supported (SD1/SD2 "
-                         "text-to-image UNets have 4)", path, (long long)cin->shape[1],
-                         cin->shape[1] == 9 ? "an inpainting model" : cin->shape[1] == 5
+                         "text-to-image UNets have 4)", path, (long long)c->shape[1],
+                         c->shape[1] == 9 ? "an inpainting model" : c->shape[1] == 5
                          ? "a depth-conditioned model" : "this architecture");
     const ldm_tensor_entry *ctx = ldm_tensor_file_find(
         f, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
     m->family = sd2 || (!sd1 && ctx && ctx->ndim == 2 && ctx->shape[1] == 1024) ? LDM_FAMILY_SD2
                                                                                 : LDM_FAMILY_SD1;
-    m->has_unet = cin != NULL;
+    m->has_unet = c != NULL;
     m->has_vae = count_prefix(f, "first_stage_model.") > 0;
     m->has_text = sd1 || sd2;
+    *sd2_text = sd2;
+    return 0;
+}
+
+// A single file's text encoder sizes come from its tensors (embedding and
+// MLP shapes, layer count); the rest is the CompVis convention of its family:
+// SD2 runs to the penultimate layer, prompts are padded with 0 (SD2) or
+// <|endoftext|> (SD1). With a --config folder, its head count is kept.
+static int clip_from_tensors(ldm_clip_config *c, const ldm_tensor_file *f, int sd2,
+                             int has_config, const char *path) {
+    const char *tp = sd2 ? "cond_stage_model.model." : "cond_stage_model.transformer.text_model.";
+    char k[256];
+    snprintf(k, sizeof k, "%s%s", tp, sd2 ? "token_embedding.weight" : "embeddings.token_embedding.weight");
+    const ldm_tensor_entry *te = ldm_tensor_file_find(f, k);
+    snprintf(k, sizeof k, "%s%s", tp, sd2 ? "positional_embedding" : "embeddings.position_embedding.weight");
+    const ldm_tensor_entry *pe = ldm_tensor_file_find(f, k);
+    snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks.0.mlp.c_fc.weight"
+                                            : "encoder.layers.0.mlp.fc1.weight");
+    const ldm_tensor_entry *fc = ldm_tensor_file_find(f, k);
+    if (te && te->ndim == 2 && pe && pe->ndim == 2 && fc && fc->ndim == 2) {
+        int D = (int)te->shape[1];
+        if (D != c->hidden_size && !has_config)
+            c->num_attention_heads = D / 64 > 0 ? D / 64 : 1;  // head size 64 in SD1/SD2
+        c->vocab_size = (int)te->shape[0];
+        c->hidden_size = D;
+        c->max_position_embeddings = (int)pe->shape[0];
+        c->intermediate_size = (int)fc->shape[0];
+    }
+    snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks." : "encoder.layers.");
+    c->num_hidden_layers = count_layers(f, k);
+    c->skip_last_layers = sd2;  // SD2: penultimate layer
+    c->hidden_act = sd2 ? LDM_ACT_GELU : LDM_ACT_QUICK_GELU;
+    c->pad_token_id = sd2 ? 0 : 49407;
+    if (c->num_hidden_layers <= c->skip_last_layers)
+        return ldm_error("%s: text encoder has %d layers: truncated checkpoint?", path,
+                         c->num_hidden_layers);
+    return 0;
+}
+
+// A CompVis single file: refuse other architectures, detect the family, take
+// the presets (or --config DIR's configs), size the text encoder from its
+// tensors, and give each component its view of the one file.
+static int open_single(ldm_model *m, const char *path, const ldm_model_options *opt,
+                       const struct ldm_ops *ops) {
+    ldm_tensor_file *f = &m->files[0];
+    if (ldm_tensor_file_open(f, path)) return LDM_ERR;
+    m->n_files = 1;
+    for (int i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta_keys[i], "global_step")) m->global_step = strtoll(f->meta_values[i], NULL, 10);
+    int sd2 = 0;
+    const ldm_tensor_entry *cin = NULL;
+    if (refuse_foreign_keys(f, path) || detect_single(m, f, path, &sd2, &cin)) return LDM_ERR;
     if (ldm_unet_config_sd(&m->unet, m->family) || ldm_vae_config_sd(&m->vae) ||
         ldm_clip_config_sd(&m->clip, m->family))
         return LDM_ERR;
-    if (opt && opt->config_dir) {
-        if (read_sub_config(opt->config_dir, "unet", &m->unet, parse_unet) < 0 ||
-            read_sub_config(opt->config_dir, "vae", &m->vae, parse_vae) < 0 ||
-            read_sub_config(opt->config_dir, "text_encoder", &m->clip, parse_clip) < 0)
-            return LDM_ERR;
-    }
-    // Text encoder sizes come from the tensors themselves.
-    if (m->has_text) {
-        const char *tp = sd2 ? "cond_stage_model.model." : "cond_stage_model.transformer.text_model.";
-        char k[256];
-        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "token_embedding.weight" : "embeddings.token_embedding.weight");
-        const ldm_tensor_entry *te = ldm_tensor_file_find(f, k);
-        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "positional_embedding" : "embeddings.position_embedding.weight");
-        const ldm_tensor_entry *pe = ldm_tensor_file_find(f, k);
-        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks.0.mlp.c_fc.weight"
-                                                : "encoder.layers.0.mlp.fc1.weight");
-        const ldm_tensor_entry *fc = ldm_tensor_file_find(f, k);
-        if (te && te->ndim == 2 && pe && pe->ndim == 2 && fc && fc->ndim == 2) {
-            int D = (int)te->shape[1];
-            if (D != m->clip.hidden_size && !(opt && opt->config_dir))
-                m->clip.num_attention_heads = D / 64 > 0 ? D / 64 : 1;  // head size 64 in SD1/SD2
-            m->clip.vocab_size = (int)te->shape[0];
-            m->clip.hidden_size = D;
-            m->clip.max_position_embeddings = (int)pe->shape[0];
-            m->clip.intermediate_size = (int)fc->shape[0];
-        }
-        snprintf(k, sizeof k, "%s%s", tp, sd2 ? "transformer.resblocks." : "encoder.layers.");
-        m->clip.num_hidden_layers = count_layers(f, k);
-        m->clip.skip_last_layers = sd2;  // SD2: penultimate layer
-        m->clip.hidden_act = sd2 ? LDM_ACT_GELU : LDM_ACT_QUICK_GELU;
-        m->clip.pad_token_id = sd2 ? 0 : 49407;
-        if (m->clip.num_hidden_layers <= m->clip.skip_last_layers)
-            return ldm_error("%s: text encoder has %d layers: truncated checkpoint?", path,
-                             m->clip.num_hidden_layers);
-    }
+    const char *cfg = opt ? opt->config_dir : NULL;
+    if (cfg && (read_sub_config(cfg, "unet", &m->unet, parse_unet) < 0 ||
+                read_sub_config(cfg, "vae", &m->vae, parse_vae) < 0 ||
+                read_sub_config(cfg, "text_encoder", &m->clip, parse_clip) < 0))
+        return LDM_ERR;
+    if (m->has_text && clip_from_tensors(&m->clip, f, sd2, cfg != NULL, path)) return LDM_ERR;
     if (cin && cin->ndim == 4 && cin->shape[0] != m->unet.block_out_channels[0])
         return ldm_error("%s: UNet width %lld differs from the SD preset %d: pass a diffusers "
                          "config folder for this model (--config DIR)", path,
