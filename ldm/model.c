@@ -3,7 +3,8 @@
  * diffusers folder, detect what it is, and hand each component its weights
  * and config (see model.h).
  *
- * Detection, single file (keys and shapes; docs/03-clip-and-checkpoints.md section 4):
+ * Detection, single file (keys and shapes; docs/03-clip-and-checkpoints.md
+ * section 4):
  *   SD1  cond_stage_model.transformer.text_model.*  (OpenAI CLIP, 768 wide)
  *   SD2  cond_stage_model.model.*                    (OpenCLIP, 1024 wide)
  *   refused, by name: SDXL (conditioner.embedders.*, label_emb), SD3
@@ -16,6 +17,11 @@
  * v-models. The caller can always override (--prediction eps|v).
  * Diffusers folders: configs from config.json, prediction_type from
  * scheduler/scheduler_config.json.
+ *
+ * File order: the SD presets (the one copy of each: diffusers config.json
+ * text), the config parsers (strict, ldm/io/json.h), finding config and
+ * weights files in folders, the prediction type, opening a model, opening a
+ * VAE on its own (sd --vae), the `sd info` summary.
  *
  * Leaves out: sharded weights (*.index.json), LoRA, textual inversion.
  */
