@@ -123,15 +123,35 @@ typedef struct ldm_model {
 int ldm_model_open(ldm_model *m, const char *path, const ldm_model_options *opt);
 void ldm_model_close(ldm_model *m);
 
-// Presets used for CompVis single files (configs cannot be read from them).
-void ldm_unet_config_sd(ldm_unet_config *c, ldm_family fam);
-void ldm_vae_config_sd(ldm_vae_config *c);
-void ldm_clip_config_sd(ldm_clip_config *c, ldm_family fam);
+// Presets used for CompVis single files (configs cannot be read from them):
+// the diffusers config.json texts of SD1.5 / SD2.1, kept once in ldm/model.c
+// and read by the parsers below. 0 / LDM_ERR (never, for these texts: tested).
+int ldm_unet_config_sd(ldm_unet_config *c, ldm_family fam);
+int ldm_vae_config_sd(ldm_vae_config *c);
+int ldm_clip_config_sd(ldm_clip_config *c, ldm_family fam);
 
 // Parse one diffusers config.json (text in memory; `path` for messages).
+// Strict (ldm/io/json.h): a field of the wrong type is an error naming the
+// file and the key; absent or null fields take the diffusers defaults;
+// unknown keys are ignored.
 int ldm_unet_config_parse(ldm_unet_config *c, const char *json, const char *path);
 int ldm_vae_config_parse(ldm_vae_config *c, const char *json, const char *path);
 int ldm_clip_config_parse(ldm_clip_config *c, const char *json, const char *path);
+
+// ---- a VAE on its own (sd --vae FILE) ---------------------------------------
+// A VAE source whatever its form: a CompVis checkpoint (first_stage_model.*),
+// a standalone CompVis VAE (encoder.down.0.block.0..., e.g. vae-ft-mse-840000),
+// a diffusers VAE state dict (encoder.down_blocks.0...), a diffusers vae folder
+// (config.json + diffusion_pytorch_model[.fp16].safetensors|.bin) or a diffusers
+// model folder (its vae/). Single files get the SD1/SD2 config. Found and
+// opened here, next to the model discovery, with the same file rules.
+typedef struct ldm_vae_file {
+    ldm_tensor_file file;
+    ldm_weights w;             // borrows file; pass to ldm_vae_load (ldm/vae.h)
+    ldm_vae_config cfg;
+} ldm_vae_file;
+int ldm_vae_file_open(ldm_vae_file *vf, const char *path, const struct ldm_ops *ops);
+void ldm_vae_file_close(ldm_vae_file *vf);   // after ldm_vae_load (weights are copied)
 
 const char *ldm_family_name(ldm_family f);          // "SD1", "SD2"
 const char *ldm_prediction_name(ldm_prediction p);  // "epsilon", "v_prediction"

@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <cjson/cJSON.h>
+#include "ldm/io/json.h"   // cJSON and the strict field readers (section 6)
 #include "ldm/io/dump.h"
 #include "ldm/core/error.h"
 #include "ldm/backend/ops.h"
@@ -761,82 +761,13 @@ void ldm_unet_free(ldm_unet *u) {
 }
 
 // ---- 6. config.json ----------------------------------------------------------------
+// The field readers (absent/null -> default, wrong type -> error naming the
+// key) are ldm/io/json.h, shared with the VAE and text encoder configs.
 
-// A JSON number that is an integer small enough for an int (no UB on the cast).
-static int is_small_int(const cJSON *v) {
-    return cJSON_IsNumber(v) && v->valuedouble >= -1e9 && v->valuedouble <= 1e9 &&
-           v->valuedouble == floor(v->valuedouble);
-}
-
-// Integer field: absent or null -> def. 0 / LDM_ERR.
-static int j_int(const cJSON *o, const char *key, int def, int *out, const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) { *out = def; return 0; }
-    if (!is_small_int(v)) return ldm_error("%s: \"%s\" must be an integer", path, key);
-    *out = (int)v->valuedouble;
-    return 0;
-}
-
-static int j_bool(const cJSON *o, const char *key, int def, int *out, const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) { *out = def; return 0; }
-    if (!cJSON_IsBool(v)) return ldm_error("%s: \"%s\" must be true or false", path, key);
-    *out = cJSON_IsTrue(v);
-    return 0;
-}
-
-// Int or list of ints (n entries) -> out[n]; a list must have n entries. 0 / LDM_ERR.
-static int j_int_or_list(const cJSON *o, const char *key, int def, int n, int *out,
-                         const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (v && cJSON_IsArray(v)) {
-        if (cJSON_GetArraySize(v) != n)
-            return ldm_error("%s: \"%s\" has %d entries, expected %d (one per block)", path, key,
-                             cJSON_GetArraySize(v), n);
-        for (int i = 0; i < n; i++) {
-            const cJSON *e = cJSON_GetArrayItem(v, i);
-            if (!is_small_int(e))
-                return ldm_error("%s: \"%s\"[%d] must be an integer", path, key, i);
-            out[i] = (int)e->valuedouble;
-        }
-        return 0;
-    }
-    int x = 0;
-    if (j_int(o, key, def, &x, path)) return LDM_ERR;
-    for (int i = 0; i < n; i++) out[i] = x;
-    return 0;
-}
-
-// The same value in every entry (fields this UNet supports only uniformly).
-static int j_uniform(const cJSON *o, const char *key, int def, int n, int *out, const char *path) {
-    int v[LDM_MAX_LEVELS];
-    if (j_int_or_list(o, key, def, n, v, path)) return LDM_ERR;
-    for (int i = 1; i < n; i++)
-        if (v[i] != v[0])
-            return ldm_error("%s: \"%s\" differs between blocks; only one value for every "
-                             "block is supported", path, key);
-    *out = v[0];
-    return 0;
-}
-
-// String field equal to `want` (absent/null -> def_ok decides).
-static int j_str_is(const cJSON *o, const char *key, const char *want, int absent_ok,
-                    const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) {
-        if (absent_ok) return 0;
-        return ldm_error("%s: \"%s\" is null; this UNet needs \"%s\"", path, key, want);
-    }
-    if (!cJSON_IsString(v) || strcmp(v->valuestring, want) != 0)
-        return ldm_error("%s: \"%s\" = %s is not supported (expected \"%s\")", path, key,
-                         cJSON_IsString(v) ? v->valuestring : "(not a string)", want);
-    return 0;
-}
-
-static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
-    memset(c, 0, sizeof *c);
-    if (!cJSON_IsObject(o)) return ldm_error("%s: not a JSON object", path);
-    // Features of UNet2DConditionModel outside the SD1/SD2 family: must be off.
+// Features of UNet2DConditionModel outside the SD1/SD2 family must be off:
+// null (or absent) for the optional embeddings, false for the switches, and
+// the one value SD uses for the fixed kernel sizes and scales.
+static int check_sd_family(const cJSON *o, const char *path) {
     static const char *must_be_null[] = {
         "class_embed_type", "addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
         "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act", "num_class_embeds",
@@ -854,30 +785,30 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
                                           "mid_block_only_cross_attention"};
     for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++) {
         int b = 0;
-        if (j_bool(o, must_be_false[i], 0, &b, path)) return LDM_ERR;
+        if (ldm_json_bool(o, must_be_false[i], 0, &b, path)) return LDM_ERR;
         if (b) return ldm_error("%s: \"%s\" = true is not supported", path, must_be_false[i]);
     }
-    if (j_str_is(o, "act_fn", "silu", 1, path) ||
-        j_str_is(o, "time_embedding_type", "positional", 1, path) ||
-        j_str_is(o, "resnet_time_scale_shift", "default", 1, path) ||
-        j_str_is(o, "attention_type", "default", 1, path) ||
-        j_str_is(o, "mid_block_type", "UNetMidBlock2DCrossAttn", 1, path))
+    if (ldm_json_string_is(o, "act_fn", "silu", 1, path) ||
+        ldm_json_string_is(o, "time_embedding_type", "positional", 1, path) ||
+        ldm_json_string_is(o, "resnet_time_scale_shift", "default", 1, path) ||
+        ldm_json_string_is(o, "attention_type", "default", 1, path) ||
+        ldm_json_string_is(o, "mid_block_type", "UNetMidBlock2DCrossAttn", 1, path))
         return LDM_ERR;
-    c->mid_attn = 1;
     struct { const char *key; int def, want; } fixed[] = {
         {"conv_in_kernel", 3, 3}, {"conv_out_kernel", 3, 3}, {"downsample_padding", 1, 1},
         {"mid_block_scale_factor", 1, 1}};
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
         int v = 0;
-        if (j_int(o, fixed[i].key, fixed[i].def, &v, path)) return LDM_ERR;
+        if (ldm_json_int(o, fixed[i].key, fixed[i].def, &v, path)) return LDM_ERR;
         if (v != fixed[i].want)
             return ldm_error("%s: \"%s\" = %d is not supported (expected %d)", path,
                              fixed[i].key, v, fixed[i].want);
     }
-    const cJSON *ros = cJSON_GetObjectItemCaseSensitive(o, "resnet_out_scale_factor");
-    if (ros && cJSON_IsNumber(ros) && ros->valuedouble != 1.0)
+    float ros = 1;
+    if (ldm_json_float(o, "resnet_out_scale_factor", 1, &ros, path)) return LDM_ERR;
+    if (ros != 1.0f)
         return ldm_error("%s: \"resnet_out_scale_factor\" = %g is not supported (expected 1)",
-                         path, ros->valuedouble);
+                         path, ros);
     const cJSON *oca = cJSON_GetObjectItemCaseSensitive(o, "only_cross_attention");
     if (oca && cJSON_IsTrue(oca)) return ldm_error("%s: \"only_cross_attention\" is not supported", path);
     if (oca && cJSON_IsArray(oca)) {
@@ -885,8 +816,12 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
         cJSON_ArrayForEach(e, oca) if (cJSON_IsTrue(e))
             return ldm_error("%s: \"only_cross_attention\" is not supported", path);
     }
+    return 0;
+}
 
-    // block_out_channels and the block types fix the number of levels
+// block_out_channels and the block types fix the number of levels and which
+// levels have cross-attention.
+static int parse_levels(ldm_unet_config *c, const cJSON *o, const char *path) {
     const cJSON *boc = cJSON_GetObjectItemCaseSensitive(o, "block_out_channels");
     const cJSON *dbt = cJSON_GetObjectItemCaseSensitive(o, "down_block_types");
     const cJSON *ubt = cJSON_GetObjectItemCaseSensitive(o, "up_block_types");
@@ -900,7 +835,8 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
         return ldm_error("%s: %d block_out_channels but %d down and %d up block types", path, n,
                          cJSON_GetArraySize(dbt), cJSON_GetArraySize(ubt));
     c->n_levels = n;
-    if (j_int_or_list(o, "block_out_channels", 0, n, c->block_out_channels, path)) return LDM_ERR;
+    if (ldm_json_int_or_list(o, "block_out_channels", 0, n, c->block_out_channels, path))
+        return LDM_ERR;
     for (int i = 0; i < n; i++) {
         const cJSON *d = cJSON_GetArrayItem(dbt, i), *u = cJSON_GetArrayItem(ubt, i);
         const char *ds = cJSON_IsString(d) ? d->valuestring : "", *us = cJSON_IsString(u) ? u->valuestring : "";
@@ -913,31 +849,35 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
         else return ldm_error("%s: up_block_types[%d] = \"%s\", expected CrossAttnUpBlock2D "
                               "or UpBlock2D", path, i, us);
     }
-    if (j_int(o, "in_channels", 4, &c->in_channels, path) ||
-        j_int(o, "out_channels", 4, &c->out_channels, path) ||
-        j_int(o, "sample_size", 64, &c->sample_size, path) ||
-        j_uniform(o, "layers_per_block", 2, n, &c->layers_per_block, path) ||
-        j_uniform(o, "transformer_layers_per_block", 1, n, &c->transformer_layers_per_block,
-                  path) ||
-        j_uniform(o, "cross_attention_dim", 1280, n, &c->cross_attention_dim, path) ||
-        j_int_or_list(o, "attention_head_dim", 8, n, c->attention_head_dim, path) ||
-        j_bool(o, "use_linear_projection", 0, &c->use_linear_projection, path) ||
-        j_bool(o, "upcast_attention", 0, &c->upcast_attention, path) ||
-        j_int(o, "norm_num_groups", 32, &c->norm_num_groups, path) ||
-        j_bool(o, "flip_sin_to_cos", 1, &c->flip_sin_to_cos, path) ||
-        j_int(o, "freq_shift", 0, &c->freq_shift, path))
+    return 0;
+}
+
+static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
+    memset(c, 0, sizeof *c);
+    if (check_sd_family(o, path) || parse_levels(c, o, path)) return LDM_ERR;
+    int n = c->n_levels;
+    c->mid_attn = 1;   // mid_block_type UNetMidBlock2DCrossAttn (checked above)
+    if (ldm_json_int(o, "in_channels", 4, &c->in_channels, path) ||
+        ldm_json_int(o, "out_channels", 4, &c->out_channels, path) ||
+        ldm_json_int(o, "sample_size", 64, &c->sample_size, path) ||
+        ldm_json_uniform(o, "layers_per_block", 2, n, &c->layers_per_block, path) ||
+        ldm_json_uniform(o, "transformer_layers_per_block", 1, n,
+                         &c->transformer_layers_per_block, path) ||
+        ldm_json_uniform(o, "cross_attention_dim", 1280, n, &c->cross_attention_dim, path) ||
+        ldm_json_int_or_list(o, "attention_head_dim", 8, n, c->attention_head_dim, path) ||
+        ldm_json_bool(o, "use_linear_projection", 0, &c->use_linear_projection, path) ||
+        ldm_json_bool(o, "upcast_attention", 0, &c->upcast_attention, path) ||
+        ldm_json_int(o, "norm_num_groups", 32, &c->norm_num_groups, path) ||
+        ldm_json_bool(o, "flip_sin_to_cos", 1, &c->flip_sin_to_cos, path) ||
+        ldm_json_int(o, "freq_shift", 0, &c->freq_shift, path))
         return LDM_ERR;
     const cJSON *ng = cJSON_GetObjectItemCaseSensitive(o, "norm_num_groups");
     if (ng && cJSON_IsNull(ng))
         return ldm_error("%s: \"norm_num_groups\" = null (no output norm) is not supported", path);
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(o, "norm_eps");
-    c->norm_eps = 1e-5f;
-    if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
-            return ldm_error("%s: \"norm_eps\" must be a positive number", path);
-        c->norm_eps = (float)eps->valuedouble;
-    }
-    if (j_int(o, "time_embedding_dim", 4 * c->block_out_channels[0], &c->time_embed_dim, path))
+    if (ldm_json_float(o, "norm_eps", 1e-5f, &c->norm_eps, path)) return LDM_ERR;
+    if (!(c->norm_eps > 0)) return ldm_error("%s: \"norm_eps\" must be a positive number", path);
+    if (ldm_json_int(o, "time_embedding_dim", 4 * c->block_out_channels[0], &c->time_embed_dim,
+                     path))
         return LDM_ERR;
     // The diffusers naming quirk: without num_attention_heads (always absent in
     // SD configs), "attention_head_dim" is the NUMBER OF HEADS of each level
@@ -948,33 +888,19 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
 
 int ldm_unet_config_from_json(ldm_unet_config *c, const char *json, const char *path) {
     if (!path) path = "unet config";
-    cJSON *o = cJSON_Parse(json);
-    if (!o) return ldm_error("%s: not valid JSON (near \"%.20s\")", path,
-                             cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+    cJSON *o = ldm_json_parse_object(json, path);
+    if (!o) return LDM_ERR;
     int rc = parse(c, o, path);
     cJSON_Delete(o);
     return rc;
 }
 
-// The diffusers unet/config.json of SD1.x (runwayml v1-5) and SD2.x
-// (stabilityai 2-1), fields that differ from the defaults only.
-static const char *const preset_sd1 =
-    "{\"block_out_channels\":[320,640,1280,1280],\"layers_per_block\":2,"
-    "\"attention_head_dim\":8,\"cross_attention_dim\":768,\"sample_size\":64,"
-    "\"down_block_types\":[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\","
-    "\"CrossAttnDownBlock2D\",\"DownBlock2D\"],\"up_block_types\":[\"UpBlock2D\","
-    "\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
-static const char *const preset_sd2 =
-    "{\"block_out_channels\":[320,640,1280,1280],\"layers_per_block\":2,"
-    "\"attention_head_dim\":[5,10,20,20],\"cross_attention_dim\":1024,\"sample_size\":96,"
-    "\"use_linear_projection\":true,\"upcast_attention\":true,"
-    "\"down_block_types\":[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\","
-    "\"CrossAttnDownBlock2D\",\"DownBlock2D\"],\"up_block_types\":[\"UpBlock2D\","
-    "\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
-
+// The presets are the diffusers unet/config.json texts of SD1.5 and SD2.1,
+// kept once, in ldm/model.c (ldm_unet_config_sd), with the VAE and text
+// encoder ones; this is the lookup by name for the CLI (`sd unet --random`).
 int ldm_unet_config_preset(ldm_unet_config *c, const char *name) {
-    if (name && !strcmp(name, "sd1")) return ldm_unet_config_from_json(c, preset_sd1, "sd1 preset");
-    if (name && !strcmp(name, "sd2")) return ldm_unet_config_from_json(c, preset_sd2, "sd2 preset");
+    if (name && !strcmp(name, "sd1")) return ldm_unet_config_sd(c, LDM_FAMILY_SD1);
+    if (name && !strcmp(name, "sd2")) return ldm_unet_config_sd(c, LDM_FAMILY_SD2);
     return ldm_error("unknown UNet preset '%s': expected sd1 or sd2", name ? name : "");
 }
 

@@ -9,7 +9,8 @@
  * section 3 "Perceptual Image Compression" and appendix G.
  *
  * File order (teaching order): config check (config.json itself is parsed by
- * ldm/model.c, ldm_vae_config_parse), weight table, finding a standalone VAE (one visitor that names
+ * ldm/model.c, ldm_vae_config_parse; a standalone VAE is found by
+ * ldm_vae_file_open, also there), weight table (one visitor that names
  * every tensor, used to load and to free), the blocks (resnet, attention,
  * mid block), encoder, decoder, posterior, memory estimate, tiling,
  * high-level encode/decode, pixels.
@@ -254,120 +255,6 @@ int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int pa
 void ldm_vae_free(ldm_vae *vae) {
     if (vae->parts) visit_all(vae, vae->parts, free_fn, NULL);
     memset(vae, 0, sizeof *vae);
-}
-
-// ---------------------------------------------------------------------------
-// a VAE on its own: find the weights and the config (ldm_vae_file_open)
-
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ldm_error("%s: %s", path, strerror(errno)), NULL;
-    char *s = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n >= 0 && n < (1 << 20) && fseek(f, 0, SEEK_SET) == 0 && (s = malloc((size_t)n + 1))) {
-        if (fread(s, 1, (size_t)n, f) == (size_t)n) s[n] = 0;
-        else { free(s); s = NULL; }
-    }
-    fclose(f);
-    if (!s) ldm_error("%s: cannot read it (or it is larger than 1 MiB)", path);
-    return s;
-}
-
-// A diffusers vae folder: config.json + weights.
-static int open_folder(ldm_vae_file *vf, const char *dir) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    char *json = read_text(path);
-    if (!json) return LDM_ERR;
-    int rc = ldm_vae_config_parse(&vf->cfg, json, path);
-    free(json);
-    if (rc) return rc;
-    const char *names[] = {"diffusion_pytorch_model.safetensors",
-                           "diffusion_pytorch_model.fp16.safetensors",
-                           "diffusion_pytorch_model.bin"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        if (!is_file(path)) continue;
-        if (ldm_tensor_file_open(&vf->file, path)) return LDM_ERR;
-        vf->w.layout = LDM_LAYOUT_DIFFUSERS;
-        vf->w.prefix = "";
-        return LDM_OK;
-    }
-    return ldm_error("%s: no diffusion_pytorch_model.safetensors (or .fp16.safetensors, .bin)",
-                     dir);
-}
-
-// A single tensor file; the layout is told by which keys exist.
-static int open_single(ldm_vae_file *vf, const char *path) {
-    if (ldm_tensor_file_open(&vf->file, path)) return LDM_ERR;
-    ldm_tensor_file *f = &vf->file;
-    ldm_vae_config_sd(&vf->cfg);   // single files hold no config: the SD1/SD2 VAE
-    if (ldm_tensor_file_find(f, "decoder.up_blocks.0.resnets.0.norm1.weight")) {
-        vf->w.layout = LDM_LAYOUT_DIFFUSERS;
-        vf->w.prefix = "";
-        return LDM_OK;
-    }
-    if (ldm_tensor_file_find(f, "first_stage_model.decoder.conv_in.weight")) {
-        vf->w.layout = LDM_LAYOUT_COMPVIS;
-        return LDM_OK;
-    }
-    if (ldm_tensor_file_find(f, "decoder.up.0.block.0.norm1.weight")) {
-        // Standalone CompVis VAE: give its keys the prefix they have inside a
-        // full checkpoint, so ldm/io/weights.c's one CompVis mapping applies.
-        const char *p = "first_stage_model.";
-        for (int64_t i = 0; i < f->n_entries; i++) {
-            char *n = malloc(strlen(p) + strlen(f->entries[i].name) + 1);
-            if (!n) return ldm_error("%s: out of memory", path);
-            strcpy(n, p);
-            strcat(n, f->entries[i].name);
-            free(f->entries[i].name);
-            f->entries[i].name = n;
-        }
-        vf->w.layout = LDM_LAYOUT_COMPVIS;
-        return LDM_OK;
-    }
-    return ldm_error("%s: no VAE tensors found (expected first_stage_model.decoder.*, "
-                     "decoder.up.* or decoder.up_blocks.*) -- is this a Stable Diffusion "
-                     "checkpoint or VAE?", path);
-}
-
-int ldm_vae_file_open(ldm_vae_file *vf, const char *path, const struct ldm_ops *ops) {
-    memset(vf, 0, sizeof *vf);
-    int rc;
-    if (is_dir(path)) {
-        char sub[4096];
-        snprintf(sub, sizeof sub, "%s/vae/config.json", path);
-        if (is_file(sub)) {
-            snprintf(sub, sizeof sub, "%s/vae", path);
-            rc = open_folder(vf, sub);
-        } else {
-            rc = open_folder(vf, path);
-        }
-    } else {
-        rc = open_single(vf, path);
-    }
-    vf->w.file = &vf->file;
-    vf->w.comp = LDM_COMP_VAE;
-    vf->w.ops = ops;
-    vf->w.n_levels = vf->cfg.n_levels;                // the CompVis key mapping needs them
-    vf->w.layers_per_block = vf->cfg.layers_per_block;
-    if (rc) ldm_vae_file_close(vf);
-    return rc;
-}
-
-void ldm_vae_file_close(ldm_vae_file *vf) {
-    ldm_tensor_file_close(&vf->file);
-    memset(vf, 0, sizeof *vf);
 }
 
 // ---------------------------------------------------------------------------

@@ -117,19 +117,8 @@ int ldm_vae_config_check(const ldm_vae_config *cfg);
 int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int parts);
 void ldm_vae_free(ldm_vae *vae);
 
-// ---- a VAE on its own (sd --vae FILE) -------------------------------------------
-// A VAE source whatever its form: a CompVis checkpoint (first_stage_model.*),
-// a standalone CompVis VAE (encoder.down.0.block.0..., e.g. vae-ft-mse-840000),
-// a diffusers VAE state dict (encoder.down_blocks.0...), a diffusers vae folder
-// (config.json + diffusion_pytorch_model[.fp16].safetensors|.bin) or a diffusers
-// model folder (its vae/). Single files get the SD1/SD2 config.
-typedef struct ldm_vae_file {
-    ldm_tensor_file file;
-    ldm_weights w;             // borrows file; pass to ldm_vae_load
-    ldm_vae_config cfg;
-} ldm_vae_file;
-int ldm_vae_file_open(ldm_vae_file *vf, const char *path, const struct ldm_ops *ops);
-void ldm_vae_file_close(ldm_vae_file *vf);   // after ldm_vae_load (weights are copied)
+// A VAE on its own (sd --vae FILE): ldm_vae_file_open, with the model
+// discovery in ldm/model.h.
 
 // ---- forward ------------------------------------------------------------------
 // Options for the high-level calls. Zeroed struct = defaults.

@@ -174,7 +174,7 @@ class ClipStruct(C.Structure):  # ldm_clip
                 ("lnf_b", Tensor), ("ops", C.c_void_p)]
 
 
-class VaeFile(C.Structure):  # ldm/vae.h ldm_vae_file
+class VaeFile(C.Structure):  # ldm/model.h ldm_vae_file
     _fields_ = [("file", TensorFile), ("w", Weights), ("cfg", VaeConfig)]
 
 

@@ -9,17 +9,20 @@
  *       two different fractional timesteps, per-block outputs saved too;
  *   ns: batch 1, non-square 8x12 latent.
  * Checks: the output on the `cpu` and `ref` backends (tolerance 1e-3 of the
- * largest |value|: DESIGN.md's whole-model budget for fp32 vs fp32; measured
+ * largest |value|: the project's whole-model budget for fp32 vs fp32; measured
  * errors are ~1e-6), that every block the C code names matches the PyTorch
  * module of that name (printed per block when the output fails), the
- * diffusers head-count quirk, and that bad inputs and configs are errors,
- * not crashes.
+ * diffusers head-count quirk, that bad inputs and configs are errors,
+ * not crashes, and the config readers (ldm/io/json.h: a field of the wrong
+ * type names the file and the key) with the SD presets they read.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/core/error.h"
+#include "ldm/io/json.h"
 #include "ldm/model.h"
+#include "ldm/vae.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
 #include "ldm/io/tensorfile.h"
@@ -101,8 +104,9 @@ static void check_block_names(const char *cfgname, const block_log *L) {
     printf("    worst block: %s %.3e\n", worst_i >= 0 ? L->name[worst_i] : "-", worst);
 }
 
-// ldm/model.c parses the same config.json for ldm_model_open (the pipeline);
-// both parsers must agree on every field the UNet uses.
+// ldm_model_open (the pipeline) reads unet/config.json through
+// ldm_unet_config_parse (ldm/model.h): it must give every field the UNet uses
+// as ldm_unet_config_from_json does.
 static void check_parsers_agree(const char *cfgname, const char *json, const ldm_unet_config *a) {
     ldm_unet_config b;
     char name[96];
@@ -183,7 +187,7 @@ static void run_case(ldm_unet *u, const char *cfgname, const char *dir, const ch
     float *exp = malloc((size_t)ref.numel * sizeof(float));
     ldm_tensor_to_host(got, &out);
     ldm_tensor_to_host(exp, &ref);
-    // 1e-3: DESIGN.md's budget for a whole fp32 model vs fp32 PyTorch.
+    // 1e-3: the project's budget for a whole fp32 model vs fp32 PyTorch.
     int ok = test_close(name, got, exp, out.numel, 1e-3, 0);
     printf("    %.3f GFLOP, activation peak %.2f MB\n", u->flops / 1e9, u->peak_bytes / 1e6);
     if (!ok && L) print_blocks(L);
@@ -277,7 +281,7 @@ static void test_head_quirk(void) {
             }
         ldm_unet_free(&u);
     }
-    // SD1 table: conv_in, 12 down rows + 3 downsamplers... = REFERENCE.md section 3:
+    // SD1 table: conv_in, 12 down rows + 3 downsamplers... = the SD UNet of docs/05-unet.md:
     // 6 down ResBlocks+ST, 2 ResBlocks, 3 Down, mid 3, 12 up ResBlocks (9 with ST), 3 Up, out.
     test_check(ok && heads_ok && n_attn == 16 && n_rows == 1 + 8 + 6 + 3 + 3 + 12 + 9 + 3 + 1,
                "SD1 config: 8 heads at every level, 16 transformers, 46 rows",
@@ -367,6 +371,111 @@ static void test_errors(void) {
     free(json);
 }
 
+// The config story: one strict set of field readers (ldm/io/json.h) behind
+// every config parser, and the SD presets read through them.
+static void test_config_json(void) {
+    // The readers themselves: absent/null -> default, wrong type -> key named.
+    cJSON *o = ldm_json_parse_object("{\"a\": 3, \"b\": null, \"c\": \"x\", \"d\": 2.5, "
+                                     "\"e\": true, \"f\": [1, 2]}", "t.json");
+    int v = -1, list[4] = {0}, n = 0;
+    float x = 0;
+    const char *str = NULL;
+    test_check(o && ldm_json_int(o, "a", 0, &v, "t.json") == 0 && v == 3 &&
+                   ldm_json_int(o, "b", 7, &v, "t.json") == 0 && v == 7 &&
+                   ldm_json_int(o, "zz", 9, &v, "t.json") == 0 && v == 9 &&
+                   ldm_json_float(o, "d", 0, &x, "t.json") == 0 && x == 2.5f &&
+                   ldm_json_bool(o, "e", 0, &v, "t.json") == 0 && v == 1 &&
+                   ldm_json_string(o, "c", &str, "t.json") == 0 && str && !strcmp(str, "x") &&
+                   ldm_json_int_list(o, "f", 4, list, &n, "t.json") == 0 && n == 2 &&
+                   list[1] == 2 && ldm_json_int_or_list(o, "a", 0, 3, list, "t.json") == 0 &&
+                   list[2] == 3,
+               "json readers: values, null and absent give the default", "%s", ldm_last_error());
+    static const struct { const char *key; int kind; } wrong[] = {
+        {"c", 0}, {"d", 0}, {"e", 0}, {"f", 0},   // not an integer
+        {"a", 1}, {"c", 1},                       // not true/false
+        {"c", 2}, {"f", 2},                       // not a number
+        {"a", 3},                                 // not a string
+    };
+    for (size_t i = 0; o && i < sizeof wrong / sizeof *wrong; i++) {
+        int rc = wrong[i].kind == 0 ? ldm_json_int(o, wrong[i].key, 0, &v, "t.json")
+               : wrong[i].kind == 1 ? ldm_json_bool(o, wrong[i].key, 0, &v, "t.json")
+               : wrong[i].kind == 2 ? ldm_json_float(o, wrong[i].key, 0, &x, "t.json")
+                                    : ldm_json_string(o, wrong[i].key, &str, "t.json");
+        char want[16], name[96];
+        snprintf(want, sizeof want, "\"%s\"", wrong[i].key);
+        snprintf(name, sizeof name, "json reader %d: wrong type of \"%s\" rejected, key named",
+                 wrong[i].kind, wrong[i].key);
+        test_check(rc == LDM_ERR && strstr(ldm_last_error(), want) &&
+                       strstr(ldm_last_error(), "t.json"), name, "%s", ldm_last_error());
+    }
+    cJSON_Delete(o);
+    test_check(ldm_json_parse_object("[1]", "l.json") == NULL && strstr(ldm_last_error(), "l.json"),
+               "json: a list is not a config object", "%s", ldm_last_error());
+    test_check(ldm_json_parse_object("{} x", "g.json") == NULL, "json: trailing garbage rejected",
+               "%s", "accepted");
+
+    // Each config parser: a field of the wrong type is an error naming file and key.
+    ldm_unet_config u;
+    ldm_vae_config va;
+    ldm_clip_config cl;
+    const char *unet_bad = "{\"block_out_channels\":[32],\"down_block_types\":[\"DownBlock2D\"],"
+                           "\"up_block_types\":[\"UpBlock2D\"],\"sample_size\":\"64\"}";
+    int rc = ldm_unet_config_parse(&u, unet_bad, "unet/config.json");
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "\"sample_size\"") &&
+                   strstr(ldm_last_error(), "unet/config.json"),
+               "unet config: string sample_size rejected, key named", "%s", ldm_last_error());
+    rc = ldm_vae_config_parse(&va, "{\"block_out_channels\":[32,64],\"layers_per_block\":\"2\"}",
+                              "vae/config.json");
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "\"layers_per_block\"") &&
+                   strstr(ldm_last_error(), "vae/config.json"),
+               "vae config: string layers_per_block rejected, key named", "%s", ldm_last_error());
+    rc = ldm_vae_config_parse(&va, "{\"block_out_channels\":[32,64],\"use_quant_conv\":1}",
+                              "vae/config.json");
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "\"use_quant_conv\""),
+               "vae config: use_quant_conv must be true/false", "%s", ldm_last_error());
+    rc = ldm_clip_config_parse(&cl, "{\"hidden_size\":7.5}", "text_encoder/config.json");
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "\"hidden_size\"") &&
+                   strstr(ldm_last_error(), "text_encoder/config.json"),
+               "text encoder config: fractional hidden_size rejected, key named", "%s",
+               ldm_last_error());
+    // What diffusers writes: nulls for unused features, keys nobody reads.
+    rc = ldm_vae_config_parse(&va, "{\"_class_name\":\"AutoencoderKL\",\"block_out_channels\":"
+                              "[32,64],\"shift_factor\":null,\"latents_mean\":null,"
+                              "\"scaling_factor\":null,\"force_upcast\":true,\"foo\":[1]}", "v");
+    test_check(rc == 0 && va.n_levels == 2 && va.scaling_factor == 0.18215f,
+               "vae config: nulls and unknown keys accepted, null -> default", "%s",
+               ldm_last_error());
+
+    // The presets: the SD1.5/SD2.1 config.json texts, through the same parsers.
+    ldm_unet_config s1, s2, p1;
+    ldm_clip_config c1, c2;
+    int ok = ldm_unet_config_sd(&s1, LDM_FAMILY_SD1) == 0 &&
+             ldm_unet_config_sd(&s2, LDM_FAMILY_SD2) == 0 &&
+             ldm_unet_config_preset(&p1, "sd1") == 0 && ldm_vae_config_sd(&va) == 0 &&
+             ldm_clip_config_sd(&c1, LDM_FAMILY_SD1) == 0 &&
+             ldm_clip_config_sd(&c2, LDM_FAMILY_SD2) == 0;
+    test_check(ok && !memcmp(&s1, &p1, sizeof s1) && s1.cross_attention_dim == 768 &&
+                   s1.num_heads[0] == 8 && !s1.use_linear_projection && s1.sample_size == 64 &&
+                   s2.cross_attention_dim == 1024 && s2.num_heads[0] == 5 &&
+                   s2.num_heads[3] == 20 && s2.use_linear_projection && s2.upcast_attention &&
+                   s2.sample_size == 96 && s1.time_embed_dim == 1280,
+               "UNet presets: SD1 8 heads / 768 context, SD2 [5,10,20,20] / 1024 linear", "%s",
+               ldm_last_error());
+    test_check(ok && va.n_levels == 4 && va.block_out_channels[3] == 512 &&
+                   va.scaling_factor == 0.18215f && va.norm_eps == 1e-6f &&
+                   va.use_quant_conv && ldm_vae_config_check(&va) == 0,
+               "VAE preset: [128,256,512,512], scale 0.18215", "%s", ldm_last_error());
+    test_check(ok && c1.num_hidden_layers == 12 && c1.skip_last_layers == 0 &&
+                   c1.pad_token_id == 49407 && c1.hidden_act == LDM_ACT_QUICK_GELU &&
+                   c2.num_hidden_layers == 24 && c2.skip_last_layers == 1 &&
+                   c2.pad_token_id == 0 && c2.hidden_act == LDM_ACT_GELU && c2.hidden_size == 1024,
+               "text encoder presets: SD1 12 layers, SD2 24 in the file (penultimate used)", "%s",
+               ldm_last_error());
+    rc = ldm_unet_config_preset(&p1, "sdxl");
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "sdxl"), "unknown preset name rejected",
+               "%s", ldm_last_error());
+}
+
 int main(void) {
     printf("== UNet vs diffusers UNet2DConditionModel (tiny random configs)\n");
     test_config("sd1", &ldm_ops_cpu);
@@ -376,5 +485,6 @@ int main(void) {
     test_batch_independence();
     test_head_quirk();
     test_errors();
+    test_config_json();
     return test_summary();
 }

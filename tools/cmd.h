@@ -18,7 +18,6 @@ int cmd_compare(int argc, char **argv);      // tools/cmd_compare.c
 // tools/info_model.c: the detected model (family, prediction, components) of
 // a checkpoint or diffusers folder; required=0 prints why it is not one.
 int sd_info_model(const char *path, int required);
-int sd_info_is_dir(const char *path);
 int cmd_encode_prompt(int argc, char **argv);   // tools/cmd_encode_prompt.c
 int cmd_check_model(int argc, char **argv);     // tools/cmd_check_model.c
 int cmd_vae_decode(int argc, char **argv);   // tools/cmd_vae.c

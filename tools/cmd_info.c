@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/io/fs.h"
 #include "ldm/io/npy.h"
 #include "ldm/io/tensorfile.h"
 #include "tools/cmd.h"
@@ -83,7 +84,7 @@ int cmd_info(int argc, char **argv) {
         }
     }
     if (!file) { info_usage(stderr); return 2; }
-    if (sd_info_is_dir(file)) return sd_info_model(file, 1);  // a diffusers folder
+    if (ldm_is_dir(file)) return sd_info_model(file, 1);  // a diffusers folder
     if (npy && !tensor) { sd_fail("info: --npy needs --tensor NAME"); return 2; }
     if (npy && !force && access(npy, F_OK) == 0)
         return sd_fail("%s: already exists; pass --force to replace it", npy);

@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <omp.h>
 #include "ldm/io/dump.h"
+#include "ldm/io/fs.h"
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
@@ -60,15 +60,6 @@ static char *slurp(const char *path) {
     return s;
 }
 
-static int is_dir(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // Open M as a diffusers folder or a CompVis file: config + weights. 0 / LDM_ERR.
 static int open_model(const char *m, ldm_unet_config *cfg, ldm_tensor_file *f, ldm_weights *w,
                       const struct ldm_ops *ops) {
@@ -78,9 +69,9 @@ static int open_model(const char *m, ldm_unet_config *cfg, ldm_tensor_file *f, l
     w->ops = ops;
     w->prefix = "";
     w->file = f;
-    if (is_dir(m)) {
+    if (ldm_is_dir(m)) {
         snprintf(dir, sizeof dir, "%s/unet", m);
-        if (!is_dir(dir)) snprintf(dir, sizeof dir, "%s", m);
+        if (!ldm_is_dir(dir)) snprintf(dir, sizeof dir, "%s", m);
         snprintf(path, sizeof path, "%s/config.json", dir);
         char *json = slurp(path);
         if (!json) return ldm_error("%s: cannot read (expected a diffusers UNet folder)", path);
@@ -88,7 +79,7 @@ static int open_model(const char *m, ldm_unet_config *cfg, ldm_tensor_file *f, l
         free(json);
         if (rc) return rc;
         snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
-        if (!is_file(path)) snprintf(path, sizeof path, "%s/diffusion_pytorch_model.bin", dir);
+        if (!ldm_is_file(path)) snprintf(path, sizeof path, "%s/diffusion_pytorch_model.bin", dir);
         w->layout = LDM_LAYOUT_DIFFUSERS;
         return ldm_tensor_file_open(f, path);
     }

@@ -16,7 +16,7 @@
  * (config.json + diffusion_pytorch_model.safetensors). --vae FILE replaces the
  * model's VAE with a standalone one (e.g. vae-ft-mse-840000-ema-pruned.safetensors,
  * CompVis names without prefix; or a diffusers vae folder/file); with --vae,
- * --ckpt may be omitted. The sources are read by ldm_vae_file_open (ldm/vae.c).
+ * --ckpt may be omitted. The sources are read by ldm_vae_file_open (ldm/model.c).
  *
  * Leaves out: batch encode of several PNGs, resizing (sides must be multiples
  * of 8).

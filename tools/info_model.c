@@ -6,16 +6,10 @@
  */
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "ldm/core/error.h"
 #include "ldm/model.h"
 #include "ldm/backend/ops.h"
 #include "tools/cmd.h"
-
-int sd_info_is_dir(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
 
 int sd_info_model(const char *path, int required) {
     ldm_model m;

@@ -14,8 +14,9 @@
  * (os.system, builtins.eval, ...): loading an untrusted .ckpt with torch.load
  * runs arbitrary code. Here a small interpreter runs the pickle opcodes over
  * plain data values (ints, strings, tuples, lists, dicts) and knows an
- * allow-list of globals (REFERENCE.md section 7). A global outside the list,
- * or an opcode outside the list, stops the load with an error naming it.
+ * allow-list of globals (allowed_globals below; docs/03-clip-and-checkpoints.md
+ * section 2 tells why). A global outside the list, or an opcode outside the
+ * list, stops the load with an error naming it.
  * Allowed globals are never resolved or called either: _rebuild_tensor_v2
  * becomes a tensor record (storage, offset, shape, stride) that points into
  * the mapped file, OrderedDict becomes a dict, and a few harmless data
@@ -82,116 +83,131 @@ static const zip_entry *zip_find(const zip_archive *z, const char *name, size_t 
     return bsearch(&key, z->e, (size_t)z->n, sizeof *z->e, zip_name_cmp);
 }
 
-// Parse buf[0..size) as a zip; entries point into buf. 0 / LDM_ERR.
-static int zip_open(zip_archive *z, const uint8_t *buf, uint64_t size, const char *path) {
-    memset(z, 0, sizeof *z);
+// The steps of zip_open, in file order from the end:
+//   find_end_record -> read_directory_span (zip64 aware) -> read_central_entry
+//   for each entry -> sort and refuse duplicate names.
+
+// The end-of-central-directory record (22 bytes + comment) is at the end of
+// the file: scan back over at most a 65535-byte comment for its signature
+// with a comment length that reaches exactly the end. -> *eocd.
+static int find_end_record(const uint8_t *buf, uint64_t size, const char *path, uint64_t *eocd) {
     if (size < 22) return ldm_error("%s: truncated zip: %llu bytes, smaller than the 22-byte end "
                                     "record", path, (unsigned long long)size);
-    // The end-of-central-directory record (22 bytes + comment) is at the end;
-    // scan back over at most a 65535-byte comment.
-    int64_t eocd = -1;
     uint64_t lo = size > 22 + 65535 ? size - 22 - 65535 : 0;
     for (uint64_t pos = size - 22 + 1; pos-- > lo;) {
         if (rd32(buf + pos) == SIG_EOCD && pos + 22 + rd16(buf + pos + 20) == size) {
-            eocd = (int64_t)pos;
-            break;
+            *eocd = pos;
+            return 0;
         }
     }
-    if (eocd < 0)
-        return ldm_error("%s: truncated or corrupt zip: no end-of-central-directory record in the "
-                         "last 64 KiB (was the file cut short while copying?)", path);
+    return ldm_error("%s: truncated or corrupt zip: no end-of-central-directory record in the "
+                     "last 64 KiB (was the file cut short while copying?)", path);
+}
+
+// Where the central directory is and how many entries it holds, from the end
+// record, or from the zip64 end record when a zip64 locator precedes it (a
+// 0xffff / 0xffffffff field without one is an error). One disk only; the
+// directory must lie inside the file, and the count must fit its size (46
+// bytes per entry at least), so no allocation is sized by a lie.
+static int read_directory_span(const uint8_t *buf, uint64_t size, uint64_t eocd,
+                               const char *path, uint64_t *n_entries, uint64_t *cd_off,
+                               uint64_t *cd_size) {
     const uint8_t *r = buf + eocd;
-    uint64_t n_entries = rd16(r + 10), cd_size = rd32(r + 12), cd_off = rd32(r + 16);
+    uint64_t n = rd16(r + 10), len = rd32(r + 12), off = rd32(r + 16);
     if (rd16(r + 4) != 0 || rd16(r + 6) != 0)
         return ldm_error("%s: multi-disk zip archives are not supported", path);
-    // zip64: a locator right before the end record points at the zip64 end record.
     if (eocd >= 20 && rd32(buf + eocd - 20) == SIG_LOC64) {
         uint64_t off64 = rd64(buf + eocd - 20 + 8);
-        if (off64 > (uint64_t)eocd - 20 || (uint64_t)eocd - 20 - off64 < 56 ||
-            rd32(buf + off64) != SIG_EOCD64)
+        if (off64 > eocd - 20 || eocd - 20 - off64 < 56 || rd32(buf + off64) != SIG_EOCD64)
             return ldm_error("%s: corrupt zip64 end record (offset %llu)", path,
                              (unsigned long long)off64);
         const uint8_t *r64 = buf + off64;
-        n_entries = rd64(r64 + 32);
-        cd_size = rd64(r64 + 40);
-        cd_off = rd64(r64 + 48);
-    } else if (n_entries == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
+        n = rd64(r64 + 32);
+        len = rd64(r64 + 40);
+        off = rd64(r64 + 48);
+    } else if (n == 0xffff || len == 0xffffffffu || off == 0xffffffffu) {
         return ldm_error("%s: zip needs a zip64 end record but has none: corrupt or truncated",
                          path);
     }
-    if (cd_off > size || cd_size > size - cd_off)
+    if (off > size || len > size - off)
         return ldm_error("%s: truncated zip: central directory [%llu, +%llu) lies past the end of "
-                         "the file (%llu bytes)", path, (unsigned long long)cd_off,
-                         (unsigned long long)cd_size, (unsigned long long)size);
-    if (n_entries > cd_size / 46)
+                         "the file (%llu bytes)", path, (unsigned long long)off,
+                         (unsigned long long)len, (unsigned long long)size);
+    if (n > len / 46)
         return ldm_error("%s: corrupt zip: %llu entries cannot fit a %llu-byte central directory",
-                         path, (unsigned long long)n_entries, (unsigned long long)cd_size);
+                         path, (unsigned long long)n, (unsigned long long)len);
+    *n_entries = n, *cd_off = off, *cd_size = len;
+    return 0;
+}
+
+// Central directory entry i at buf[*p..cd_end) -> *out, and *p moves past it.
+// Rules: a whole, signed entry; sizes and local-header offset taken from the
+// zip64 extra field where they are 0xffffffff; not encrypted; stored (method
+// 0, compressed size = size: torch.save never deflates); its local header
+// and its data inside the file.
+static int read_central_entry(const uint8_t *buf, uint64_t size, uint64_t *p, uint64_t cd_end,
+                              uint64_t i, const char *path, zip_entry *out) {
+    if (cd_end - *p < 46 || rd32(buf + *p) != SIG_CENTRAL)
+        return ldm_error("%s: corrupt zip: central directory entry %llu is malformed", path,
+                         (unsigned long long)i);
+    const uint8_t *c = buf + *p;
+    uint16_t flags = rd16(c + 8), method = rd16(c + 10);
+    uint64_t csize = rd32(c + 20), usize = rd32(c + 24), lho = rd32(c + 42);
+    uint64_t nlen = rd16(c + 28), xlen = rd16(c + 30), klen = rd16(c + 32);
+    if (cd_end - *p - 46 < nlen + xlen + klen)
+        return ldm_error("%s: corrupt zip: central directory entry %llu runs past the directory",
+                         path, (unsigned long long)i);
+    const char *name = (const char *)c + 46;
+    int ni = (int)(nlen > 200 ? 200 : nlen);
+    // zip64 extended information: the 0xffffffff fields, in this order.
+    const uint8_t *x = c + 46 + nlen, *xe = x + xlen;
+    while (xe - x >= 4) {
+        uint16_t id = rd16(x), len = rd16(x + 2);
+        if ((uint64_t)(xe - x - 4) < len) break;
+        if (id == 0x0001) {
+            const uint8_t *f = x + 4, *fe = x + 4 + len;
+            if (usize == 0xffffffffu && fe - f >= 8) { usize = rd64(f); f += 8; }
+            if (csize == 0xffffffffu && fe - f >= 8) { csize = rd64(f); f += 8; }
+            if (lho == 0xffffffffu && fe - f >= 8) { lho = rd64(f); f += 8; }
+        }
+        x += 4 + len;
+    }
+    if (flags & 1) return ldm_error("%s: zip entry '%.*s' is encrypted", path, ni, name);
+    if (method != 0)
+        return ldm_error("%s: zip entry '%.*s' is %s (method %u); torch.save writes stored "
+                         "(uncompressed) entries -- re-save it with torch.save or convert it to "
+                         "safetensors", path, ni, name,
+                         method == 8 ? "deflate-compressed" : "compressed", method);
+    if (csize != usize)
+        return ldm_error("%s: zip entry '%.*s' is stored but its sizes differ (%llu vs %llu)",
+                         path, ni, name, (unsigned long long)csize, (unsigned long long)usize);
+    if (lho > size || size - lho < 30 || rd32(buf + lho) != SIG_LOCAL)
+        return ldm_error("%s: truncated or corrupt zip: local header of '%.*s' at %llu is missing",
+                         path, ni, name, (unsigned long long)lho);
+    uint64_t data = lho + 30 + (uint64_t)rd16(buf + lho + 26) + rd16(buf + lho + 28);
+    if (data > size || usize > size - data)
+        return ldm_error("%s: truncated zip: entry '%.*s' (%llu bytes at %llu) runs past the end "
+                         "of the file (%llu bytes)", path, ni, name, (unsigned long long)usize,
+                         (unsigned long long)data, (unsigned long long)size);
+    *out = (zip_entry){name, (size_t)nlen, buf + data, usize};
+    *p += 46 + nlen + xlen + klen;
+    return 0;
+}
+
+// Parse buf[0..size) as a zip; entries point into buf, sorted by name, each
+// name once. 0 / LDM_ERR.
+static int zip_open(zip_archive *z, const uint8_t *buf, uint64_t size, const char *path) {
+    memset(z, 0, sizeof *z);
+    uint64_t eocd = 0, n_entries = 0, cd_off = 0, cd_size = 0;
+    if (find_end_record(buf, size, path, &eocd) ||
+        read_directory_span(buf, size, eocd, path, &n_entries, &cd_off, &cd_size))
+        return LDM_ERR;
     z->e = calloc(n_entries ? n_entries : 1, sizeof *z->e);
     if (!z->e) return ldm_error("%s: out of memory for %llu zip entries", path,
                                 (unsigned long long)n_entries);
-
-    uint64_t p = cd_off, cd_end = cd_off + cd_size;
-    for (uint64_t i = 0; i < n_entries; i++) {
-        if (cd_end - p < 46 || rd32(buf + p) != SIG_CENTRAL) {
-            ldm_error("%s: corrupt zip: central directory entry %llu is malformed", path,
-                      (unsigned long long)i);
-            goto fail;
-        }
-        const uint8_t *c = buf + p;
-        uint16_t flags = rd16(c + 8), method = rd16(c + 10);
-        uint64_t csize = rd32(c + 20), usize = rd32(c + 24), lho = rd32(c + 42);
-        uint64_t nlen = rd16(c + 28), xlen = rd16(c + 30), klen = rd16(c + 32);
-        if (cd_end - p - 46 < nlen + xlen + klen) {
-            ldm_error("%s: corrupt zip: central directory entry %llu runs past the directory",
-                      path, (unsigned long long)i);
-            goto fail;
-        }
-        const char *name = (const char *)c + 46;
-        int ni = (int)(nlen > 200 ? 200 : nlen);
-        // zip64 extended information: the 0xffffffff fields, in this order.
-        const uint8_t *x = c + 46 + nlen, *xe = x + xlen;
-        while (xe - x >= 4) {
-            uint16_t id = rd16(x), len = rd16(x + 2);
-            if ((uint64_t)(xe - x - 4) < len) break;
-            if (id == 0x0001) {
-                const uint8_t *f = x + 4, *fe = x + 4 + len;
-                if (usize == 0xffffffffu && fe - f >= 8) { usize = rd64(f); f += 8; }
-                if (csize == 0xffffffffu && fe - f >= 8) { csize = rd64(f); f += 8; }
-                if (lho == 0xffffffffu && fe - f >= 8) { lho = rd64(f); f += 8; }
-            }
-            x += 4 + len;
-        }
-        if (flags & 1) {
-            ldm_error("%s: zip entry '%.*s' is encrypted", path, ni, name);
-            goto fail;
-        }
-        if (method != 0) {
-            ldm_error("%s: zip entry '%.*s' is %s (method %u); torch.save writes stored "
-                      "(uncompressed) entries -- re-save it with torch.save or convert it to "
-                      "safetensors", path, ni, name, method == 8 ? "deflate-compressed" : "compressed",
-                      method);
-            goto fail;
-        }
-        if (csize != usize) {
-            ldm_error("%s: zip entry '%.*s' is stored but its sizes differ (%llu vs %llu)", path,
-                      ni, name, (unsigned long long)csize, (unsigned long long)usize);
-            goto fail;
-        }
-        if (lho > size || size - lho < 30 || rd32(buf + lho) != SIG_LOCAL) {
-            ldm_error("%s: truncated or corrupt zip: local header of '%.*s' at %llu is missing",
-                      path, ni, name, (unsigned long long)lho);
-            goto fail;
-        }
-        uint64_t data = lho + 30 + (uint64_t)rd16(buf + lho + 26) + rd16(buf + lho + 28);
-        if (data > size || usize > size - data) {
-            ldm_error("%s: truncated zip: entry '%.*s' (%llu bytes at %llu) runs past the end of "
-                      "the file (%llu bytes)", path, ni, name, (unsigned long long)usize,
-                      (unsigned long long)data, (unsigned long long)size);
-            goto fail;
-        }
-        z->e[i] = (zip_entry){name, (size_t)nlen, buf + data, usize};
-        p += 46 + nlen + xlen + klen;
-    }
+    uint64_t p = cd_off;
+    for (uint64_t i = 0; i < n_entries; i++)
+        if (read_central_entry(buf, size, &p, cd_off + cd_size, i, path, &z->e[i])) goto fail;
     z->n = (int64_t)n_entries;
     qsort(z->e, (size_t)z->n, sizeof *z->e, zip_name_cmp);
     for (int64_t i = 1; i < z->n; i++)
@@ -924,6 +940,44 @@ static int collect(ldm_tensor_file *f, const pv *root, const char *path) {
 // ---------------------------------------------------------------------------
 // Entry point (tensorfile.h)
 
+// The pickle of a torch.save archive: exactly one "<dir>/data.pkl" entry with
+// one directory level (TorchScript and other archives have none). NULL + error.
+static const zip_entry *find_pickle(const zip_archive *z, const char *path) {
+    const zip_entry *pkl = NULL;
+    for (int64_t i = 0; i < z->n; i++) {
+        const zip_entry *e = &z->e[i];
+        const char *slash = memchr(e->name, '/', e->nlen);
+        if (e->nlen > 9 && slash && (size_t)(slash - e->name) == e->nlen - 9 &&
+            !memcmp(e->name + e->nlen - 8, "data.pkl", 8)) {
+            if (pkl) {
+                ldm_error("%s: zip holds more than one <dir>/data.pkl", path);
+                return NULL;
+            }
+            pkl = e;
+        }
+    }
+    if (!pkl)
+        ldm_error("%s: zip has no <dir>/data.pkl entry: not a torch.save checkpoint "
+                  "(a TorchScript or other archive?)", path);
+    return pkl;
+}
+
+// "<dir>/byteorder", when present, must say "little": storages are read as
+// little-endian bytes.
+static int check_byteorder(const zip_archive *z, const char *dir, size_t dirlen,
+                           const char *path) {
+    char bo[600];
+    int bl = snprintf(bo, sizeof bo, "%.*sbyteorder", (int)dirlen, dir);
+    const zip_entry *byteorder =
+        bl > 0 && (size_t)bl < sizeof bo ? zip_find(z, bo, (size_t)bl) : NULL;
+    if (byteorder && !(byteorder->size == 6 && !memcmp(byteorder->data, "little", 6)))
+        return ldm_error("%s: archive byteorder is not 'little': big-endian checkpoints are not "
+                         "supported", path);
+    return 0;
+}
+
+// zip (Part 1) -> the pickle and its byte order -> run it (Part 2) ->
+// collect the state dict (Part 3).
 int ldm_ckpt_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, const char *path) {
     memset(f, 0, sizeof *f);
     if (!path) path = "<buffer>";
@@ -935,35 +989,11 @@ int ldm_ckpt_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, const ch
                          path);
     zip_archive z;
     if (zip_open(&z, buf, size, path)) return LDM_ERR;
-
-    // The pickle: "<dir>/data.pkl" with exactly one directory level.
-    const zip_entry *pkl = NULL;
-    for (int64_t i = 0; i < z.n; i++) {
-        const zip_entry *e = &z.e[i];
-        const char *slash = memchr(e->name, '/', e->nlen);
-        if (e->nlen > 9 && slash && (size_t)(slash - e->name) == e->nlen - 9 &&
-            !memcmp(e->name + e->nlen - 8, "data.pkl", 8)) {
-            if (pkl) {
-                free(z.e);
-                return ldm_error("%s: zip holds more than one <dir>/data.pkl", path);
-            }
-            pkl = e;
-        }
-    }
-    if (!pkl) {
+    const zip_entry *pkl = find_pickle(&z, path);
+    size_t dirlen = pkl ? pkl->nlen - 8 : 0;  // "<dir>/"
+    if (!pkl || check_byteorder(&z, pkl->name, dirlen, path)) {
         free(z.e);
-        return ldm_error("%s: zip has no <dir>/data.pkl entry: not a torch.save checkpoint "
-                         "(a TorchScript or other archive?)", path);
-    }
-    size_t dirlen = pkl->nlen - 8;  // "<dir>/"
-    char bo[600];
-    int bl = snprintf(bo, sizeof bo, "%.*sbyteorder", (int)dirlen, pkl->name);
-    const zip_entry *byteorder =
-        bl > 0 && (size_t)bl < sizeof bo ? zip_find(&z, bo, (size_t)bl) : NULL;
-    if (byteorder && !(byteorder->size == 6 && !memcmp(byteorder->data, "little", 6))) {
-        free(z.e);
-        return ldm_error("%s: archive byteorder is not 'little': big-endian checkpoints are not "
-                         "supported", path);
+        return LDM_ERR;
     }
 
     pk k;

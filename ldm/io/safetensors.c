@@ -3,7 +3,7 @@
  * buffer already in memory (the mmap of ldm_tensor_file_open, or the
  * fuzzer's input) and a writer for fp32 tensors.
  *
- * Layout (REFERENCE.md section 7, the format of the `safetensors` package):
+ * Layout (the format of the `safetensors` package; docs/09-checkpoint-files.md):
  *   [0,8)        N, u64 little-endian: the header length
  *   [8,8+N)      UTF-8 JSON object, possibly padded with trailing spaces:
  *                  {"__metadata__": {"k": "v", ...},           (optional)
@@ -130,259 +130,265 @@ static int cmp_span(const void *a, const void *b) {
 }
 
 // ---------------------------------------------------------------------------
-// reader
+// reader, one step per group of rules:
+//   check_header_span (R1, R2) -> parse_header_json (R3) -> duplicate_key on
+//   the top object (R4) -> for each key: read_metadata (R4, R5) or
+//   read_entry (R4, R6, R7, R8) -> check_tiling (R9)
 
-static void free_partial(ldm_tensor_file *f) {
-    // ldm_tensor_file_close frees names/meta/path; map is NULL here.
-    ldm_tensor_file_close(f);
+static int out_of_memory(const char *path) {
+    return ldm_error("%s: out of memory while reading the safetensors header", path);
+}
+
+// R1, R2: the 8 length bytes are there, and the header they announce is not
+// absurdly large and lies inside the file. -> *n_header.
+static int check_header_span(const uint8_t *buf, size_t size, const char *path,
+                             uint64_t *n_header) {
+    if (size < 8)
+        return ldm_error("%s: file is %zu bytes, too short for the 8-byte safetensors header length",
+                         path, size);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | buf[i];
+    if (n > ST_MAX_HEADER)
+        return ldm_error("%s: header length %llu is over the 100 MB (1e8 bytes) limit: corrupt or "
+                         "not a safetensors file", path, (unsigned long long)n);
+    if (n > size - 8)
+        return ldm_error("%s: header length %llu runs past the end of the file (%zu bytes; at most "
+                         "%zu available): truncated file?", path, (unsigned long long)n,
+                         size, size - 8);
+    if (n < 2)
+        return ldm_error("%s: header length %llu is too short for a JSON object", path,
+                         (unsigned long long)n);
+    *n_header = n;
+    return 0;
+}
+
+// R3: the header is strict UTF-8 without NUL, one JSON object, then only
+// whitespace padding. Returns the parsed object (cJSON_Delete it) or NULL.
+static cJSON *parse_header_json(const uint8_t *header, uint64_t n_header, const char *path) {
+    size_t bad = utf8_bad_offset(header, (size_t)n_header);
+    if (bad != n_header) {
+        ldm_error("%s: header byte %zu (0x%02x) is %s: the header must be UTF-8 JSON", path,
+                  bad, header[bad], header[bad] ? "not valid UTF-8" : "a NUL byte");
+        return NULL;
+    }
+    const char *text = (const char *)header, *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, (size_t)n_header, &end, 0);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        size_t off = at && at >= text && at <= text + n_header ? (size_t)(at - text) : 0;
+        ldm_error("%s: header is not valid JSON (error near header byte %zu)", path, off);
+        return NULL;
+    }
+    for (const char *p = end; p && p < text + n_header; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            cJSON_Delete(root);
+            ldm_error("%s: header has bytes after the JSON object at header byte %zu "
+                      "(only space padding is allowed)", path, (size_t)(p - text));
+            return NULL;
+        }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        ldm_error("%s: header is JSON but not an object {...}", path);
+        return NULL;
+    }
+    return root;
+}
+
+// R4, R5: "__metadata__" is an object of strings with no duplicate key;
+// copied into f->meta_keys / f->meta_values.
+static int read_metadata(ldm_tensor_file *f, const cJSON *item, const char *path) {
+    const char *dup;
+    if (!cJSON_IsObject(item))
+        return ldm_error("%s: __metadata__ must be an object of strings", path);
+    if ((dup = duplicate_key(item)))
+        return ldm_error("%s: __metadata__: duplicate key '%s'", path, dup);
+    int nm = cJSON_GetArraySize(item);
+    f->meta_keys = calloc((size_t)(nm ? nm : 1), sizeof(char *));
+    f->meta_values = calloc((size_t)(nm ? nm : 1), sizeof(char *));
+    if (!f->meta_keys || !f->meta_values) return out_of_memory(path);
+    for (const cJSON *m = item->child; m; m = m->next) {
+        if (!cJSON_IsString(m))
+            return ldm_error("%s: __metadata__ value of '%s' is not a string", path,
+                             m->string ? m->string : "");
+        f->meta_keys[f->n_meta] = strdup(m->string ? m->string : "");
+        f->meta_values[f->n_meta] = strdup(m->valuestring);
+        f->n_meta++;
+        if (!f->meta_keys[f->n_meta - 1] || !f->meta_values[f->n_meta - 1])
+            return out_of_memory(path);
+    }
+    return 0;
+}
+
+// One tensor's header entry -> *e (its bytes point into data):
+//   R4  no duplicate field in the entry
+//   R6  dtype known; shape at most LDM_MAX_DIMS non-negative integers;
+//       data_offsets two non-negative integers b <= e
+//   R7  numel * dtype size, overflow-checked, equals e - b
+//   R8  the span lies inside the data buffer
+// e->name is set last, so a failed entry owns nothing.
+static int read_entry(ldm_tensor_entry *e, const cJSON *item, const char *name,
+                      const uint8_t *data, uint64_t data_size, const char *path) {
+    const char *dup;
+    if (!cJSON_IsObject(item))
+        return ldm_error("%s: tensor '%s': header entry is not an object "
+                         "{dtype, shape, data_offsets}", path, name);
+    if ((dup = duplicate_key(item)))
+        return ldm_error("%s: tensor '%s': duplicate field '%s'", path, name, dup);
+    const cJSON *jd = cJSON_GetObjectItemCaseSensitive(item, "dtype");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(item, "shape");
+    const cJSON *jo = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
+    if (!cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo))
+        return ldm_error("%s: tensor '%s': needs \"dtype\" (string), \"shape\" (array) and "
+                         "\"data_offsets\" (array)%s%s%s", path, name,
+                         cJSON_IsString(jd) ? "" : "; dtype missing or not a string",
+                         cJSON_IsArray(js) ? "" : "; shape missing or not an array",
+                         cJSON_IsArray(jo) ? "" : "; data_offsets missing or not an array");
+    // R6
+    if (parse_dtype(jd->valuestring, &e->dtype) != 0)
+        return ldm_error("%s: tensor '%s': unknown or unsupported dtype \"%.32s\" (expected F32, "
+                         "F16, BF16, F64, I64, I32, I16, I8, U8 or BOOL)", path, name,
+                         jd->valuestring);
+    int ndim = cJSON_GetArraySize(js);
+    if (ndim > LDM_MAX_DIMS)
+        return ldm_error("%s: tensor '%s': shape has %d dims, more than the %d supported", path,
+                         name, ndim, LDM_MAX_DIMS);
+    e->ndim = ndim;
+    int d = 0;
+    for (const cJSON *jdim = js->child; jdim; jdim = jdim->next, d++) {
+        uint64_t v;
+        if (json_uint(jdim, &v) != 0)
+            return ldm_error("%s: tensor '%s': shape dim %d is not a non-negative integer "
+                             "(below 2^53)", path, name, d);
+        e->shape[d] = (int64_t)v;
+    }
+    uint64_t off[2];
+    if (cJSON_GetArraySize(jo) != 2 || json_uint(jo->child, &off[0]) != 0 ||
+        json_uint(jo->child->next, &off[1]) != 0)
+        return ldm_error("%s: tensor '%s': data_offsets must be two non-negative integers "
+                         "[begin, end]", path, name);
+    char shp[160];
+    ldm_shape_str(shp, sizeof shp, e->shape, e->ndim);
+    if (off[0] > off[1])
+        return ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) end before they begin", path,
+                         name, (unsigned long long)off[0], (unsigned long long)off[1]);
+    // R7
+    int64_t numel = ldm_shape_numel(e->shape, e->ndim);
+    uint64_t esize = (uint64_t)ldm_dtype_size(e->dtype);
+    if (numel < 0 || (uint64_t)numel > UINT64_MAX / esize)
+        return ldm_error("%s: tensor '%s': %s %s has more elements than 64-bit sizes can hold",
+                         path, name, ldm_dtype_name(e->dtype), shp);
+    uint64_t need = (uint64_t)numel * esize;
+    if (off[1] - off[0] != need)
+        return ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) hold %llu bytes but %s %s "
+                         "needs %llu", path, name, (unsigned long long)off[0],
+                         (unsigned long long)off[1], (unsigned long long)(off[1] - off[0]),
+                         ldm_dtype_name(e->dtype), shp, (unsigned long long)need);
+    // R8
+    if (off[1] > data_size)
+        return ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) run past the end of the data "
+                         "buffer (%llu bytes after the header): truncated file?", path, name,
+                         (unsigned long long)off[0], (unsigned long long)off[1],
+                         (unsigned long long)data_size);
+    e->numel = numel;
+    e->data = data + off[0];
+    e->nbytes = need;
+    e->name = strdup(name);
+    if (!e->name) return out_of_memory(path);
+    return 0;
+}
+
+// R9: sorted by offset, the tensors tile the data buffer exactly: the first
+// starts at 0, each starts where the previous one ends (no gap, no overlap),
+// and the last ends at the end of the file (no trailing bytes).
+static int check_tiling(const ldm_tensor_file *f, const uint8_t *data, uint64_t data_size,
+                        const char *path) {
+    int64_t n = f->n_entries;
+    span *sp = malloc((size_t)(n ? n : 1) * sizeof *sp);
+    if (!sp) return out_of_memory(path);
+    for (int64_t i = 0; i < n; i++) {
+        sp[i].begin = (uint64_t)(f->entries[i].data - data);
+        sp[i].end = sp[i].begin + f->entries[i].nbytes;
+        sp[i].index = i;
+    }
+    qsort(sp, (size_t)n, sizeof *sp, cmp_span);
+    uint64_t pos = 0;
+    const char *prev = NULL;
+    int rc = 0;
+    for (int64_t k = 0; k < n && !rc; k++) {
+        const char *name = f->entries[sp[k].index].name;
+        if (sp[k].begin > pos && prev)
+            rc = ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) leave a gap of %llu bytes "
+                           "after tensor '%s' (ends at %llu); tensors must be contiguous",
+                           path, name, (unsigned long long)sp[k].begin,
+                           (unsigned long long)sp[k].end,
+                           (unsigned long long)(sp[k].begin - pos), prev,
+                           (unsigned long long)pos);
+        else if (sp[k].begin > pos)
+            rc = ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) leave a gap of %llu bytes "
+                           "at the start of the data buffer (the first tensor must start at 0)",
+                           path, name, (unsigned long long)sp[k].begin,
+                           (unsigned long long)sp[k].end, (unsigned long long)sp[k].begin);
+        else if (sp[k].begin < pos)
+            rc = ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) overlap tensor '%s' "
+                           "(which ends at %llu)", path, name, (unsigned long long)sp[k].begin,
+                           (unsigned long long)sp[k].end, prev ? prev : "?",
+                           (unsigned long long)pos);
+        pos = sp[k].end;
+        prev = name;
+    }
+    free(sp);
+    if (rc) return rc;
+    if (pos != data_size) {
+        if (prev)
+            return ldm_error("%s: %llu trailing bytes after the last tensor ('%s' ends at %llu, "
+                             "the data buffer holds %llu bytes)", path,
+                             (unsigned long long)(data_size - pos), prev, (unsigned long long)pos,
+                             (unsigned long long)data_size);
+        return ldm_error("%s: %llu trailing bytes after the header, but the header lists no "
+                         "tensors", path, (unsigned long long)data_size);
+    }
+    return 0;
 }
 
 int ldm_safetensors_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, const char *path) {
     memset(f, 0, sizeof *f);
     if (!path) path = "<buffer>";
-    // R1, R2
-    if (size < 8)
-        return ldm_error("%s: file is %zu bytes, too short for the 8-byte safetensors header length",
-                         path, size);
     uint64_t n_header = 0;
-    for (int i = 7; i >= 0; i--) n_header = (n_header << 8) | buf[i];
-    if (n_header > ST_MAX_HEADER)
-        return ldm_error("%s: header length %llu is over the 100 MB (1e8 bytes) limit: corrupt or "
-                         "not a safetensors file", path, (unsigned long long)n_header);
-    if (n_header > size - 8)
-        return ldm_error("%s: header length %llu runs past the end of the file (%zu bytes; at most "
-                         "%zu available): truncated file?", path, (unsigned long long)n_header,
-                         size, size - 8);
-    if (n_header < 2)
-        return ldm_error("%s: header length %llu is too short for a JSON object", path,
-                         (unsigned long long)n_header);
+    if (check_header_span(buf, size, path, &n_header)) return LDM_ERR;    // R1, R2
     const uint8_t *header = buf + 8;
     const uint8_t *data = buf + 8 + n_header;
     uint64_t data_size = size - 8 - n_header;
-
-    // R3
-    size_t bad = utf8_bad_offset(header, (size_t)n_header);
-    if (bad != n_header)
-        return ldm_error("%s: header byte %zu (0x%02x) is %s: the header must be UTF-8 JSON", path,
-                         bad, header[bad], header[bad] ? "not valid UTF-8" : "a NUL byte");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts((const char *)header, (size_t)n_header, &end, 0);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        size_t off = at && at >= (const char *)header && at <= (const char *)header + n_header
-                         ? (size_t)(at - (const char *)header) : 0;
-        return ldm_error("%s: header is not valid JSON (error near header byte %zu)", path, off);
-    }
-    for (const char *p = end; p && p < (const char *)header + n_header; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            return ldm_error("%s: header has bytes after the JSON object at header byte %zu "
-                             "(only space padding is allowed)", path,
-                             (size_t)(p - (const char *)header));
-        }
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return ldm_error("%s: header is JSON but not an object {...}", path);
-    }
-    // R4 (top level)
-    const char *dup = duplicate_key(root);
+    cJSON *root = parse_header_json(header, n_header, path);               // R3
+    if (!root) return LDM_ERR;
+    const char *dup = duplicate_key(root);                                 // R4 (top level)
     if (dup) {
         ldm_error("%s: duplicate key '%s' in the header (each tensor name must appear once)",
                   path, dup);
         cJSON_Delete(root);
         return LDM_ERR;
     }
-
     int n_items = cJSON_GetArraySize(root);
     f->path = strdup(path);
     f->format = "safetensors";
     f->entries = calloc((size_t)(n_items ? n_items : 1), sizeof *f->entries);
-    if (!f->path || !f->entries) goto oom;
-
-    char shp[160];
-    for (const cJSON *item = root->child; item; item = item->next) {
+    int rc = !f->path || !f->entries ? out_of_memory(path) : 0;
+    for (const cJSON *item = root->child; item && !rc; item = item->next) {
         const char *name = item->string ? item->string : "";
-        // R5
         if (strcmp(name, "__metadata__") == 0) {
-            if (!cJSON_IsObject(item)) {
-                ldm_error("%s: __metadata__ must be an object of strings", path);
-                goto fail;
-            }
-            if ((dup = duplicate_key(item))) {
-                ldm_error("%s: __metadata__: duplicate key '%s'", path, dup);
-                goto fail;
-            }
-            int nm = cJSON_GetArraySize(item);
-            f->meta_keys = calloc((size_t)(nm ? nm : 1), sizeof(char *));
-            f->meta_values = calloc((size_t)(nm ? nm : 1), sizeof(char *));
-            if (!f->meta_keys || !f->meta_values) goto oom;
-            for (const cJSON *m = item->child; m; m = m->next) {
-                if (!cJSON_IsString(m)) {
-                    ldm_error("%s: __metadata__ value of '%s' is not a string", path,
-                              m->string ? m->string : "");
-                    goto fail;
-                }
-                f->meta_keys[f->n_meta] = strdup(m->string ? m->string : "");
-                f->meta_values[f->n_meta] = strdup(m->valuestring);
-                f->n_meta++;
-                if (!f->meta_keys[f->n_meta - 1] || !f->meta_values[f->n_meta - 1]) goto oom;
-            }
-            continue;
-        }
-
-        // R6
-        if (!cJSON_IsObject(item)) {
-            ldm_error("%s: tensor '%s': header entry is not an object "
-                      "{dtype, shape, data_offsets}", path, name);
-            goto fail;
-        }
-        if ((dup = duplicate_key(item))) {
-            ldm_error("%s: tensor '%s': duplicate field '%s'", path, name, dup);
-            goto fail;
-        }
-        const cJSON *jd = cJSON_GetObjectItemCaseSensitive(item, "dtype");
-        const cJSON *js = cJSON_GetObjectItemCaseSensitive(item, "shape");
-        const cJSON *jo = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
-        if (!cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo)) {
-            ldm_error("%s: tensor '%s': needs \"dtype\" (string), \"shape\" (array) and "
-                      "\"data_offsets\" (array)%s%s%s", path, name,
-                      cJSON_IsString(jd) ? "" : "; dtype missing or not a string",
-                      cJSON_IsArray(js) ? "" : "; shape missing or not an array",
-                      cJSON_IsArray(jo) ? "" : "; data_offsets missing or not an array");
-            goto fail;
-        }
-        ldm_tensor_entry *e = &f->entries[f->n_entries];
-        if (parse_dtype(jd->valuestring, &e->dtype) != 0) {
-            ldm_error("%s: tensor '%s': unknown or unsupported dtype \"%.32s\" (expected F32, "
-                      "F16, BF16, F64, I64, I32, I16, I8, U8 or BOOL)", path, name, jd->valuestring);
-            goto fail;
-        }
-        int ndim = cJSON_GetArraySize(js);
-        if (ndim > LDM_MAX_DIMS) {
-            ldm_error("%s: tensor '%s': shape has %d dims, more than the %d supported", path, name,
-                      ndim, LDM_MAX_DIMS);
-            goto fail;
-        }
-        e->ndim = ndim;
-        int d = 0;
-        for (const cJSON *jdim = js->child; jdim; jdim = jdim->next, d++) {
-            uint64_t v;
-            if (json_uint(jdim, &v) != 0) {
-                ldm_error("%s: tensor '%s': shape dim %d is not a non-negative integer "
-                          "(below 2^53)", path, name, d);
-                goto fail;
-            }
-            e->shape[d] = (int64_t)v;
-        }
-        uint64_t off[2];
-        if (cJSON_GetArraySize(jo) != 2 || json_uint(jo->child, &off[0]) != 0 ||
-            json_uint(jo->child->next, &off[1]) != 0) {
-            ldm_error("%s: tensor '%s': data_offsets must be two non-negative integers [begin, "
-                      "end]", path, name);
-            goto fail;
-        }
-        ldm_shape_str(shp, sizeof shp, e->shape, e->ndim);
-        if (off[0] > off[1]) {
-            ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) end before they begin", path,
-                      name, (unsigned long long)off[0], (unsigned long long)off[1]);
-            goto fail;
-        }
-        // R7
-        int64_t numel = ldm_shape_numel(e->shape, e->ndim);
-        uint64_t esize = (uint64_t)ldm_dtype_size(e->dtype);
-        if (numel < 0 || (uint64_t)numel > UINT64_MAX / esize) {
-            ldm_error("%s: tensor '%s': %s %s has more elements than 64-bit sizes can hold",
-                      path, name, ldm_dtype_name(e->dtype), shp);
-            goto fail;
-        }
-        uint64_t need = (uint64_t)numel * esize;
-        if (off[1] - off[0] != need) {
-            ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) hold %llu bytes but %s %s "
-                      "needs %llu", path, name, (unsigned long long)off[0],
-                      (unsigned long long)off[1], (unsigned long long)(off[1] - off[0]),
-                      ldm_dtype_name(e->dtype), shp, (unsigned long long)need);
-            goto fail;
-        }
-        // R8
-        if (off[1] > data_size) {
-            ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) run past the end of the data "
-                      "buffer (%llu bytes after the header): truncated file?", path, name,
-                      (unsigned long long)off[0], (unsigned long long)off[1],
-                      (unsigned long long)data_size);
-            goto fail;
-        }
-        e->name = strdup(name);
-        if (!e->name) goto oom;
-        e->numel = numel;
-        e->data = data + off[0];
-        e->nbytes = need;
-        f->n_entries++;
-    }
-
-    // R9: sort spans by offset and walk them.
-    {
-        int64_t n = f->n_entries;
-        span *sp = malloc((size_t)(n ? n : 1) * sizeof *sp);
-        if (!sp) goto oom;
-        for (int64_t i = 0; i < n; i++) {
-            sp[i].begin = (uint64_t)(f->entries[i].data - data);
-            sp[i].end = sp[i].begin + f->entries[i].nbytes;
-            sp[i].index = i;
-        }
-        qsort(sp, (size_t)n, sizeof *sp, cmp_span);
-        uint64_t pos = 0;
-        const char *prev = NULL;
-        for (int64_t k = 0; k < n; k++) {
-            const char *name = f->entries[sp[k].index].name;
-            if (sp[k].begin > pos) {
-                if (prev)
-                    ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) leave a gap of %llu bytes "
-                              "after tensor '%s' (ends at %llu); tensors must be contiguous",
-                              path, name, (unsigned long long)sp[k].begin,
-                              (unsigned long long)sp[k].end,
-                              (unsigned long long)(sp[k].begin - pos), prev,
-                              (unsigned long long)pos);
-                else
-                    ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) leave a gap of %llu bytes "
-                              "at the start of the data buffer (the first tensor must start at 0)",
-                              path, name, (unsigned long long)sp[k].begin,
-                              (unsigned long long)sp[k].end, (unsigned long long)sp[k].begin);
-                free(sp);
-                goto fail;
-            }
-            if (sp[k].begin < pos) {
-                ldm_error("%s: tensor '%s': data_offsets [%llu,%llu) overlap tensor '%s' "
-                          "(which ends at %llu)", path, name, (unsigned long long)sp[k].begin,
-                          (unsigned long long)sp[k].end, prev ? prev : "?",
-                          (unsigned long long)pos);
-                free(sp);
-                goto fail;
-            }
-            pos = sp[k].end;
-            prev = name;
-        }
-        free(sp);
-        if (pos != data_size) {
-            if (prev)
-                ldm_error("%s: %llu trailing bytes after the last tensor ('%s' ends at %llu, the "
-                          "data buffer holds %llu bytes)", path,
-                          (unsigned long long)(data_size - pos), prev, (unsigned long long)pos,
-                          (unsigned long long)data_size);
-            else
-                ldm_error("%s: %llu trailing bytes after the header, but the header lists no "
-                          "tensors", path, (unsigned long long)data_size);
-            goto fail;
+            rc = read_metadata(f, item, path);                             // R5
+        } else {
+            rc = read_entry(&f->entries[f->n_entries], item, name, data, data_size, path);
+            if (!rc) f->n_entries++;                                       // R6, R7, R8
         }
     }
+    if (!rc) rc = check_tiling(f, data, data_size, path);                  // R9
     cJSON_Delete(root);
+    if (rc) {
+        // ldm_tensor_file_close frees names/meta/path; the map is NULL here.
+        ldm_tensor_file_close(f);
+        return LDM_ERR;
+    }
     return 0;
-
-oom:
-    ldm_error("%s: out of memory while reading the safetensors header", path);
-fail:
-    cJSON_Delete(root);
-    free_partial(f);
-    return LDM_ERR;
 }
 
 // ---------------------------------------------------------------------------

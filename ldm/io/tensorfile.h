@@ -7,7 +7,7 @@
  *   .ckpt / .bin  ldm/io/ckpt.c          (torch.save zip + allow-listed pickle)
  * The file is mmap'ed read-only; entries point into the mapping, so nothing
  * is copied until a tensor is converted to fp32 (ldm_entry_to_f32).
- * Every size and offset is validated on open (REFERENCE.md section 7): a bad
+ * Every size and offset is validated on open (docs/09-checkpoint-files.md): a bad
  * file gives LDM_ERR and a message naming the file, the tensor and the rule.
  */
 #ifndef LDM_TENSORFILE_H

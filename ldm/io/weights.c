@@ -5,7 +5,7 @@
  *   diffusers folder file  key = prefix + name  ("down_blocks.0.resnets.0.norm1.weight")
  *   CompVis single file    key = compvis_key(component, name)
  *                          ("model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
- *                           REFERENCE.md section 7 gives the mapping)
+ *                           docs/03-clip-and-checkpoints.md section 3 gives the mapping)
  * After the key is found, the stored shape must equal the expected shape,
  * except that a stored [C,C,1,1] is accepted for an expected [C,C] (the
  * CompVis VAE attention q/k/v/proj_out are 1x1 convs, diffusers has Linear).
@@ -22,8 +22,8 @@
 #include "ldm/io/weights.h"
 
 // ---------------------------------------------------------------------------
-// CompVis layout: diffusers name -> original checkpoint key (REFERENCE.md
-// section 7). UNet under "model.diffusion_model.", VAE under
+// CompVis layout: diffusers name -> original checkpoint key
+// (docs/03-clip-and-checkpoints.md section 3). UNet under "model.diffusion_model.", VAE under
 // "first_stage_model.", text encoder under
 // "cond_stage_model.transformer.text_model." (SD1, same names as
 // transformers) or "cond_stage_model.model." (SD2, open_clip names).
