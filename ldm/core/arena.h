@@ -44,15 +44,17 @@ typedef struct ldm_arena_chunk {
     void *raw;                 // as returned by ops->alloc (freed with ops->free)
     char *base;                // raw rounded up to LDM_ARENA_ALIGN
     size_t size;               // usable bytes from base
+    size_t start;              // position of base while this chunk is in use (see arena.c)
 } ldm_arena_chunk;
 
 typedef struct ldm_arena {
     const char *name;          // "unet", "vae", "clip": named in error messages
     const struct ldm_ops *ops; // the backend whose memory the chunks are
-    ldm_arena_chunk *chunks;   // [n_chunks], host array; positions run through them in order
+    ldm_arena_chunk *chunks;   // [n_chunks], host array, used in order
     int n_chunks;
-    size_t used;               // position of the next allocation: bytes of the chunks before
-                               // it (a chunk's unused tail counts) plus the offset into its chunk
+    int cur;                   // the chunk the next allocation is tried in
+    size_t used;               // position of the next allocation: bytes held as if the
+                               // arena were one chunk (alignment included)
     size_t peak;               // high-water mark of `used` since the last reset
     size_t peak_ever;          // largest peak of any forward (the size of a merged chunk)
     int64_t n_allocs;          // ops->alloc calls made so far (tests check reuse)
