@@ -115,9 +115,10 @@ class ModelStruct(C.Structure):  # ldm_model
                 ("global_step", C.c_int64), ("tokenizer_dir", C.c_char_p)]
 
 
-class Arena(C.Structure):  # ldm/core/arena.h ldm_arena (chunks: opaque to the notebooks)
-    _fields_ = [("name", C.c_char_p), ("ops", C.c_void_p), ("chunks", C.c_void_p),
-                ("n_chunks", C.c_int), ("cur", C.c_int), ("used", C.c_size_t),
+class Arena(C.Structure):  # ldm/core/arena.h ldm_arena (blocks: opaque to the notebooks)
+    _fields_ = [("name", C.c_char_p), ("ops", C.c_void_p), ("raw", C.c_void_p),
+                ("base", C.c_void_p), ("size", C.c_size_t), ("blocks", C.c_void_p),
+                ("n_blocks", C.c_int), ("cap_blocks", C.c_int), ("used", C.c_size_t),
                 ("peak", C.c_size_t), ("peak_ever", C.c_size_t), ("n_allocs", C.c_int64)]
 
 

@@ -1,15 +1,10 @@
 /*
  * ldm/core/arena.c -- the per-forward activation arena (see arena.h).
  *
- * Positions count bytes as if the arena were one contiguous chunk: a mark
- * is a position, releasing is one assignment, and `peak` is exactly what one
- * chunk would need. The chunks map positions to memory: chunks[0..cur] are in
- * use, chunk i holding the positions from chunks[i].start on at its base.
- * An allocation that does not fit in the rest of chunk `cur` starts at the
- * base of the next chunk (allocated when missing, at least as large as all
- * the chunks before it together); the tail it skips is not counted, and the
- * next reset merges the chunks into one of peak_ever bytes, so from the
- * second forward on every position is simply base + position.
+ * A position is a byte count from the start of the chunk; the tensor at
+ * position p with n bytes lives at base + p when p + n <= size, else in a
+ * block of its own (blocks[], kept in position order, so releasing frees
+ * the blocks from the end). `peak` is what one chunk needs for the forward.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -23,48 +18,47 @@ void ldm_arena_init(ldm_arena *a, const struct ldm_ops *ops, const char *name) {
     a->name = name;
 }
 
-static void free_chunks(ldm_arena *a) {
-    for (int i = 0; i < a->n_chunks; i++) a->ops->free(a->chunks[i].raw);
-    free(a->chunks);
-    a->chunks = NULL;
-    a->n_chunks = a->cur = 0;
+static char *align_up(void *p) {
+    return (char *)(((uintptr_t)p + LDM_ARENA_ALIGN - 1) & ~(uintptr_t)(LDM_ARENA_ALIGN - 1));
+}
+
+// Frees the blocks at positions >= mark (the last ones).
+static void free_blocks_from(ldm_arena *a, size_t mark) {
+    while (a->n_blocks > 0 && a->blocks[a->n_blocks - 1].pos >= mark)
+        a->ops->free(a->blocks[--a->n_blocks].raw);
 }
 
 void ldm_arena_free(ldm_arena *a) {
-    if (a->ops) free_chunks(a);
-    a->used = a->peak = a->peak_ever = 0;
-}
-
-// Appends a chunk of at least `size` usable bytes. 0 / LDM_ERR (no message).
-static int add_chunk(ldm_arena *a, size_t size) {
-    if (size > SIZE_MAX - LDM_ARENA_ALIGN) return LDM_ERR;
-    ldm_arena_chunk *c = realloc(a->chunks, (size_t)(a->n_chunks + 1) * sizeof *c);
-    if (!c) return LDM_ERR;
-    a->chunks = c;
-    void *raw = a->ops->alloc(size + LDM_ARENA_ALIGN);
-    if (!raw) return LDM_ERR;
-    a->n_allocs++;
-    uintptr_t p = ((uintptr_t)raw + LDM_ARENA_ALIGN - 1) & ~(uintptr_t)(LDM_ARENA_ALIGN - 1);
-    c[a->n_chunks++] = (ldm_arena_chunk){raw, (char *)p, size, 0};
-    return 0;
+    if (a->ops) {
+        free_blocks_from(a, 0);
+        if (a->raw) a->ops->free(a->raw);
+    }
+    free(a->blocks);
+    a->blocks = NULL;
+    a->raw = a->base = NULL;
+    a->size = a->used = a->peak = a->peak_ever = 0;
+    a->n_blocks = a->cap_blocks = 0;
 }
 
 void ldm_arena_reset(ldm_arena *a) {
+    free_blocks_from(a, 0);
     if (a->peak > a->peak_ever) a->peak_ever = a->peak;
-    if (a->n_chunks > 1) {   // merge: the next forward fits in one chunk
-        free_chunks(a);
-        add_chunk(a, a->peak_ever);
+    if (a->size < a->peak_ever) {   // blocks were needed: one chunk for all next time
+        if (a->raw) a->ops->free(a->raw);
+        a->raw = a->ops->alloc(a->peak_ever + LDM_ARENA_ALIGN);
+        a->base = a->raw ? align_up(a->raw) : NULL;
+        a->size = a->raw ? a->peak_ever : 0;
+        if (a->raw) a->n_allocs++;
     }
     a->used = a->peak = 0;
-    a->cur = 0;
 }
 
 size_t ldm_arena_mark(const ldm_arena *a) { return a->used; }
 
 void ldm_arena_release(ldm_arena *a, size_t mark) {
     LDM_ASSERT(mark <= a->used, "release to a mark at or before the top", NULL);
+    free_blocks_from(a, mark);
     a->used = mark;
-    while (a->cur > 0 && a->chunks[a->cur].start > mark) a->cur--;
 }
 
 // Bytes an n-float tensor takes: whole aligned units, at least one.
@@ -74,30 +68,26 @@ static size_t tensor_bytes(int64_t numel) {
     return n ? n : LDM_ARENA_ALIGN;
 }
 
-// Reserves n bytes (a multiple of LDM_ARENA_ALIGN) at position a->used;
-// returns their address, or NULL when the backend has no memory for a chunk.
+// Reserves n bytes at position a->used: in the chunk, or in a block of its
+// own past its end. Returns their address, or NULL (out of memory).
 static char *bump(ldm_arena *a, size_t n) {
-    if (a->n_chunks == 0 || a->used - a->chunks[a->cur].start + n > a->chunks[a->cur].size) {
-        // the rest of chunk cur is too small: go on at the base of the next one
-        if (a->n_chunks > 0) a->cur++;
-        if (a->cur == a->n_chunks) {
-            size_t total = 0;
-            for (int i = 0; i < a->n_chunks; i++) total += a->chunks[i].size;
-            size_t size = total > n ? total : n;   // doubling, and room for n
-            if (size < LDM_ARENA_MIN_CHUNK) size = LDM_ARENA_MIN_CHUNK;
-            if (add_chunk(a, size)) {
-                if (a->cur > 0) a->cur--;
-                return NULL;
-            }
+    char *p;
+    if (a->used + n <= a->size) {
+        p = a->base + a->used;
+    } else {
+        if (a->n_blocks == a->cap_blocks) {
+            int cap = a->cap_blocks ? 2 * a->cap_blocks : 16;
+            ldm_arena_block *b = realloc(a->blocks, (size_t)cap * sizeof *b);
+            if (!b) return NULL;
+            a->blocks = b;
+            a->cap_blocks = cap;
         }
-        if (n > a->chunks[a->cur].size) {   // a chunk from earlier, too small: skip it too
-            a->chunks[a->cur].start = a->used;
-            return bump(a, n);
-        }
-        a->chunks[a->cur].start = a->used;
+        void *raw = a->ops->alloc(n + LDM_ARENA_ALIGN);
+        if (!raw) return NULL;
+        a->n_allocs++;
+        a->blocks[a->n_blocks++] = (ldm_arena_block){raw, a->used};
+        p = align_up(raw);
     }
-    ldm_arena_chunk *c = &a->chunks[a->cur];
-    char *p = c->base + (a->used - c->start);
     a->used += n;
     if (a->used > a->peak) a->peak = a->used;
     return p;
@@ -129,26 +119,39 @@ int ldm_arena_tensor(ldm_arena *a, ldm_tensor *t, const int64_t *shape, int ndim
 void ldm_arena_release_keep(ldm_arena *a, size_t mark, ldm_tensor *t) {
     size_t n = tensor_bytes(t->numel), bytes = (size_t)t->numel * sizeof(float);
     char *src = (char *)t->data;
-    // t's chunk and position
-    int j = a->cur;
-    while (j > 0 && ((uintptr_t)src < (uintptr_t)a->chunks[j].base ||
-                     (uintptr_t)src >= (uintptr_t)a->chunks[j].base + a->chunks[j].size))
-        j--;
-    size_t at = a->chunks[j].start + (size_t)(src - a->chunks[j].base);
+    // where t is: its position, and its block (-1: in the chunk)
+    int blk = a->n_blocks - 1;
+    while (blk >= 0 && align_up(a->blocks[blk].raw) != src) blk--;
+    size_t at = blk >= 0 ? a->blocks[blk].pos : (size_t)(src - a->base);
     LDM_ASSERT(mark <= at && at + n <= a->used, "keep a tensor made after the mark", t);
-    size_t start_j = a->chunks[j].start;
-    ldm_arena_release(a, mark);
-    char *dst = bump(a, n);   // where t would be made now: at or before src, no new chunk
-    if (dst == src) return;
-    size_t gap = a->cur == j ? (size_t)(src - dst) : bytes;   // other chunk: no overlap
-    if (gap < n / 16) {   // the move would save little: t stays, what follows it is released
-        a->chunks[j].start = start_j;
-        a->cur = j;
-        a->used = at + n;
+    if (at == mark) {   // already there
+        ldm_arena_release(a, at + n);
         return;
     }
-    size_t step = gap < bytes ? gap : bytes;   // pieces that never overlap, front to back
-    for (size_t off = 0; off < bytes; off += step)
-        a->ops->copy(dst + off, src + off, bytes - off < step ? bytes - off : step);
-    t->data = (float *)dst;
+    if (blk < 0) {   // in the chunk, moving down: dst < src, in pieces of at most the gap
+        size_t gap = at - mark;
+        ldm_arena_release(a, at + n);
+        if (gap < n / 16) return;   // the move would save little: t stays
+        char *dst = a->base + mark;
+        size_t step = gap < bytes ? gap : bytes;
+        for (size_t off = 0; off < bytes; off += step)
+            a->ops->copy(dst + off, src + off, bytes - off < step ? bytes - off : step);
+        t->data = (float *)dst;
+        a->used = mark + n;
+        return;
+    }
+    // in a block of its own: take it out of the list, release the rest
+    ldm_arena_block b = a->blocks[blk];
+    memmove(&a->blocks[blk], &a->blocks[blk + 1], (size_t)(a->n_blocks - blk - 1) * sizeof b);
+    a->n_blocks--;
+    ldm_arena_release(a, mark);
+    if (mark + n <= a->size) {   // it fits in the chunk now: copy it in, free the block
+        a->ops->copy(a->base + mark, src, bytes);
+        a->ops->free(b.raw);
+        t->data = (float *)(a->base + mark);
+    } else {                     // still past the end: the block just takes position mark
+        b.pos = mark;
+        a->blocks[a->n_blocks++] = b;   // room: it was in the list a moment ago
+    }
+    a->used = mark + n;
 }

@@ -16,14 +16,16 @@
  * caller just returns LDM_ERR: nothing is freed on the way out, the next
  * ldm_arena_reset releases it all. So a block has no cleanup code.
  *
- * Memory: a bump allocator over chunks of the backend's memory (ops->alloc:
- * host memory on ref/cpu, device memory on cuda; the arena never touches
- * the bytes itself). Chunks are kept across forwards, so a UNet called 50
- * times per image allocates on its first call only: when a forward needed
- * more than one chunk, the next reset replaces them by one chunk as large
- * as the largest forward seen. Every tensor starts on a LDM_ARENA_ALIGN
- * byte boundary. `peak` is the high-water mark of the last forward: the
- * activation memory it needed, alignment included.
+ * Memory: a bump allocator over one chunk of the backend's memory (ops->alloc:
+ * host memory on ref/cpu, device memory on cuda; the arena never touches the
+ * bytes itself). A position counts bytes from the start of the chunk; an
+ * allocation past its end gets a block of its own from ops->alloc, freed
+ * when released (so a first forward, with no chunk yet, holds exactly what is
+ * live). ldm_arena_reset then replaces the chunk by one of the largest peak
+ * seen: from the second forward of the same size on (the UNet runs 20-50
+ * times per image), a forward allocates nothing. Every tensor starts on a
+ * LDM_ARENA_ALIGN byte boundary; `peak` is the high-water mark of the last
+ * forward, the activation memory it needed (alignment included).
  *
  * Tensors from an arena are views (owns = 0): ldm_tensor_free does nothing
  * on them, and they are valid until released past or the arena is reset.
@@ -36,27 +38,26 @@
 #include "ldm/core/tensor.h"
 
 #define LDM_ARENA_ALIGN 64          // bytes; a cache line, and enough for any SIMD load
-#define LDM_ARENA_MIN_CHUNK ((size_t)1 << 20)   // first chunk at least 1 MiB
 
 struct ldm_ops;
 
-typedef struct ldm_arena_chunk {
+// A tensor past the end of the chunk, in a block of its own.
+typedef struct ldm_arena_block {
     void *raw;                 // as returned by ops->alloc (freed with ops->free)
-    char *base;                // raw rounded up to LDM_ARENA_ALIGN
-    size_t size;               // usable bytes from base
-    size_t start;              // position of base while this chunk is in use (see arena.c)
-} ldm_arena_chunk;
+    size_t pos;                // its position
+} ldm_arena_block;
 
 typedef struct ldm_arena {
     const char *name;          // "unet", "vae", "clip": named in error messages
-    const struct ldm_ops *ops; // the backend whose memory the chunks are
-    ldm_arena_chunk *chunks;   // [n_chunks], host array, used in order
-    int n_chunks;
-    int cur;                   // the chunk the next allocation is tried in
-    size_t used;               // position of the next allocation: bytes held as if the
-                               // arena were one chunk (alignment included)
+    const struct ldm_ops *ops; // the backend whose memory the chunk and blocks are
+    void *raw;                 // the chunk, as returned by ops->alloc (NULL: none yet)
+    char *base;                // raw rounded up to LDM_ARENA_ALIGN: position 0
+    size_t size;               // usable bytes of the chunk
+    ldm_arena_block *blocks;   // [n_blocks] (host array, capacity cap_blocks), by position
+    int n_blocks, cap_blocks;
+    size_t used;               // position of the next allocation
     size_t peak;               // high-water mark of `used` since the last reset
-    size_t peak_ever;          // largest peak of any forward (the size of a merged chunk)
+    size_t peak_ever;          // largest peak of any forward (the size of the next chunk)
     int64_t n_allocs;          // ops->alloc calls made so far (tests check reuse)
 } ldm_arena;
 
@@ -66,9 +67,9 @@ void ldm_arena_init(ldm_arena *a, const struct ldm_ops *ops, const char *name);
 void ldm_arena_free(ldm_arena *a);
 
 // Release everything (start of a forward) and zero `peak`. When the last
-// forward spread over several chunks, they are replaced by one chunk of
-// peak_ever bytes (if that allocation fails the arena starts empty and grows
-// again on demand, reporting any real shortage by ldm_arena_tensor).
+// forward needed blocks past the chunk, the chunk is replaced by one of
+// peak_ever bytes (if that allocation fails the arena goes on without a
+// chunk, and ldm_arena_tensor reports any real shortage).
 void ldm_arena_reset(ldm_arena *a);
 
 // A position to come back to: the tensors made after it are released together.
@@ -86,8 +87,9 @@ int ldm_arena_tensor(ldm_arena *a, ldm_tensor *t, const int64_t *shape, int ndim
 // mark (the "x = f(x)" of PyTorch code: f's output replaces its input).
 // t must have been made from this arena after mark, and nothing else made
 // after mark may still be needed. The bytes move through ops->copy, in
-// pieces that never overlap; when the move would save less than 1/16 of t,
-// t stays where it is. Updates t->data.
+// pieces that never overlap (a block of its own just changes position);
+// when the move would save less than 1/16 of t, t stays where it is.
+// Updates t->data.
 void ldm_arena_release_keep(ldm_arena *a, size_t mark, ldm_tensor *t);
 
 #endif
