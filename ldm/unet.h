@@ -116,6 +116,8 @@ typedef struct ldm_unet {
     double flops;                  // GEMM-like FLOPs (2*M*K*N, conv as GEMM, attention 4*B*NH*Tq*Tk*HS)
     // Optional observer of every named output (tests): called with the dump
     // name ("unet.down_blocks.0.resnets.0") and the tensor, after ldm_dump.
+    // The tensor is arena memory, valid during the call only (an attention
+    // row updates its input in place): copy what you keep.
     void (*hook)(void *ctx, const char *name, const ldm_tensor *t);
     void *hook_ctx;
 } ldm_unet;
