@@ -109,7 +109,7 @@ int ldm_arena_tensor(ldm_arena *a, ldm_tensor *t, const int64_t *shape, int ndim
                          numel * 4.0 / (1 << 20), a->ops->name, a->used / 1048576.0);
     t->data = (float *)p;
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof(int64_t));
+    if (ndim > 0) memcpy(t->shape, shape, (size_t)ndim * sizeof(int64_t));   // NULL: a scalar
     t->numel = numel;
     t->ops = a->ops;
     t->owns = 0;
