@@ -11,6 +11,7 @@
  * act = quick_gelu x*sigmoid(1.702x) (OpenAI CLIP, SD1) or erf GELU (OpenCLIP, SD2).
  * Attention: softmax(q k^T / sqrt(HS) + causal) v per head, q/k/v with bias.
  * Runs only through the op table (ldm/backend/ops.h), so every backend works.
+ * Activations live in the encoder's arena (ldm/core/arena.h), reset by each forward.
  *
  * Leaves out: the pooled output and text_projection (SD never uses them),
  * padding attention masks (SD passes none), prompt weighting.
@@ -38,6 +39,7 @@ int ldm_clip_load(ldm_clip *m, ldm_weights *w, const ldm_clip_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     m->ops = w->ops;
+    ldm_arena_init(&m->arena, w->ops, "clip");
     int64_t V = cfg->vocab_size, D = cfg->hidden_size, F = cfg->intermediate_size;
     int64_t T = cfg->max_position_embeddings;
     if (V < 1 || D < 1 || F < 1 || T < 1 || cfg->num_attention_heads < 1 ||
@@ -96,43 +98,57 @@ void ldm_clip_free(ldm_clip *m) {
     free(m->layers);
     ldm_tensor_free(&m->lnf_w);
     ldm_tensor_free(&m->lnf_b);
+    ldm_arena_free(&m->arena);
     memset(m, 0, sizeof *m);
 }
 
 // ---------------------------------------------------------------------------
-// forward
+// forward: activations come from m->arena (ldm/core/arena.h), reset by each
+// forward; a layer releases its temporaries to a mark before it returns.
 
-// One pre-LN encoder layer, in place on x [B,T,D]. Scratch: h, q, k, v, a
-// [B,T,D] and f [B,T,F].
-static void clip_layer_forward(ldm_tensor *x, const ldm_clip_layer *L, const ldm_clip_config *c,
-                               ldm_tensor *h, ldm_tensor *q, ldm_tensor *k, ldm_tensor *v,
-                               ldm_tensor *a, ldm_tensor *f) {
-    int64_t NH = c->num_attention_heads, HS = c->hidden_size / NH;
+// New activation [dims...] from the encoder's arena: if (ACT(m, &t, B, T, D)) return LDM_ERR;
+#define ACT(m, t, ...) ldm_arena_tensor(&(m)->arena, t, LDM_SHAPE(__VA_ARGS__))
+
+// One pre-LN encoder layer, in place on x [B,T,D].
+static int clip_layer_forward(ldm_clip *m, ldm_tensor *x, const ldm_clip_layer *L) {
+    const ldm_clip_config *c = &m->cfg;
+    int64_t B = x->shape[0], T = x->shape[1], D = x->shape[2], F = c->intermediate_size;
+    int64_t NH = c->num_attention_heads, HS = D / NH;
+    ldm_tensor h, q, k, v, a, f;
+    size_t mk = ldm_arena_mark(&m->arena);
+    if (ACT(m, &h, B, T, D)) return LDM_ERR;                  // h [B,T,D]
+    size_t ma = ldm_arena_mark(&m->arena);
     // --- causal self-attention block: x += W_o MHA(LN1(x)) + b_o
-    ldm_layer_norm(h, x, &L->ln1_w, &L->ln1_b, c->layer_norm_eps);
-    ldm_linear(q, h, &L->q_w, &L->q_b);                 // [B,T,D]
-    ldm_linear(k, h, &L->k_w, &L->k_b);
-    ldm_linear(v, h, &L->v_w, &L->v_b);
+    if (ACT(m, &q, B, T, D) || ACT(m, &k, B, T, D) || ACT(m, &v, B, T, D) || ACT(m, &a, B, T, D))
+        return LDM_ERR;
+    ldm_layer_norm(&h, x, &L->ln1_w, &L->ln1_b, c->layer_norm_eps);
+    ldm_linear(&q, &h, &L->q_w, &L->q_b);                   // [B,T,D]
+    ldm_linear(&k, &h, &L->k_w, &L->k_b);
+    ldm_linear(&v, &h, &L->v_w, &L->v_b);
     // softmax(q_h k_h^T / sqrt(HS), query i sees keys j <= i) v_h, per head h
-    ldm_attention(a, q, k, v, NH, 1.0f / sqrtf((float)HS), 1);
-    ldm_linear(h, a, &L->o_w, &L->o_b);
-    ldm_add(x, x, h);
-    // --- MLP block: x += fc2(act(fc1(LN2(x))))
-    ldm_layer_norm(h, x, &L->ln2_w, &L->ln2_b, c->layer_norm_eps);
-    ldm_linear(f, h, &L->fc1_w, &L->fc1_b);             // [B,T,F]
+    ldm_attention(&a, &q, &k, &v, NH, 1.0f / sqrtf((float)HS), 1);
+    ldm_linear(&h, &a, &L->o_w, &L->o_b);
+    ldm_add(x, x, &h);
+    ldm_arena_release(&m->arena, ma);                        // q, k, v, a
+    // --- MLP block: x += fc2(act(fc1(LN2(x))))                 f [B,T,F]
+    if (ACT(m, &f, B, T, F)) return LDM_ERR;
+    ldm_layer_norm(&h, x, &L->ln2_w, &L->ln2_b, c->layer_norm_eps);
+    ldm_linear(&f, &h, &L->fc1_w, &L->fc1_b);               // [B,T,F]
     if (c->hidden_act == LDM_ACT_QUICK_GELU)
-        ldm_quick_gelu(f, f);                            // x * sigmoid(1.702 x)
+        ldm_quick_gelu(&f, &f);                              // x * sigmoid(1.702 x)
     else
-        ldm_gelu(f, f);                                  // 0.5 x (1 + erf(x / sqrt 2))
-    ldm_linear(h, f, &L->fc2_w, &L->fc2_b);             // [B,T,D]
-    ldm_add(x, x, h);
+        ldm_gelu(&f, &f);                                    // 0.5 x (1 + erf(x / sqrt 2))
+    ldm_linear(&h, &f, &L->fc2_w, &L->fc2_b);               // [B,T,D]
+    ldm_add(x, x, &h);
+    ldm_arena_release(&m->arena, mk);
+    return 0;
 }
 
-int ldm_clip_forward(ldm_tensor *out, const ldm_clip *m, const int32_t *ids, int B, int T,
+int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, int T,
                      int extra_skip) {
     memset(out, 0, sizeof *out);
     const ldm_clip_config *c = &m->cfg;
-    int64_t D = c->hidden_size, F = c->intermediate_size;
+    int64_t D = c->hidden_size;
     if (B < 1 || T < 1 || T > c->max_position_embeddings)
         return ldm_error("text encoder: %d x %d ids; expected B >= 1 and 1 <= T <= %d", B, T,
                          c->max_position_embeddings);
@@ -145,19 +161,9 @@ int ldm_clip_forward(ldm_tensor *out, const ldm_clip *m, const int32_t *ids, int
         return ldm_error("text encoder: clip skip %d leaves no layer to run (the model runs %d)",
                          extra_skip + 1, m->n_layers);
 
-    const struct ldm_ops *ops = m->ops;
-    ldm_tensor x = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor h = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor q = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor k = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor v = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor a = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    ldm_tensor f = ldm_tensor_new(ops, LDM_SHAPE(B, T, F));
-    int rc = 0;
-    if (!x.data || !h.data || !q.data || !k.data || !v.data || !a.data || !f.data) {
-        rc = LDM_ERR;
-        goto done;
-    }
+    ldm_arena_reset(&m->arena);   // every activation of this forward comes from here
+    ldm_tensor x;
+    if (ACT(m, &x, B, T, D)) return LDM_ERR;                  // x [B,T,D]
     // --- embeddings: x[b,t,:] = token_embedding[ids[b,t]] + position_embedding[t]
     ldm_embedding(&x, &m->tok_emb, ids, (int64_t)B * T);
     ldm_tensor pos = ldm_tensor_slice0(&m->pos_emb, 0, T);  // [T,D]
@@ -169,21 +175,13 @@ int ldm_clip_forward(ldm_tensor *out, const ldm_clip *m, const int32_t *ids, int
     ldm_dump(&x, "text_model.embeddings");
     // --- transformer layers 0 .. n_run-1 (SD2: the last resblock is never loaded)
     for (int l = 0; l < n_run; l++) {
-        clip_layer_forward(&x, &m->layers[l], c, &h, &q, &k, &v, &a, &f);
+        if (clip_layer_forward(m, &x, &m->layers[l])) return LDM_ERR;
         ldm_dump(&x, "text_model.encoder.layers.%d", l);
     }
-    // --- final LayerNorm
-    *out = ldm_tensor_new(ops, LDM_SHAPE(B, T, D));
-    if (!out->data) { rc = LDM_ERR; goto done; }
+    // --- final LayerNorm, into the caller's new tensor
+    *out = ldm_tensor_new(m->ops, LDM_SHAPE(B, T, D));
+    if (!out->data) return LDM_ERR;
     ldm_layer_norm(out, &x, &m->lnf_w, &m->lnf_b, c->layer_norm_eps);
     ldm_dump(out, "text_model.final_layer_norm");
-done:
-    ldm_tensor_free(&x);
-    ldm_tensor_free(&h);
-    ldm_tensor_free(&q);
-    ldm_tensor_free(&k);
-    ldm_tensor_free(&v);
-    ldm_tensor_free(&a);
-    ldm_tensor_free(&f);
-    return rc;
+    return 0;
 }

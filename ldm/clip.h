@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 #include "ldm/model.h"
+#include "ldm/core/arena.h"
 #include "ldm/core/tensor.h"
 #include "ldm/io/weights.h"
 
@@ -36,6 +37,8 @@ typedef struct ldm_clip {
     ldm_clip_layer *layers;            // [n_layers]
     ldm_tensor lnf_w, lnf_b;           // [D]    final_layer_norm
     const struct ldm_ops *ops;
+    ldm_arena arena;                   // activations; arena.peak = bytes at the peak of the
+                                       // last forward (ldm/core/arena.h)
 } ldm_clip;
 
 // Load every weight through w (any layout). 0 / LDM_ERR (names the tensor).
@@ -43,11 +46,12 @@ int ldm_clip_load(ldm_clip *m, ldm_weights *w, const ldm_clip_config *cfg);
 void ldm_clip_free(ldm_clip *m);
 
 // ids [B,T] (host, T <= max_position_embeddings) -> out [B,T,D] on m->ops
-// (allocated here). extra_skip: further final layers to skip before the final
-// LN ("clip skip" 2 = extra_skip 1); 0 is the model's own setting.
+// (a new tensor the caller frees; the activations stay in m->arena).
+// extra_skip: further final layers to skip before the final LN ("clip skip"
+// 2 = extra_skip 1); 0 is the model's own setting.
 // Dumps (LDM_DUMP): text_model.embeddings, text_model.encoder.layers.N,
 // text_model.final_layer_norm. 0 / LDM_ERR (bad ids or skip are user input).
-int ldm_clip_forward(ldm_tensor *out, const ldm_clip *m, const int32_t *ids, int B, int T,
+int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, int T,
                      int extra_skip);
 
 #endif

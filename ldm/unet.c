@@ -9,8 +9,8 @@
  * ldm/io/weights.c maps them for CompVis single files.
  *
  * Teaching order of this file:
- *   1. activations (allocation with a live/peak byte count) and the FLOP
- *      counting wrappers around the GEMM-like ops
+ *   1. activations (from the UNet's arena) and the FLOP counting wrappers
+ *      around the GEMM-like ops
  *   2. the timestep embedding (DDPM's sinusoidal position encoding)
  *   3. ResBlock, attention, transformer block, spatial transformer
  *   4. the block table (built from the config: read it next to the paper's
@@ -19,10 +19,14 @@
  *   6. config.json parsing (with the diffusers head-count quirk) and presets
  *   7. printing the table
  *
- * Memory: weights are resident; activations are freed as soon as the next
- * block has consumed them. Attention goes through the op table's
- * memory-bounded attention; the GEGLU feed-forward runs in row chunks of at
- * most 32 MiB, so no temporary grows with the square of the image size.
+ * Memory: weights are resident; activations live in the UNet's arena
+ * (ldm/core/arena.h), reset at each forward. A block releases its temporaries
+ * to a mark before it returns; a row's output then moves down over the inputs
+ * it consumed (ldm_arena_release_keep), so only the skips, the running
+ * activation and one block's temporaries are ever held. Attention goes through
+ * the op table's memory-bounded attention; the GEGLU feed-forward runs in row
+ * chunks of at most 32 MiB, so no temporary grows with the square of the
+ * image size.
  *
  * Left out: SDXL added conditioning, class embeddings, dual cross-attention,
  * "scale_shift" time embedding norm, per-block lists of transformer depth,
@@ -42,27 +46,14 @@
 #include "ldm/unet.h"
 
 // ---- 1. activations and FLOP counting -----------------------------------------
+//
+// Every activation comes from the UNet's arena u->arena (ldm/core/arena.h).
+// ldm_unet_forward resets it; each block takes its temporaries after a mark
+// and releases them to that mark before it returns, leaving only its output.
+// A failed allocation returns LDM_ERR straight up: the next reset frees it all.
 
-// New activation on u->ops; counts live/peak bytes. 0 / LDM_ERR (out of memory).
-static int act_new(ldm_unet *u, ldm_tensor *t, const int64_t *shape, int ndim) {
-    *t = ldm_tensor_new(u->ops, shape, ndim);
-    if (!t->data) {
-        char s[96];
-        return ldm_error("unet: cannot allocate activation %s (%s) -- try a smaller image or "
-                         "batch", ldm_shape_str(s, sizeof s, shape, ndim), ldm_last_error());
-    }
-    u->live_bytes += t->numel * (int64_t)sizeof(float);
-    if (u->live_bytes > u->peak_bytes) u->peak_bytes = u->live_bytes;
-    return 0;
-}
-#define ACT(u, t, ...) act_new(u, t, LDM_SHAPE(__VA_ARGS__))
-
-static void act_free(ldm_unet *u, ldm_tensor *t) {
-    if (t->data && t->owns) u->live_bytes -= t->numel * (int64_t)sizeof(float);
-    ldm_tensor_free(t);
-    *t = (ldm_tensor){0};
-}
-
+// New activation [dims...] from the UNet's arena: if (ACT(u, &q, B, T, D)) return LDM_ERR;
+#define ACT(u, t, ...) ldm_arena_tensor(&(u)->arena, t, LDM_SHAPE(__VA_ARGS__))
 // x [..., K], w [N,K] -> out [..., N]; 2*M*K*N FLOPs
 static void linear(ldm_unet *u, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w,
                    const ldm_tensor *b) {
@@ -134,37 +125,35 @@ static int resblock_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *x,
     int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
     int64_t G = u->cfg.norm_num_groups;
     float eps = u->cfg.norm_eps;
-    ldm_tensor a = {0}, h = {0}, tp = {0};
-    int rc = LDM_ERR;
+    ldm_tensor h, a, tp;
+    size_t m = ldm_arena_mark(&u->arena);
+    if (ACT(u, &h, B, r->cout, H, W)) return LDM_ERR;                 // h [B,Cout,H,W]
+    size_t ma = ldm_arena_mark(&u->arena);                            // a: one at a time
     // in_layers: GroupNorm -> SiLU -> conv3x3                         a [B,Cin,H,W]
-    if (ACT(u, &a, B, r->cin, H, W)) goto done;
+    if (ACT(u, &a, B, r->cin, H, W)) return LDM_ERR;
     ldm_group_norm(&a, x, &r->norm1_w, &r->norm1_b, G, eps);
     ldm_silu(&a, &a);
-    if (ACT(u, &h, B, r->cout, H, W)) goto done;
-    conv(u, &h, &a, &r->conv1_w, &r->conv1_b, 1, 1);                  // h [B,Cout,H,W]
-    act_free(u, &a);
+    conv(u, &h, &a, &r->conv1_w, &r->conv1_b, 1, 1);
+    ldm_arena_release(&u->arena, ma);
     // emb_layers: Linear(SiLU(emb)), broadcast over H,W               tp [B,Cout]
-    if (ACT(u, &tp, B, r->cout)) goto done;
+    if (ACT(u, &tp, B, r->cout)) return LDM_ERR;
     linear(u, &tp, semb, &r->temb_w, &r->temb_b);
     ldm_add_channel(&h, &h, &tp);
-    act_free(u, &tp);
-    // out_layers: GroupNorm -> SiLU -> dropout (identity) -> conv3x3
-    if (ACT(u, &a, B, r->cout, H, W)) goto done;
+    ldm_arena_release(&u->arena, ma);
+    // out_layers: GroupNorm -> SiLU -> dropout (identity) -> conv3x3  a [B,Cout,H,W]
+    if (ACT(u, &a, B, r->cout, H, W)) return LDM_ERR;
     ldm_group_norm(&a, &h, &r->norm2_w, &r->norm2_b, G, eps);
     ldm_silu(&a, &a);
     conv(u, out, &a, &r->conv2_w, &r->conv2_b, 1, 1);
-    act_free(u, &a);
-    // skip connection: 1x1 conv when the channel count changes (reuses h's buffer)
+    // skip connection: 1x1 conv when the channel count changes (into h's memory)
     if (r->short_w.data) {
         conv(u, &h, x, &r->short_w, &r->short_b, 1, 0);
         ldm_add(out, out, &h);
     } else {
         ldm_add(out, out, x);
     }
-    rc = 0;
-done:
-    act_free(u, &a); act_free(u, &h); act_free(u, &tp);
-    return rc;
+    ldm_arena_release(&u->arena, m);
+    return 0;
 }
 
 // Attention: xq [B,Tq,D], xkv [B,Tk,Dkv] -> out [B,Tq,D]
@@ -174,20 +163,18 @@ done:
 static int attn_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *xq,
                         const ldm_tensor *xkv, const ldm_unet_attn *at, int heads) {
     int64_t B = xq->shape[0], Tq = xq->shape[1], Tk = xkv->shape[1], D = at->q_w.shape[0];
-    ldm_tensor q = {0}, k = {0}, v = {0}, o = {0};
-    int rc = LDM_ERR;
-    if (ACT(u, &q, B, Tq, D) || ACT(u, &k, B, Tk, D) || ACT(u, &v, B, Tk, D)) goto done;
+    ldm_tensor q, k, v, o;
+    size_t m = ldm_arena_mark(&u->arena);
+    if (ACT(u, &q, B, Tq, D) || ACT(u, &k, B, Tk, D) || ACT(u, &v, B, Tk, D) ||
+        ACT(u, &o, B, Tq, D))
+        return LDM_ERR;
     linear(u, &q, xq, &at->q_w, NULL);
     linear(u, &k, xkv, &at->k_w, NULL);
     linear(u, &v, xkv, &at->v_w, NULL);
-    if (ACT(u, &o, B, Tq, D)) goto done;
     attention(u, &o, &q, &k, &v, heads);
-    act_free(u, &q); act_free(u, &k); act_free(u, &v);
     linear(u, out, &o, &at->out_w, &at->out_b);
-    rc = 0;
-done:
-    act_free(u, &q); act_free(u, &k); act_free(u, &v); act_free(u, &o);
-    return rc;
+    ldm_arena_release(&u->arena, m);
+    return 0;
 }
 
 // Floats of the feed-forward's [rows, 8D] temporary: it runs FF_CHUNK_FLOATS/8D
@@ -202,22 +189,22 @@ static int tblock_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx,
                           const ldm_unet_tblock *tb, int heads) {
     int64_t B = x->shape[0], S = x->shape[1], D = x->shape[2], N = B * S;
     int64_t F2 = tb->ff1_w.shape[0], F = F2 / 2;
-    ldm_tensor n = {0}, a = {0}, f2 = {0}, f = {0};
-    int rc = LDM_ERR;
-    if (ACT(u, &n, B, S, D) || ACT(u, &a, B, S, D)) goto done;
+    int64_t R = FF_CHUNK_FLOATS / F2 < 1 ? 1 : FF_CHUNK_FLOATS / F2;   // FF rows per chunk
+    if (R > N) R = N;
+    ldm_tensor n, a, f2, f;
+    size_t m = ldm_arena_mark(&u->arena);
+    if (ACT(u, &n, B, S, D) || ACT(u, &a, B, S, D)) return LDM_ERR;
     // self-attention
     ldm_layer_norm(&n, x, &tb->norm1_w, &tb->norm1_b, 1e-5f);
-    if (attn_forward(u, &a, &n, &n, &tb->attn1, heads)) goto done;
+    if (attn_forward(u, &a, &n, &n, &tb->attn1, heads)) return LDM_ERR;
     ldm_add(x, x, &a);
     // cross-attention to the context
     ldm_layer_norm(&n, x, &tb->norm2_w, &tb->norm2_b, 1e-5f);
-    if (attn_forward(u, &a, &n, ctx, &tb->attn2, heads)) goto done;
+    if (attn_forward(u, &a, &n, ctx, &tb->attn2, heads)) return LDM_ERR;
     ldm_add(x, x, &a);
-    // GEGLU feed-forward, R token rows at a time
+    // GEGLU feed-forward, R token rows at a time                     f2 [R,8D], f [R,4D]
     ldm_layer_norm(&n, x, &tb->norm3_w, &tb->norm3_b, 1e-5f);
-    int64_t R = FF_CHUNK_FLOATS / F2 < 1 ? 1 : FF_CHUNK_FLOATS / F2;
-    if (R > N) R = N;
-    if (ACT(u, &f2, R, F2) || ACT(u, &f, R, F)) goto done;
+    if (ACT(u, &f2, R, F2) || ACT(u, &f, R, F)) return LDM_ERR;
     ldm_tensor n2 = ldm_tensor_view(&n, LDM_SHAPE(N, D)), a2 = ldm_tensor_view(&a, LDM_SHAPE(N, D));
     for (int64_t r0 = 0; r0 < N; r0 += R) {
         int64_t r = N - r0 < R ? N - r0 : R;
@@ -228,65 +215,59 @@ static int tblock_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx,
         linear(u, &ar, &fr, &tb->ff2_w, &tb->ff2_b);    // [r,D]
     }
     ldm_add(x, x, &a);
-    rc = 0;
-done:
-    act_free(u, &n); act_free(u, &a); act_free(u, &f2); act_free(u, &f);
-    return rc;
+    ldm_arena_release(&u->arena, m);
+    return 0;
 }
 
-// SpatialTransformer (Transformer2DModel): x [B,C,H,W], context [B,T,Dc] -> out [B,C,H,W]
-//   SD1: tokens = [B,S,D] of proj_in(GN(x)) (1x1 conv), out = proj_out(tokens) + x
-//   SD2: tokens = proj_in(flatten(GN(x))) (Linear), out = unflatten(proj_out(tokens)) + x
-static int transformer_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *x,
-                               const ldm_tensor *ctx, const ldm_unet_transformer *tr) {
+// SpatialTransformer (Transformer2DModel), in place on x [B,C,H,W]; context [B,T,Dc]:
+//   SD1: tokens = [B,S,D] of proj_in(GN(x)) (1x1 conv), x += proj_out(blocks(tokens))
+//   SD2: tokens = proj_in(flatten(GN(x))) (Linear),     x += unflatten(proj_out(blocks(tokens)))
+// (in place: the residual x + ... is the block's output, in x's memory)
+static int transformer_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx,
+                               const ldm_unet_transformer *tr) {
     int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
     int64_t D = tr->d;
-    ldm_tensor g = {0}, p = {0}, tok = {0};
-    int rc = LDM_ERR;
-    // GroupNorm, eps 1e-6 (Transformer2DModel / CompVis Normalize)
-    if (ACT(u, &g, B, C, H, W)) goto done;
+    ldm_tensor tok, g, p, o;
+    size_t m = ldm_arena_mark(&u->arena);
+    if (ACT(u, &tok, B, S, D)) return LDM_ERR;                         // tok [B,S,D]
+    size_t mg = ldm_arena_mark(&u->arena);
+    // GroupNorm, eps 1e-6 (Transformer2DModel / CompVis Normalize)     g [B,C,H,W]
+    if (ACT(u, &g, B, C, H, W)) return LDM_ERR;
     ldm_group_norm(&g, x, &tr->norm_w, &tr->norm_b, u->cfg.norm_num_groups, 1e-6f);
-    if (ACT(u, &tok, B, S, D)) goto done;
     if (!tr->linear) {
         // proj_in 1x1 conv [B,C,H,W] -> [B,D,H,W], then [B,D,S] -> [B,S,D]
-        if (ACT(u, &p, B, D, H, W)) goto done;
+        if (ACT(u, &p, B, D, H, W)) return LDM_ERR;
         conv(u, &p, &g, &tr->proj_in_w, &tr->proj_in_b, 1, 0);
-        act_free(u, &g);
         ldm_tensor pv = ldm_tensor_view(&p, LDM_SHAPE(B, D, S));
         ldm_transpose(&tok, &pv);
     } else {
         // [B,C,S] -> [B,S,C], then proj_in Linear C -> D
-        if (ACT(u, &p, B, S, C)) goto done;
+        if (ACT(u, &p, B, S, C)) return LDM_ERR;
         ldm_tensor gv = ldm_tensor_view(&g, LDM_SHAPE(B, C, S));
         ldm_transpose(&p, &gv);
-        act_free(u, &g);
         linear(u, &tok, &p, &tr->proj_in_w, &tr->proj_in_b);
     }
-    act_free(u, &p);
+    ldm_arena_release(&u->arena, mg);                                  // g, p
     for (int k = 0; k < tr->depth; k++)
-        if (tblock_forward(u, &tok, ctx, &tr->blocks[k], tr->heads)) goto done;
+        if (tblock_forward(u, &tok, ctx, &tr->blocks[k], tr->heads)) return LDM_ERR;
+    if (ACT(u, &o, B, C, H, W)) return LDM_ERR;                        // o [B,C,H,W]
     if (!tr->linear) {
         // [B,S,D] -> [B,D,S] = [B,D,H,W], then proj_out 1x1 conv D -> C
-        if (ACT(u, &p, B, D, S)) goto done;
+        if (ACT(u, &p, B, D, S)) return LDM_ERR;
         ldm_transpose(&p, &tok);
-        act_free(u, &tok);
         ldm_tensor pv = ldm_tensor_view(&p, LDM_SHAPE(B, D, H, W));
-        conv(u, out, &pv, &tr->proj_out_w, &tr->proj_out_b, 1, 0);
+        conv(u, &o, &pv, &tr->proj_out_w, &tr->proj_out_b, 1, 0);
     } else {
         // proj_out Linear D -> C, then [B,S,C] -> [B,C,S]
-        if (ACT(u, &p, B, S, C)) goto done;
+        if (ACT(u, &p, B, S, C)) return LDM_ERR;
         linear(u, &p, &tok, &tr->proj_out_w, &tr->proj_out_b);
-        act_free(u, &tok);
-        ldm_tensor ov = ldm_tensor_view(out, LDM_SHAPE(B, C, S));
+        ldm_tensor ov = ldm_tensor_view(&o, LDM_SHAPE(B, C, S));
         ldm_transpose(&ov, &p);
     }
-    ldm_add(out, out, x);   // residual
-    rc = 0;
-done:
-    act_free(u, &g); act_free(u, &p); act_free(u, &tok);
-    return rc;
+    ldm_add(x, x, &o);   // residual
+    ldm_arena_release(&u->arena, m);
+    return 0;
 }
-
 // ---- 4. the block table and the forward pass --------------------------------------
 
 // Append one row; name is printf-style. Returns the row.
@@ -318,6 +299,10 @@ static int check_config(const ldm_unet_config *c) {
         return ldm_error("unet config: in/out channels, layers_per_block, cross_attention_dim, "
                          "norm_num_groups, time embedding width and transformer depth must "
                          "all be >= 1");
+    if (n * (c->layers_per_block + 1) > LDM_UNET_MAX_SKIPS)   // conv_in + L per level + downsamplers
+        return ldm_error("unet config: %d levels of %d layers_per_block push %d skips, at most "
+                         "%d supported", n, c->layers_per_block, n * (c->layers_per_block + 1),
+                         LDM_UNET_MAX_SKIPS);
     if (c->block_out_channels[0] < 2)
         return ldm_error("unet config: block_out_channels[0] = %d, expected >= 2",
                          c->block_out_channels[0]);
@@ -348,7 +333,7 @@ int ldm_unet_build(ldm_unet *u, const ldm_unet_config *cfg) {
     int max_rows = 2 + 2 * n * (2 * L + 3) + 3;
     u->blocks = calloc((size_t)max_rows, sizeof *u->blocks);
     if (!u->blocks) return ldm_error("unet: out of memory for the block table");
-    int skips[LDM_MAX_LEVELS * 16], sp = 0;   // channels of the skip stack
+    int skips[LDM_UNET_MAX_SKIPS], sp = 0;   // channels of the skip stack
     ldm_unet_block *b;
 
     // conv_in: in_channels -> C0 at full latent resolution
@@ -418,10 +403,13 @@ int ldm_unet_build(ldm_unet *u, const ldm_unet_config *cfg) {
     return 0;
 }
 
-// Runs one row: in [B,cin,H,W] -> y [B,cout,H',W'] (y allocated here; for OUT, y = out).
-static int block_forward(ldm_unet *u, ldm_unet_block *b, ldm_tensor *y, const ldm_tensor *in,
+// Runs one row: in [B,cin,H,W] -> y [B,cout,H',W'], y new in the arena after
+// in (ATTN: y is in itself, updated in place; OUT: y is the caller's out).
+static int block_forward(ldm_unet *u, ldm_unet_block *b, ldm_tensor *y, ldm_tensor *in,
                          const ldm_tensor *semb, const ldm_tensor *ctx, ldm_tensor *out) {
     int64_t B = in->shape[0], H = in->shape[2], W = in->shape[3];
+    size_t m = ldm_arena_mark(&u->arena);
+    ldm_tensor t;
     switch (b->kind) {
     case LDM_UNET_CONV_IN:
         if (ACT(u, y, B, b->cout, H, W)) return LDM_ERR;
@@ -431,33 +419,30 @@ static int block_forward(ldm_unet *u, ldm_unet_block *b, ldm_tensor *y, const ld
         if (ACT(u, y, B, b->cout, H, W)) return LDM_ERR;
         return resblock_forward(u, y, in, semb, &b->res);
     case LDM_UNET_ATTN:
-        if (ACT(u, y, B, b->cout, H, W)) return LDM_ERR;
-        return transformer_forward(u, y, in, ctx, &b->tr);
+        *y = *in;
+        return transformer_forward(u, y, ctx, &b->tr);
     case LDM_UNET_DOWN:   // conv3x3 stride 2 pad 1: [B,C,H,W] -> [B,C,H/2,W/2]
         if (ACT(u, y, B, b->cout, (H + 1) / 2, (W + 1) / 2)) return LDM_ERR;
         conv(u, y, in, &b->conv_w, &b->conv_b, 2, 1);
         return 0;
-    case LDM_UNET_UP: {   // nearest x2 then conv3x3: [B,C,H,W] -> [B,C,2H,2W]
-        ldm_tensor up = {0};
-        if (ACT(u, &up, B, b->cin, 2 * H, 2 * W)) return LDM_ERR;
-        ldm_upsample2x(&up, in);
-        if (ACT(u, y, B, b->cout, 2 * H, 2 * W)) { act_free(u, &up); return LDM_ERR; }
-        conv(u, y, &up, &b->conv_w, &b->conv_b, 1, 1);
-        act_free(u, &up);
+    case LDM_UNET_UP:     // nearest x2 then conv3x3: [B,C,H,W] -> t [B,C,2H,2W] -> y
+        if (ACT(u, y, B, b->cout, 2 * H, 2 * W)) return LDM_ERR;
+        m = ldm_arena_mark(&u->arena);
+        if (ACT(u, &t, B, b->cin, 2 * H, 2 * W)) return LDM_ERR;
+        ldm_upsample2x(&t, in);
+        conv(u, y, &t, &b->conv_w, &b->conv_b, 1, 1);
+        ldm_arena_release(&u->arena, m);
         return 0;
-    }
-    case LDM_UNET_OUT: {  // GroupNorm -> SiLU -> conv3x3 into the caller's out
-        ldm_tensor g = {0};
-        if (ACT(u, &g, B, b->cin, H, W)) return LDM_ERR;
-        ldm_group_norm(&g, in, &b->norm_w, &b->norm_b, u->cfg.norm_num_groups,
+    case LDM_UNET_OUT:    // GroupNorm -> SiLU -> conv3x3 into the caller's out
+        if (ACT(u, &t, B, b->cin, H, W)) return LDM_ERR;
+        ldm_group_norm(&t, in, &b->norm_w, &b->norm_b, u->cfg.norm_num_groups,
                        u->cfg.norm_eps);
-        ldm_silu(&g, &g);
-        conv(u, out, &g, &b->conv_w, &b->conv_b, 1, 1);
-        act_free(u, &g);
+        ldm_silu(&t, &t);
+        conv(u, out, &t, &b->conv_w, &b->conv_b, 1, 1);
+        ldm_arena_release(&u->arena, m);
         *y = *out;
-        y->owns = 0;   // a view of out: never freed here
+        y->owns = 0;   // a view of out
         return 0;
-    }
     }
     return ldm_error("unet: unknown block kind %d", (int)b->kind);
 }
@@ -495,67 +480,59 @@ int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const fl
         if (!isfinite(t[b])) return ldm_error("unet: timestep %lld is not finite", (long long)b);
 
     u->flops = 0;
-    u->live_bytes = u->peak_bytes = 0;
-    int rc = LDM_ERR;
+    ldm_arena *A = &u->arena;
+    ldm_arena_reset(A);   // every activation of this forward comes from here
     int64_t C0 = c->block_out_channels[0];
-    ldm_tensor te = {0}, emb = {0}, semb = {0}, h = {0};
-    ldm_tensor *stack = calloc((size_t)u->n_blocks, sizeof *stack);
-    int sp = 0, h_pushed = 0;
-    float *host = malloc((size_t)(B * C0) * sizeof(float));
-    if (!stack || !host) { ldm_error("unet: out of memory"); goto done; }
+    ldm_tensor te, emb, semb;
 
     // time embedding: emb = linear_2(SiLU(linear_1(sinusoid(t))))      [B,Temb]
+    if (ACT(u, &semb, B, u->temb)) return LDM_ERR;   // SiLU(emb): what every ResBlock projects
+    size_t m = ldm_arena_mark(A);
+    if (ACT(u, &te, B, C0) || ACT(u, &emb, B, u->temb)) return LDM_ERR;
+    float *host = malloc((size_t)(B * C0) * sizeof(float));
+    if (!host) return ldm_error("unet: out of memory");
     ldm_unet_timestep_embedding(host, t, (int)B, (int)C0, c->flip_sin_to_cos,
                                 (float)c->freq_shift);
-    if (ACT(u, &te, B, C0) || ACT(u, &semb, B, u->temb) || ACT(u, &emb, B, u->temb)) goto done;
     ldm_tensor_from_host(&te, host);
+    free(host);
     linear(u, &semb, &te, &u->time_w1, &u->time_b1);
     ldm_silu(&semb, &semb);
     linear(u, &emb, &semb, &u->time_w2, &u->time_b2);
     emit(u, &emb, "time_embedding");
-    act_free(u, &te);
-    ldm_silu(&semb, &emb);   // every ResBlock projects SiLU(emb)
-    act_free(u, &emb);
+    ldm_silu(&semb, &emb);
+    ldm_arena_release(A, m);
 
-    // walk the table; h is the running activation, stack the skips
-    h = *x;
-    h.owns = 0;
-    h_pushed = 1;   // the input is not ours to free
+    // Walk the table with h, the running activation. The skips pushed on the
+    // down path stay in the arena in push order, skip[i] starting at position
+    // skip_at[i]; the up path pops them last-in first-out. A row's output
+    // replaces, from position `base` on, whatever it consumed: its input
+    // (unless that is a skip or the caller's x) and the skip it pops.
+    ldm_tensor h = *x, skip[LDM_UNET_MAX_SKIPS];
+    size_t skip_at[LDM_UNET_MAX_SKIPS], h_at = ldm_arena_mark(A);
+    int sp = 0, h_stays = 1;   // x is the caller's
     for (int k = 0; k < u->n_blocks; k++) {
         ldm_unet_block *b = &u->blocks[k];
         double flops0 = u->flops, t0 = now_seconds();
-        ldm_tensor in = h, y = {0};
-        int in_owned = !h_pushed;
-        if (b->skip) {   // up path: torch.cat([h, skip], dim=1)
-            ldm_tensor skp = stack[--sp], cat = {0};
-            LDM_ASSERT(skp.shape[1] == b->skip && skp.shape[2] == in.shape[2], "skip", &skp);
-            int e = ACT(u, &cat, B, in.shape[1] + skp.shape[1], in.shape[2], in.shape[3]);
-            if (!e) ldm_concat_channels(&cat, &in, &skp);
-            act_free(u, &skp);
-            if (in_owned) act_free(u, &in);
-            in = cat, in_owned = 1;
-            h = (ldm_tensor){0}, h_pushed = 0;
-            if (e) goto done;
+        size_t base = h_stays ? ldm_arena_mark(A) : h_at;
+        ldm_tensor in = h, y;
+        if (b->skip) {   // up path: in = torch.cat([h, skip], dim=1), moved down over both
+            ldm_tensor s = skip[--sp];
+            LDM_ASSERT(s.shape[1] == b->skip && s.shape[2] == h.shape[2], "skip", &s);
+            base = skip_at[sp];
+            if (ACT(u, &in, B, h.shape[1] + s.shape[1], h.shape[2], h.shape[3])) return LDM_ERR;
+            ldm_concat_channels(&in, &h, &s);
+            ldm_arena_release_keep(A, base, &in);
         }
-        int e = block_forward(u, b, &y, &in, &semb, ctx, out);
-        if (in_owned) act_free(u, &in);
-        h = (ldm_tensor){0};
-        if (e) { act_free(u, &y); goto done; }
-        h = y, h_pushed = 0;
+        if (block_forward(u, b, &y, &in, &semb, ctx, out)) return LDM_ERR;
+        if (b->kind != LDM_UNET_OUT) ldm_arena_release_keep(A, base, &y);
+        h = y, h_at = base, h_stays = b->push;
+        if (b->push) skip[sp] = h, skip_at[sp++] = base;
         b->flops = u->flops - flops0;
         b->secs = now_seconds() - t0;
         emit(u, &h, b->name);
         if (b->group[0]) emit(u, &h, b->group);
-        if (b->push) stack[sp++] = h, h_pushed = 1;
     }
-    rc = 0;
-done:
-    if (!h_pushed) act_free(u, &h);
-    while (sp > 0) act_free(u, &stack[--sp]);
-    act_free(u, &te); act_free(u, &emb); act_free(u, &semb);
-    free(stack);
-    free(host);
-    return rc;
+    return 0;
 }
 
 // ---- 5. weights ------------------------------------------------------------------
@@ -695,6 +672,7 @@ static int load_all(ldm_unet *u, const ldm_unet_config *cfg, ldm_weights *w,
                     const struct ldm_ops *ops) {
     if (ldm_unet_build(u, cfg)) return LDM_ERR;
     u->ops = ops;
+    ldm_arena_init(&u->arena, ops, "unet");
     int64_t C0 = cfg->block_out_channels[0], T = u->temb;
     int rc = LDM_ERR;
     do {
@@ -757,6 +735,7 @@ void ldm_unet_free(ldm_unet *u) {
         }
     }
     free(u->blocks);
+    ldm_arena_free(&u->arena);
     memset(u, 0, sizeof *u);
 }
 

@@ -27,6 +27,7 @@
 
 #include <stdint.h>
 #include "ldm/model.h"
+#include "ldm/core/arena.h"
 #include "ldm/core/tensor.h"
 #include "ldm/io/weights.h"
 
@@ -69,6 +70,9 @@ typedef struct ldm_unet_transformer {
     ldm_tensor proj_out_w, proj_out_b; // [C,D,1,1] or [C,D]; [C]
 } ldm_unet_transformer;
 
+// Skips pushed on the down path: conv_in, each level's ResBlocks and its downsampler.
+#define LDM_UNET_MAX_SKIPS (LDM_MAX_LEVELS * 16)
+
 typedef enum ldm_unet_kind {
     LDM_UNET_CONV_IN,   // conv3x3 in_channels -> C0
     LDM_UNET_RES,       // ResnetBlock2D (up path: concat the popped skip first)
@@ -106,11 +110,14 @@ typedef struct ldm_unet {
     ldm_unet_block *blocks;        // [n_blocks], the table
     int n_blocks;
     int64_t n_params;
+    ldm_arena arena;               // activations of a forward; arena.peak = bytes at the peak
+                                   // of the last ldm_unet_forward (ldm/core/arena.h)
     // Measured by the last ldm_unet_forward:
     double flops;                  // GEMM-like FLOPs (2*M*K*N, conv as GEMM, attention 4*B*NH*Tq*Tk*HS)
-    int64_t live_bytes, peak_bytes;    // activation bytes alive now / at the peak
     // Optional observer of every named output (tests): called with the dump
     // name ("unet.down_blocks.0.resnets.0") and the tensor, after ldm_dump.
+    // The tensor is arena memory, valid during the call only (an attention
+    // row updates its input in place): copy what you keep.
     void (*hook)(void *ctx, const char *name, const ldm_tensor *t);
     void *hook_ctx;
 } ldm_unet;

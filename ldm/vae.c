@@ -15,10 +15,13 @@
  * mid block), encoder, decoder, posterior, memory estimate, tiling,
  * high-level encode/decode, pixels.
  *
- * Memory: every activation is freed as soon as the next one exists, so a
- * block holds at most ~3 activations of its own size at once. The mid-block
- * attention goes through ldm_attention, whose backends never materialise the
- * full [T,T] score matrix (T = h*w = 16384 at 1024x1024).
+ * Memory: activations live in the VAE's arena (ldm/core/arena.h), reset by
+ * each public encode/decode. Blocks of unchanged shape update the running
+ * activation in place; a block that changes its shape moves its output down
+ * over its input (replace), so a block holds at most ~3 activations of its
+ * own size at once. The mid-block attention goes through ldm_attention,
+ * whose backends never materialise the full [T,T] score matrix (T = h*w =
+ * 16384 at 1024x1024). Tiles run one after another in the same arena.
  *
  * Left out: VQ models, shift_factor / latents_mean (SD3, Flux), slicing.
  */
@@ -244,6 +247,7 @@ int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int pa
     vae->cfg = *cfg;
     vae->ops = w->ops;
     vae->parts = parts;
+    ldm_arena_init(&vae->arena, w->ops, "vae");
     if (visit_all(vae, parts, load_fn, w)) {
         visit_all(vae, parts, free_fn, NULL);
         return LDM_ERR;
@@ -254,50 +258,56 @@ int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int pa
 
 void ldm_vae_free(ldm_vae *vae) {
     if (vae->parts) visit_all(vae, vae->parts, free_fn, NULL);
+    ldm_arena_free(&vae->arena);
     memset(vae, 0, sizeof *vae);
 }
 
 // ---------------------------------------------------------------------------
-// small helpers: allocate the output of an op, then call its checked wrapper
+// activations: every intermediate comes from vae->arena (ldm/core/arena.h).
+// The public entry points reset it; each block releases its temporaries to a
+// mark before it returns. The running activation h starts at a position
+// h_at; a step whose output has another shape (a conv changing channels or
+// resolution) moves that output down over h with replace(). A failed
+// allocation returns LDM_ERR straight up: the next reset frees it all.
 
-static int new4(ldm_tensor *t, const struct ldm_ops *ops, int64_t B, int64_t C, int64_t H,
-                int64_t W) {
-    *t = ldm_tensor_new(ops, LDM_SHAPE(B, C, H, W));
-    return t->data ? LDM_OK : LDM_ERR;
+// New activation [dims...] from the VAE's arena: if (ACT(v, &t, B, C, H, W)) return LDM_ERR;
+#define ACT(v, t, ...) ldm_arena_tensor(&(v)->arena, t, LDM_SHAPE(__VA_ARGS__))
+
+// The "h = f(h)" of the PyTorch code: y, made after h (which starts at
+// position h_at), takes h's place in the arena.
+static void replace(ldm_vae *v, ldm_tensor *h, size_t h_at, ldm_tensor *y) {
+    ldm_arena_release_keep(&v->arena, h_at, y);
+    *h = *y;
 }
 
-// out = conv(x, w, b): x [B,Cin,H,W], w [Cout,Cin,K,K] -> out [B,Cout,Ho,Wo]
-static int conv(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b,
-                int64_t stride, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+// out = conv(x, w, b), a new activation: x [B,Cin,H,W], w [Cout,Cin,K,K] -> out [B,Cout,Ho,Wo]
+static int conv(ldm_vae *v, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w,
+                const ldm_tensor *b, int64_t stride, int64_t pt, int64_t pb, int64_t pl,
+                int64_t pr) {
     int64_t K = w->shape[2];
     int64_t Ho = (x->shape[2] + pt + pb - K) / stride + 1;
     int64_t Wo = (x->shape[3] + pl + pr - K) / stride + 1;
-    if (new4(out, x->ops, x->shape[0], w->shape[0], Ho, Wo)) return LDM_ERR;
+    if (ACT(v, out, x->shape[0], w->shape[0], Ho, Wo)) return LDM_ERR;
     ldm_conv2d(out, x, w, b, stride, pt, pb, pl, pr);
     return LDM_OK;
 }
 // 3x3, stride 1, pad 1 (shape preserving) / 1x1
-static int conv3(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b) {
-    return conv(out, x, w, b, 1, 1, 1, 1, 1);
+static int conv3(ldm_vae *v, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w,
+                 const ldm_tensor *b) {
+    return conv(v, out, x, w, b, 1, 1, 1, 1, 1);
 }
-static int conv1(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b) {
-    return conv(out, x, w, b, 1, 0, 0, 0, 0);
+static int conv1(ldm_vae *v, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w,
+                 const ldm_tensor *b) {
+    return conv(v, out, x, w, b, 1, 0, 0, 0, 0);
 }
 
-// out = GroupNorm(x) [B,C,H,W], G groups, eps from the config (1e-6)
-static int gnorm(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *g, const ldm_tensor *b,
-                 const ldm_vae_config *c) {
-    *out = ldm_tensor_new(x->ops, x->shape, x->ndim);
-    if (!out->data) return LDM_ERR;
-    ldm_group_norm(out, x, g, b, c->norm_num_groups, c->norm_eps);
+// out = swish(GroupNorm(x)), a new activation [B,C,H,W]; G groups, eps from the config (1e-6)
+static int gnorm_swish(ldm_vae *v, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *g,
+                       const ldm_tensor *b) {
+    if (ldm_arena_tensor(&v->arena, out, x->shape, x->ndim)) return LDM_ERR;
+    ldm_group_norm(out, x, g, b, v->cfg.norm_num_groups, v->cfg.norm_eps);
+    ldm_silu(out, out);
     return LDM_OK;
-}
-
-// Replace *x by *y (frees the old *x): the "x = f(x)" of the PyTorch code.
-static void replace(ldm_tensor *x, ldm_tensor *y) {
-    ldm_tensor_free(x);
-    *x = *y;
-    memset(y, 0, sizeof *y);
 }
 
 // ---------------------------------------------------------------------------
@@ -306,118 +316,90 @@ static void replace(ldm_tensor *x, ldm_tensor *y) {
 // ResnetBlock2D (temb None, output_scale_factor 1), CompVis ResnetBlock:
 //   h = conv1(swish(GN(x)));  h = conv2(swish(GN(h)))   (dropout: eval, none)
 //   out = shortcut(x) + h,  shortcut = 1x1 conv when Cin != Cout
-// x [B,Cin,H,W] -> out [B,Cout,H,W] (new tensor)
-static int resnet_forward(ldm_tensor *out, const ldm_tensor *x, const ldm_vae_resnet *r,
-                          const ldm_vae_config *c) {
-    ldm_tensor h = {0}, h2 = {0}, sc = {0};
-    memset(out, 0, sizeof *out);
-    if (gnorm(&h, x, &r->norm1_w, &r->norm1_b, c)) goto fail;
-    ldm_silu(&h, &h);
-    if (conv3(&h2, &h, &r->conv1_w, &r->conv1_b)) goto fail;
-    ldm_tensor_free(&h);
-    if (gnorm(&h, &h2, &r->norm2_w, &r->norm2_b, c)) goto fail;
-    ldm_tensor_free(&h2);
-    ldm_silu(&h, &h);
-    if (conv3(out, &h, &r->conv2_w, &r->conv2_b)) goto fail;
-    ldm_tensor_free(&h);
-    if (r->cin != r->cout) {
-        if (conv1(&sc, x, &r->shortcut_w, &r->shortcut_b)) goto fail;
-        ldm_add(out, out, &sc);
-        ldm_tensor_free(&sc);
-    } else {
-        ldm_add(out, out, x);
+// x [B,Cin,H,W] -> out [B,Cout,H,W]. Cin == Cout: out is x, updated in place;
+// else out is h, a new activation after x (x is consumed: replace() it).
+static int resnet_forward(ldm_vae *v, ldm_tensor *out, ldm_tensor *x, const ldm_vae_resnet *r) {
+    ldm_tensor h, a, sc;
+    size_t m = ldm_arena_mark(&v->arena);
+    if (ACT(v, &h, x->shape[0], r->cout, x->shape[2], x->shape[3])) return LDM_ERR;
+    size_t ma = ldm_arena_mark(&v->arena);                   // a: one at a time
+    if (gnorm_swish(v, &a, x, &r->norm1_w, &r->norm1_b)) return LDM_ERR;
+    ldm_conv2d(&h, &a, &r->conv1_w, &r->conv1_b, 1, 1, 1, 1, 1);
+    ldm_arena_release(&v->arena, ma);
+    if (gnorm_swish(v, &a, &h, &r->norm2_w, &r->norm2_b)) return LDM_ERR;
+    ldm_conv2d(&h, &a, &r->conv2_w, &r->conv2_b, 1, 1, 1, 1, 1);
+    ldm_arena_release(&v->arena, ma);
+    if (r->cin == r->cout) {
+        ldm_add(x, x, &h);                                   // x + h, in x's memory
+        ldm_arena_release(&v->arena, m);
+        *out = *x;
+        return LDM_OK;
     }
+    if (conv1(v, &sc, x, &r->shortcut_w, &r->shortcut_b)) return LDM_ERR;
+    ldm_add(&h, &h, &sc);                                    // h + conv_shortcut(x)
+    ldm_arena_release(&v->arena, ma);
+    *out = h;
     return LDM_OK;
-fail:
-    ldm_tensor_free(&h);
-    ldm_tensor_free(&h2);
-    ldm_tensor_free(&sc);
-    ldm_tensor_free(out);
-    return LDM_ERR;
 }
 
 // Single-head self-attention over positions (diffusers Attention, heads 1,
-// residual_connection; CompVis AttnBlock):
+// residual_connection; CompVis AttnBlock), in place on x [B,C,H,W]:
 //   h = GN(x) as tokens [B,S,C] (S = H*W)
-//   q,k,v = h Wq^T + bq, ...   out = x + (softmax(q k^T / sqrt(C)) v) Wo^T + bo
-// x [B,C,H,W] -> out [B,C,H,W] (new tensor)
-static int attn_forward(ldm_tensor *out, const ldm_tensor *x, const ldm_vae_attn *a,
-                        const ldm_vae_config *c) {
-    const struct ldm_ops *ops = x->ops;
+//   q,k,v = h Wq^T + bq, ...   x += (softmax(q k^T / sqrt(C)) v) Wo^T + bo
+static int attn_forward(ldm_vae *v, ldm_tensor *x, const ldm_vae_attn *a) {
     const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
-    ldm_tensor h = {0}, t = {0}, q = {0}, k = {0}, v = {0}, o = {0};
-    memset(out, 0, sizeof *out);
-    if (gnorm(&h, x, &a->norm_w, &a->norm_b, c)) goto fail;
-    // [B,C,S] -> tokens [B,S,C]
+    ldm_tensor t, h, q, k, val;
+    size_t m = ldm_arena_mark(&v->arena);
+    // GN(x) [B,C,S] -> tokens t [B,S,C]
+    if (ACT(v, &t, B, S, C)) return LDM_ERR;
+    size_t mh = ldm_arena_mark(&v->arena);
+    if (ldm_arena_tensor(&v->arena, &h, x->shape, x->ndim)) return LDM_ERR;
+    ldm_group_norm(&h, x, &a->norm_w, &a->norm_b, v->cfg.norm_num_groups, v->cfg.norm_eps);
     ldm_tensor h3 = ldm_tensor_view(&h, LDM_SHAPE(B, C, S));
-    t = ldm_tensor_new(ops, LDM_SHAPE(B, S, C));
-    if (!t.data) goto fail;
     ldm_transpose(&t, &h3);
-    ldm_tensor_free(&h);
+    ldm_arena_release(&v->arena, mh);
+    if (ACT(v, &q, B, S, C) || ACT(v, &k, B, S, C) || ACT(v, &val, B, S, C)) return LDM_ERR;
     ldm_tensor t2 = ldm_tensor_view(&t, LDM_SHAPE(B * S, C));
-    q = ldm_tensor_new(ops, LDM_SHAPE(B, S, C));
-    k = ldm_tensor_new(ops, LDM_SHAPE(B, S, C));
-    v = ldm_tensor_new(ops, LDM_SHAPE(B, S, C));
-    if (!q.data || !k.data || !v.data) goto fail;
     ldm_tensor q2 = ldm_tensor_view(&q, LDM_SHAPE(B * S, C));
     ldm_tensor k2 = ldm_tensor_view(&k, LDM_SHAPE(B * S, C));
-    ldm_tensor v2 = ldm_tensor_view(&v, LDM_SHAPE(B * S, C));
+    ldm_tensor v2 = ldm_tensor_view(&val, LDM_SHAPE(B * S, C));
     ldm_linear(&q2, &t2, &a->q_w, &a->q_b);
     ldm_linear(&k2, &t2, &a->k_w, &a->k_b);
     ldm_linear(&v2, &t2, &a->v_w, &a->v_b);
-    // attention output reuses t's memory: t is no longer needed
-    ldm_attention(&t, &q, &k, &v, 1, 1.0f / sqrtf((float)C), 0);
-    ldm_tensor_free(&q);
-    ldm_tensor_free(&k);
-    // to_out.0 into v's memory, then back to [B,C,S]
+    // attention output into t's memory (t is no longer needed), to_out.0 into
+    // v's, then back to [B,C,S] into q's
+    ldm_attention(&t, &q, &k, &val, 1, 1.0f / sqrtf((float)C), 0);
     ldm_linear(&v2, &t2, &a->o_w, &a->o_b);
-    ldm_tensor_free(&t);
-    o = ldm_tensor_new(ops, x->shape, x->ndim);
-    if (!o.data) goto fail;
-    ldm_tensor o3 = ldm_tensor_view(&o, LDM_SHAPE(B, C, S));
-    ldm_transpose(&o3, &v);
-    ldm_tensor_free(&v);
-    ldm_add(&o, &o, x);   // residual_connection
-    *out = o;
+    ldm_tensor o3 = ldm_tensor_view(&q, LDM_SHAPE(B, C, S));
+    ldm_transpose(&o3, &val);
+    ldm_tensor o = ldm_tensor_view(&q, x->shape, x->ndim);
+    ldm_add(x, x, &o);   // residual_connection
+    ldm_arena_release(&v->arena, m);
     return LDM_OK;
-fail:
-    ldm_tensor_free(&h);
-    ldm_tensor_free(&t);
-    ldm_tensor_free(&q);
-    ldm_tensor_free(&k);
-    ldm_tensor_free(&v);
-    ldm_tensor_free(&o);
-    return LDM_ERR;
 }
 
-// UNetMidBlock2D: resnets.0 -> attentions.0 -> resnets.1, in place on *x.
-static int mid_forward(ldm_tensor *x, const ldm_vae_mid *m, const ldm_vae_config *c,
-                       const char *name) {
-    ldm_tensor y = {0};
-    if (resnet_forward(&y, x, &m->res0, c)) return LDM_ERR;
-    replace(x, &y);
+// UNetMidBlock2D: resnets.0 -> attentions.0 -> resnets.1, in place on *x (all at C channels).
+static int mid_forward(ldm_vae *v, ldm_tensor *x, const ldm_vae_mid *m, const char *name) {
+    if (resnet_forward(v, x, x, &m->res0)) return LDM_ERR;
     ldm_dump(x, "%s.resnets.0", name);
     if (m->has_attn) {
-        if (attn_forward(&y, x, &m->attn, c)) return LDM_ERR;
-        replace(x, &y);
+        if (attn_forward(v, x, &m->attn)) return LDM_ERR;
         ldm_dump(x, "%s.attentions.0", name);
     }
-    if (resnet_forward(&y, x, &m->res1, c)) return LDM_ERR;
-    replace(x, &y);
+    if (resnet_forward(v, x, x, &m->res1)) return LDM_ERR;
     ldm_dump(x, "%s.resnets.1", name);
     ldm_dump(x, "%s", name);
     return LDM_OK;
 }
 
-// conv_norm_out -> swish -> conv_out, in place on *x.
-static int out_forward(ldm_tensor *x, const ldm_tensor *nw, const ldm_tensor *nb,
-                       const ldm_tensor *cw, const ldm_tensor *cb, const ldm_vae_config *c) {
-    ldm_tensor y = {0};
-    if (gnorm(&y, x, nw, nb, c)) return LDM_ERR;
-    replace(x, &y);
-    ldm_silu(x, x);
-    if (conv3(&y, x, cw, cb)) return LDM_ERR;
-    replace(x, &y);
+// conv_norm_out -> swish -> conv_out: x [B,C,H,W] -> out [B,Cout,H,W] (out allocated by the caller).
+static int out_forward(ldm_vae *v, ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *nw,
+                       const ldm_tensor *nb, const ldm_tensor *cw, const ldm_tensor *cb) {
+    ldm_tensor g;
+    size_t m = ldm_arena_mark(&v->arena);
+    if (gnorm_swish(v, &g, x, nw, nb)) return LDM_ERR;
+    ldm_conv2d(out, &g, cw, cb, 1, 1, 1, 1, 1);
+    ldm_arena_release(&v->arena, m);
     return LDM_OK;
 }
 
@@ -427,11 +409,9 @@ static int out_forward(ldm_tensor *x, const ldm_tensor *nw, const ldm_tensor *nb
 //   stride 2 (CompVis Downsample with_conv: asymmetric pad); mid block;
 //   GN -> swish -> conv_out; quant_conv (1x1).
 
-int ldm_vae_encoder_forward(ldm_tensor *moments, const ldm_vae *vae, const ldm_tensor *x) {
+// Checks x against the config. 0 / LDM_ERR.
+static int check_image(const ldm_vae *vae, const ldm_tensor *x) {
     const ldm_vae_config *c = &vae->cfg;
-    const ldm_vae_encoder *e = &vae->enc;
-    ldm_tensor h = {0}, y = {0};
-    memset(moments, 0, sizeof *moments);
     if (!(vae->parts & LDM_VAE_ENCODER))
         return ldm_error("vae: the encoder was not loaded (ldm_vae_load parts)");
     if (x->ndim != 4 || x->shape[1] != c->in_channels)
@@ -442,38 +422,64 @@ int ldm_vae_encoder_forward(ldm_tensor *moments, const ldm_vae *vae, const ldm_t
         return ldm_error("vae encode: image %lldx%lld must be a (non-zero) multiple of %lld "
                          "in both sides", (long long)x->shape[3], (long long)x->shape[2],
                          (long long)f);
-    if (conv3(&h, x, &e->conv_in_w, &e->conv_in_b)) goto fail;
+    return LDM_OK;
+}
+
+// The encoder into moments [B,2Z,H/f,W/f] (allocated by the caller), on the
+// arena as it is (no reset: a tile runs after its input).
+static int encoder(ldm_vae *v, ldm_tensor *moments, const ldm_tensor *x) {
+    const ldm_vae_config *c = &v->cfg;
+    const ldm_vae_encoder *e = &v->enc;
+    ldm_tensor h, y;
+    size_t h_at = ldm_arena_mark(&v->arena);   // the running activation h lives from here
+    if (conv3(v, &h, x, &e->conv_in_w, &e->conv_in_b)) return LDM_ERR;
     ldm_dump(&h, "vae.encoder.conv_in");
     for (int i = 0; i < c->n_levels; i++) {
         const ldm_vae_level *lv = &e->down[i];
         for (int j = 0; j < lv->n_resnets; j++) {
-            if (resnet_forward(&y, &h, &lv->resnets[j], c)) goto fail;
-            replace(&h, &y);
+            if (resnet_forward(v, &y, &h, &lv->resnets[j])) return LDM_ERR;
+            replace(v, &h, h_at, &y);
             ldm_dump(&h, "vae.encoder.down_blocks.%d.resnets.%d", i, j);
         }
         if (lv->has_sample) {
             // Downsample2D(padding=0): F.pad(x, (0,1,0,1)) then 3x3 stride 2, no pad
-            if (conv(&y, &h, &lv->sample_w, &lv->sample_b, 2, 0, 1, 0, 1)) goto fail;
-            replace(&h, &y);
+            if (conv(v, &y, &h, &lv->sample_w, &lv->sample_b, 2, 0, 1, 0, 1)) return LDM_ERR;
+            replace(v, &h, h_at, &y);
             ldm_dump(&h, "vae.encoder.down_blocks.%d.downsamplers.0", i);
         }
         ldm_dump(&h, "vae.encoder.down_blocks.%d", i);
     }
-    if (mid_forward(&h, &e->mid, c, "vae.encoder.mid_block")) goto fail;
-    if (out_forward(&h, &e->norm_out_w, &e->norm_out_b, &e->conv_out_w, &e->conv_out_b, c))
-        goto fail;
-    ldm_dump(&h, "vae.encoder");
+    if (mid_forward(v, &h, &e->mid, "vae.encoder.mid_block")) return LDM_ERR;
+    // conv_norm_out -> swish -> conv_out, then quant_conv (1x1) into moments
+    ldm_tensor *eo = moments;
     if (c->use_quant_conv) {
-        if (conv1(&y, &h, &vae->quant_w, &vae->quant_b)) goto fail;
-        replace(&h, &y);
-        ldm_dump(&h, "vae.quant_conv");
+        if (ACT(v, &y, h.shape[0], 2 * c->latent_channels, h.shape[2], h.shape[3])) return LDM_ERR;
+        eo = &y;
     }
-    *moments = h;
+    if (out_forward(v, eo, &h, &e->norm_out_w, &e->norm_out_b, &e->conv_out_w, &e->conv_out_b))
+        return LDM_ERR;
+    ldm_dump(eo, "vae.encoder");
+    if (c->use_quant_conv) {
+        ldm_conv2d(moments, &y, &v->quant_w, &v->quant_b, 1, 0, 0, 0, 0);
+        ldm_dump(moments, "vae.quant_conv");
+    }
+    ldm_arena_release(&v->arena, h_at);
     return LDM_OK;
-fail:
-    ldm_tensor_free(&h);
-    ldm_tensor_free(&y);
-    return LDM_ERR;
+}
+
+int ldm_vae_encoder_forward(ldm_tensor *moments, ldm_vae *vae, const ldm_tensor *x) {
+    memset(moments, 0, sizeof *moments);
+    if (check_image(vae, x)) return LDM_ERR;
+    const int64_t f = (int64_t)1 << (vae->cfg.n_levels - 1);
+    ldm_arena_reset(&vae->arena);
+    *moments = ldm_tensor_new(vae->ops, LDM_SHAPE(x->shape[0], 2 * vae->cfg.latent_channels,
+                                                  x->shape[2] / f, x->shape[3] / f));
+    if (!moments->data) return LDM_ERR;
+    if (encoder(vae, moments, x)) {
+        ldm_tensor_free(moments);
+        return LDM_ERR;
+    }
+    return LDM_OK;
 }
 
 // ---------------------------------------------------------------------------
@@ -482,55 +488,69 @@ fail:
 //   layers_per_block+1 resnets, then (not last) nearest x2 + conv3x3;
 //   GN -> swish -> conv_out.
 
-int ldm_vae_decoder_forward(ldm_tensor *x, const ldm_vae *vae, const ldm_tensor *z) {
+static int check_latent(const ldm_vae *vae, const ldm_tensor *z) {
     const ldm_vae_config *c = &vae->cfg;
-    const ldm_vae_decoder *d = &vae->dec;
-    ldm_tensor h = {0}, y = {0};
-    memset(x, 0, sizeof *x);
     if (!(vae->parts & LDM_VAE_DECODER))
         return ldm_error("vae: the decoder was not loaded (ldm_vae_load parts)");
     if (z->ndim != 4 || z->shape[1] != c->latent_channels || z->shape[2] < 1 || z->shape[3] < 1)
         return ldm_error("vae decode: latent must be [B,%d,h,w], found ndim %d, %lld channels",
                          c->latent_channels, z->ndim,
                          (long long)(z->ndim > 1 ? z->shape[1] : 0));
-    const ldm_tensor *in = z;
+    return LDM_OK;
+}
+
+// The decoder into x [B,Cout,f*h,f*w] (allocated by the caller), on the arena as it is.
+static int decoder(ldm_vae *v, ldm_tensor *x, const ldm_tensor *z) {
+    const ldm_vae_config *c = &v->cfg;
+    const ldm_vae_decoder *d = &v->dec;
+    ldm_tensor h, y, up;
+    size_t h_at = ldm_arena_mark(&v->arena);   // the running activation h lives from here
+    h = *z;
     if (c->use_post_quant_conv) {
-        if (conv1(&h, z, &vae->post_quant_w, &vae->post_quant_b)) goto fail;
+        if (conv1(v, &h, z, &v->post_quant_w, &v->post_quant_b)) return LDM_ERR;
         ldm_dump(&h, "vae.post_quant_conv");
-        in = &h;
     }
-    if (conv3(&y, in, &d->conv_in_w, &d->conv_in_b)) goto fail;
-    replace(&h, &y);
+    if (conv3(v, &y, &h, &d->conv_in_w, &d->conv_in_b)) return LDM_ERR;
+    replace(v, &h, h_at, &y);
     ldm_dump(&h, "vae.decoder.conv_in");
-    if (mid_forward(&h, &d->mid, c, "vae.decoder.mid_block")) goto fail;
+    if (mid_forward(v, &h, &d->mid, "vae.decoder.mid_block")) return LDM_ERR;
     for (int i = 0; i < c->n_levels; i++) {
         const ldm_vae_level *lv = &d->up[i];
         for (int j = 0; j < lv->n_resnets; j++) {
-            if (resnet_forward(&y, &h, &lv->resnets[j], c)) goto fail;
-            replace(&h, &y);
+            if (resnet_forward(v, &y, &h, &lv->resnets[j])) return LDM_ERR;
+            replace(v, &h, h_at, &y);
             ldm_dump(&h, "vae.decoder.up_blocks.%d.resnets.%d", i, j);
         }
         if (lv->has_sample) {
             // Upsample2D: F.interpolate(scale 2, nearest) then conv3x3 pad 1
-            if (new4(&y, h.ops, h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3]))
-                goto fail;
-            ldm_upsample2x(&y, &h);
-            replace(&h, &y);
-            if (conv3(&y, &h, &lv->sample_w, &lv->sample_b)) goto fail;
-            replace(&h, &y);
+            if (ACT(v, &up, h.shape[0], h.shape[1], 2 * h.shape[2], 2 * h.shape[3])) return LDM_ERR;
+            ldm_upsample2x(&up, &h);
+            if (conv3(v, &y, &up, &lv->sample_w, &lv->sample_b)) return LDM_ERR;
+            replace(v, &h, h_at, &y);
             ldm_dump(&h, "vae.decoder.up_blocks.%d.upsamplers.0", i);
         }
         ldm_dump(&h, "vae.decoder.up_blocks.%d", i);
     }
-    if (out_forward(&h, &d->norm_out_w, &d->norm_out_b, &d->conv_out_w, &d->conv_out_b, c))
-        goto fail;
-    ldm_dump(&h, "vae.decoder");
-    *x = h;
+    if (out_forward(v, x, &h, &d->norm_out_w, &d->norm_out_b, &d->conv_out_w, &d->conv_out_b))
+        return LDM_ERR;
+    ldm_dump(x, "vae.decoder");
+    ldm_arena_release(&v->arena, h_at);
     return LDM_OK;
-fail:
-    ldm_tensor_free(&h);
-    ldm_tensor_free(&y);
-    return LDM_ERR;
+}
+
+int ldm_vae_decoder_forward(ldm_tensor *x, ldm_vae *vae, const ldm_tensor *z) {
+    memset(x, 0, sizeof *x);
+    if (check_latent(vae, z)) return LDM_ERR;
+    const int64_t f = (int64_t)1 << (vae->cfg.n_levels - 1);
+    ldm_arena_reset(&vae->arena);
+    *x = ldm_tensor_new(vae->ops, LDM_SHAPE(z->shape[0], vae->cfg.out_channels,
+                                            f * z->shape[2], f * z->shape[3]));
+    if (!x->data) return LDM_ERR;
+    if (decoder(vae, x, z)) {
+        ldm_tensor_free(x);
+        return LDM_ERR;
+    }
+    return LDM_OK;
 }
 
 // ---------------------------------------------------------------------------
@@ -662,11 +682,13 @@ static float tile_weight(const tile_axis *a, int k, int64_t p, int64_t f) {
 // Runs fn on overlapping tiles of in_host [B,Cin,Hi,Wi] (input units: scale
 // fin per latent pixel) and blends outputs [B,Cout,Ho,Wo] (scale fout) into
 // out_host. Tile plan in latent units.
-typedef int (*tile_fn)(ldm_tensor *out, const ldm_vae *vae, const ldm_tensor *in);
+// fn writes a tile's output into `out` (made by run_tiled); tiles come and go
+// in the VAE's arena, so after the first tile no memory is allocated.
+typedef int (*tile_fn)(ldm_vae *vae, ldm_tensor *out, const ldm_tensor *in);
 
 static int run_tiled(float *out_host, int64_t Cout, int64_t fout, const float *in_host,
                      int64_t B, int64_t Cin, int64_t fin, int64_t h, int64_t w, int64_t T,
-                     int64_t O, tile_fn fn, const ldm_vae *vae, int verbose) {
+                     int64_t O, tile_fn fn, ldm_vae *vae, int verbose) {
     tile_axis ay, ax;
     if (tile_plan(&ay, h, T, O) || tile_plan(&ax, w, T, O)) return LDM_ERR;
     const int64_t Hi = h * fin, Wi = w * fin, Ho = h * fout, Wo = w * fout;
@@ -692,17 +714,14 @@ static int run_tiled(float *out_host, int64_t Cout, int64_t fout, const float *i
                 for (int64_t y = 0; y < tH; y++)
                     memcpy(tin + (bc * tH + y) * tW, in_host + (bc * Hi + y0 + y) * Wi + x0,
                            (size_t)tW * sizeof(float));
-            ldm_tensor t = ldm_tensor_new(vae->ops, LDM_SHAPE(B, Cin, tH, tW));
-            if (!t.data) { rc = LDM_ERR; break; }
-            ldm_tensor_from_host(&t, tin);
-            ldm_tensor o;
-            rc = fn(&o, vae, &t);
-            ldm_tensor_free(&t);
-            if (rc) break;
             const int64_t oH = th * fout, oW = tw * fout;
-            LDM_ASSERT(o.shape[1] == Cout && o.shape[2] == oH && o.shape[3] == oW, "tile out", &o);
+            size_t m = ldm_arena_mark(&vae->arena);
+            ldm_tensor t, o;   // the tile in [B,Cin,tH,tW] and out [B,Cout,oH,oW]
+            if (ACT(vae, &t, B, Cin, tH, tW) || ACT(vae, &o, B, Cout, oH, oW)) { rc = LDM_ERR; break; }
+            ldm_tensor_from_host(&t, tin);
+            if ((rc = fn(vae, &o, &t))) break;
             ldm_tensor_to_host(tout, &o);
-            ldm_tensor_free(&o);
+            ldm_arena_release(&vae->arena, m);
             // blend it in
             const int64_t oy0 = ay.start[ky] * fout, ox0 = ax.start[kx] * fout;
             for (int64_t y = 0; y < oH; y++) {
@@ -755,24 +774,25 @@ static int want_tiles(const ldm_vae_options *o, int64_t est, int64_t T, int64_t 
 // ---------------------------------------------------------------------------
 // high level
 
-static int decode_scaled(ldm_tensor *x, const ldm_vae *vae, const ldm_tensor *latent) {
-    // z = latent / scaling_factor (LDM section 4.3.2: latents are rescaled to
-    // unit variance for the diffusion model; undo it before decoding)
-    ldm_tensor z = ldm_tensor_new(latent->ops, latent->shape, latent->ndim);
-    if (!z.data) return LDM_ERR;
+// z = latent / scaling_factor (LDM section 4.3.2: latents are rescaled to
+// unit variance for the diffusion model; undo it before decoding), then the
+// decoder: latent [B,Z,h,w] -> image [B,Cout,f*h,f*w] (made by the caller).
+static int decode_scaled(ldm_vae *vae, ldm_tensor *image, const ldm_tensor *latent) {
+    ldm_tensor z;
+    size_t m = ldm_arena_mark(&vae->arena);
+    if (ldm_arena_tensor(&vae->arena, &z, latent->shape, latent->ndim)) return LDM_ERR;
     ldm_scale(&z, latent, 1.0f / vae->cfg.scaling_factor);
-    int rc = ldm_vae_decoder_forward(x, vae, &z);
-    ldm_tensor_free(&z);
-    return rc;
+    if (decoder(vae, image, &z)) return LDM_ERR;
+    ldm_arena_release(&vae->arena, m);
+    return LDM_OK;
 }
 
-int ldm_vae_decode(ldm_tensor *image, const ldm_vae *vae, const ldm_tensor *latent,
+int ldm_vae_decode(ldm_tensor *image, ldm_vae *vae, const ldm_tensor *latent,
                    const ldm_vae_options *opt) {
     const ldm_vae_config *c = &vae->cfg;
     memset(image, 0, sizeof *image);
-    if (latent->ndim != 4 || latent->shape[1] != c->latent_channels)
-        return ldm_error("vae decode: latent must be [B,%d,h,w], found ndim %d",
-                         c->latent_channels, latent->ndim);
+    if (check_latent(vae, latent)) return LDM_ERR;
+    ldm_arena_reset(&vae->arena);
     const int64_t B = latent->shape[0], h = latent->shape[2], w = latent->shape[3];
     const int64_t f = (int64_t)1 << (c->n_levels - 1);
     int64_t T = pick_tile(opt, c, B, 0);
@@ -782,7 +802,13 @@ int ldm_vae_decode(ldm_tensor *image, const ldm_vae *vae, const ldm_tensor *late
         if (opt && opt->verbose)
             fprintf(stderr, "vae: untiled decode, estimated %.0f MiB of activations\n",
                     est / 1048576.0);
-        return decode_scaled(image, vae, latent);
+        *image = ldm_tensor_new(vae->ops, LDM_SHAPE(B, c->out_channels, h * f, w * f));
+        if (!image->data) return LDM_ERR;
+        if (decode_scaled(vae, image, latent)) {
+            ldm_tensor_free(image);
+            return LDM_ERR;
+        }
+        return LDM_OK;
     }
     if (opt && opt->verbose)
         fprintf(stderr, "vae: estimated %.0f MiB untiled (budget %.0f MiB)\n", est / 1048576.0,
@@ -806,18 +832,14 @@ int ldm_vae_decode(ldm_tensor *image, const ldm_vae *vae, const ldm_tensor *late
     return rc;
 }
 
-int ldm_vae_encode(ldm_tensor *latent, const ldm_vae *vae, const ldm_tensor *x,
+int ldm_vae_encode(ldm_tensor *latent, ldm_vae *vae, const ldm_tensor *x,
                    const ldm_tensor *noise, const ldm_vae_options *opt) {
     const ldm_vae_config *c = &vae->cfg;
     memset(latent, 0, sizeof *latent);
-    if (x->ndim != 4 || x->shape[1] != c->in_channels)
-        return ldm_error("vae encode: image must be [B,%d,H,W], found ndim %d", c->in_channels,
-                         x->ndim);
+    if (check_image(vae, x)) return LDM_ERR;
+    ldm_arena_reset(&vae->arena);
     const int64_t f = (int64_t)1 << (c->n_levels - 1);
     const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], Z = c->latent_channels;
-    if (H % f || W % f || H < f || W < f)
-        return ldm_error("vae encode: image %lldx%lld must be a (non-zero) multiple of %lld "
-                         "in both sides", (long long)W, (long long)H, (long long)f);
     const int64_t h = H / f, w = W / f, S = h * w;
     if (noise && (noise->ndim != 4 || noise->shape[0] != B || noise->shape[1] != Z ||
                   noise->shape[2] != h || noise->shape[3] != w))
@@ -838,10 +860,9 @@ int ldm_vae_encode(ldm_tensor *latent, const ldm_vae *vae, const ldm_tensor *x,
         if (opt && opt->verbose)
             fprintf(stderr, "vae: untiled encode, estimated %.0f MiB of activations\n",
                     est / 1048576.0);
-        ldm_tensor m;
-        if ((rc = ldm_vae_encoder_forward(&m, vae, x))) goto done;
+        ldm_tensor m;   // moments [B,2Z,h,w]
+        if ((rc = ACT(vae, &m, B, 2 * Z, h, w)) || (rc = encoder(vae, &m, x))) goto done;
         ldm_tensor_to_host(mom, &m);
-        ldm_tensor_free(&m);
     } else {
         float *xin = malloc((size_t)x->numel * sizeof(float));
         if (!xin) {
@@ -850,7 +871,7 @@ int ldm_vae_encode(ldm_tensor *latent, const ldm_vae *vae, const ldm_tensor *x,
         }
         ldm_tensor_to_host(xin, x);
         rc = run_tiled(mom, 2 * Z, 1, xin, B, c->in_channels, f, h, w, T, O,
-                       ldm_vae_encoder_forward, vae, opt && opt->verbose);
+                       encoder, vae, opt && opt->verbose);
         free(xin);
         if (rc) goto done;
     }

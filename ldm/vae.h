@@ -31,6 +31,7 @@
 
 #include <stdint.h>
 #include "ldm/model.h"
+#include "ldm/core/arena.h"
 #include "ldm/core/tensor.h"
 #include "ldm/io/tensorfile.h"
 #include "ldm/io/weights.h"
@@ -104,6 +105,8 @@ typedef struct ldm_vae {
     ldm_tensor quant_w, quant_b;           // quant_conv [2Z,2Z,1,1], [2Z] (if use_quant_conv)
     ldm_tensor post_quant_w, post_quant_b; // post_quant_conv [Z,Z,1,1], [Z] (if use_post_quant_conv)
     int64_t n_params;
+    ldm_arena arena;                       // activations; arena.peak = bytes at the peak of the
+                                           // last encode/decode (ldm/core/arena.h)
 } ldm_vae;
 
 // Checks a config for what this implementation supports (levels, groups
@@ -133,19 +136,19 @@ typedef struct ldm_vae_options {
 
 // Raw encoder + quant_conv: x [B,Cin,H,W] -> moments [B,2Z,H/f,W/f] (f = 2^(L-1)).
 // H and W must be multiples of f. `moments` is a new tensor. 0 / LDM_ERR.
-int ldm_vae_encoder_forward(ldm_tensor *moments, const ldm_vae *vae, const ldm_tensor *x);
+int ldm_vae_encoder_forward(ldm_tensor *moments, ldm_vae *vae, const ldm_tensor *x);
 // Raw post_quant_conv + decoder: z [B,Z,h,w] (unscaled) -> x [B,Cout,f*h,f*w].
-int ldm_vae_decoder_forward(ldm_tensor *x, const ldm_vae *vae, const ldm_tensor *z);
+int ldm_vae_decoder_forward(ldm_tensor *x, ldm_vae *vae, const ldm_tensor *z);
 
 // Encode pixels x [B,3,H,W] in [-1,1] -> latent [B,Z,H/f,W/f] already multiplied
 // by scaling_factor. noise == NULL: the posterior mean; else noise [B,Z,h,w]
 // (standard normal, from the caller's RNG) gives mean + exp(logvar/2) * noise.
 // Tiled as `opt` says. 0 / LDM_ERR.
-int ldm_vae_encode(ldm_tensor *latent, const ldm_vae *vae, const ldm_tensor *x,
+int ldm_vae_encode(ldm_tensor *latent, ldm_vae *vae, const ldm_tensor *x,
                    const ldm_tensor *noise, const ldm_vae_options *opt);
 // Decode a (scaled) latent [B,Z,h,w] -> image [B,3,f*h,f*w] in about [-1,1]:
 // divides by scaling_factor first. Tiled as `opt` says. 0 / LDM_ERR.
-int ldm_vae_decode(ldm_tensor *image, const ldm_vae *vae, const ldm_tensor *latent,
+int ldm_vae_decode(ldm_tensor *image, ldm_vae *vae, const ldm_tensor *latent,
                    const ldm_vae_options *opt);
 
 // Diagonal Gaussian posterior (LDM eq. 25 / diffusers DiagonalGaussianDistribution)

@@ -115,6 +115,13 @@ class ModelStruct(C.Structure):  # ldm_model
                 ("global_step", C.c_int64), ("tokenizer_dir", C.c_char_p)]
 
 
+class Arena(C.Structure):  # ldm/core/arena.h ldm_arena (blocks: opaque to the notebooks)
+    _fields_ = [("name", C.c_char_p), ("ops", C.c_void_p), ("raw", C.c_void_p),
+                ("base", C.c_void_p), ("size", C.c_size_t), ("blocks", C.c_void_p),
+                ("n_blocks", C.c_int), ("cap_blocks", C.c_int), ("used", C.c_size_t),
+                ("peak", C.c_size_t), ("peak_ever", C.c_size_t), ("n_allocs", C.c_int64)]
+
+
 class UnetResblock(C.Structure):  # ldm/unet.h ldm_unet_resblock
     _fields_ = [("cin", C.c_int), ("cout", C.c_int)] + [
         (n, Tensor) for n in ("norm1_w", "norm1_b", "conv1_w", "conv1_b", "temb_w", "temb_b",
@@ -158,7 +165,7 @@ class UnetStruct(C.Structure):  # ldm_unet
     _fields_ = [("cfg", UnetConfig), ("ops", C.c_void_p), ("temb", C.c_int),
                 ("time_w1", Tensor), ("time_b1", Tensor), ("time_w2", Tensor), ("time_b2", Tensor),
                 ("blocks", C.POINTER(UnetBlock)), ("n_blocks", C.c_int), ("n_params", C.c_int64),
-                ("flops", C.c_double), ("live_bytes", C.c_int64), ("peak_bytes", C.c_int64),
+                ("arena", Arena), ("flops", C.c_double),
                 ("hook", HOOK_FN), ("hook_ctx", C.c_void_p)]
 
 
@@ -171,7 +178,7 @@ class ClipLayer(C.Structure):  # ldm/clip.h ldm_clip_layer
 class ClipStruct(C.Structure):  # ldm_clip
     _fields_ = [("cfg", ClipConfig), ("n_layers", C.c_int), ("tok_emb", Tensor),
                 ("pos_emb", Tensor), ("layers", C.POINTER(ClipLayer)), ("lnf_w", Tensor),
-                ("lnf_b", Tensor), ("ops", C.c_void_p)]
+                ("lnf_b", Tensor), ("ops", C.c_void_p), ("arena", Arena)]
 
 
 class VaeFile(C.Structure):  # ldm/model.h ldm_vae_file
@@ -249,6 +256,7 @@ MIRRORS = {
     "ldm_tensor": Tensor, "ldm_tensor_entry": TensorEntry, "ldm_tensor_file": TensorFile,
     "ldm_weights": Weights, "ldm_unet_config": UnetConfig, "ldm_vae_config": VaeConfig,
     "ldm_clip_config": ClipConfig, "ldm_model_options": ModelOptions, "ldm_model": ModelStruct,
+    "ldm_arena": Arena,
     "ldm_unet_resblock": UnetResblock, "ldm_unet_attn": UnetAttn, "ldm_unet_tblock": UnetTBlock,
     "ldm_unet_transformer": UnetTransformer, "ldm_unet_block": UnetBlock, "ldm_unet": UnetStruct,
     "ldm_schedule": Schedule_, "ldm_rng": Rng, "ldm_denoiser": Denoiser,
@@ -1029,7 +1037,7 @@ def test_image(side=64):
 
 
 # Headers that declare the mirrored structs (for layout_c_source).
-_HEADERS = ["ldm/core/tensor.h", "ldm/io/tensorfile.h", "ldm/io/weights.h", "ldm/model.h", "ldm/unet.h",
+_HEADERS = ["ldm/core/tensor.h", "ldm/core/arena.h", "ldm/io/tensorfile.h", "ldm/io/weights.h", "ldm/model.h", "ldm/unet.h",
             "ldm/clip.h", "ldm/vae.h", "samplers/schedule.h", "samplers/rng.h",
             "samplers/sampler.h", "tokenizer/bpe.h", "ldm/pipeline.h"]
 _OPAQUE = ["ldm_vae", "ldm_pipeline"]

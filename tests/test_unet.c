@@ -189,7 +189,7 @@ static void run_case(ldm_unet *u, const char *cfgname, const char *dir, const ch
     ldm_tensor_to_host(exp, &ref);
     // 1e-3: the project's budget for a whole fp32 model vs fp32 PyTorch.
     int ok = test_close(name, got, exp, out.numel, 1e-3, 0);
-    printf("    %.3f GFLOP, activation peak %.2f MB\n", u->flops / 1e9, u->peak_bytes / 1e6);
+    printf("    %.3f GFLOP, activation peak %.2f MB\n", u->flops / 1e9, u->arena.peak / 1e6);
     if (!ok && L) print_blocks(L);
     free(got);
     free(exp);

@@ -226,7 +226,7 @@ int cmd_unet(int argc, char **argv) {
         printf("unet [%s] batch %lld latent %lldx%lld: %.2f s, %.1f GFLOP, %.1f GFLOPS, "
                "activations peak %.0f MB, weights %.0f MB, process peak RSS %.0f MB\n",
                ops->name, (long long)B, (long long)x.shape[2], (long long)x.shape[3], secs,
-               u.flops / 1e9, u.flops / secs / 1e9, u.peak_bytes / 1e6,
+               u.flops / 1e9, u.flops / secs / 1e9, u.arena.peak / 1e6,
                u.n_params * 4.0 / 1e6, ru.ru_maxrss / 1024.0);
     }
     rc = 0;

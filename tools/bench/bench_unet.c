@@ -77,7 +77,7 @@ static double eval_once(ldm_unet *u, int B, int h, int w, double sgemm) {
         printf("unet SD1 %4dx%-4d (latent %dx%d) batch %d: %7.2f s/eval  %7.1f GFLOP  "
                "%6.1f GFLOPS (%3.0f%% of sgemm)  activations peak %5.0f MB  peak RSS %6.0f MB\n",
                8 * h, 8 * w, h, w, B, secs, u->flops / 1e9, u->flops / secs / 1e9,
-               sgemm > 0 ? 100 * u->flops / secs / 1e9 / sgemm : 0, u->peak_bytes / 1e6,
+               sgemm > 0 ? 100 * u->flops / secs / 1e9 / sgemm : 0, u->arena.peak / 1e6,
                peak_rss_mb());
     fflush(stdout);
     ldm_tensor_free(&x); ldm_tensor_free(&ctx); ldm_tensor_free(&out);

@@ -9,8 +9,10 @@
 //   out = conv3x3(a2) + skip                 conv(u, out, &a2, &r->conv2_w, &r->conv2_b, 1, 1)
 //   skip = x, or conv1x1(x) when r->short_w.data != NULL   (conv(..., 1, 0): pad 0)
 // G = u->cfg.norm_num_groups, eps = u->cfg.norm_eps. `out` is allocated by the
-// caller. Allocate scratch with ACT(u, &t, dims...) (returns non-zero when out
-// of memory) and release it with act_free(u, &t); return 0, or LDM_ERR.
+// caller. Scratch comes from the UNet's arena: take `size_t m =
+// ldm_arena_mark(&u->arena);`, make each temporary with ACT(u, &t, dims...)
+// (non-zero when out of memory: return LDM_ERR), and give them all back with
+// ldm_arena_release(&u->arena, m) before returning 0.
 // conv() and linear() are this file's FLOP-counting wrappers of ldm_conv2d and
 // ldm_linear. Shapes: a [B,Cin,H,W], h [B,Cout,H,W], tp [B,Cout].
 static int resblock_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *x,
