@@ -26,6 +26,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ldm/backend/cpu_kernels.h"
 #include "ldm/backend/ops.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
@@ -82,9 +83,9 @@ static void cpu_linear(float *out, const float *x, const float *w, const float *
 // value under kernel tap (ky, kx) of channel ci, or 0 in the padding.
 static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int64_t W,
                         int64_t KH, int64_t KW, int64_t s, int64_t pad_t, int64_t pad_l,
-                        int64_t Wo, int64_t oy0, int64_t ny) {
+                        int64_t Wo, int64_t oy0, int64_t ny, int nthreads) {
     int64_t R = Cin * KH * KW, n = ny * Wo;
-#pragma omp parallel for if (R * n > PAR_MIN)
+#pragma omp parallel for num_threads(nthreads) if (R * n > PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         int64_t ci = r / (KH * KW), ky = (r / KW) % KH, kx = r % KW;
         const float *xc = x + ci * H * W;
@@ -112,10 +113,11 @@ static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int
 
 // out[B,Cout,Ho,Wo] = conv(x[B,Cin,H,W], w[Cout,Cin,KH,KW]) + b[Cout], as GEMM:
 // per image, out_b[Cout, Ho*Wo] = w[Cout, Cin*KH*KW] @ cols[Cin*KH*KW, Ho*Wo].
-static void cpu_conv2d(float *out, const float *x, const float *w, const float *bias,
+// The readable path and the fallback for every shape Winograd does not take.
+void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *bias,
                        int64_t B, int64_t Cin, int64_t H, int64_t W,
                        int64_t Cout, int64_t KH, int64_t KW, int64_t s,
-                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r, int nthreads) {
     int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
     int64_t P = Ho * Wo, R = Cin * KH * KW;
     int direct = KH == 1 && KW == 1 && s == 1 && pad_t == 0 && pad_b == 0 && pad_l == 0 &&
@@ -140,7 +142,7 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
             for (int64_t oy0 = 0; oy0 < Ho; oy0 += rows_per_chunk) {
                 int64_t ny = Ho - oy0 < rows_per_chunk ? Ho - oy0 : rows_per_chunk;
                 int64_t n = ny * Wo;
-                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny);
+                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
                 // out_b[:, oy0*Wo : oy0*Wo+n] (row stride P) = w @ cols
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cout, (int)n, (int)R,
                             1.0f, w, (int)R, cols, (int)n, 0.0f, ob + oy0 * Wo, (int)P);
@@ -149,7 +151,7 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
     }
     free(cols);
     if (bias) {
-#pragma omp parallel for collapse(2) if (B * Cout * P > PAR_MIN)
+#pragma omp parallel for collapse(2) num_threads(nthreads) if (B * Cout * P > PAR_MIN)
         for (int64_t b = 0; b < B; b++)
             for (int64_t co = 0; co < Cout; co++) {
                 float *o = out + (b * Cout + co) * P;
@@ -157,6 +159,19 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
                 for (int64_t i = 0; i < P; i++) o[i] += bv;
             }
     }
+}
+
+// Winograd F(4x4,3x3) where it fits and pays (cpu_winograd.c), else im2col.
+static void cpu_conv2d(float *out, const float *x, const float *w, const float *bias,
+                       int64_t B, int64_t Cin, int64_t H, int64_t W,
+                       int64_t Cout, int64_t KH, int64_t KW, int64_t s,
+                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+    int nthreads = cpu_threads();
+    if (cpu_winograd_fits(B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_b, pad_l, pad_r) &&
+        cpu_conv3x3_winograd(out, x, w, bias, B, Cin, H, W, Cout, pad_t, nthreads) == 0)
+        return;
+    cpu_conv2d_im2col(out, x, w, bias, B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_b, pad_l, pad_r,
+                      nthreads);
 }
 
 // ---- normalisation ------------------------------------------------------------

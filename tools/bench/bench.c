@@ -12,12 +12,15 @@
  * figure divides by the process CPU time instead, per thread: on a shared
  * machine, where the wall clock depends on everyone else's load, it still
  * says how well each core is used (spin-waiting threads count against it).
+ * Then the kernel comparison (bench_kernels.c) and the UNet (bench_unet.c).
+ * `build/bench kernels` runs the kernel comparison alone.
  * Numbers only: nothing is asserted. Threads: all cores, or LDM_THREADS=n.
  */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include "ldm/backend/ops.h"
 
@@ -90,12 +93,17 @@ static void report(const char *what, double flops, double secs, double own_sgemm
     printf("  (%.1f per thread by CPU time)\n", flops / best_cpu / 1e9 / nthreads);
 }
 
+void bench_kernels(void); // tools/bench/bench_kernels.c: new kernels vs old, same shapes
 void bench_unet(void);   // tools/bench/bench_unet.c: full-size SD1 UNet evaluation
 
-int main(void) {
+int main(int argc, char **argv) {
     const char *env = getenv("LDM_THREADS");
     ldm_ops_cpu.set_threads(env ? atoi(env) : 0);
     nthreads = omp_get_max_threads();
+    if (argc > 1 && !strcmp(argv[1], "kernels")) { // `build/bench kernels`: that part alone
+        bench_kernels();
+        return 0;
+    }
     printf("ldm.c bench: cpu backend, %d threads (OpenMP and OpenBLAS), best of %d runs\n",
            nthreads, REPS);
 
@@ -133,6 +141,7 @@ int main(void) {
         ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v); ldm_tensor_free(&out);
     }
     printf("(attention FLOPs = 4*B*NH*T*T*HS: the two GEMMs; the softmax's exp is not counted)\n");
+    bench_kernels();
     bench_unet();
     return 0;
 }
