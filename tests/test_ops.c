@@ -507,6 +507,30 @@ static void winograd_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t 
     ldm_tensor_free(&want); ldm_tensor_free(&got);
 }
 
+// The fused attention kernel against ref attention on q[B,Tq,NH*HS], k/v[B,Tk,NH*HS].
+static void flash_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal,
+                       int nthreads) {
+    int64_t D = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    // std 1.5: scores of std ~2.2, a peaked softmax whose running max moves
+    ldm_tensor q = randt(LDM_SHAPE(B, Tq, D), 1.5f, 0), k = randt(LDM_SHAPE(B, Tk, D), 1.5f, 0);
+    ldm_tensor v = randt(LDM_SHAPE(B, Tk, D), 1, 0);
+    ldm_tensor want = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    if (!q.data || !k.data || !v.data || !want.data || !got.data) exit(2);
+    ldm_attention(&want, &q, &k, &v, NH, scale, causal);
+    int rc = cpu_attention_flash(got.data, q.data, k.data, v.data, B, Tq, Tk, NH, HS, scale,
+                                 causal, nthreads);
+    char name[128];
+    snprintf(name, sizeof name, "flash vs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s, %d thr",
+             (long long)B, (long long)Tq, (long long)Tk, (long long)NH, (long long)HS,
+             causal ? " causal" : "", nthreads);
+    if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
+    else test_check(0, name, "returned %d (built without AVX2/FMA?)", rc);
+    ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v);
+    ldm_tensor_free(&want); ldm_tensor_free(&got);
+}
+
 static void test_kernels(void) {
     // {B, Cin, H, W, Cout, pad, bias}: every dimension at 1; H, W not
     // multiples of the 4x4 tile; channels not multiples of the 8 lanes;
@@ -547,6 +571,22 @@ static void test_kernels(void) {
         test_check(wino == (i < 2), name, "expected %s", i < 2 ? "winograd" : "im2col");
         versus(name, in, 3, LDM_SHAPE(B, Co, Ho, Wo), call_conv, &a, RTOL);
         for (int j = 0; j < 3; j++) ldm_tensor_free(&in[j]);
+    }
+    // fused attention {B, Tq, Tk, NH, HS, causal}: HS = 8..80 (every P V tile
+    // width 1..5 vectors), one query or one key, Tq/Tk not multiples of the
+    // 4-row / 24-key micro-tiles, the 240-key blocks or the 128-row blocks,
+    // causal blocks past the diagonal, and the UNet's 77-token cross-attention
+    const int64_t fc[][6] = {{1, 1, 1, 1, 8, 0},     {1, 1, 1, 1, 8, 1},     {2, 5, 7, 3, 16, 0},
+                             {1, 131, 250, 2, 24, 0}, {1, 300, 300, 2, 32, 1}, {2, 77, 77, 3, 64, 1},
+                             {1, 129, 77, 4, 40, 0},  {1, 33, 500, 1, 80, 0},  {2, 257, 257, 2, 40, 1},
+                             {1, 1, 481, 2, 48, 0}};
+    for (size_t i = 0; i < sizeof fc / sizeof *fc; i++)
+        for (int nt = 1; nt <= 2; nt++)
+            flash_case(fc[i][0], fc[i][1], fc[i][2], fc[i][3], fc[i][4], (int)fc[i][5], nt);
+    {   // a head size that is not a multiple of 8: declined, nothing written
+        float o = 7.0f, x = 1.0f;
+        int rc = cpu_attention_flash(&o, &x, &x, &x, 1, 1, 1, 1, 1, 1.0f, 0, 1);
+        test_check(rc == -1 && o == 7.0f, "flash declines HS=1", "rc %d, out %g", rc, o);
     }
 }
 

@@ -41,4 +41,23 @@ int cpu_conv3x3_winograd(float *out, const float *x, const float *w, const float
                          int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout,
                          int64_t pad, int nthreads);
 
+// ---- attention: same contract as ldm_ops.attention (ops.h) -------------------
+
+// Per (batch, head, block of 128 query rows): S = Q K^T (sgemm) over all keys,
+// P = exp(S - rowmax), O = P V (sgemm), O /= rowsum. Aborts if a thread's
+// [128, Tk] score block cannot be allocated.
+void cpu_attention_sgemm(float *out, const float *q, const float *k, const float *v,
+                         int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                         float scale, int causal, int nthreads);
+
+// The same fused: an online softmax over blocks of 240 keys (FlashAttention)
+// with AVX2/FMA micro-kernels for Q K^T and P V; per thread only a [4, 240]
+// score block and its head's keys transposed ([HS, Tk]). Returns -1, with
+// nothing written, when HS is not a multiple of 8 or the build lacks AVX2 +
+// FMA; -1 also when a thread's scratch could not be allocated (out then
+// incomplete). 0 on success.
+int cpu_attention_flash(float *out, const float *q, const float *k, const float *v,
+                        int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                        float scale, int causal, int nthreads);
+
 #endif

@@ -5,10 +5,13 @@
  *   linear     one sgemm (x @ w^T), bias added after
  *   conv2d     im2col + sgemm per image, in bounded column chunks; a 1x1
  *              stride-1 unpadded conv is a direct sgemm on the input
+ *   conv2d     3x3 stride 1 on large maps: Winograd F(4x4,3x3), cpu_winograd.c
  *   attention  per (batch, head, block of QB query rows): S = Q K^T by
  *              sgemm, P = exp(S - rowmax) (masked), O = P V by sgemm, O /=
  *              rowsum. Only a [QB, Tk] score block exists per thread
  *              (memory-bounded). exp is a vectorisable polynomial (exp_vec).
+ *              From 2048 keys on: the fused online-softmax kernel of
+ *              cpu_attention.c (no [QB, Tk] block at all).
  *   norms      group/layer norm statistics in double, two passes
  *   the rest   OpenMP loops over independent rows / groups / elements;
  *              silu, gelu, geglu use vectorisable exp_vec / erf_vec
@@ -19,7 +22,7 @@
  * attention, where each OpenMP thread runs its own small sgemms with OpenBLAS
  * switched to one thread for the duration of the region.
  * Memory: host memory, 64-byte aligned (one cache line, one AVX-512 vector).
- * Leaves out: Winograd/FFT convolution, fp16, fused kernels.
+ * Leaves out: FFT convolution, fp16, fusing ops across the table.
  */
 #include <cblas.h>
 #include <math.h>
@@ -27,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/backend/cpu_kernels.h"
+#include "ldm/backend/cpu_math.h"
 #include "ldm/backend/ops.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
@@ -233,43 +237,6 @@ static void cpu_layer_norm(float *out, const float *x, const float *gamma, const
     }
 }
 
-// exp(x) for float32 in a form the compiler vectorises (glibc's expf is a
-// scalar call, and float compares/floorf are not if-converted under the
-// default -ftrapping-math): exp(x) = 2^n * exp(r), n = round(x / ln 2) by
-// the 1.5*2^23 trick (n lands in t's low mantissa bits), r = x - n ln 2 with
-// ln 2 split in two, exp(r) on |r| <= ln2/2 by Cephes' expf polynomial.
-// Measured max relative error 8e-8 on [-87, 0]; below -87.3 (and at -inf)
-// it returns ~1e-38 instead of a denormal or 0 (harmless in a softmax).
-static inline float exp_vec(float x) {
-    // clamp x to [-87.3, 88.3] on its bits (integer selects vectorise; float
-    // compares would not): -inf gives ~1e-38, not NaN, so masked -inf
-    // entries of a softmax row come out as (almost exactly) 0
-    uint32_t u; // as unsigned, floats below -87.3 (0xC2AE999A) are the larger
-    memcpy(&u, &x, sizeof u);
-    u = u > 0xC2AE999Au ? 0xC2AE999Au : u;
-    int32_t i = (int32_t)u; // as signed, only floats above 88.3 exceed 0x42B0999A
-    i = i > 0x42B0999A ? 0x42B0999A : i;
-    memcpy(&x, &i, sizeof x);
-    float t = x * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t e;
-    memcpy(&e, &t, sizeof e);
-    e -= 0x4B400000;                           // n as an integer
-    e = e < -126 ? -126 : (e > 127 ? 127 : e); // stay a normal float
-    int32_t bits = (e + 127) << 23;            // the float 2^n
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
-}
-
 // one row, unnormalised: o = exp(x - max(x)) over n values (o may == x);
 // returns the sum of o, so the caller can divide wherever it is cheapest
 static float exp_row(float *o, const float *x, int64_t n) {
@@ -306,11 +273,11 @@ static void cpu_softmax(float *out, const float *x, int64_t N, int64_t D) {
 // q[B,Tq,NH*HS], k/v[B,Tk,NH*HS] -> out[B,Tq,NH*HS]. Head h of token t is
 // the HS floats at row t, column h*HS: a strided matrix with leading
 // dimension D, which sgemm reads directly (no head split copies).
-static void cpu_attention(float *out, const float *q, const float *k, const float *v,
-                          int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
-                          float scale, int causal) {
+void cpu_attention_sgemm(float *out, const float *q, const float *k, const float *v,
+                         int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                         float scale, int causal, int nthreads) {
     int64_t D = NH * HS, nqb = (Tq + ATTN_QB - 1) / ATTN_QB, ntask = B * NH * nqb;
-    int nthr = cpu_threads();
+    int nthr = nthreads;
     if (nthr > ntask) nthr = (int)ntask;
     if (nthr < 1) nthr = 1;
     // OpenBLAS (pthread build) must not spawn its pool from inside OpenMP:
@@ -359,6 +326,25 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
     }
     if (nthr > 1) openblas_set_num_threads(blas_threads);
     if (failed) abort(); // a few MiB per thread: only when the machine is out of memory
+}
+
+// Keys from which the fused kernel (cpu_attention.c) is faster than two
+// sgemms per query block: there a [128, Tk] score block no longer fits a
+// core's L2 (measured by `build/bench kernels`: 0.75 of the time at the UNet's
+// 4096-token self-attention; 1.0-1.5 at 1024, 256 and 77 keys, where the
+// sgemms' deeper blocking wins).
+#define ATTN_FLASH_MIN_KEYS 2048
+
+// The fused kernel for long key sequences (when HS is a multiple of 8 and
+// AVX2 + FMA are there), the two-sgemm kernel for everything else.
+static void cpu_attention(float *out, const float *q, const float *k, const float *v,
+                          int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                          float scale, int causal) {
+    int nthreads = cpu_threads();
+    if (Tk >= ATTN_FLASH_MIN_KEYS &&
+        cpu_attention_flash(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal, nthreads) == 0)
+        return;
+    cpu_attention_sgemm(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal, nthreads);
 }
 
 // ---- elementwise --------------------------------------------------------------
