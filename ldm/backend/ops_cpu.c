@@ -16,11 +16,11 @@
  *   the rest   OpenMP loops over independent rows / groups / elements;
  *              silu, gelu, geglu use vectorisable exp_vec / erf_vec
  *
- * Threads: set_threads(n) sets both OpenMP's and OpenBLAS's thread counts
- * (0 = all cores, the default). OpenBLAS here is the pthread build, which has
- * its own pool: sgemm is called from outside OpenMP regions, except in
- * attention, where each OpenMP thread runs its own small sgemms with OpenBLAS
- * switched to one thread for the duration of the region.
+ * Threads: OpenMP owns them (set_threads(n), 0 = all cores, the default);
+ * OpenBLAS is held at one thread and large sgemms are split across OpenMP
+ * threads by cpu_sgemm, so OpenBLAS's own pool never competes with OpenMP's.
+ * Small ops run on fewer threads: elementwise loops under PAR_MIN elements
+ * on one, GEMM-like ops on one per GEMM_FLOPS_PER_THREAD flops.
  * Memory: host memory, 64-byte aligned (one cache line, one AVX-512 vector).
  * Leaves out: FFT convolution, fp16, fusing ops across the table.
  */
@@ -38,8 +38,22 @@
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
 
-// Loops shorter than this run on one thread: forking costs more than it saves.
-#define PAR_MIN 32768
+// Loops shorter than this (elements) run on one thread: forking costs more
+// than it saves, and on a busy machine a second thread that waits for a core
+// stalls the first at the join. 256Ki floats = 1 MiB, about 50-100 us of a
+// memory-bound loop.
+#define PAR_MIN (1 << 20)
+// Flops per extra thread for GEMM-like ops (sgemm, conv, attention): 50
+// MFLOP, about 1 ms of one core, so that a thread that waits for a core (a
+// scheduler time slice) costs less than it brings. The tiny model's ops stay
+// on one thread; the full-size UNet's all use every core.
+#define GEMM_FLOPS_PER_THREAD 5e7
+// Threads for an op of `flops`: one per GEMM_FLOPS_PER_THREAD, at least 1,
+// at most the backend's count.
+static int threads_for(int nthreads, double flops) {
+    double n = flops / GEMM_FLOPS_PER_THREAD;
+    return n < 1 ? 1 : n < nthreads ? (int)n : nthreads;
+}
 
 // ---- memory -------------------------------------------------------------------
 
@@ -53,14 +67,55 @@ static void cpu_memcpy(void *dst, const void *src, size_t nbytes) {
     if (nbytes) memmove(dst, src, nbytes);
 }
 
-// Thread count for both OpenMP and OpenBLAS. Until set_threads is called,
-// OpenMP's own default (all cores, or $OMP_NUM_THREADS) holds.
+// Threads: OpenMP owns them all. OpenBLAS (the pthread build, with a pool
+// of its own) is held at one thread, and every sgemm that is worth splitting
+// is split by cpu_sgemm below across OpenMP threads, each calling a
+// one-thread sgemm on its part. So the two pools never run (or spin-wait)
+// at the same time: with both, 2 OpenMP + 2 OpenBLAS threads on 2 busy cores
+// made the tiny model 15-20x slower on 2 threads than on 1.
+// Until set_threads is called, OpenMP's own default (all cores, or
+// $OMP_NUM_THREADS) holds.
 static int cpu_threads_n = 0;
-static int cpu_threads(void) { return cpu_threads_n > 0 ? cpu_threads_n : omp_get_max_threads(); }
+static int cpu_blas_single = 0; // OpenBLAS held at one thread yet?
+static int cpu_threads(void) {
+    if (!cpu_blas_single) { // first op: take OpenBLAS's pool out of play
+        openblas_set_num_threads(1);
+        cpu_blas_single = 1;
+    }
+    return cpu_threads_n > 0 ? cpu_threads_n : omp_get_max_threads();
+}
 static void cpu_set_threads(int n) { // n = 0: all cores
     cpu_threads_n = n > 0 ? n : omp_get_num_procs();
     omp_set_num_threads(cpu_threads_n);
-    openblas_set_num_threads(cpu_threads_n);
+    openblas_set_num_threads(1);
+    cpu_blas_single = 1;
+}
+
+// C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on
+// up to nthreads OpenMP threads (threads_for): the larger of M and N is cut
+// into one slab per thread, each a one-thread sgemm.
+static void cpu_sgemm(int nthreads, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *Bm, int64_t ldb, float beta,
+                      float *C, int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    nthreads = threads_for(nthreads, 2.0 * M * N * K);
+    CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (M >= N) { // slabs of rows: A and C rows [m0, m1)
+            int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
+            if (m1 > m0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)(m1 - m0), (int)N, (int)K, alpha,
+                            A + m0 * lda, (int)lda, Bm, (int)ldb, beta, C + m0 * ldc, (int)ldc);
+        } else { // slabs of columns, multiples of 16: B and C columns [n0, n1)
+            int64_t n0 = (N * t / nt) / 16 * 16, n1 = t == nt - 1 ? N : (N * (t + 1) / nt) / 16 * 16;
+            if (n1 > n0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)(n1 - n0), (int)K, alpha,
+                            A, (int)lda, tb ? Bm + n0 * ldb : Bm + n0, (int)ldb, beta, C + n0,
+                            (int)ldc);
+        }
+    }
 }
 
 // ---- dense --------------------------------------------------------------------
@@ -69,10 +124,10 @@ static void cpu_set_threads(int n) { // n = 0: all cores
 static void cpu_linear(float *out, const float *x, const float *w, const float *b,
                        int64_t M, int64_t K, int64_t N) {
     if (M == 0 || N == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x,
-                (int)K, w, (int)K, 0.0f, out, (int)N);
+    int nthreads = cpu_threads();
+    cpu_sgemm(nthreads, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, out, N);
     if (b) {
-#pragma omp parallel for if (M * N > PAR_MIN)
+#pragma omp parallel for num_threads(nthreads) if (M * N > PAR_MIN)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++) out[m * N + n] += b[n];
     }
@@ -140,16 +195,14 @@ void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *
         float *ob = out + b * Cout * P;
         if (direct) {
             // 1x1 conv: out_b[Cout, HW] = w[Cout, Cin] @ x_b[Cin, HW], no copy
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cout, (int)P, (int)Cin,
-                        1.0f, w, (int)Cin, xb, (int)P, 0.0f, ob, (int)P);
+            cpu_sgemm(nthreads, 0, Cout, P, Cin, 1.0f, w, Cin, xb, P, 0.0f, ob, P);
         } else {
             for (int64_t oy0 = 0; oy0 < Ho; oy0 += rows_per_chunk) {
                 int64_t ny = Ho - oy0 < rows_per_chunk ? Ho - oy0 : rows_per_chunk;
                 int64_t n = ny * Wo;
                 im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
                 // out_b[:, oy0*Wo : oy0*Wo+n] (row stride P) = w @ cols
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cout, (int)n, (int)R,
-                            1.0f, w, (int)R, cols, (int)n, 0.0f, ob + oy0 * Wo, (int)P);
+                cpu_sgemm(nthreads, 0, Cout, n, R, 1.0f, w, R, cols, n, 0.0f, ob + oy0 * Wo, P);
             }
         }
     }
@@ -170,7 +223,8 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
                        int64_t B, int64_t Cin, int64_t H, int64_t W,
                        int64_t Cout, int64_t KH, int64_t KW, int64_t s,
                        int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
-    int nthreads = cpu_threads();
+    int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
+    int nthreads = threads_for(cpu_threads(), 2.0 * B * Cout * Ho * Wo * Cin * KH * KW);
     if (cpu_winograd_fits(B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_b, pad_l, pad_r) &&
         cpu_conv3x3_winograd(out, x, w, bias, B, Cin, H, W, Cout, pad_t, nthreads) == 0)
         return;
@@ -283,7 +337,7 @@ void cpu_attention_sgemm(float *out, const float *q, const float *k, const float
     // OpenBLAS (pthread build) must not spawn its pool from inside OpenMP:
     // one thread per sgemm while the OpenMP threads share the blocks.
     int blas_threads = openblas_get_num_threads();
-    if (nthr > 1) openblas_set_num_threads(1);
+    openblas_set_num_threads(1);
     int failed = 0;
 #pragma omp parallel num_threads(nthr)
     {
@@ -324,7 +378,7 @@ void cpu_attention_sgemm(float *out, const float *q, const float *k, const float
         }
         free(S);
     }
-    if (nthr > 1) openblas_set_num_threads(blas_threads);
+    openblas_set_num_threads(blas_threads);
     if (failed) abort(); // a few MiB per thread: only when the machine is out of memory
 }
 
@@ -341,6 +395,7 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
                           int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
                           float scale, int causal) {
     int nthreads = cpu_threads();
+    nthreads = threads_for(nthreads, 4.0 * B * NH * Tq * Tk * HS);
     if (Tk >= ATTN_FLASH_MIN_KEYS &&
         cpu_attention_flash(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal, nthreads) == 0)
         return;
