@@ -384,9 +384,9 @@ void cpu_attention_sgemm(float *out, const float *q, const float *k, const float
 
 // Keys from which the fused kernel (cpu_attention.c) is faster than two
 // sgemms per query block: there a [128, Tk] score block no longer fits a
-// core's L2 (measured by `build/bench kernels`: 0.75 of the time at the UNet's
-// 4096-token self-attention; 1.0-1.5 at 1024, 256 and 77 keys, where the
-// sgemms' deeper blocking wins).
+// core's L2 (measured by `build/bench kernels`: 0.75-0.79 of the time at the
+// UNet's 4096-token self-attention; at 1024, 256 and 77 keys 0.74-1.85 over
+// four runs, no consistent gain, so those stay on the sgemms).
 #define ATTN_FLASH_MIN_KEYS 2048
 
 // The fused kernel for long key sequences (when HS is a multiple of 8 and
