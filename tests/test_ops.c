@@ -22,6 +22,7 @@
 #include <omp.h>
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
+#include "ldm/backend/cpu_kernels.h"
 #include "ldm/backend/ops.h"
 #include "tests/test.h"
 
@@ -477,6 +478,122 @@ static void attention_big(int64_t T, int64_t NH, int causal) {
     ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v); ldm_tensor_free(&out);
 }
 
+// ---- 4. the cpu kernels on their own (ldm/backend/cpu_kernels.h) ------------------
+// The op table's cpu entries pick a kernel by shape; here each kernel runs
+// directly against `ref` on the shapes where it is most likely to be wrong.
+
+// Winograd F(4x4,3x3) against ref conv2d on x[B,Cin,H,W], w[Cout,Cin,3,3], pad p.
+static void winograd_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t p,
+                          int bias, int nthreads) {
+    int64_t Ho = H + 2 * p - 2, Wo = W + 2 * p - 2;
+    ldm_tensor x = randt(LDM_SHAPE(B, Cin, H, W), 1, 0);
+    ldm_tensor w = randt(LDM_SHAPE(Cout, Cin, 3, 3), 1.0f / sqrtf(9.0f * Cin), 0);
+    ldm_tensor b = randt(LDM_SHAPE(Cout), 1, 0);
+    ldm_tensor want = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Cout, Ho, Wo));
+    ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Cout, Ho, Wo));
+    if (!x.data || !w.data || !b.data || !want.data || !got.data) exit(2);
+    ldm_conv2d(&want, &x, &w, bias ? &b : NULL, 1, p, p, p, p);
+    int rc = cpu_conv3x3_winograd(got.data, x.data, w.data, bias ? b.data : NULL, B, Cin, H, W,
+                                  Cout, p, nthreads);
+    char name[160];
+    snprintf(name, sizeof name, "winograd vs ref [%lld,%lld,%lld,%lld]->%lld pad %lld%s, %d thr",
+             (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Cout,
+             (long long)p, bias ? " +bias" : "", nthreads);
+    // RTOL: the Winograd transforms add rounding (measured max rel 2-4e-6 at
+    // 320-1280 input channels, docs/01-tensors-and-ops.md), within 1e-5.
+    if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
+    else test_check(0, name, "returned %d", rc);
+    ldm_tensor_free(&x); ldm_tensor_free(&w); ldm_tensor_free(&b);
+    ldm_tensor_free(&want); ldm_tensor_free(&got);
+}
+
+// The fused attention kernel against ref attention on q[B,Tq,NH*HS], k/v[B,Tk,NH*HS].
+static void flash_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal,
+                       int nthreads) {
+    int64_t D = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    // std 1.5: scores of std ~2.2, a peaked softmax whose running max moves
+    ldm_tensor q = randt(LDM_SHAPE(B, Tq, D), 1.5f, 0), k = randt(LDM_SHAPE(B, Tk, D), 1.5f, 0);
+    ldm_tensor v = randt(LDM_SHAPE(B, Tk, D), 1, 0);
+    ldm_tensor want = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    if (!q.data || !k.data || !v.data || !want.data || !got.data) exit(2);
+    ldm_attention(&want, &q, &k, &v, NH, scale, causal);
+    int rc = cpu_attention_flash(got.data, q.data, k.data, v.data, B, Tq, Tk, NH, HS, scale,
+                                 causal, nthreads);
+    char name[128];
+    snprintf(name, sizeof name, "flash vs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s, %d thr",
+             (long long)B, (long long)Tq, (long long)Tk, (long long)NH, (long long)HS,
+             causal ? " causal" : "", nthreads);
+#if defined(__AVX2__) && defined(__FMA__) // the library is built with the same flags
+    if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
+    else test_check(0, name, "returned %d", rc);
+#else // e.g. `make check` (-O0, no -march): the kernel declines, attention uses two sgemms
+    test_check(rc == -1, name, "built without AVX2/FMA: expected -1 (declined), got %d", rc);
+#endif
+    ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v);
+    ldm_tensor_free(&want); ldm_tensor_free(&got);
+}
+
+static void test_kernels(void) {
+    // {B, Cin, H, W, Cout, pad, bias}: every dimension at 1; H, W not
+    // multiples of the 4x4 tile; channels not multiples of the 8 lanes;
+    // tile counts not multiples of 8; pad 0 (Ho = H - 2)
+    const int64_t wc[][7] = {{1, 1, 1, 1, 1, 1, 1},   {1, 1, 3, 3, 1, 0, 0},  {2, 3, 5, 7, 2, 1, 1},
+                             {1, 9, 13, 6, 17, 1, 1}, {3, 16, 4, 4, 8, 1, 0}, {1, 8, 11, 9, 1, 0, 1},
+                             {2, 33, 19, 21, 35, 1, 1}, {1, 64, 32, 32, 64, 1, 1}};
+    for (size_t i = 0; i < sizeof wc / sizeof *wc; i++)
+        for (int nt = 1; nt <= 2; nt++)
+            winograd_case(wc[i][0], wc[i][1], wc[i][2], wc[i][3], wc[i][4], wc[i][5], (int)wc[i][6], nt);
+    // the dispatch: Winograd only for 3x3, stride 1, equal padding <= 1, enough channels and tiles
+    test_check(cpu_winograd_fits(2, 320, 64, 64, 320, 3, 3, 1, 1, 1, 1, 1), "winograd taken: UNet conv 320 @64x64", "%s", "");
+    test_check(!cpu_winograd_fits(2, 320, 64, 64, 320, 3, 3, 2, 1, 1, 1, 1), "winograd not taken: stride 2", "%s", "");
+    test_check(!cpu_winograd_fits(2, 320, 64, 64, 320, 3, 3, 1, 0, 1, 0, 1), "winograd not taken: asymmetric pad", "%s", "");
+    test_check(!cpu_winograd_fits(2, 320, 64, 64, 320, 1, 1, 1, 0, 0, 0, 0), "winograd not taken: 1x1", "%s", "");
+    test_check(!cpu_winograd_fits(2, 4, 64, 64, 320, 3, 3, 1, 1, 1, 1, 1), "winograd not taken: 4 input channels", "%s", "");
+    test_check(!cpu_winograd_fits(2, 1280, 8, 8, 1280, 3, 3, 1, 1, 1, 1, 1), "winograd not taken: 8x8 map", "%s", "");
+    // through the op table: shapes that take Winograd, and their asymmetric /
+    // stride-2 neighbours that must fall back to im2col, all against ref
+    const int64_t tc[][12] = {{1, 17, 33, 35, 19, 3, 1, 1, 1, 1, 1, 1},
+                              {2, 32, 30, 30, 16, 3, 1, 0, 0, 0, 0, 0},
+                              {1, 17, 33, 35, 19, 3, 1, 0, 1, 0, 1, 1},
+                              {1, 17, 33, 35, 19, 3, 2, 1, 1, 1, 1, 1}};
+    for (size_t i = 0; i < sizeof tc / sizeof *tc; i++) {
+        const int64_t *c = tc[i];
+        int64_t B = c[0], Cin = c[1], H = c[2], W = c[3], Co = c[4], Kk = c[5];
+        struct conv_arg a = {c[6], c[7], c[8], c[9], c[10]};
+        int64_t Ho = (H + a.pt + a.pb - Kk) / a.s + 1, Wo = (W + a.pl + a.pr - Kk) / a.s + 1;
+        ldm_tensor in[3] = {randt(LDM_SHAPE(B, Cin, H, W), 1, 0),
+                            randt(LDM_SHAPE(Co, Cin, Kk, Kk), 0.1f, 0), randt(LDM_SHAPE(Co), 1, 0)};
+        if (!c[11]) ldm_tensor_free(&in[2]);
+        int wino = cpu_winograd_fits(B, Cin, H, W, Co, Kk, Kk, a.s, a.pt, a.pb, a.pl, a.pr);
+        char name[128];
+        snprintf(name, sizeof name, "conv2d [%lld,%lld,%lld,%lld]->%lld s%lld pad %lld,%lld,%lld,%lld (%s)",
+                 (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Co,
+                 (long long)a.s, (long long)a.pt, (long long)a.pb, (long long)a.pl, (long long)a.pr,
+                 wino ? "winograd" : "im2col");
+        test_check(wino == (i < 2), name, "expected %s", i < 2 ? "winograd" : "im2col");
+        versus(name, in, 3, LDM_SHAPE(B, Co, Ho, Wo), call_conv, &a, RTOL);
+        for (int j = 0; j < 3; j++) ldm_tensor_free(&in[j]);
+    }
+    // fused attention {B, Tq, Tk, NH, HS, causal}: HS = 8..80 (every P V tile
+    // width 1..5 vectors), one query or one key, Tq/Tk not multiples of the
+    // 4-row / 24-key micro-tiles, the 240-key blocks or the 128-row blocks,
+    // causal blocks past the diagonal, and the UNet's 77-token cross-attention
+    const int64_t fc[][6] = {{1, 1, 1, 1, 8, 0},     {1, 1, 1, 1, 8, 1},     {2, 5, 7, 3, 16, 0},
+                             {1, 131, 250, 2, 24, 0}, {1, 300, 300, 2, 32, 1}, {2, 77, 77, 3, 64, 1},
+                             {1, 129, 77, 4, 40, 0},  {1, 33, 500, 1, 80, 0},  {2, 257, 257, 2, 40, 1},
+                             {1, 1, 481, 2, 48, 0}};
+    for (size_t i = 0; i < sizeof fc / sizeof *fc; i++)
+        for (int nt = 1; nt <= 2; nt++)
+            flash_case(fc[i][0], fc[i][1], fc[i][2], fc[i][3], fc[i][4], (int)fc[i][5], nt);
+    {   // a head size that is not a multiple of 8: declined, nothing written
+        float o = 7.0f, x = 1.0f;
+        int rc = cpu_attention_flash(&o, &x, &x, &x, 1, 1, 1, 1, 1, 1.0f, 0, 1);
+        test_check(rc == -1 && o == 7.0f, "flash declines HS=1", "rc %d, out %g", rc, o);
+    }
+}
+
 // ---- tensor.c and backend selection ------------------------------------------------
 
 static void test_tensor_basics(void) {
@@ -521,5 +638,7 @@ int main(void) {
     test_fixtures();
     printf("-- cpu vs ref, random shapes\n");
     test_random();
+    printf("-- cpu kernels vs ref\n");
+    test_kernels();
     return test_summary();
 }

@@ -5,27 +5,32 @@
  *   linear     one sgemm (x @ w^T), bias added after
  *   conv2d     im2col + sgemm per image, in bounded column chunks; a 1x1
  *              stride-1 unpadded conv is a direct sgemm on the input
+ *   conv2d     3x3 stride 1 on large maps: Winograd F(4x4,3x3), cpu_winograd.c
  *   attention  per (batch, head, block of QB query rows): S = Q K^T by
  *              sgemm, P = exp(S - rowmax) (masked), O = P V by sgemm, O /=
  *              rowsum. Only a [QB, Tk] score block exists per thread
  *              (memory-bounded). exp is a vectorisable polynomial (exp_vec).
+ *              From 2048 keys on: the fused online-softmax kernel of
+ *              cpu_attention.c (no [QB, Tk] block at all).
  *   norms      group/layer norm statistics in double, two passes
  *   the rest   OpenMP loops over independent rows / groups / elements;
  *              silu, gelu, geglu use vectorisable exp_vec / erf_vec
  *
- * Threads: set_threads(n) sets both OpenMP's and OpenBLAS's thread counts
- * (0 = all cores, the default). OpenBLAS here is the pthread build, which has
- * its own pool: sgemm is called from outside OpenMP regions, except in
- * attention, where each OpenMP thread runs its own small sgemms with OpenBLAS
- * switched to one thread for the duration of the region.
+ * Threads: OpenMP owns them (set_threads(n), 0 = all cores, the default);
+ * OpenBLAS is held at one thread and large sgemms are split across OpenMP
+ * threads by cpu_sgemm, so OpenBLAS's own pool never competes with OpenMP's.
+ * Small ops run on fewer threads: elementwise loops under PAR_MIN elements
+ * on one, GEMM-like ops on one per GEMM_FLOPS_PER_THREAD flops.
  * Memory: host memory, 64-byte aligned (one cache line, one AVX-512 vector).
- * Leaves out: Winograd/FFT convolution, fp16, fused kernels.
+ * Leaves out: FFT convolution, fp16, fusing ops across the table.
  */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ldm/backend/cpu_kernels.h"
+#include "ldm/backend/cpu_math.h"
 #include "ldm/backend/ops.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
@@ -33,8 +38,22 @@
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
 
-// Loops shorter than this run on one thread: forking costs more than it saves.
-#define PAR_MIN 32768
+// Loops shorter than this (elements) run on one thread: forking costs more
+// than it saves, and on a busy machine a second thread that waits for a core
+// stalls the first at the join. 256Ki floats = 1 MiB, about 50-100 us of a
+// memory-bound loop.
+#define PAR_MIN (1 << 20)
+// Flops per extra thread for GEMM-like ops (sgemm, conv, attention): 50
+// MFLOP, about 1 ms of one core, so that a thread that waits for a core (a
+// scheduler time slice) costs less than it brings. The tiny model's ops stay
+// on one thread; the full-size UNet's all use every core.
+#define GEMM_FLOPS_PER_THREAD 5e7
+// Threads for an op of `flops`: one per GEMM_FLOPS_PER_THREAD, at least 1,
+// at most the backend's count.
+static int threads_for(int nthreads, double flops) {
+    double n = flops / GEMM_FLOPS_PER_THREAD;
+    return n < 1 ? 1 : n < nthreads ? (int)n : nthreads;
+}
 
 // ---- memory -------------------------------------------------------------------
 
@@ -48,14 +67,55 @@ static void cpu_memcpy(void *dst, const void *src, size_t nbytes) {
     if (nbytes) memmove(dst, src, nbytes);
 }
 
-// Thread count for both OpenMP and OpenBLAS. Until set_threads is called,
-// OpenMP's own default (all cores, or $OMP_NUM_THREADS) holds.
+// Threads: OpenMP owns them all. OpenBLAS (the pthread build, with a pool
+// of its own) is held at one thread, and every sgemm that is worth splitting
+// is split by cpu_sgemm below across OpenMP threads, each calling a
+// one-thread sgemm on its part. So the two pools never run (or spin-wait)
+// at the same time: with both, 2 OpenMP + 2 OpenBLAS threads on 2 busy cores
+// made the tiny model 15-20x slower on 2 threads than on 1.
+// Until set_threads is called, OpenMP's own default (all cores, or
+// $OMP_NUM_THREADS) holds.
 static int cpu_threads_n = 0;
-static int cpu_threads(void) { return cpu_threads_n > 0 ? cpu_threads_n : omp_get_max_threads(); }
+static int cpu_blas_single = 0; // OpenBLAS held at one thread yet?
+static int cpu_threads(void) {
+    if (!cpu_blas_single) { // first op: take OpenBLAS's pool out of play
+        openblas_set_num_threads(1);
+        cpu_blas_single = 1;
+    }
+    return cpu_threads_n > 0 ? cpu_threads_n : omp_get_max_threads();
+}
 static void cpu_set_threads(int n) { // n = 0: all cores
     cpu_threads_n = n > 0 ? n : omp_get_num_procs();
     omp_set_num_threads(cpu_threads_n);
-    openblas_set_num_threads(cpu_threads_n);
+    openblas_set_num_threads(1);
+    cpu_blas_single = 1;
+}
+
+// C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on
+// up to nthreads OpenMP threads (threads_for): the larger of M and N is cut
+// into one slab per thread, each a one-thread sgemm.
+static void cpu_sgemm(int nthreads, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float *A, int64_t lda, const float *Bm, int64_t ldb, float beta,
+                      float *C, int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    nthreads = threads_for(nthreads, 2.0 * M * N * K);
+    CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (M >= N) { // slabs of rows: A and C rows [m0, m1)
+            int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
+            if (m1 > m0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)(m1 - m0), (int)N, (int)K, alpha,
+                            A + m0 * lda, (int)lda, Bm, (int)ldb, beta, C + m0 * ldc, (int)ldc);
+        } else { // slabs of columns, multiples of 16: B and C columns [n0, n1)
+            int64_t n0 = (N * t / nt) / 16 * 16, n1 = t == nt - 1 ? N : (N * (t + 1) / nt) / 16 * 16;
+            if (n1 > n0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)(n1 - n0), (int)K, alpha,
+                            A, (int)lda, tb ? Bm + n0 * ldb : Bm + n0, (int)ldb, beta, C + n0,
+                            (int)ldc);
+        }
+    }
 }
 
 // ---- dense --------------------------------------------------------------------
@@ -64,10 +124,10 @@ static void cpu_set_threads(int n) { // n = 0: all cores
 static void cpu_linear(float *out, const float *x, const float *w, const float *b,
                        int64_t M, int64_t K, int64_t N) {
     if (M == 0 || N == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x,
-                (int)K, w, (int)K, 0.0f, out, (int)N);
+    int nthreads = cpu_threads();
+    cpu_sgemm(nthreads, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, out, N);
     if (b) {
-#pragma omp parallel for if (M * N > PAR_MIN)
+#pragma omp parallel for num_threads(nthreads) if (M * N > PAR_MIN)
         for (int64_t m = 0; m < M; m++)
             for (int64_t n = 0; n < N; n++) out[m * N + n] += b[n];
     }
@@ -82,9 +142,9 @@ static void cpu_linear(float *out, const float *x, const float *w, const float *
 // value under kernel tap (ky, kx) of channel ci, or 0 in the padding.
 static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int64_t W,
                         int64_t KH, int64_t KW, int64_t s, int64_t pad_t, int64_t pad_l,
-                        int64_t Wo, int64_t oy0, int64_t ny) {
+                        int64_t Wo, int64_t oy0, int64_t ny, int nthreads) {
     int64_t R = Cin * KH * KW, n = ny * Wo;
-#pragma omp parallel for if (R * n > PAR_MIN)
+#pragma omp parallel for num_threads(nthreads) if (R * n > PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         int64_t ci = r / (KH * KW), ky = (r / KW) % KH, kx = r % KW;
         const float *xc = x + ci * H * W;
@@ -112,10 +172,11 @@ static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int
 
 // out[B,Cout,Ho,Wo] = conv(x[B,Cin,H,W], w[Cout,Cin,KH,KW]) + b[Cout], as GEMM:
 // per image, out_b[Cout, Ho*Wo] = w[Cout, Cin*KH*KW] @ cols[Cin*KH*KW, Ho*Wo].
-static void cpu_conv2d(float *out, const float *x, const float *w, const float *bias,
+// The readable path and the fallback for every shape Winograd does not take.
+void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *bias,
                        int64_t B, int64_t Cin, int64_t H, int64_t W,
                        int64_t Cout, int64_t KH, int64_t KW, int64_t s,
-                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r, int nthreads) {
     int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
     int64_t P = Ho * Wo, R = Cin * KH * KW;
     int direct = KH == 1 && KW == 1 && s == 1 && pad_t == 0 && pad_b == 0 && pad_l == 0 &&
@@ -134,22 +195,20 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
         float *ob = out + b * Cout * P;
         if (direct) {
             // 1x1 conv: out_b[Cout, HW] = w[Cout, Cin] @ x_b[Cin, HW], no copy
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cout, (int)P, (int)Cin,
-                        1.0f, w, (int)Cin, xb, (int)P, 0.0f, ob, (int)P);
+            cpu_sgemm(nthreads, 0, Cout, P, Cin, 1.0f, w, Cin, xb, P, 0.0f, ob, P);
         } else {
             for (int64_t oy0 = 0; oy0 < Ho; oy0 += rows_per_chunk) {
                 int64_t ny = Ho - oy0 < rows_per_chunk ? Ho - oy0 : rows_per_chunk;
                 int64_t n = ny * Wo;
-                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny);
+                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
                 // out_b[:, oy0*Wo : oy0*Wo+n] (row stride P) = w @ cols
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cout, (int)n, (int)R,
-                            1.0f, w, (int)R, cols, (int)n, 0.0f, ob + oy0 * Wo, (int)P);
+                cpu_sgemm(nthreads, 0, Cout, n, R, 1.0f, w, R, cols, n, 0.0f, ob + oy0 * Wo, P);
             }
         }
     }
     free(cols);
     if (bias) {
-#pragma omp parallel for collapse(2) if (B * Cout * P > PAR_MIN)
+#pragma omp parallel for collapse(2) num_threads(nthreads) if (B * Cout * P > PAR_MIN)
         for (int64_t b = 0; b < B; b++)
             for (int64_t co = 0; co < Cout; co++) {
                 float *o = out + (b * Cout + co) * P;
@@ -157,6 +216,20 @@ static void cpu_conv2d(float *out, const float *x, const float *w, const float *
                 for (int64_t i = 0; i < P; i++) o[i] += bv;
             }
     }
+}
+
+// Winograd F(4x4,3x3) where it fits and pays (cpu_winograd.c), else im2col.
+static void cpu_conv2d(float *out, const float *x, const float *w, const float *bias,
+                       int64_t B, int64_t Cin, int64_t H, int64_t W,
+                       int64_t Cout, int64_t KH, int64_t KW, int64_t s,
+                       int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+    int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
+    int nthreads = threads_for(cpu_threads(), 2.0 * B * Cout * Ho * Wo * Cin * KH * KW);
+    if (cpu_winograd_fits(B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_b, pad_l, pad_r) &&
+        cpu_conv3x3_winograd(out, x, w, bias, B, Cin, H, W, Cout, pad_t, nthreads) == 0)
+        return;
+    cpu_conv2d_im2col(out, x, w, bias, B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_b, pad_l, pad_r,
+                      nthreads);
 }
 
 // ---- normalisation ------------------------------------------------------------
@@ -218,43 +291,6 @@ static void cpu_layer_norm(float *out, const float *x, const float *gamma, const
     }
 }
 
-// exp(x) for float32 in a form the compiler vectorises (glibc's expf is a
-// scalar call, and float compares/floorf are not if-converted under the
-// default -ftrapping-math): exp(x) = 2^n * exp(r), n = round(x / ln 2) by
-// the 1.5*2^23 trick (n lands in t's low mantissa bits), r = x - n ln 2 with
-// ln 2 split in two, exp(r) on |r| <= ln2/2 by Cephes' expf polynomial.
-// Measured max relative error 8e-8 on [-87, 0]; below -87.3 (and at -inf)
-// it returns ~1e-38 instead of a denormal or 0 (harmless in a softmax).
-static inline float exp_vec(float x) {
-    // clamp x to [-87.3, 88.3] on its bits (integer selects vectorise; float
-    // compares would not): -inf gives ~1e-38, not NaN, so masked -inf
-    // entries of a softmax row come out as (almost exactly) 0
-    uint32_t u; // as unsigned, floats below -87.3 (0xC2AE999A) are the larger
-    memcpy(&u, &x, sizeof u);
-    u = u > 0xC2AE999Au ? 0xC2AE999Au : u;
-    int32_t i = (int32_t)u; // as signed, only floats above 88.3 exceed 0x42B0999A
-    i = i > 0x42B0999A ? 0x42B0999A : i;
-    memcpy(&x, &i, sizeof x);
-    float t = x * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t e;
-    memcpy(&e, &t, sizeof e);
-    e -= 0x4B400000;                           // n as an integer
-    e = e < -126 ? -126 : (e > 127 ? 127 : e); // stay a normal float
-    int32_t bits = (e + 127) << 23;            // the float 2^n
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
-}
-
 // one row, unnormalised: o = exp(x - max(x)) over n values (o may == x);
 // returns the sum of o, so the caller can divide wherever it is cheapest
 static float exp_row(float *o, const float *x, int64_t n) {
@@ -291,17 +327,17 @@ static void cpu_softmax(float *out, const float *x, int64_t N, int64_t D) {
 // q[B,Tq,NH*HS], k/v[B,Tk,NH*HS] -> out[B,Tq,NH*HS]. Head h of token t is
 // the HS floats at row t, column h*HS: a strided matrix with leading
 // dimension D, which sgemm reads directly (no head split copies).
-static void cpu_attention(float *out, const float *q, const float *k, const float *v,
-                          int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
-                          float scale, int causal) {
+void cpu_attention_sgemm(float *out, const float *q, const float *k, const float *v,
+                         int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                         float scale, int causal, int nthreads) {
     int64_t D = NH * HS, nqb = (Tq + ATTN_QB - 1) / ATTN_QB, ntask = B * NH * nqb;
-    int nthr = cpu_threads();
+    int nthr = nthreads;
     if (nthr > ntask) nthr = (int)ntask;
     if (nthr < 1) nthr = 1;
     // OpenBLAS (pthread build) must not spawn its pool from inside OpenMP:
     // one thread per sgemm while the OpenMP threads share the blocks.
     int blas_threads = openblas_get_num_threads();
-    if (nthr > 1) openblas_set_num_threads(1);
+    openblas_set_num_threads(1);
     int failed = 0;
 #pragma omp parallel num_threads(nthr)
     {
@@ -342,8 +378,28 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
         }
         free(S);
     }
-    if (nthr > 1) openblas_set_num_threads(blas_threads);
+    openblas_set_num_threads(blas_threads);
     if (failed) abort(); // a few MiB per thread: only when the machine is out of memory
+}
+
+// Keys from which the fused kernel (cpu_attention.c) is faster than two
+// sgemms per query block: there a [128, Tk] score block no longer fits a
+// core's L2 (measured by `build/bench kernels`: 0.75-0.79 of the time at the
+// UNet's 4096-token self-attention; at 1024, 256 and 77 keys 0.74-1.85 over
+// four runs, no consistent gain, so those stay on the sgemms).
+#define ATTN_FLASH_MIN_KEYS 2048
+
+// The fused kernel for long key sequences (when HS is a multiple of 8 and
+// AVX2 + FMA are there), the two-sgemm kernel for everything else.
+static void cpu_attention(float *out, const float *q, const float *k, const float *v,
+                          int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                          float scale, int causal) {
+    int nthreads = cpu_threads();
+    nthreads = threads_for(nthreads, 4.0 * B * NH * Tq * Tk * HS);
+    if (Tk >= ATTN_FLASH_MIN_KEYS &&
+        cpu_attention_flash(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal, nthreads) == 0)
+        return;
+    cpu_attention_sgemm(out, q, k, v, B, Tq, Tk, NH, HS, scale, causal, nthreads);
 }
 
 // ---- elementwise --------------------------------------------------------------

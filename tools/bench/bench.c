@@ -12,14 +12,19 @@
  * figure divides by the process CPU time instead, per thread: on a shared
  * machine, where the wall clock depends on everyone else's load, it still
  * says how well each core is used (spin-waiting threads count against it).
+ * Then the kernel comparison (bench_kernels.c) and the UNet (bench_unet.c).
+ * `build/bench kernels` runs the kernel comparison alone.
  * Numbers only: nothing is asserted. Threads: all cores, or LDM_THREADS=n.
  */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include "ldm/backend/ops.h"
+
+void openblas_set_num_threads(int num_threads); // OpenBLAS extension
 
 #define REPS 3
 
@@ -62,12 +67,16 @@ static double best_cpu; // CPU seconds of the fastest (by CPU time) repetition
 
 // Best time of REPS runs of sgemm C[M,N] = A[M,K] @ B[K,N] (row-major,
 // B transposed when tb), as GFLOPS.
+// OpenBLAS runs on its own pool of nthreads here (the cpu backend holds it
+// at one thread and splits sgemms over OpenMP; this is the raw library).
 static double sgemm_gflops(int64_t M, int64_t N, int64_t K, int tb) {
     float *A = buf(M * K), *B = buf(K * N), *C = buf(M * N);
     double best; // the first run (not counted) warms up the thread pool
+    openblas_set_num_threads(nthreads);
     TIME_BEST(best, cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                                 (int)M, (int)N, (int)K, 1.0f, A, (int)K, B, tb ? (int)K : (int)N,
                                 0.0f, C, (int)N));
+    openblas_set_num_threads(1);
     free(A); free(B); free(C);
     return 2.0 * M * N * K / best / 1e9;
 }
@@ -90,13 +99,18 @@ static void report(const char *what, double flops, double secs, double own_sgemm
     printf("  (%.1f per thread by CPU time)\n", flops / best_cpu / 1e9 / nthreads);
 }
 
+void bench_kernels(void); // tools/bench/bench_kernels.c: new kernels vs old, same shapes
 void bench_unet(void);   // tools/bench/bench_unet.c: full-size SD1 UNet evaluation
 
-int main(void) {
+int main(int argc, char **argv) {
     const char *env = getenv("LDM_THREADS");
     ldm_ops_cpu.set_threads(env ? atoi(env) : 0);
     nthreads = omp_get_max_threads();
-    printf("ldm.c bench: cpu backend, %d threads (OpenMP and OpenBLAS), best of %d runs\n",
+    if (argc > 1 && !strcmp(argv[1], "kernels")) { // `build/bench kernels`: that part alone
+        bench_kernels();
+        return 0;
+    }
+    printf("ldm.c bench: cpu backend, %d threads (OpenMP; the raw sgemm lines: OpenBLAS's pool), best of %d runs\n",
            nthreads, REPS);
 
     ref_gflops = sgemm_line("sgemm 1024x1024x1024", 1024, 1024, 1024, 0);
@@ -133,6 +147,7 @@ int main(void) {
         ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v); ldm_tensor_free(&out);
     }
     printf("(attention FLOPs = 4*B*NH*T*T*HS: the two GEMMs; the softmax's exp is not counted)\n");
+    bench_kernels();
     bench_unet();
     return 0;
 }
