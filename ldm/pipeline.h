@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include "ldm/clip.h"
 #include "ldm/model.h"
+#include "ldm/prompt.h"
 #include "ldm/core/tensor.h"
 #include "ldm/unet.h"
 #include "ldm/vae.h"
@@ -38,33 +39,6 @@
 #define LDM_TINY_MODEL_DEFAULT "tools/tiny-model"
 
 struct ldm_tokenizer;
-
-// ---------------------------------------------------------------------------
-// Prompt weighting (A1111 syntax), independent of any model
-
-// One piece of a parsed prompt: text and its attention multiplier.
-// weight < 0 marks a BREAK (start a new 75-token chunk).
-typedef struct ldm_prompt_piece {
-    char *text;
-    float weight;
-} ldm_prompt_piece;
-
-// "a (red:1.2) [car]" -> pieces ("a ", 1), ("red", 1.2), (" ", 1), ("car", 1/1.1).
-// ( ) multiply by 1.1, [ ] by 1/1.1, (text:w) by w, nesting multiplies,
-// \( \) \[ \] \\ are literal, unclosed brackets apply to the rest, BREAK
-// (a word, upper case) starts a new chunk. Adjacent pieces of equal weight
-// are merged. Empty prompt -> one piece ("", 1). 0 / LDM_ERR (out of memory).
-int ldm_prompt_parse(ldm_prompt_piece **pieces, int *n, const char *prompt);
-void ldm_prompt_pieces_free(ldm_prompt_piece *pieces, int n);
-
-// Tokenize parsed pieces into chunks of 77: chunk k = [SOT, 75 tokens or
-// padding, EOT]; padding is EOT then `pad` (SD1 49407, SD2 0) after the first
-// EOT, as A1111. A chunk that fills up within 20 tokens after a comma is split
-// after the comma (A1111 comma_padding_backtrack 20).
-//   ids [n_chunks*77] (malloc'ed), mult [n_chunks*77] (malloc'ed; 1 for
-//   SOT/EOT/padding). 0 / LDM_ERR.
-int ldm_prompt_tokenize(int32_t **ids, float **mult, int *n_chunks,
-                        struct ldm_tokenizer *tok, const char *prompt, int pad);
 
 // ---------------------------------------------------------------------------
 // The loaded model (weights loaded once, used for every image)
