@@ -59,7 +59,8 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
         return LDM_ERR;
     }
     int parts = LDM_VAE_DECODER | (o->need_encoder ? LDM_VAE_ENCODER : 0);
-    if (ldm_tokenizer_load(&p->tok, o->vocab ? o->vocab : m->tokenizer_dir) != LDM_OK) goto fail;
+    const char *vocab = o->vocab ? o->vocab : m->tokenizer_dir ? m->tokenizer_dir : o->vocab_default;
+    if (ldm_tokenizer_load(&p->tok, vocab) != LDM_OK) goto fail;
     if (p->verbose) fprintf(stderr, "loading text encoder\n");
     if (ldm_clip_load(&p->clip, &m->clip_w, &m->clip) != LDM_OK) goto fail;
     if (p->verbose) fprintf(stderr, "loading unet\n");

@@ -47,7 +47,9 @@ typedef struct ldm_pipeline_options {
     const struct ldm_ops *ops;      // backend (NULL: ldm_backend_default())
     const char *config_dir;         // configs for a single file of non-standard size (or NULL)
     const char *vae_path;           // replace the model's VAE (--vae FILE), or NULL
-    const char *vocab;              // BPE vocabulary (NULL: the model's tokenizer/ or the default)
+    const char *vocab;              // BPE vocabulary (--vocab); NULL: the model's tokenizer/,
+                                    // else vocab_default
+    const char *vocab_default;      // NULL: LDM_VOCAB_DEFAULT (the CLI passes $LDM_VOCAB)
     ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
     int need_encoder;               // 1: load the VAE encoder too (img2img)
     int verbose;                    // stage messages on stderr
@@ -115,7 +117,7 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g);
 // Run. latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
 // The generator is used in this order: (img2img) the VAE posterior noise
 // [B,C,h,w], the initial noise [B,C,h,w], then the sampler's own draws.
-// Dumps (LDM_DUMP): "prompt/text_model.*", "negative/text_model.*",
+// Dumps (ldm_dump_set_dir): "prompt/text_model.*", "negative/text_model.*",
 // "context", "uncond_context", "init_latent", "noise", "stepNNN/unet_in",
 // "stepNNN/unet.*" (block dumps of the UNet), "stepNNN/unet_out",
 // "stepNNN/latent", "stepNNN/denoised", "latent", "imageK/vae.*", "imageK/image".

@@ -22,7 +22,7 @@ What it offers (all arrays are float32 NumPy arrays in PyTorch order):
     Pipeline(path).generate(prompt, ...)          ldm_generate: txt2img / img2img
     UNetFolder(dir), VaeFolder(dir)               one component alone (fixtures)
     group_norm(...), attention(...)               single ops of ldm/backend/ops.h
-    dumps(fn) / read_dump_dir(dir)                LDM_DUMP intermediates as arrays
+    dumps(fn) / read_dump_dir(dir)                dumped intermediates (ldm_dump_set_dir) as arrays
 
 Leaves out: the CUDA backend (the notebooks run on `cpu`), prompt weighting
 outside the pipeline, progress callbacks, freeing on garbage collection (models
@@ -180,8 +180,8 @@ class VaeFile(C.Structure):  # ldm/vae.h ldm_vae_file
 
 class PipelineOptions(C.Structure):  # ldm/pipeline.h ldm_pipeline_options
     _fields_ = [("ops", C.c_void_p), ("config_dir", C.c_char_p), ("vae_path", C.c_char_p),
-                ("vocab", C.c_char_p), ("prediction", C.c_int), ("need_encoder", C.c_int),
-                ("verbose", C.c_int)]
+                ("vocab", C.c_char_p), ("vocab_default", C.c_char_p), ("prediction", C.c_int),
+                ("need_encoder", C.c_int), ("verbose", C.c_int)]
 
 
 class Schedule_(C.Structure):  # samplers/schedule.h ldm_schedule
@@ -368,6 +368,8 @@ def load(path=None):
                                         C.c_char_p]),
         "ldm_sample": (C.c_int, [f32p, f32p, C.POINTER(SampleOpts), C.POINTER(Denoiser),
                                  C.POINTER(Rng), C.c_int]),
+        "ldm_dump_set_dir": (None, [C.c_char_p]),
+        "ldm_dump_dir": (C.c_char_p, []),
         "ldm_error": (C.c_int, [C.c_char_p]),
         "ldm_pipeline_open": (C.c_int, [C.c_void_p, C.c_char_p, C.POINTER(PipelineOptions)]),
         "ldm_pipeline_close": (None, [C.c_void_p]),
@@ -471,19 +473,17 @@ def read_dump_dir(d, order="name"):
 
 
 def dumps(fn, *args, **kw):
-    """Run fn(*args) with LDM_DUMP set to a temporary folder; returns
-    (fn's result, {name: array} of every intermediate the C code dumped, in
-    the order it wrote them)."""
+    """Run fn(*args) with the C dumps going to a temporary folder
+    (ldm_dump_set_dir); returns (fn's result, {name: array} of every
+    intermediate the C code dumped, in the order it wrote them)."""
+    L = load()
     d = tempfile.mkdtemp(prefix="ldm-dump-")
-    old = os.environ.get("LDM_DUMP")
-    os.environ["LDM_DUMP"] = d
+    old = L.ldm_dump_dir()
+    L.ldm_dump_set_dir(d.encode())
     try:
         res = fn(*args, **kw)
     finally:
-        if old is None:
-            del os.environ["LDM_DUMP"]
-        else:
-            os.environ["LDM_DUMP"] = old
+        L.ldm_dump_set_dir(old)
     arrays = read_dump_dir(d, order="written")
     shutil.rmtree(d, ignore_errors=True)
     return res, arrays
@@ -787,7 +787,7 @@ class Pipeline:
         self.h = C.create_string_buffer(OPAQUE_BYTES)
         vocab = os.path.join(ROOT, "build", "vocab", "bpe_simple_vocab_16e6.txt.gz")
         o = PipelineOptions(backend(backend_name), config_dir.encode() if config_dir else None,
-                            None, None, -1, int(need_encoder), 0)
+                            None, None, None, -1, int(need_encoder), 0)
         o.vocab = None if os.path.isdir(os.path.join(self.path, "tokenizer")) else vocab.encode()
         _check(L.ldm_pipeline_open(self.h, self.path.encode(), C.byref(o)), f"pipeline {self.path}")
         # latent channels and VAE factor, from the configs (ldm_model_open maps, loads nothing)

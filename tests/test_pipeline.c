@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/image.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
@@ -392,7 +393,7 @@ static void test_compare_finds_bug(void) {
         if (!strcmp(p.unet.blocks[i].name, "mid_block.attentions.0")) blk = &p.unet.blocks[i];
     if (!test_check(blk != NULL, "find mid_block.attentions.0", "%s", "")) goto done;
     for (int pass = 0; pass < 2; pass++) {
-        setenv("LDM_DUMP", pass ? b : a, 1);
+        ldm_dump_set_dir(pass ? b : a);
         ldm_rng_init(&rng, LDM_RNG_CPU, 1);
         if (!test_check(ldm_generate(&p, &g, NULL, NULL) == 0, pass ? "generate (bug injected)" : "generate (dump)",
                         "%s", ldm_last_error()))
@@ -406,7 +407,7 @@ static void test_compare_finds_bug(void) {
             free(h);
         }
     }
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     snprintf(args, sizeof args, "compare '%s' '%s'", b, a);
     run(args, &err);
     FILE *f = fopen(out_path, "rb");
@@ -419,7 +420,7 @@ static void test_compare_finds_bug(void) {
                "compare names step000/unet.mid_block.attentions.0 first", "got: %.120s",
                line ? line : "(no first divergence line)");
 done:
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     ldm_pipeline_close(&p);
 }
 

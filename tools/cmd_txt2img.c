@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/image.h"
 #include "ldm/backend/ops.h"
 #include "ldm/pipeline.h"
@@ -303,14 +304,7 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
 // ---------------------------------------------------------------------------
 // the command
 
-// The model `sd txt2img` uses when no --ckpt is given: $LDM_TINY_MODEL, else
-// the folder the repository ships (relative, like the vocabulary's default).
-static const char *tiny_model_path(void) {
-    const char *e = getenv("LDM_TINY_MODEL");
-    return e && *e ? e : LDM_TINY_MODEL_DEFAULT;
-}
-
-static int run(int argc, char **argv, int img2img) {
+static int run(int argc, char **argv, int img2img, const sd_env *env) {
     opts o;
     int e = parse_flags(&o, argc, argv, img2img);
     if (e) return e;
@@ -322,7 +316,7 @@ static int run(int argc, char **argv, int img2img) {
     // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
     const char *ckpt = get(&o, "--ckpt");
     int tiny = ckpt == NULL;
-    if (tiny) ckpt = tiny_model_path();
+    if (tiny) ckpt = env->tiny_model ? env->tiny_model : LDM_TINY_MODEL_DEFAULT;
     long long side = tiny ? 64 : 512;
     long long steps, n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
     double eta, scale, strength;
@@ -392,17 +386,16 @@ static int run(int argc, char **argv, int img2img) {
         else if (!strcmp(ps, "v") || !strcmp(ps, "v_prediction")) pred = LDM_PRED_V;
         else return sd_fail("%s: --prediction '%s': expected eps or v", cmd, ps), 2;
     }
-    const struct ldm_ops *ops = NULL;
+    // backend: --backend, else main's $LDM_BACKEND, else cpu
+    sd_env e_flags = *env;
     if (get(&o, "--backend")) {
-        ops = ldm_backend(get(&o, "--backend"));
-        if (!ops) return sd_fail("%s", ldm_last_error()), 2;
-        setenv("LDM_BACKEND", get(&o, "--backend"), 1);
-    } else {
-        ops = ldm_backend_default();
-        if (!ops) return sd_fail("%s", ldm_last_error());
+        e_flags.backend = get(&o, "--backend");
+        if (!ldm_backend(e_flags.backend)) return sd_fail("%s", ldm_last_error()), 2;
     }
+    const struct ldm_ops *ops = sd_backend(&e_flags);
+    if (!ops) return sd_fail("%s", ldm_last_error());
     if (threads > 0 && ops->set_threads) ops->set_threads((int)threads);
-    if (get(&o, "--dump")) setenv("LDM_DUMP", get(&o, "--dump"), 1);
+    if (get(&o, "--dump")) ldm_dump_set_dir(get(&o, "--dump"));
     int verbose = get(&o, "--verbose") != NULL;
     progress prog = {.tty = isatty(2)};
     prog.on = prog.tty || verbose || get(&o, "--progress");
@@ -471,7 +464,7 @@ static int run(int argc, char **argv, int img2img) {
     if (prog.on) fprintf(stderr, "load model %s\n", ckpt);
     ldm_pipeline_options po = {.ops = ops, .config_dir = get(&o, "--config"),
                                .vae_path = get(&o, "--vae"), .vocab = get(&o, "--vocab"),
-                               .prediction = pred, .need_encoder = img2img, .verbose = verbose};
+                               .vocab_default = env->vocab, .prediction = pred, .need_encoder = img2img, .verbose = verbose};
     if (ldm_pipeline_open(&p, ckpt, &po) != LDM_OK) {
         sd_fail("%s", ldm_last_error());
         goto out;
@@ -516,7 +509,7 @@ static int run(int argc, char **argv, int img2img) {
                 .clip_skip = (int)clip_skip, .rng = &rng,
                 .init_rgb = img2img ? init.rgb : NULL, .strength = strength,
                 .vae_opt = {.tiling = get(&o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
-                            .verbose = verbose},
+                            .budget_mb = env->vae_budget_mb, .verbose = verbose},
                 .truncate = 1, .progress = on_progress, .progress_ctx = &prog,
             };
             if (ldm_generate(&p, &g, NULL, rgb) != LDM_OK) {
@@ -589,11 +582,11 @@ out:
     return rc;
 }
 
-int cmd_txt2img(int argc, char **argv) { return run(argc, argv, 0); }
-int cmd_img2img(int argc, char **argv) { return run(argc, argv, 1); }
+int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 0, env); }
+int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 1, env); }
 
 // `sd png-info FILE`: print the text chunks of a PNG (the "parameters" first).
-int cmd_png_info(int argc, char **argv) {
+int cmd_png_info(int argc, char **argv, const sd_env *env) {
     if (argc != 2 || !strcmp(argv[1], "--help")) {
         fprintf(argc == 2 ? stdout : stderr, "usage: sd png-info FILE.png\n\n"
                 "Print the generation parameters (A1111 \"parameters\" text chunk) and other text.\n");
