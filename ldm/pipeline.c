@@ -237,7 +237,7 @@ static void step_fn(void *vctx, int i, const float *x, const float *denoised) {
 
 int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
     if (!g->prompt) return ldm_error("generate: no prompt (pass an empty string for none)");
-    if (!g->sampler) return ldm_error("generate: no sampler");
+    if (!g->sampling.sampler) return ldm_error("generate: no sampler");
     if (g->width < 8 || g->height < 8 || g->width % 8 || g->height % 8)
         return ldm_error("size %dx%d: width (--W) and height (--H) must be positive multiples of 8",
                          g->width, g->height);
@@ -251,7 +251,8 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
                          "(VAE factor %d x UNet downsampling %d)", g->width, g->height,
                          (long long)need, p->factor, 1 << (p->model.unet.n_levels - 1));
     if (g->batch < 1 || g->batch > 64) return ldm_error("batch (--n_samples) must be 1..64, found %d", g->batch);
-    if (g->steps < 1 || g->steps > 1000) return ldm_error("steps must be 1..1000, found %d", g->steps);
+    if (g->sampling.steps < 1 || g->sampling.steps > 1000)
+        return ldm_error("steps must be 1..1000, found %d", g->sampling.steps);
     if (!isfinite(g->cfg_scale)) return ldm_error("guidance scale must be a finite number");
     if (g->clip_skip < 1 || g->clip_skip > p->clip.n_layers)
         return ldm_error("clip skip %d: must be 1..%d for this text encoder", g->clip_skip,
@@ -326,7 +327,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     x = malloc((size_t)(B * per) * sizeof(float));
     noise = malloc((size_t)(B * per) * sizeof(float));
     if (!x || !noise) { ldm_error("out of memory"); goto done; }
-    int start_step = 0, run_steps = g->steps;
+    int start_step = 0, run_steps = g->sampling.steps;
     if (g->init_rgb) {
         if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
         int64_t H = g->height, W = g->width;
@@ -359,10 +360,9 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
         }
         // CompVis img2img.py / diffusers: t_enc = int(strength * steps) steps are run
         // (of the schedule's count entries; CompVis "uniform" may hold more than steps)
-        int count = g->sampler->uses_sigmas ? g->steps
-                                            : ldm_timesteps_count(&p->sched, g->spacing, g->steps);
-        if (count < 1) goto done;
-        run_steps = (int)(g->strength * g->steps);
+        int count = ldm_sampler_steps(&g->sampling, &p->sched);
+        if (count < 0) goto done;
+        run_steps = (int)(g->strength * g->sampling.steps);
         if (run_steps > count) run_steps = count;
         start_step = count - run_steps;
     }
@@ -380,15 +380,12 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
                         .cfg_scale = g->cfg_scale, .sched = &p->sched, .B = B, .per = per};
     if (ldm_denoiser_init(&dn) != LDM_OK) goto done;
     if (run_steps > 0) {
-        ldm_sample_opts so = {
-            .sampler = g->sampler, .sigma_kind = g->sigma_kind, .steps = g->steps, .eta = g->eta,
-            .spacing = g->spacing, .steps_offset = g->steps_offset, .compvis = g->compvis,
-            .start_step = start_step, .init = init, .callback = step_fn, .callback_ctx = &r,
-        };
+        ldm_sample_run run = {.noise = noise, .init = init, .start_step = start_step,
+                              .rng = g->rng, .callback = step_fn, .callback_ctx = &r};
         r.n_steps = run_steps;
         if (g->progress) g->progress(g->progress_ctx, "sample", 0, run_steps, 0);
         r.t_step = now_seconds();
-        if (ldm_sample(x, noise, &so, &dn, g->rng, 0) != LDM_OK) goto done;
+        if (ldm_sample(x, &g->sampling, &run, &dn) != LDM_OK) goto done;
     } else {
         memcpy(x, init, (size_t)(B * per) * sizeof(float));   // strength 0: the init latent
     }
@@ -423,7 +420,8 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
             ldm_dump(&img, "image");
             ldm_dump_set_prefix(NULL);
             ldm_tensor_free(&img);
-            int64_t bad = ldm_unit_to_pixels(rgb_out + b * H * W * 3, px, H, W, g->truncate);
+            int64_t bad = ldm_unit_to_pixels(rgb_out + b * H * W * 3, px, H, W,
+                                               g->sampling.conv.truncate);
             if (bad) {
                 free(px);
                 ldm_error("image %lld: %lld values are NaN or infinite (the model diverged)",

@@ -86,17 +86,11 @@ typedef void (*ldm_progress_fn)(void *ctx, const char *stage, int step, int n_st
                                 double seconds_per_step);
 
 typedef struct ldm_generate_params {
-    const char *prompt;             // A1111 syntax (weights, BREAK, long prompts)
+    const char *prompt;             // A1111 syntax (weights, BREAK, long prompts: ldm/prompt.h)
     const char *negative;           // "" or NULL: the empty prompt
     int width, height;              // pixels, multiples of 8 (and of the VAE factor)
     int batch;                      // B images per call (--n_samples)
-    const ldm_sampler_info *sampler;
-    ldm_sigma_kind sigma_kind;      // k-diffusion samplers: default / Karras / exponential
-    ldm_spacing spacing;            // DDIM/PLMS/DDPM timesteps (CompVis: UNIFORM)
-    int steps_offset;               // 1 for leading spacing (SD), ignored by UNIFORM
-    int compvis;                    // DDIM/PLMS: CompVis noise draws
-    int steps;                      // >= 1
-    float eta;                      // < 0: the sampler's default
+    ldm_sampler_settings sampling;  // sampler, steps, eta, sigmas, conventions (samplers/sampler.h)
     float cfg_scale;                // s (7.5); exactly 1: no unconditional pass (CompVis)
     int clip_skip;                  // >= 1
     ldm_rng *rng;                   // the run's generator (continues across calls)
@@ -105,7 +99,6 @@ typedef struct ldm_generate_params {
     const uint8_t *init_rgb;
     double strength;                // double: int(strength * steps) as Python computes it
     ldm_vae_options vae_opt;        // tiling
-    int truncate;                   // 1: uint8 by truncation (CompVis), 0: rounding (diffusers)
     ldm_progress_fn progress;
     void *progress_ctx;
 } ldm_generate_params;

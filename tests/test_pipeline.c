@@ -182,10 +182,10 @@ static void test_case(const pcase *c) {
     }
     ldm_generate_params g = {
         .prompt = c->prompt, .negative = c->negative, .width = 64, .height = 64, .batch = c->B,
-        .sampler = si, .sigma_kind = sk, .spacing = LDM_SPACING_LEADING, .steps_offset = 1,
-        .compvis = 0, .steps = c->steps, .eta = si->uses_sigmas ? -1.0f : 0.0f,
+        .sampling = {.sampler = si, .sigma_kind = sk, .steps = c->steps,
+                     .eta = si->uses_sigmas ? -1.0f : 0.0f, .conv = LDM_CONVENTIONS_DIFFUSERS},
         .cfg_scale = c->scale, .clip_skip = c->clip_skip, .rng = &rng,
-        .init_rgb = c->strength > 0 ? init.rgb : NULL, .strength = c->strength, .truncate = 0,
+        .init_rgb = c->strength > 0 ? init.rgb : NULL, .strength = c->strength,
     };
     float *got = malloc(n_lat * sizeof *got);
     uint8_t *rgb = malloc(n_img);
@@ -386,8 +386,9 @@ static void test_compare_finds_bug(void) {
     ldm_sampler_parse(&si, &sk, "ddim");
     ldm_rng rng;
     ldm_generate_params g = {.prompt = "a cat", .negative = "", .width = 64, .height = 64, .batch = 1,
-                             .sampler = si, .spacing = LDM_SPACING_LEADING, .steps_offset = 1,
-                             .steps = 2, .eta = 0, .cfg_scale = 7.5f, .clip_skip = 1, .rng = &rng};
+                             .sampling = {.sampler = si, .steps = 2, .eta = 0,
+                                          .conv = LDM_CONVENTIONS_DIFFUSERS},
+                             .cfg_scale = 7.5f, .clip_skip = 1, .rng = &rng};
     ldm_unet_block *blk = NULL;
     for (int i = 0; i < p.unet.n_blocks; i++)
         if (!strcmp(p.unet.blocks[i].name, "mid_block.attentions.0")) blk = &p.unet.blocks[i];

@@ -361,7 +361,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     if (ldm_sampler_parse(&sampler, &sigma_kind, sname ? sname : get(&o, "--plms") ? "plms" : "ddim"))
         return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
     int discrete = !sampler->uses_sigmas;
-    ldm_spacing spacing = LDM_SPACING_UNIFORM;
+    ldm_conventions conv = LDM_CONVENTIONS_COMPVIS;   // the CLI mimics CompVis scripts/txt2img.py
     const char *sched = get(&o, "--schedule");
     if (sched) {
         if (!discrete) {
@@ -370,7 +370,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
             else if (!strcmp(sched, "default")) sigma_kind = LDM_SIGMAS_DEFAULT;
             else return sd_fail("%s: --schedule '%s': %s takes default|karras|exponential", cmd,
                                 sched, sampler->label), 2;
-        } else if (ldm_spacing_parse(&spacing, sched)) {
+        } else if (ldm_spacing_parse(&conv.spacing, sched)) {   // overrides the preset
             return sd_fail("%s: --schedule: %s", cmd, ldm_last_error()), 2;
         }
     }
@@ -503,14 +503,15 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
             if (get(&o, "--fixed_code")) rng = fixed_rng;
             ldm_generate_params g = {
                 .prompt = prompts[pi], .negative = negative, .width = (int)W, .height = (int)H,
-                .batch = (int)B, .sampler = sampler, .sigma_kind = sigma_kind, .spacing = spacing,
-                .steps_offset = 1, .compvis = 1, .steps = (int)steps,
-                .eta = discrete ? (float)eta : -1.0f, .cfg_scale = (float)scale,
+                .batch = (int)B,
+                .sampling = {.sampler = sampler, .sigma_kind = sigma_kind, .steps = (int)steps,
+                             .eta = discrete ? (float)eta : -1.0f, .conv = conv},
+                .cfg_scale = (float)scale,
                 .clip_skip = (int)clip_skip, .rng = &rng,
                 .init_rgb = img2img ? init.rgb : NULL, .strength = strength,
                 .vae_opt = {.tiling = get(&o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                             .budget_mb = env->vae_budget_mb, .verbose = verbose},
-                .truncate = 1, .progress = on_progress, .progress_ctx = &prog,
+                .progress = on_progress, .progress_ctx = &prog,
             };
             if (ldm_generate(&p, &g, NULL, rgb) != LDM_OK) {
                 sd_fail("%s", ldm_last_error());
