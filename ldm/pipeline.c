@@ -1,16 +1,17 @@
 /*
- * ldm/pipeline.c -- txt2img / img2img: guidance, the sampling loop and
- * decoding (see pipeline.h for the picture; prompt weighting is ldm/prompt.c).
+ * ldm/pipeline.c -- txt2img / img2img: loading, then one generation as the
+ * four stages of the LDM paper's Fig. 3 (see pipeline.h for the picture):
+ * condition, initial latent, sample, decode.
  *
  * Mirrors CompVis scripts/txt2img.py + img2img.py (guidance batch order,
  * strength), diffusers StableDiffusion(Img2Img)Pipeline (the numerical
- * reference of tests/test_pipeline.c) and AUTOMATIC1111's prompt syntax
- * (modules/prompt_parser.py parse_prompt_attention; modules/sd_hijack_clip.py
- * tokenize_line / process_tokens, "Original" emphasis, pad_cond_uncond).
+ * reference of tests/test_pipeline.c) and AUTOMATIC1111's "pad
+ * prompt/negative prompt to the same length" (sd_hijack_clip pad_cond; the
+ * prompt syntax itself is ldm/prompt.c).
  * Leaves out: inpainting, embeddings, prompt scheduling, hires fix.
  *
- * Order of this file: 1. loading, 2. prompt encoding, 3. the UNet callback,
- * 4. generate.
+ * Order of this file: 1. loading, 2. prompt -> context, 3. what a generation
+ * holds and the UNet behind the sampler, 4. the four stages, 5. generate.
  */
 #include "ldm/pipeline.h"
 
@@ -114,9 +115,9 @@ void ldm_pipeline_close(ldm_pipeline *p) {
 }
 
 // ---------------------------------------------------------------------------
-// 2. Prompt -> context (A1111 process_tokens, "Original" emphasis)
+// 2. Prompt -> context
 
-// host z [n_chunks,77,D] of the prompt, weighted; malloc'ed.
+// host z [n_chunks,77,D] of the prompt, weighted (ldm/prompt.h); malloc'ed.
 // Dumps go under `role`/ ("prompt/", "negative/", "empty/").
 static int encode_host(float **out, int *n_chunks, ldm_pipeline *p, const char *prompt,
                        int clip_skip, const char *role) {
@@ -138,22 +139,37 @@ static int encode_host(float **out, int *n_chunks, ldm_pipeline *p, const char *
     ldm_dump_set_prefix(role);
     int e = ldm_clip_forward(&z, &p->clip, ids, nc, LDM_CONTEXT, clip_skip - 1);
     ldm_dump_set_prefix(NULL);
+    free(ids);
     if (e != LDM_OK) {
-        free(ids); free(mult);
+        free(mult);
         return LDM_ERR;
     }
     float *h = malloc((size_t)z.numel * sizeof *h);
     if (!h) {
-        ldm_tensor_free(&z); free(ids); free(mult);
+        ldm_tensor_free(&z); free(mult);
         return ldm_error("prompt: out of memory");
     }
     ldm_tensor_to_host(h, &z);
-    ldm_prompt_emphasis(h, mult, nc, z.shape[2]);   // A1111 "Original" emphasis
+    ldm_prompt_emphasis(h, mult, nc, z.shape[2]);
     ldm_tensor_free(&z);
-    free(ids);
     free(mult);
     *out = h;
     *n_chunks = nc;
+    return LDM_OK;
+}
+
+// A1111 pad_cond: grow z [have*77,D] to [want*77,D] with copies of the empty
+// prompt's chunk, so that prompt and negative prompt have the same length.
+static int pad_with_empty(float **z, int have, int want, ldm_pipeline *p, int clip_skip) {
+    float *empty;
+    int ne;
+    if (encode_host(&empty, &ne, p, "", clip_skip, "empty/") != LDM_OK) return LDM_ERR;
+    const int64_t chunk = (int64_t)LDM_CONTEXT * p->model.clip.hidden_size;
+    float *grown = realloc(*z, (size_t)(want * chunk) * sizeof(float));
+    if (!grown) { free(empty); return ldm_error("out of memory"); }
+    for (int k = have; k < want; k++) memcpy(grown + k * chunk, empty, (size_t)chunk * sizeof(float));
+    *z = grown;
+    free(empty);
     return LDM_OK;
 }
 
@@ -170,22 +186,27 @@ int ldm_pipeline_encode_prompt(ldm_tensor *ctx, ldm_pipeline *p, const char *pro
 }
 
 // ---------------------------------------------------------------------------
-// 3. The network behind the sampler: x_in [N,per], t [N] -> eps or v [N,per]
+// 3. What one generation holds between its stages, and the UNet behind the sampler
 
-typedef struct run_ctx {
+typedef struct generation {
     ldm_pipeline *p;
     const ldm_generate_params *g;
-    ldm_tensor context;     // [2B,T,D]: rows [uncond x B, cond x B] (or [B,T,D] without guidance)
-    int cfg;
-    int64_t B, C, h, w;
-    int step;               // sampler step being computed (dump prefix)
-    int n_steps;
-    double t_step;          // start of the current step
-    double t_start;
-} run_ctx;
+    int64_t B, C, h, w, per;  // the latent [B,C,h,w]; per = C*h*w floats per image
+    int cfg;                  // classifier-free guidance: context rows [uncond x B, cond x B]
+    ldm_tensor context;       // 1. condition: [2B,T,D] ([B,T,D] without guidance), on p->ops
+    float *noise;             // 2. initial latent: z_T ~ N(0,I) [B,per]
+    float *init;              //    img2img: z_0 = E(x) [B,per]; NULL for txt2img
+    int start_step;           //    img2img: first schedule entry run; txt2img 0
+    int run_steps;            //    sampler steps that run (0: strength 0 keeps the init latent)
+    float *z;                 // 3. sample: the latent z_0 [B,per], then 4. decoded
+    int step;                 // sampler step being computed (dump prefix "stepNNN/")
+    double t_step;            // start of the current step (progress)
+} generation;
 
+// The network behind the sampler: x_in [N,per], t [N] -> eps or v [N,per].
+// N == 2B: the whole context; N == B (no guidance): the context is [B,T,D] already.
 static int unet_fn(float *out, const float *x_in, const float *t, int64_t N, void *vctx) {
-    run_ctx *r = vctx;
+    generation *r = vctx;
     ldm_pipeline *p = r->p;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "step%03d/", r->step);
@@ -196,7 +217,6 @@ static int unet_fn(float *out, const float *x_in, const float *t, int64_t N, voi
     if (!x.data || !y.data) goto done;
     ldm_tensor_from_host(&x, x_in);
     ldm_dump(&x, "unet_in");
-    // N == 2B: the whole context; N == B (no guidance): the context is [B,T,D] already
     if (ldm_unet_forward(&y, &p->unet, &x, t, &r->context) != LDM_OK) goto done;
     ldm_tensor_to_host(out, &y);
     ldm_dump(&y, "unet_out");
@@ -208,36 +228,188 @@ done:
     return rc;
 }
 
+// After sampler step i: x and the step's prediction of x_0 [B,per], dumped; progress.
 static void step_fn(void *vctx, int i, const float *x, const float *denoised) {
-    run_ctx *r = vctx;
-    if (ldm_dump_enabled()) {
-        char name[48];
-        ldm_tensor hx = {0};   // host view for the dump writer (ref backend = host memory)
-        hx.data = (float *)x;
-        hx.ndim = 4;
-        hx.shape[0] = r->B; hx.shape[1] = r->C; hx.shape[2] = r->h; hx.shape[3] = r->w;
-        hx.numel = r->B * r->C * r->h * r->w;
-        hx.ops = &ldm_ops_ref;
-        snprintf(name, sizeof name, "step%03d/latent", i);
-        ldm_dump(&hx, "%s", name);
-        if (denoised) {
-            hx.data = (float *)denoised;
-            snprintf(name, sizeof name, "step%03d/denoised", i);
-            ldm_dump(&hx, "%s", name);
-        }
-    }
+    generation *r = vctx;
+    ldm_dump_host(x, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/latent", i);
+    if (denoised) ldm_dump_host(denoised, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/denoised", i);
     double t = now_seconds();
-    if (r->g->progress) r->g->progress(r->g->progress_ctx, "sample", i + 1, r->n_steps, t - r->t_step);
+    if (r->g->progress)
+        r->g->progress(r->g->progress_ctx, "sample", i + 1, r->run_steps, t - r->t_step);
     r->t_step = t;
     r->step = i + 1;
 }
 
 // ---------------------------------------------------------------------------
-// 4. Generate
+// 4. The four stages (LDM Fig. 3)
+
+// Stage 1, condition: tau_theta(y). c = the prompt's context, u = the negative
+// prompt's (with guidance), [k*77,D] each, padded to one length; the context
+// rows are [u x B, c x B] (the CompVis order: torch.cat([uc, c])).
+static int condition(generation *r) {
+    ldm_pipeline *p = r->p;
+    const ldm_generate_params *g = r->g;
+    const int64_t D = p->model.clip.hidden_size;
+    float *zc = NULL, *zu = NULL, *rows = NULL;
+    int nc = 0, nu = 0, rc = LDM_ERR;
+    if (g->progress) g->progress(g->progress_ctx, "encode prompt", -1, 0, 0);
+    if (encode_host(&zc, &nc, p, g->prompt, g->clip_skip, "prompt/") != LDM_OK) goto done;
+    if (r->cfg) {
+        if (encode_host(&zu, &nu, p, g->negative ? g->negative : "", g->clip_skip,
+                        "negative/") != LDM_OK)
+            goto done;
+        if (nc != nu && pad_with_empty(nc < nu ? &zc : &zu, nc < nu ? nc : nu,
+                                       nc > nu ? nc : nu, p, g->clip_skip) != LDM_OK)
+            goto done;
+    }
+    const int64_t T = (int64_t)(nc > nu ? nc : nu) * LDM_CONTEXT, N = r->cfg ? 2 * r->B : r->B;
+    rows = malloc((size_t)(N * T * D) * sizeof(float));
+    if (!rows) {
+        ldm_error("out of memory for the context [%lld,%lld,%lld]", (long long)N, (long long)T,
+                  (long long)D);
+        goto done;
+    }
+    for (int64_t b = 0; b < N; b++)
+        memcpy(rows + b * T * D, (r->cfg && b < r->B) ? zu : zc, (size_t)(T * D) * sizeof(float));
+    r->context = ldm_tensor_new(p->ops, LDM_SHAPE(N, T, D));
+    if (!r->context.data) goto done;
+    ldm_tensor_from_host(&r->context, rows);
+    ldm_dump_host(zc, LDM_SHAPE(1, T, D), "context");
+    if (r->cfg) ldm_dump_host(zu, LDM_SHAPE(1, T, D), "uncond_context");
+    rc = LDM_OK;
+done:
+    free(zc); free(zu); free(rows);
+    return rc;
+}
+
+// img2img: z_0 [B,per] = E(x) * scaling_factor, the VAE posterior sampled with
+// noise [B,C,h,w] in one draw from the run's generator (LDM eq. 25; CompVis
+// encodes the repeated batch). `noise` is scratch for that draw.
+static int encode_image(generation *r, float *noise) {
+    ldm_pipeline *p = r->p;
+    const ldm_generate_params *g = r->g;
+    const int64_t H = g->height, W = g->width;
+    ldm_tensor x = ldm_tensor_new(p->ops, LDM_SHAPE(1, 3, H, W)), moments = {0};
+    float *px = malloc((size_t)(3 * H * W) * sizeof(float)), *m = NULL;
+    int rc = LDM_ERR;
+    if (!x.data || !px) { ldm_error("out of memory"); goto done; }
+    ldm_pixels_to_unit(px, g->init_rgb, H, W);   // 2 p/255 - 1
+    ldm_tensor_from_host(&x, px);
+    if (ldm_vae_encoder_forward(&moments, &p->vae, &x) != LDM_OK) goto done;
+    m = malloc((size_t)moments.numel * sizeof(float));
+    r->init = malloc((size_t)(r->B * r->per) * sizeof(float));
+    if (!m || !r->init) { ldm_error("out of memory"); goto done; }
+    ldm_tensor_to_host(m, &moments);
+    ldm_rng_randn_batch(g->rng, 0, noise, r->B, r->per);
+    for (int64_t b = 0; b < r->B; b++) {
+        float *z0 = r->init + b * r->per;
+        ldm_vae_posterior(z0, m, noise + b * r->per, 1, r->C, r->h * r->w);   // LDM eq. 25
+        for (int64_t i = 0; i < r->per; i++) z0[i] *= p->vae.cfg.scaling_factor;
+    }
+    ldm_dump_host(r->init, LDM_SHAPE(r->B, r->C, r->h, r->w), "init_latent");
+    rc = LDM_OK;
+done:
+    ldm_tensor_free(&x);
+    ldm_tensor_free(&moments);
+    free(px);
+    free(m);
+    return rc;
+}
+
+// Stage 2, initial latent: z_T ~ N(0,I) [B,per] from the run's generator.
+// img2img first encodes the image (the generator's first draw, as CompVis and
+// diffusers) and starts int(strength * steps) entries before the end of the
+// schedule (CompVis img2img.py t_enc); the sampler noises z_0 to that level.
+static int initial_latent(generation *r) {
+    const ldm_generate_params *g = r->g;
+    r->noise = malloc((size_t)(r->B * r->per) * sizeof(float));
+    r->z = malloc((size_t)(r->B * r->per) * sizeof(float));
+    if (!r->noise || !r->z) return ldm_error("out of memory");
+    r->start_step = 0;
+    r->run_steps = g->sampling.steps;
+    if (g->init_rgb) {
+        if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
+        if (encode_image(r, r->noise) != LDM_OK) return LDM_ERR;
+        int count = ldm_sampler_steps(&g->sampling, &r->p->sched);  // CompVis "uniform": may exceed steps
+        if (count < 0) return LDM_ERR;
+        r->run_steps = (int)(g->strength * g->sampling.steps);
+        if (r->run_steps > count) r->run_steps = count;
+        r->start_step = count - r->run_steps;
+    }
+    ldm_rng_randn_batch(g->rng, 0, r->noise, r->B, r->per);
+    ldm_dump_host(r->noise, LDM_SHAPE(r->B, r->C, r->h, r->w), "noise");
+    return LDM_OK;
+}
+
+// Stage 3, sample: the reverse process z_T -> z_0 (samplers/sampler.c
+// ldm_sample) with the UNet behind the guided denoiser. Frees the context
+// and the noise after it: the decoder needs the memory.
+static int sample(generation *r) {
+    ldm_pipeline *p = r->p;
+    const ldm_generate_params *g = r->g;
+    ldm_denoiser dn = {.fn = unet_fn, .ctx = r, .prediction = p->model.prediction, .cfg = r->cfg,
+                       .cfg_scale = g->cfg_scale, .sched = &p->sched, .B = r->B, .per = r->per};
+    if (ldm_denoiser_init(&dn) != LDM_OK) return LDM_ERR;
+    int rc = LDM_OK;
+    if (r->run_steps > 0) {
+        ldm_sample_run run = {.noise = r->noise, .init = r->init, .start_step = r->start_step,
+                              .rng = g->rng, .callback = step_fn, .callback_ctx = r};
+        if (g->progress) g->progress(g->progress_ctx, "sample", 0, r->run_steps, 0);
+        r->t_step = now_seconds();
+        rc = ldm_sample(r->z, &g->sampling, &run, &dn);
+    } else {
+        memcpy(r->z, r->init, (size_t)(r->B * r->per) * sizeof(float));   // strength 0
+    }
+    ldm_denoiser_free(&dn);
+    ldm_tensor_free(&r->context);
+    free(r->noise);
+    r->noise = NULL;
+    if (rc == LDM_OK) ldm_dump_host(r->z, LDM_SHAPE(r->B, r->C, r->h, r->w), "latent");
+    return rc;
+}
+
+// Stage 4, decode: D(z_0) one image at a time (the VAE's activations dominate
+// memory), then to uint8 RGB by truncation or rounding (the conventions).
+static int decode(generation *r, uint8_t *rgb_out) {
+    ldm_pipeline *p = r->p;
+    const ldm_generate_params *g = r->g;
+    const int64_t H = g->height, W = g->width;
+    if (g->progress) g->progress(g->progress_ctx, "decode", -1, 0, 0);
+    float *px = malloc((size_t)(3 * H * W) * sizeof(float));
+    if (!px) return ldm_error("out of memory");
+    int rc = LDM_OK;
+    for (int64_t b = 0; b < r->B && rc == LDM_OK; b++) {
+        ldm_tensor z = ldm_tensor_new(p->ops, LDM_SHAPE(1, r->C, r->h, r->w)), img = {0};
+        if (!z.data) { rc = LDM_ERR; break; }
+        ldm_tensor_from_host(&z, r->z + b * r->per);
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "image%lld/", (long long)b);
+        ldm_dump_set_prefix(prefix);   // vae.decoder.* of image b
+        rc = ldm_vae_decode(&img, &p->vae, &z, &g->vae_opt);
+        if (rc == LDM_OK) {
+            ldm_tensor_to_host(px, &img);
+            ldm_dump(&img, "image");
+        }
+        ldm_dump_set_prefix(NULL);
+        ldm_tensor_free(&z);
+        ldm_tensor_free(&img);
+        int64_t bad = rc == LDM_OK ? ldm_unit_to_pixels(rgb_out + b * H * W * 3, px, H, W,
+                                                        g->sampling.conv.truncate) : 0;
+        if (bad)
+            rc = ldm_error("image %lld: %lld values are NaN or infinite (the model diverged)",
+                           (long long)b, (long long)bad);
+    }
+    free(px);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Generate
 
 int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
+    const ldm_sampler_settings *s = &g->sampling;
     if (!g->prompt) return ldm_error("generate: no prompt (pass an empty string for none)");
-    if (!g->sampling.sampler) return ldm_error("generate: no sampler");
+    if (!s->sampler) return ldm_error("generate: no sampler");
     if (g->width < 8 || g->height < 8 || g->width % 8 || g->height % 8)
         return ldm_error("size %dx%d: width (--W) and height (--H) must be positive multiples of 8",
                          g->width, g->height);
@@ -251,8 +423,7 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
                          "(VAE factor %d x UNet downsampling %d)", g->width, g->height,
                          (long long)need, p->factor, 1 << (p->model.unet.n_levels - 1));
     if (g->batch < 1 || g->batch > 64) return ldm_error("batch (--n_samples) must be 1..64, found %d", g->batch);
-    if (g->sampling.steps < 1 || g->sampling.steps > 1000)
-        return ldm_error("steps must be 1..1000, found %d", g->sampling.steps);
+    if (s->steps < 1 || s->steps > 1000) return ldm_error("steps must be 1..1000, found %d", s->steps);
     if (!isfinite(g->cfg_scale)) return ldm_error("guidance scale must be a finite number");
     if (g->clip_skip < 1 || g->clip_skip > p->clip.n_layers)
         return ldm_error("clip skip %d: must be 1..%d for this text encoder", g->clip_skip,
@@ -270,172 +441,17 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
 int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_out,
                  uint8_t *rgb_out) {
     if (ldm_generate_check(p, g) != LDM_OK) return LDM_ERR;
-    const int64_t B = g->batch, C = p->latent_channels, f = p->factor;
-    const int64_t h = g->height / f, w = g->width / f, per = C * h * w;
-    const int64_t D = p->model.clip.hidden_size;
-    const int cfg = g->cfg_scale != 1.0f;   // CompVis: unconditional only when scale != 1
-    run_ctx r = {.p = p, .g = g, .cfg = cfg, .B = B, .C = C, .h = h, .w = w};
-    float *zc = NULL, *zu = NULL, *ctx_h = NULL, *x = NULL, *noise = NULL, *init = NULL;
-    ldm_denoiser dn = {0};
-    int rc = LDM_ERR;
-    r.t_start = now_seconds();
-
-    // ---- text conditioning: c [nc*77,D], u [nu*77,D], padded to one length
-    if (g->progress) g->progress(g->progress_ctx, "encode prompt", -1, 0, 0);
-    int nc = 0, nu = 0;
-    if (encode_host(&zc, &nc, p, g->prompt, g->clip_skip, "prompt/") != LDM_OK) goto done;
-    if (cfg && encode_host(&zu, &nu, p, g->negative ? g->negative : "", g->clip_skip,
-                          "negative/") != LDM_OK)
-        goto done;
-    int nmax = nc > nu ? nc : nu;
-    int64_t T = (int64_t)nmax * LDM_CONTEXT, chunk = (int64_t)LDM_CONTEXT * D;
-    if (nc != nu && cfg) {
-        // A1111 pad_cond: append the empty prompt's chunk to the shorter one
-        float *empty;
-        int ne;
-        if (encode_host(&empty, &ne, p, "", g->clip_skip, "empty/") != LDM_OK) goto done;
-        float **short_one = nc < nu ? &zc : &zu;
-        int have = nc < nu ? nc : nu;
-        float *grown = realloc(*short_one, (size_t)(T * D) * sizeof(float));
-        if (!grown) { free(empty); ldm_error("out of memory"); goto done; }
-        for (int k = have; k < nmax; k++) memcpy(grown + k * chunk, empty, (size_t)chunk * sizeof(float));
-        *short_one = grown;
-        free(empty);
-    }
-    int64_t rows = cfg ? 2 * B : B;
-    ctx_h = malloc((size_t)(rows * T * D) * sizeof(float));
-    if (!ctx_h) { ldm_error("out of memory for the context [%lld,%lld,%lld]", (long long)rows, (long long)T, (long long)D); goto done; }
-    for (int64_t b = 0; b < rows; b++) {   // rows [uncond x B, cond x B]: the CompVis order
-        const float *src = (cfg && b < B) ? zu : zc;
-        memcpy(ctx_h + b * T * D, src, (size_t)(T * D) * sizeof(float));
-    }
-    r.context = ldm_tensor_new(p->ops, LDM_SHAPE(rows, T, D));
-    if (!r.context.data) goto done;
-    ldm_tensor_from_host(&r.context, ctx_h);
-    free(ctx_h);
-    ctx_h = NULL;
-    if (ldm_dump_enabled()) {
-        ldm_tensor v = ldm_tensor_slice0(&r.context, cfg ? B : 0, 1);
-        ldm_dump(&v, "context");
-        if (cfg) {
-            v = ldm_tensor_slice0(&r.context, 0, 1);
-            ldm_dump(&v, "uncond_context");
-        }
-    }
-
-    // ---- img2img: init latent = VAE posterior sample (CompVis/diffusers draw it first)
-    x = malloc((size_t)(B * per) * sizeof(float));
-    noise = malloc((size_t)(B * per) * sizeof(float));
-    if (!x || !noise) { ldm_error("out of memory"); goto done; }
-    int start_step = 0, run_steps = g->sampling.steps;
-    if (g->init_rgb) {
-        if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
-        int64_t H = g->height, W = g->width;
-        float *px = malloc((size_t)(3 * H * W) * sizeof(float));
-        if (!px) { ldm_error("out of memory"); goto done; }
-        ldm_pixels_to_unit(px, g->init_rgb, H, W);   // 2 p/255 - 1
-        ldm_tensor xi = ldm_tensor_new(p->ops, LDM_SHAPE(1, 3, H, W)), moments = {0};
-        if (!xi.data) { free(px); goto done; }
-        ldm_tensor_from_host(&xi, px);
-        free(px);
-        int e = ldm_vae_encoder_forward(&moments, &p->vae, &xi);
-        ldm_tensor_free(&xi);
-        if (e != LDM_OK) goto done;
-        float *mh = malloc((size_t)moments.numel * sizeof(float));
-        init = malloc((size_t)(B * per) * sizeof(float));
-        if (!mh || !init) { free(mh); ldm_tensor_free(&moments); ldm_error("out of memory"); goto done; }
-        ldm_tensor_to_host(mh, &moments);
-        ldm_tensor_free(&moments);
-        // posterior noise [B,C,h,w] in one draw (CompVis encodes the repeated batch)
-        ldm_rng_randn_batch(g->rng, 0, noise, B, per);
-        for (int64_t b = 0; b < B; b++) {
-            ldm_vae_posterior(init + b * per, mh, noise + b * per, 1, C, h * w);  // LDM eq. 25
-            for (int64_t i = 0; i < per; i++) init[b * per + i] *= p->vae.cfg.scaling_factor;
-        }
-        free(mh);
-        if (ldm_dump_enabled()) {
-            ldm_tensor v = {.data = init, .ndim = 4, .shape = {B, C, h, w}, .numel = B * per,
-                            .ops = &ldm_ops_ref};
-            ldm_dump(&v, "init_latent");
-        }
-        // CompVis img2img.py / diffusers: t_enc = int(strength * steps) steps are run
-        // (of the schedule's count entries; CompVis "uniform" may hold more than steps)
-        int count = ldm_sampler_steps(&g->sampling, &p->sched);
-        if (count < 0) goto done;
-        run_steps = (int)(g->strength * g->sampling.steps);
-        if (run_steps > count) run_steps = count;
-        start_step = count - run_steps;
-    }
-
-    // ---- noise [B,C,h,w] from the run's generator
-    ldm_rng_randn_batch(g->rng, 0, noise, B, per);
-    if (ldm_dump_enabled()) {
-        ldm_tensor v = {.data = noise, .ndim = 4, .shape = {B, C, h, w}, .numel = B * per,
-                        .ops = &ldm_ops_ref};
-        ldm_dump(&v, "noise");
-    }
-
-    // ---- the sampling loop (samplers/sampler.c ldm_sample)
-    dn = (ldm_denoiser){.fn = unet_fn, .ctx = &r, .prediction = p->model.prediction, .cfg = cfg,
-                        .cfg_scale = g->cfg_scale, .sched = &p->sched, .B = B, .per = per};
-    if (ldm_denoiser_init(&dn) != LDM_OK) goto done;
-    if (run_steps > 0) {
-        ldm_sample_run run = {.noise = noise, .init = init, .start_step = start_step,
-                              .rng = g->rng, .callback = step_fn, .callback_ctx = &r};
-        r.n_steps = run_steps;
-        if (g->progress) g->progress(g->progress_ctx, "sample", 0, run_steps, 0);
-        r.t_step = now_seconds();
-        if (ldm_sample(x, &g->sampling, &run, &dn) != LDM_OK) goto done;
-    } else {
-        memcpy(x, init, (size_t)(B * per) * sizeof(float));   // strength 0: the init latent
-    }
-    ldm_tensor_free(&r.context);   // the UNet's inputs are no longer needed
-    ldm_denoiser_free(&dn);
-    free(noise);
-    noise = NULL;
-    if (latent_out) memcpy(latent_out, x, (size_t)(B * per) * sizeof(float));
-    {
-        ldm_tensor v = {.data = x, .ndim = 4, .shape = {B, C, h, w}, .numel = B * per,
-                        .ops = &ldm_ops_ref};
-        ldm_dump(&v, "latent");
-    }
-
-    // ---- decode one image at a time (the VAE's activations dominate memory)
-    if (rgb_out) {
-        if (g->progress) g->progress(g->progress_ctx, "decode", -1, 0, 0);
-        int64_t H = g->height, W = g->width;
-        float *px = malloc((size_t)(3 * H * W) * sizeof(float));
-        if (!px) { ldm_error("out of memory"); goto done; }
-        for (int64_t b = 0; b < B; b++) {
-            ldm_tensor lat = ldm_tensor_new(p->ops, LDM_SHAPE(1, C, h, w)), img = {0};
-            if (!lat.data) { free(px); goto done; }
-            ldm_tensor_from_host(&lat, x + b * per);
-            char prefix[32];
-            snprintf(prefix, sizeof prefix, "image%lld/", (long long)b);
-            ldm_dump_set_prefix(prefix);   // vae.decoder.* of image b
-            int e = ldm_vae_decode(&img, &p->vae, &lat, &g->vae_opt);
-            ldm_tensor_free(&lat);
-            if (e != LDM_OK) { free(px); goto done; }
-            ldm_tensor_to_host(px, &img);
-            ldm_dump(&img, "image");
-            ldm_dump_set_prefix(NULL);
-            ldm_tensor_free(&img);
-            int64_t bad = ldm_unit_to_pixels(rgb_out + b * H * W * 3, px, H, W,
-                                               g->sampling.conv.truncate);
-            if (bad) {
-                free(px);
-                ldm_error("image %lld: %lld values are NaN or infinite (the model diverged)",
-                          (long long)b, (long long)bad);
-                goto done;
-            }
-        }
-        free(px);
-    }
-    rc = LDM_OK;
-done:
+    const int64_t f = p->factor, C = p->latent_channels;
+    generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
+                    .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
+    r.per = r.C * r.h * r.w;
+    int rc = condition(&r);                                  // tau_theta(y) -> context
+    if (rc == LDM_OK) rc = initial_latent(&r);               // z_T, or z_0 = E(x) for img2img
+    if (rc == LDM_OK) rc = sample(&r);                       // z_T -> z_0
+    if (rc == LDM_OK && latent_out) memcpy(latent_out, r.z, (size_t)(r.B * r.per) * sizeof(float));
+    if (rc == LDM_OK && rgb_out) rc = decode(&r, rgb_out);   // D(z_0) -> pixels
     ldm_dump_set_prefix(NULL);
     ldm_tensor_free(&r.context);
-    ldm_denoiser_free(&dn);
-    free(zc); free(zu); free(ctx_h); free(x); free(noise); free(init);
+    free(r.noise); free(r.init); free(r.z);
     return rc;
 }

@@ -2,13 +2,16 @@
  * ldm/pipeline.h -- text-to-image and image-to-image: the whole latent
  * diffusion loop (LDM paper section 3.3, Fig. 3) over the modules of ldm.c.
  *
- *   prompt, negative --prompt weighting--> ids in 77-token chunks --CLIP-->
- *       context c [1,77k,D], u [1,77k,D]   (u padded to c's length or back)
- *   seed --rng--> noise [B,4,h,w]           (img2img: + VAE-encoded init,
- *                                            noised to the start level)
- *   sampler loop: D(x; t) from one UNet batch [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w]
- *       guided eps = u + s (c - u)          (classifier-free guidance)
- *   latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in [-1,1] --> uint8 RGB
+ * Four stages, named after the paper's figure (ldm/pipeline.c, one function each):
+ *   1. condition       tau_theta(y): prompt, negative --prompt weighting (ldm/prompt.h)-->
+ *                      ids in 77-token chunks --CLIP--> context c [1,77k,D], u [1,77k,D]
+ *                      (u padded to c's length or back)
+ *   2. initial latent  seed --rng--> noise z_T [B,4,h,w]; img2img: z_0 = E(x) (the VAE
+ *                      encoder), noised to the start level, q(z_t | z_0)
+ *   3. sample          the reverse process: D(x; t) from one UNet batch
+ *                      [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w], guided eps = u + s (c - u)
+ *   4. decode          D(z_0): latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in
+ *                      [-1,1] --> uint8 RGB
  *
  * Mirrors: CompVis scripts/txt2img.py and scripts/img2img.py (loop, strength,
  * guidance order), diffusers StableDiffusionPipeline / StableDiffusion
@@ -107,7 +110,10 @@ typedef struct ldm_generate_params {
 // 0 / LDM_ERR naming the parameter.
 int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g);
 
-// Run. latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
+// Run the four stages of the LDM paper's Fig. 3: condition (tau_theta: prompt
+// -> context), initial latent (noise; img2img: q(z_t | z_0 = E(x))), sample
+// (the reverse process) and decode (D(z)).
+// latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
 // The generator is used in this order: (img2img) the VAE posterior noise
 // [B,C,h,w], the initial noise [B,C,h,w], then the sampler's own draws.
 // Dumps (ldm_dump_set_dir): "prompt/text_model.*", "negative/text_model.*",
