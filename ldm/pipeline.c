@@ -368,10 +368,29 @@ static int sample(generation *r) {
     return rc;
 }
 
+// Image b: px [3,H,W] <- D(z_0[b]), the decoder's blocks dumped under "imageK/".
+static int decode_one(generation *r, int64_t b, float *px) {
+    ldm_pipeline *p = r->p;
+    ldm_tensor z = ldm_tensor_new(p->ops, LDM_SHAPE(1, r->C, r->h, r->w)), img = {0};
+    if (!z.data) return LDM_ERR;
+    ldm_tensor_from_host(&z, r->z + b * r->per);
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "image%lld/", (long long)b);
+    ldm_dump_set_prefix(prefix);
+    int rc = ldm_vae_decode(&img, &p->vae, &z, &r->g->vae_opt);   // divides by scaling_factor
+    if (rc == LDM_OK) {
+        ldm_tensor_to_host(px, &img);
+        ldm_dump(&img, "image");
+    }
+    ldm_dump_set_prefix(NULL);
+    ldm_tensor_free(&z);
+    ldm_tensor_free(&img);
+    return rc;
+}
+
 // Stage 4, decode: D(z_0) one image at a time (the VAE's activations dominate
 // memory), then to uint8 RGB by truncation or rounding (the conventions).
 static int decode(generation *r, uint8_t *rgb_out) {
-    ldm_pipeline *p = r->p;
     const ldm_generate_params *g = r->g;
     const int64_t H = g->height, W = g->width;
     if (g->progress) g->progress(g->progress_ctx, "decode", -1, 0, 0);
@@ -379,20 +398,7 @@ static int decode(generation *r, uint8_t *rgb_out) {
     if (!px) return ldm_error("out of memory");
     int rc = LDM_OK;
     for (int64_t b = 0; b < r->B && rc == LDM_OK; b++) {
-        ldm_tensor z = ldm_tensor_new(p->ops, LDM_SHAPE(1, r->C, r->h, r->w)), img = {0};
-        if (!z.data) { rc = LDM_ERR; break; }
-        ldm_tensor_from_host(&z, r->z + b * r->per);
-        char prefix[32];
-        snprintf(prefix, sizeof prefix, "image%lld/", (long long)b);
-        ldm_dump_set_prefix(prefix);   // vae.decoder.* of image b
-        rc = ldm_vae_decode(&img, &p->vae, &z, &g->vae_opt);
-        if (rc == LDM_OK) {
-            ldm_tensor_to_host(px, &img);
-            ldm_dump(&img, "image");
-        }
-        ldm_dump_set_prefix(NULL);
-        ldm_tensor_free(&z);
-        ldm_tensor_free(&img);
+        rc = decode_one(r, b, px);
         int64_t bad = rc == LDM_OK ? ldm_unit_to_pixels(rgb_out + b * H * W * 3, px, H, W,
                                                         g->sampling.conv.truncate) : 0;
         if (bad)
