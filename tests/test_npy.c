@@ -9,7 +9,8 @@
  *    message (Fortran order, big-endian, int dtype, truncated, trailing bytes,
  *    bad magic, empty).
  * 4. ldm_dump_set_dir(DIR) + prefix "step003/" writes DIR/step003/<name>.npy,
- *    creating the folder; nothing is written when no folder is set.
+ *    creating the folder; nothing is written when no folder is set;
+ *    ldm_dump_host writes a host array the same way.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +148,13 @@ static void test_dump(const char *tmpdir) {
     if (rc == 0) free(back);
     snprintf(path, sizeof path, "%s/vae.decoder.npy", dir);
     test_check(access(path, F_OK) == 0, "dump after clearing the prefix", "%s missing", path);
+    const float host[4] = {1, 2, 3, 4};   // a host array, e.g. a sampler's latent
+    ldm_dump_host(host, LDM_SHAPE(1, 2, 2), "step%03d/latent", 7);
+    snprintf(path, sizeof path, "%s/step007/latent.npy", dir);
+    rc = ldm_npy_read_raw(&back, s, &nd, path);
+    test_check(rc == 0 && nd == 3 && s[0] == 1 && s[1] == 2 && s[2] == 2 && back[3] == 4.0f,
+               "ldm_dump_host writes a host array [1,2,2]", "%s", ldm_last_error());
+    if (rc == 0) free(back);
     ldm_dump_set_dir(NULL);
     ldm_tensor_free(&t);
 }
