@@ -15,6 +15,11 @@
  * (LDM_TINY_MODEL_DEFAULT, or $LDM_TINY_MODEL) at 64x64, and say so on stderr.
  * Leaves out: --laion400m, the invisible watermark and the safety checker;
  * --precision is accepted and ignored (everything is fp32).
+ *
+ * Order of this file: the flags table and its parser, the model hash, output
+ * files and the grid, progress, flags -> run_settings (settings_from_flags,
+ * checked before anything loads), the A1111 "parameters" text, then the
+ * command: run = settings, init image, folders, model, generate_all, grid.
  */
 #include <dirent.h>
 #include <errno.h>
