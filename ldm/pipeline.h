@@ -2,13 +2,16 @@
  * ldm/pipeline.h -- text-to-image and image-to-image: the whole latent
  * diffusion loop (LDM paper section 3.3, Fig. 3) over the modules of ldm.c.
  *
- *   prompt, negative --prompt weighting--> ids in 77-token chunks --CLIP-->
- *       context c [1,77k,D], u [1,77k,D]   (u padded to c's length or back)
- *   seed --rng--> noise [B,4,h,w]           (img2img: + VAE-encoded init,
- *                                            noised to the start level)
- *   sampler loop: D(x; t) from one UNet batch [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w]
- *       guided eps = u + s (c - u)          (classifier-free guidance)
- *   latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in [-1,1] --> uint8 RGB
+ * Four stages, named after the paper's figure (ldm/pipeline.c, one function each):
+ *   1. condition       tau_theta(y): prompt, negative --prompt weighting (ldm/prompt.h)-->
+ *                      ids in 77-token chunks --CLIP--> context c [1,77k,D], u [1,77k,D]
+ *                      (u padded to c's length or back)
+ *   2. initial latent  seed --rng--> noise z_T [B,4,h,w]; img2img: z_0 = E(x) (the VAE
+ *                      encoder), noised to the start level, q(z_t | z_0)
+ *   3. sample          the reverse process: D(x; t) from one UNet batch
+ *                      [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w], guided eps = u + s (c - u)
+ *   4. decode          D(z_0): latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in
+ *                      [-1,1] --> uint8 RGB
  *
  * Mirrors: CompVis scripts/txt2img.py and scripts/img2img.py (loop, strength,
  * guidance order), diffusers StableDiffusionPipeline / StableDiffusion
@@ -25,6 +28,7 @@
 #include <stdint.h>
 #include "ldm/clip.h"
 #include "ldm/model.h"
+#include "ldm/prompt.h"
 #include "ldm/core/tensor.h"
 #include "ldm/unet.h"
 #include "ldm/vae.h"
@@ -40,40 +44,15 @@
 struct ldm_tokenizer;
 
 // ---------------------------------------------------------------------------
-// Prompt weighting (A1111 syntax), independent of any model
-
-// One piece of a parsed prompt: text and its attention multiplier.
-// weight < 0 marks a BREAK (start a new 75-token chunk).
-typedef struct ldm_prompt_piece {
-    char *text;
-    float weight;
-} ldm_prompt_piece;
-
-// "a (red:1.2) [car]" -> pieces ("a ", 1), ("red", 1.2), (" ", 1), ("car", 1/1.1).
-// ( ) multiply by 1.1, [ ] by 1/1.1, (text:w) by w, nesting multiplies,
-// \( \) \[ \] \\ are literal, unclosed brackets apply to the rest, BREAK
-// (a word, upper case) starts a new chunk. Adjacent pieces of equal weight
-// are merged. Empty prompt -> one piece ("", 1). 0 / LDM_ERR (out of memory).
-int ldm_prompt_parse(ldm_prompt_piece **pieces, int *n, const char *prompt);
-void ldm_prompt_pieces_free(ldm_prompt_piece *pieces, int n);
-
-// Tokenize parsed pieces into chunks of 77: chunk k = [SOT, 75 tokens or
-// padding, EOT]; padding is EOT then `pad` (SD1 49407, SD2 0) after the first
-// EOT, as A1111. A chunk that fills up within 20 tokens after a comma is split
-// after the comma (A1111 comma_padding_backtrack 20).
-//   ids [n_chunks*77] (malloc'ed), mult [n_chunks*77] (malloc'ed; 1 for
-//   SOT/EOT/padding). 0 / LDM_ERR.
-int ldm_prompt_tokenize(int32_t **ids, float **mult, int *n_chunks,
-                        struct ldm_tokenizer *tok, const char *prompt, int pad);
-
-// ---------------------------------------------------------------------------
 // The loaded model (weights loaded once, used for every image)
 
 typedef struct ldm_pipeline_options {
     const struct ldm_ops *ops;      // backend (NULL: ldm_backend_default())
     const char *config_dir;         // configs for a single file of non-standard size (or NULL)
     const char *vae_path;           // replace the model's VAE (--vae FILE), or NULL
-    const char *vocab;              // BPE vocabulary (NULL: the model's tokenizer/ or the default)
+    const char *vocab;              // BPE vocabulary (--vocab); NULL: the model's tokenizer/,
+                                    // else vocab_default
+    const char *vocab_default;      // NULL: LDM_VOCAB_DEFAULT (the CLI passes $LDM_VOCAB)
     ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
     int need_encoder;               // 1: load the VAE encoder too (img2img)
     int verbose;                    // stage messages on stderr
@@ -110,17 +89,11 @@ typedef void (*ldm_progress_fn)(void *ctx, const char *stage, int step, int n_st
                                 double seconds_per_step);
 
 typedef struct ldm_generate_params {
-    const char *prompt;             // A1111 syntax (weights, BREAK, long prompts)
+    const char *prompt;             // A1111 syntax (weights, BREAK, long prompts: ldm/prompt.h)
     const char *negative;           // "" or NULL: the empty prompt
     int width, height;              // pixels, multiples of 8 (and of the VAE factor)
     int batch;                      // B images per call (--n_samples)
-    const ldm_sampler_info *sampler;
-    ldm_sigma_kind sigma_kind;      // k-diffusion samplers: default / Karras / exponential
-    ldm_spacing spacing;            // DDIM/PLMS/DDPM timesteps (CompVis: UNIFORM)
-    int steps_offset;               // 1 for leading spacing (SD), ignored by UNIFORM
-    int compvis;                    // DDIM/PLMS: CompVis noise draws
-    int steps;                      // >= 1
-    float eta;                      // < 0: the sampler's default
+    ldm_sampler_settings sampling;  // sampler, steps, eta, sigmas, conventions (samplers/sampler.h)
     float cfg_scale;                // s (7.5); exactly 1: no unconditional pass (CompVis)
     int clip_skip;                  // >= 1
     ldm_rng *rng;                   // the run's generator (continues across calls)
@@ -129,7 +102,6 @@ typedef struct ldm_generate_params {
     const uint8_t *init_rgb;
     double strength;                // double: int(strength * steps) as Python computes it
     ldm_vae_options vae_opt;        // tiling
-    int truncate;                   // 1: uint8 by truncation (CompVis), 0: rounding (diffusers)
     ldm_progress_fn progress;
     void *progress_ctx;
 } ldm_generate_params;
@@ -138,10 +110,13 @@ typedef struct ldm_generate_params {
 // 0 / LDM_ERR naming the parameter.
 int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g);
 
-// Run. latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
+// Run the four stages of the LDM paper's Fig. 3: condition (tau_theta: prompt
+// -> context), initial latent (noise; img2img: q(z_t | z_0 = E(x))), sample
+// (the reverse process) and decode (D(z)).
+// latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
 // The generator is used in this order: (img2img) the VAE posterior noise
 // [B,C,h,w], the initial noise [B,C,h,w], then the sampler's own draws.
-// Dumps (LDM_DUMP): "prompt/text_model.*", "negative/text_model.*",
+// Dumps (ldm_dump_set_dir): "prompt/text_model.*", "negative/text_model.*",
 // "context", "uncond_context", "init_latent", "noise", "stepNNN/unet_in",
 // "stepNNN/unet.*" (block dumps of the UNet), "stepNNN/unet_out",
 // "stepNNN/latent", "stepNNN/denoised", "latent", "imageK/vae.*", "imageK/image".

@@ -744,10 +744,7 @@ static int run_tiled(float *out_host, int64_t Cout, int64_t fout, const float *i
 
 static int64_t budget_bytes(const ldm_vae_options *o) {
     int64_t mb = o ? o->budget_mb : 0;
-    if (mb <= 0) {
-        const char *e = getenv("LDM_VAE_BUDGET_MB");
-        mb = e && atoll(e) > 0 ? atoll(e) : 4096;
-    }
+    if (mb <= 0) mb = 4096;
     if (mb > ((int64_t)1 << 30)) mb = (int64_t)1 << 30;   // 1 PiB: no overflow below
     return mb << 20;
 }

@@ -128,7 +128,7 @@ void ldm_vae_free(ldm_vae *vae);
 typedef enum ldm_vae_tiling { LDM_VAE_TILE_AUTO = 0, LDM_VAE_TILE_OFF, LDM_VAE_TILE_ON } ldm_vae_tiling;
 typedef struct ldm_vae_options {
     ldm_vae_tiling tiling;    // AUTO: tile when the estimate exceeds budget_mb
-    int64_t budget_mb;        // 0: $LDM_VAE_BUDGET_MB, else 4096
+    int64_t budget_mb;        // 0: 4096 (the CLI passes --vae-budget-mb or $LDM_VAE_BUDGET_MB)
     int tile_latent;          // tile side in latent pixels (0: 64 = 512 px)
     int overlap_latent;       // overlap between tiles in latent pixels (0: tile/4)
     int verbose;              // 1: print the tiling decision on stderr

@@ -22,7 +22,7 @@ What it offers (all arrays are float32 NumPy arrays in PyTorch order):
     Pipeline(path).generate(prompt, ...)          ldm_generate: txt2img / img2img
     UNetFolder(dir), VaeFolder(dir)               one component alone (fixtures)
     group_norm(...), attention(...)               single ops of ldm/backend/ops.h
-    dumps(fn) / read_dump_dir(dir)                LDM_DUMP intermediates as arrays
+    dumps(fn) / read_dump_dir(dir)                dumped intermediates (ldm_dump_set_dir) as arrays
 
 Leaves out: the CUDA backend (the notebooks run on `cpu`), prompt weighting
 outside the pipeline, progress callbacks, freeing on garbage collection (models
@@ -187,8 +187,8 @@ class VaeFile(C.Structure):  # ldm/model.h ldm_vae_file
 
 class PipelineOptions(C.Structure):  # ldm/pipeline.h ldm_pipeline_options
     _fields_ = [("ops", C.c_void_p), ("config_dir", C.c_char_p), ("vae_path", C.c_char_p),
-                ("vocab", C.c_char_p), ("prediction", C.c_int), ("need_encoder", C.c_int),
-                ("verbose", C.c_int)]
+                ("vocab", C.c_char_p), ("vocab_default", C.c_char_p), ("prediction", C.c_int),
+                ("need_encoder", C.c_int), ("verbose", C.c_int)]
 
 
 class Schedule_(C.Structure):  # samplers/schedule.h ldm_schedule
@@ -228,11 +228,26 @@ class SamplerCtx(C.Structure):  # ldm_sampler_ctx
                 ("callback_ctx", C.c_void_p)]
 
 
-class SampleOpts(C.Structure):  # ldm_sample_opts
+class Conventions(C.Structure):  # ldm_conventions
+    _fields_ = [("spacing", C.c_int), ("steps_offset", C.c_int), ("noise_every_step", C.c_int),
+                ("truncate", C.c_int)]
+
+
+class SamplerSettings(C.Structure):  # ldm_sampler_settings
     _fields_ = [("sampler", C.POINTER(SamplerInfo)), ("sigma_kind", C.c_int), ("steps", C.c_int),
-                ("eta", C.c_float), ("spacing", C.c_int), ("steps_offset", C.c_int),
-                ("compvis", C.c_int), ("s_churn", C.c_float), ("start_step", C.c_int),
-                ("init", f32p), ("callback", STEP_FN), ("callback_ctx", C.c_void_p)]
+                ("eta", C.c_float), ("s_churn", C.c_float), ("conv", Conventions)]
+
+
+class SampleRun(C.Structure):  # ldm_sample_run
+    _fields_ = [("noise", f32p), ("init", f32p), ("start_step", C.c_int),
+                ("rng", C.POINTER(Rng)), ("per_sample_noise", C.c_int), ("callback", STEP_FN),
+                ("callback_ctx", C.c_void_p)]
+
+
+def conventions(name):
+    """The C presets LDM_CONVENTIONS_COMPVIS / LDM_CONVENTIONS_DIFFUSERS (samplers/sampler.c)
+    by name: "compvis" | "diffusers"."""
+    return Conventions.from_buffer_copy(Conventions.in_dll(load(), "LDM_CONVENTIONS_" + name.upper()))
 
 
 class VaeOptions(C.Structure):  # ldm/vae.h ldm_vae_options
@@ -242,13 +257,10 @@ class VaeOptions(C.Structure):  # ldm/vae.h ldm_vae_options
 
 class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
     _fields_ = [("prompt", C.c_char_p), ("negative", C.c_char_p), ("width", C.c_int),
-                ("height", C.c_int), ("batch", C.c_int), ("sampler", C.POINTER(SamplerInfo)),
-                ("sigma_kind", C.c_int), ("spacing", C.c_int), ("steps_offset", C.c_int),
-                ("compvis", C.c_int), ("steps", C.c_int), ("eta", C.c_float),
+                ("height", C.c_int), ("batch", C.c_int), ("sampling", SamplerSettings),
                 ("cfg_scale", C.c_float), ("clip_skip", C.c_int), ("rng", C.POINTER(Rng)),
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
-                ("vae_opt", VaeOptions), ("truncate", C.c_int), ("progress", C.c_void_p),
-                ("progress_ctx", C.c_void_p)]
+                ("vae_opt", VaeOptions), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p)]
 
 
 # Every mirror, by its C name (layout_check.c prints the same list).
@@ -260,7 +272,9 @@ MIRRORS = {
     "ldm_unet_resblock": UnetResblock, "ldm_unet_attn": UnetAttn, "ldm_unet_tblock": UnetTBlock,
     "ldm_unet_transformer": UnetTransformer, "ldm_unet_block": UnetBlock, "ldm_unet": UnetStruct,
     "ldm_schedule": Schedule_, "ldm_rng": Rng, "ldm_denoiser": Denoiser,
-    "ldm_sampler_info": SamplerInfo, "ldm_sampler_ctx": SamplerCtx, "ldm_sample_opts": SampleOpts,
+    "ldm_sampler_info": SamplerInfo, "ldm_sampler_ctx": SamplerCtx,
+    "ldm_conventions": Conventions, "ldm_sampler_settings": SamplerSettings,
+    "ldm_sample_run": SampleRun,
     "ldm_vae_options": VaeOptions, "ldm_clip_layer": ClipLayer, "ldm_clip": ClipStruct,
     "ldm_vae_file": VaeFile, "ldm_pipeline_options": PipelineOptions,
     "ldm_generate_params": GenerateParams,
@@ -374,8 +388,11 @@ def load(path=None):
         "ldm_denoiser_free": (None, [C.POINTER(Denoiser)]),
         "ldm_sampler_parse": (C.c_int, [C.POINTER(C.POINTER(SamplerInfo)), C.POINTER(C.c_int),
                                         C.c_char_p]),
-        "ldm_sample": (C.c_int, [f32p, f32p, C.POINTER(SampleOpts), C.POINTER(Denoiser),
-                                 C.POINTER(Rng), C.c_int]),
+        "ldm_sampler_steps": (C.c_int, [C.POINTER(SamplerSettings), C.POINTER(Schedule_)]),
+        "ldm_sample": (C.c_int, [f32p, C.POINTER(SamplerSettings), C.POINTER(SampleRun),
+                                 C.POINTER(Denoiser)]),
+        "ldm_dump_set_dir": (None, [C.c_char_p]),
+        "ldm_dump_dir": (C.c_char_p, []),
         "ldm_error": (C.c_int, [C.c_char_p]),
         "ldm_pipeline_open": (C.c_int, [C.c_void_p, C.c_char_p, C.POINTER(PipelineOptions)]),
         "ldm_pipeline_close": (None, [C.c_void_p]),
@@ -479,19 +496,17 @@ def read_dump_dir(d, order="name"):
 
 
 def dumps(fn, *args, **kw):
-    """Run fn(*args) with LDM_DUMP set to a temporary folder; returns
-    (fn's result, {name: array} of every intermediate the C code dumped, in
-    the order it wrote them)."""
+    """Run fn(*args) with the C dumps going to a temporary folder
+    (ldm_dump_set_dir); returns (fn's result, {name: array} of every
+    intermediate the C code dumped, in the order it wrote them)."""
+    L = load()
     d = tempfile.mkdtemp(prefix="ldm-dump-")
-    old = os.environ.get("LDM_DUMP")
-    os.environ["LDM_DUMP"] = d
+    old = L.ldm_dump_dir()
+    L.ldm_dump_set_dir(d.encode())
     try:
         res = fn(*args, **kw)
     finally:
-        if old is None:
-            del os.environ["LDM_DUMP"]
-        else:
-            os.environ["LDM_DUMP"] = old
+        L.ldm_dump_set_dir(old)
     arrays = read_dump_dir(d, order="written")
     shutil.rmtree(d, ignore_errors=True)
     return res, arrays
@@ -795,7 +810,7 @@ class Pipeline:
         self.h = C.create_string_buffer(OPAQUE_BYTES)
         vocab = os.path.join(ROOT, "build", "vocab", "bpe_simple_vocab_16e6.txt.gz")
         o = PipelineOptions(backend(backend_name), config_dir.encode() if config_dir else None,
-                            None, None, -1, int(need_encoder), 0)
+                            None, None, None, -1, int(need_encoder), 0)
         o.vocab = None if os.path.isdir(os.path.join(self.path, "tokenizer")) else vocab.encode()
         _check(L.ldm_pipeline_open(self.h, self.path.encode(), C.byref(o)), f"pipeline {self.path}")
         # latent channels and VAE factor, from the configs (ldm_model_open maps, loads nothing)
@@ -816,8 +831,11 @@ class Pipeline:
         L.ldm_rng_init(C.byref(rng), 0, seed)
         g = GenerateParams()
         g.prompt, g.negative = prompt.encode(), negative.encode()
-        g.width, g.height, g.batch, g.sampler, g.sigma_kind = width, height, batch, info, kind.value
-        g.spacing, g.steps_offset, g.steps, g.eta = SPACINGS[spacing], 1, steps, eta
+        g.width, g.height, g.batch = width, height, batch
+        s = g.sampling
+        s.sampler, s.sigma_kind, s.steps, s.eta = info, kind.value, steps, eta
+        s.conv = conventions("diffusers")
+        s.conv.spacing = SPACINGS[spacing]
         g.cfg_scale, g.clip_skip, g.rng = cfg_scale, clip_skip, C.pointer(rng)
         if init is not None:
             init = np.ascontiguousarray(init, np.uint8)
@@ -950,24 +968,27 @@ def sample(name, noise, model_fn, steps=20, sched=None, eta=-1.0, seed=0, cfg_sc
     info, kind = C.POINTER(SamplerInfo)(), C.c_int()
     _check(L.ldm_sampler_parse(C.byref(info), C.byref(kind), name.encode()), "sampler")
     d, keep = _denoiser(model_fn, sched, B, noise.shape[1:], prediction, cfg_scale)
-    o = SampleOpts()
+    o = SamplerSettings()
     o.sampler, o.sigma_kind, o.steps, o.eta = info, kind.value, steps, eta
-    o.spacing, o.steps_offset = SPACINGS[spacing], 1
-    o.start_step = start_step
+    o.conv = conventions("diffusers")
+    o.conv.spacing = SPACINGS[spacing]
+    run = SampleRun()
+    run.noise, run.start_step = _fp(noise), start_step
     if init is not None:
         init = np.ascontiguousarray(init, np.float32)
-        o.init = _fp(init)
+        run.init = _fp(init)
     step_cb = None
     if callback is not None:
         def _step(ctx, i, x, den):
             callback(i, np.ctypeslib.as_array(x, shape=noise.shape).copy(),
                      np.ctypeslib.as_array(den, shape=noise.shape).copy())
         step_cb = STEP_FN(_step)
-        o.callback = step_cb
+        run.callback = step_cb
     rng = Rng()
     L.ldm_rng_init(C.byref(rng), 0, seed)
+    run.rng = C.pointer(rng)
     x = np.empty_like(noise)
-    rc = L.ldm_sample(_fp(x), _fp(noise), C.byref(o), C.byref(d), C.byref(rng), 0)
+    rc = L.ldm_sample(_fp(x), C.byref(o), C.byref(run), C.byref(d))
     nfe = d.nfe
     L.ldm_denoiser_free(C.byref(d))
     del keep, step_cb

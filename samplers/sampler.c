@@ -1,7 +1,8 @@
 /*
  * samplers/sampler.c -- the shared model wrapper (CFG, eps / v prediction,
  * CompVisDenoiser / CompVisVDenoiser scalings), the helpers every sampler
- * file uses, the sampler table with its name parser, and ldm_sample().
+ * file uses, the sampler table with its name parser, the CompVis and
+ * diffusers conventions, and ldm_sample().
  *
  * Mirrors: k-diffusion external.DiscreteEpsDDPMDenoiser / DiscreteVDDPMDenoiser
  * (get_scalings, forward), CompVis DDIMSampler.p_sample_ddim's guidance
@@ -200,65 +201,76 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
 }
 
 // ---------------------------------------------------------------------------
+// the conventions
+
+const ldm_conventions LDM_CONVENTIONS_COMPVIS = {
+    .spacing = LDM_SPACING_UNIFORM,  // make_ddim_timesteps("uniform"): range(0, T, T//n) + 1
+    .steps_offset = 1,               // (only "leading" uses it)
+    .noise_every_step = 1,           // p_sample_ddim: noise_like(x) * sigma_t, even sigma_t = 0
+    .truncate = 1,                   // Image.fromarray(x.astype(np.uint8))
+};
+const ldm_conventions LDM_CONVENTIONS_DIFFUSERS = {
+    .spacing = LDM_SPACING_LEADING,  // timestep_spacing "leading" + steps_offset 1 (SD config)
+    .steps_offset = 1,
+    .noise_every_step = 0,           // DDIMScheduler.step draws only when eta > 0
+    .truncate = 0,                   // numpy_to_pil: (x * 255).round()
+};
+
+// ---------------------------------------------------------------------------
 // the whole run
 
-int ldm_sample(float *x, const float *noise, const ldm_sample_opts *o, ldm_denoiser *dn,
-               ldm_rng *rng, int per_sample_noise) {
-    const ldm_schedule *s = dn->sched;
-    const ldm_sampler_info *info = o->sampler;
-    int64_t n = dn->B * dn->per;
-    ldm_sampler_ctx c = {
-        .dn = dn, .rng = rng, .per_sample_noise = per_sample_noise,
-        .eta = o->eta < 0 ? info->default_eta : o->eta,
-        .s_churn = o->s_churn, .s_tmin = 0, .s_tmax = INFINITY, .s_noise = 1,
-        .compvis = o->compvis, .callback = o->callback, .callback_ctx = o->callback_ctx,
-    };
-    int count = info->uses_sigmas ? o->steps : ldm_timesteps_count(s, o->spacing, o->steps);
-    if (count < 1) return ldm_error("sampler %s: steps must be >= 1, found %d", info->label, o->steps);
-    float *sig = NULL;
-    int *ts = NULL;
-    int rc;
-    if (info->uses_sigmas) {
-        sig = malloc((size_t)(count + 1) * sizeof(float));
-        if (!sig) return ldm_error("sampler: out of memory");
-        if (o->sigma_kind == LDM_SIGMAS_KARRAS)
-            ldm_sigmas_karras(sig, count, s->sigmas[0], s->sigmas[s->T - 1], 7.0);
-        else if (o->sigma_kind == LDM_SIGMAS_EXPONENTIAL)
-            ldm_sigmas_exponential(sig, count, s->sigmas[0], s->sigmas[s->T - 1]);
-        else
-            ldm_sigmas_default(sig, s, count);
-        c.sigmas = sig;
-        for (int64_t i = 0; i < n; i++) x[i] = noise[i] * sig[0];  // x = randn * sigma_max
-    } else {
-        ts = malloc((size_t)count * sizeof(int));
-        if (!ts) return ldm_error("sampler: out of memory");
-        count = ldm_timesteps(ts, s, o->spacing, o->steps, o->steps_offset);
-        if (count < 0) { free(ts); return LDM_ERR; }
-        c.timesteps = ts;
-        memcpy(x, noise, (size_t)n * sizeof(float));
-    }
-    int start = o->start_step;
-    if (start < 0 || start >= count) {
-        free(sig); free(ts);
+int ldm_sampler_steps(const ldm_sampler_settings *s, const ldm_schedule *sched) {
+    int count = s->sampler->uses_sigmas ? s->steps
+                                        : ldm_timesteps_count(sched, s->conv.spacing, s->steps);
+    if (count < 1)
+        return ldm_error("sampler %s: steps must be >= 1, found %d", s->sampler->label, s->steps);
+    return count;
+}
+
+int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *run,
+               ldm_denoiser *dn) {
+    const ldm_schedule *sch = dn->sched;
+    const ldm_sampler_info *info = s->sampler;
+    const float *noise = run->noise, *init = run->init;
+    const int64_t n = dn->B * dn->per;
+    const int count = ldm_sampler_steps(s, sch), start = run->start_step;
+    if (count < 0) return LDM_ERR;
+    if (start < 0 || start >= count)
         return ldm_error("sampler %s: start step must be in [0, %d), found %d", info->label,
                          count, start);
-    }
-    if (info->uses_sigmas) {
+    ldm_sampler_ctx c = {
+        .dn = dn, .rng = run->rng, .per_sample_noise = run->per_sample_noise,
+        .n = count - start, .eta = s->eta < 0 ? info->default_eta : s->eta,
+        .s_churn = s->s_churn, .s_tmin = 0, .s_tmax = INFINITY, .s_noise = 1,
+        .compvis = s->conv.noise_every_step,
+        .callback = run->callback, .callback_ctx = run->callback_ctx,
+    };
+    float *sig = NULL;
+    int *ts = NULL;
+    if (info->uses_sigmas) {   // k-diffusion: sigmas [count+1], descending, last 0
+        sig = malloc((size_t)(count + 1) * sizeof(float));
+        if (!sig) return ldm_error("sampler: out of memory");
+        if (s->sigma_kind == LDM_SIGMAS_KARRAS)
+            ldm_sigmas_karras(sig, count, sch->sigmas[0], sch->sigmas[sch->T - 1], 7.0);
+        else if (s->sigma_kind == LDM_SIGMAS_EXPONENTIAL)
+            ldm_sigmas_exponential(sig, count, sch->sigmas[0], sch->sigmas[sch->T - 1]);
+        else
+            ldm_sigmas_default(sig, sch, count);
         c.sigmas = sig + start;
-        for (int64_t i = 0; i < n; i++)  // x = x0 + sigma n
-            x[i] = (o->init ? o->init[i] : 0.0f) + noise[i] * sig[start];
-    } else {
+        for (int64_t i = 0; i < n; i++)   // x = x0 + sigma n (txt2img: x0 = 0)
+            x[i] = (init ? init[i] : 0.0f) + noise[i] * sig[start];
+    } else {                   // DDPM/DDIM/PLMS: timesteps [count], descending
+        ts = malloc((size_t)count * sizeof(int));
+        int *tb = malloc((size_t)dn->B * sizeof(int));
+        if (!ts || !tb) { free(ts); free(tb); return ldm_error("sampler: out of memory"); }
+        ldm_timesteps(ts, sch, s->conv.spacing, s->steps, s->conv.steps_offset);
         c.timesteps = ts + start;
-        if (o->init) {
-            int *tb = malloc((size_t)dn->B * sizeof(int));
-            if (!tb) { free(sig); free(ts); return ldm_error("sampler: out of memory"); }
-            for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
-            ldm_q_sample(x, o->init, noise, tb, dn->B, dn->per, s);  // DDPM eq. 4
-            free(tb);
-        }
+        for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
+        if (init) ldm_q_sample(x, init, noise, tb, dn->B, dn->per, sch);  // DDPM eq. 4
+        else memcpy(x, noise, (size_t)n * sizeof(float));                // x_T = noise
+        free(tb);
     }
-    c.n = count - start;
-    rc = info->fn(x, &c);
+    int rc = info->fn(x, &c);
     free(sig);
     free(ts);
     return rc;

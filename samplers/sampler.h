@@ -81,6 +81,9 @@ int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, floa
 // prediction of x_0 (denoised / pred_x0) [B,per].
 typedef void (*ldm_step_fn)(void *ctx, int i, const float *x, const float *denoised);
 
+// What a sampler file sees: the values of one run, resolved by ldm_sample
+// from the settings (eta's default applied, the steps turned into sigmas or
+// timesteps from the start step on).
 typedef struct ldm_sampler_ctx {
     ldm_denoiser *dn;             // the model wrapper (gives B and per)
     ldm_rng *rng;                 // noise: rng[0], or rng[0..B-1] when per_sample_noise
@@ -90,7 +93,8 @@ typedef struct ldm_sampler_ctx {
     const int *timesteps;         // [n] DDPM / DDIM / PLMS, descending
     float eta;                    // ancestral / DDIM noise amount (DDIM 0, ancestral 1)
     float s_churn, s_tmin, s_tmax, s_noise; // Karras churn (Euler, Heun, DPM2), default 0,0,inf,1
-    int compvis;                  // DDIM/PLMS: CompVis noise draws (every step, even at eta 0)
+    int compvis;                  // DDIM/PLMS: CompVis noise draws (every step, even at eta 0):
+                                  // ldm_conventions.noise_every_step
     int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
     ldm_step_fn callback;         // optional
     void *callback_ctx;
@@ -154,30 +158,61 @@ extern const int ldm_sampler_count;
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------
+// Conventions: CompVis (the paper's scripts) and diffusers run the same method
+// with a few different small choices. Each changes the pixels, not the method;
+// one preset sets them all, and a caller may still change a field afterwards
+// (`sd txt2img --schedule leading` changes the spacing of the CompVis preset).
+
+typedef struct ldm_conventions {
+    ldm_spacing spacing;          // DDPM/DDIM/PLMS timesteps: CompVis "uniform", diffusers "leading"
+    int steps_offset;             // added to "leading" timesteps (SD's scheduler config: 1)
+    int noise_every_step;         // DDIM/PLMS draw noise every step even at eta 0 (CompVis):
+                                  // the same image alone, but it moves the generator
+    int truncate;                 // pixels to uint8 by truncation (CompVis) or rounding
+                                  // (diffusers); used by the pipeline's decode
+} ldm_conventions;
+
+extern const ldm_conventions LDM_CONVENTIONS_COMPVIS;    // uniform, offset 1, draws, truncate
+extern const ldm_conventions LDM_CONVENTIONS_DIFFUSERS;  // leading, offset 1, no draws, round
+
+// ---------------------------------------------------------------------------
 // The whole run in one call (what the pipeline uses)
 
-typedef struct ldm_sample_opts {
-    const ldm_sampler_info *sampler;
-    ldm_sigma_kind sigma_kind;    // k-diffusion family only
-    int steps;
-    float eta;                    // < 0: the sampler's default
-    ldm_spacing spacing;          // DDPM/DDIM/PLMS (SD: leading, offset 1; CompVis: uniform)
-    int steps_offset;
-    int compvis;                  // DDIM/PLMS CompVis noise-draw behaviour
-    float s_churn;                // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
-    int start_step;               // img2img: skip the first start_step steps of the schedule
-    const float *init;            // img2img: x0 latent [B,per] noised to the start level (or NULL)
-    ldm_step_fn callback;
-    void *callback_ctx;
-} ldm_sample_opts;
+// What the user chose: the one settings struct, from the command line to
+// ldm_sample (the pipeline holds it in ldm_generate_params.sampling).
+typedef struct ldm_sampler_settings {
+    const ldm_sampler_info *sampler;  // the update rule (the table above)
+    ldm_sigma_kind sigma_kind;        // k-diffusion family: default / Karras / exponential sigmas
+    int steps;                        // requested steps (ldm_sampler_steps: how many the schedule holds)
+    float eta;                        // noise amount; < 0: the sampler's default_eta
+    float s_churn;                    // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
+    ldm_conventions conv;             // spacing, steps_offset, CompVis noise draws, uint8 rounding
+} ldm_sampler_settings;
 
-// x [B,per] out <- sampled latent, starting from noise [B,per] ~ N(0,I)
-// (drawn by the caller, e.g. ldm_rng_randn_batch). rng as in ldm_sampler_ctx.
-// txt2img: start_step 0, init NULL. img2img (strength s of n steps): start_step
-// = n - int(s n); the start is init + noise * sigmas[start] (k-diffusion) or
-// q_sample(init, noise, timesteps[start]) (DDPM eq. 4; DDPM/DDIM/PLMS), and
-// the run takes the remaining steps, as diffusers' img2img pipelines do.
-int ldm_sample(float *x, const float *noise, const ldm_sample_opts *o, ldm_denoiser *dn,
-               ldm_rng *rng, int per_sample_noise);
+// The number of schedule entries the sampler walks for s->steps: s->steps for
+// the k-diffusion family (sigmas), ldm_timesteps_count() for DDPM/DDIM/PLMS
+// (CompVis "uniform" may hold more than asked). The one place steps are
+// counted: ldm_sample and img2img's strength both use it. >= 1, or LDM_ERR.
+int ldm_sampler_steps(const ldm_sampler_settings *s, const ldm_schedule *sched);
+
+// One call's inputs besides the settings: where it starts and who watches.
+typedef struct ldm_sample_run {
+    const float *noise;           // [B,per] ~ N(0,I), drawn by the caller (ldm_rng_randn_batch)
+    const float *init;            // img2img: the clean latent x0 [B,per]; NULL: txt2img
+    int start_step;               // img2img: first schedule entry to run; txt2img: 0
+    ldm_rng *rng;                 // the sampler's draws: rng[0], or rng[0..B-1] when per_sample_noise
+    int per_sample_noise;         // 1: sample b draws from rng[b] (diffusers generator list)
+    ldm_step_fn callback;         // optional, after every step
+    void *callback_ctx;
+} ldm_sample_run;
+
+// x [B,per] out <- the sampled latent. txt2img: start_step 0, init NULL, the
+// start is noise * sigmas[0] (k-diffusion) or noise (DDPM/DDIM/PLMS).
+// img2img (strength s of n steps): start_step = count - int(s n); the start is
+// init + noise * sigmas[start] (k-diffusion) or q_sample(init, noise,
+// timesteps[start]) (DDPM eq. 4), and the run takes the remaining steps, as
+// diffusers' img2img pipelines do. 0 / LDM_ERR.
+int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *run,
+               ldm_denoiser *dn);
 
 #endif

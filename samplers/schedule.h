@@ -72,7 +72,8 @@ typedef enum {
 int ldm_spacing_parse(ldm_spacing *sp, const char *name);
 // Number of timesteps ldm_timesteps will write for n requested steps
 // (n for the diffusers spacings, ceil(T / (T//n)) for CompVis uniform), or
-// LDM_ERR when n is out of [1, T].
+// LDM_ERR when n is out of [1, T]. Callers outside the schedule count through
+// ldm_sampler_steps (samplers/sampler.h), which asks this for DDPM/DDIM/PLMS.
 int ldm_timesteps_count(const ldm_schedule *s, ldm_spacing sp, int n);
 // out[count] <- timesteps, descending. Returns count or LDM_ERR.
 int ldm_timesteps(int *out, const ldm_schedule *s, ldm_spacing sp, int n, int steps_offset);

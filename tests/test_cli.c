@@ -3,7 +3,9 @@
  *
  * The binary is $LDM_SD, else $LDM_BUILD/sd (tests/run.sh exports LDM_BUILD),
  * else build/sd. Checked:
- *   sd --help, sd info --help                      exit 0, usage text
+ *   sd --help, sd info --help                      exit 0, usage text; --help lists
+ *                                                   the environment; $LDM_BACKEND reaches
+ *                                                   a subcommand through main
  *   sd info FILE                                    one line per tensor, count line
  *   sd info FILE --tensor NAME --npy OUT.npy        values equal the torch fixture;
  *                                                   no overwrite without --force
@@ -47,6 +49,19 @@ static void test_help(void) {
     char *out, *err;
     int rc = run("--help", &out, &err);
     test_check(rc == 0 && out && strstr(out, "info"), "sd --help", "exit %d", rc);
+    // every variable main reads is listed, and LDM_BACKEND reaches a subcommand through main
+    static const char *vars[] = {"LDM_BACKEND", "LDM_DUMP", "LDM_VOCAB", "LDM_TINY_MODEL",
+                                 "LDM_VAE_BUDGET_MB", "LDM_CUDA_SYNC", "LDM_CUDA_WORKSPACE_MB",
+                                 "LDM_CUDA_EMU_STRICT"};
+    int listed = 1;
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) listed &= out && strstr(out, vars[i]) != NULL;
+    test_check(listed, "sd --help lists the environment variables", "%s", "one is missing");
+    free(out), free(err);
+    setenv("LDM_BACKEND", "bogus", 1);   // for the child: sd's main reads it
+    rc = run("check-model tests/fixtures/pipeline/model", &out, &err);
+    unsetenv("LDM_BACKEND");
+    test_check(rc == 1 && err && strstr(err, "unknown backend 'bogus'"),
+               "LDM_BACKEND=bogus: the subcommand names it, exit 1", "exit %d: %s", rc, err ? err : "");
     free(out), free(err);
     rc = run("info --help", &out, &err);
     test_check(rc == 0 && out && strstr(out, "usage: sd info"), "sd info --help", "exit %d", rc);

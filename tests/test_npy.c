@@ -8,8 +8,9 @@
  * 3. Every .npy in tests/fixtures/io/bad/ is rejected with the expected
  *    message (Fortran order, big-endian, int dtype, truncated, trailing bytes,
  *    bad magic, empty).
- * 4. LDM_DUMP=DIR + prefix "step003/" writes DIR/step003/<name>.npy,
- *    creating the folder; nothing is written when LDM_DUMP is unset.
+ * 4. ldm_dump_set_dir(DIR) + prefix "step003/" writes DIR/step003/<name>.npy,
+ *    creating the folder; nothing is written when no folder is set;
+ *    ldm_dump_host writes a host array the same way.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,11 +129,11 @@ static void test_dump(const char *tmpdir) {
     for (int i = 0; i < 6; i++) t.data[i] = (float)i;
     char dir[512], path[700];
     snprintf(dir, sizeof dir, "%s/dump", tmpdir);
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     ldm_dump(&t, "off.%d", 1);
     snprintf(path, sizeof path, "%s/off.1.npy", dir);
-    test_check(!ldm_dump_enabled() && access(path, F_OK) != 0, "no dump without LDM_DUMP", "%s", "a file was written");
-    setenv("LDM_DUMP", dir, 1);
+    test_check(!ldm_dump_enabled() && access(path, F_OK) != 0, "no dump without a dump folder", "%s", "a file was written");
+    ldm_dump_set_dir(dir);
     ldm_dump_set_prefix("step003/");
     ldm_dump(&t, "unet.down_blocks.%d.resnets.%d", 0, 1);
     ldm_dump_set_prefix(NULL);
@@ -147,7 +148,14 @@ static void test_dump(const char *tmpdir) {
     if (rc == 0) free(back);
     snprintf(path, sizeof path, "%s/vae.decoder.npy", dir);
     test_check(access(path, F_OK) == 0, "dump after clearing the prefix", "%s missing", path);
-    unsetenv("LDM_DUMP");
+    const float host[4] = {1, 2, 3, 4};   // a host array, e.g. a sampler's latent
+    ldm_dump_host(host, LDM_SHAPE(1, 2, 2), "step%03d/latent", 7);
+    snprintf(path, sizeof path, "%s/step007/latent.npy", dir);
+    rc = ldm_npy_read_raw(&back, s, &nd, path);
+    test_check(rc == 0 && nd == 3 && s[0] == 1 && s[1] == 2 && s[2] == 2 && back[3] == 4.0f,
+               "ldm_dump_host writes a host array [1,2,2]", "%s", ldm_last_error());
+    if (rc == 0) free(back);
+    ldm_dump_set_dir(NULL);
     ldm_tensor_free(&t);
 }
 

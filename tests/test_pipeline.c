@@ -17,7 +17,7 @@
  *   tiny_euler_a     k-diffusion sample_euler_ancestral with a negative prompt
  * The case parameters below repeat the scripts' CASES.
  *
- * Tolerances (DESIGN.md): context 1e-4 relative (one CLIP forward), final
+ * Tolerances (the project's, for a whole pipeline): context 1e-4 relative (one CLIP forward), final
  * latent 1e-3 relative (whole pipeline), pixels: >= 99.9% identical, the rest
  * off by at most 1. The CLI writes pixels by truncation (CompVis) where the
  * reference rounds (diffusers), so CLI images are checked within 1 everywhere.
@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/image.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
@@ -181,10 +182,10 @@ static void test_case(const pcase *c) {
     }
     ldm_generate_params g = {
         .prompt = c->prompt, .negative = c->negative, .width = 64, .height = 64, .batch = c->B,
-        .sampler = si, .sigma_kind = sk, .spacing = LDM_SPACING_LEADING, .steps_offset = 1,
-        .compvis = 0, .steps = c->steps, .eta = si->uses_sigmas ? -1.0f : 0.0f,
+        .sampling = {.sampler = si, .sigma_kind = sk, .steps = c->steps,
+                     .eta = si->uses_sigmas ? -1.0f : 0.0f, .conv = LDM_CONVENTIONS_DIFFUSERS},
         .cfg_scale = c->scale, .clip_skip = c->clip_skip, .rng = &rng,
-        .init_rgb = c->strength > 0 ? init.rgb : NULL, .strength = c->strength, .truncate = 0,
+        .init_rgb = c->strength > 0 ? init.rgb : NULL, .strength = c->strength,
     };
     float *got = malloc(n_lat * sizeof *got);
     uint8_t *rgb = malloc(n_img);
@@ -385,14 +386,15 @@ static void test_compare_finds_bug(void) {
     ldm_sampler_parse(&si, &sk, "ddim");
     ldm_rng rng;
     ldm_generate_params g = {.prompt = "a cat", .negative = "", .width = 64, .height = 64, .batch = 1,
-                             .sampler = si, .spacing = LDM_SPACING_LEADING, .steps_offset = 1,
-                             .steps = 2, .eta = 0, .cfg_scale = 7.5f, .clip_skip = 1, .rng = &rng};
+                             .sampling = {.sampler = si, .steps = 2, .eta = 0,
+                                          .conv = LDM_CONVENTIONS_DIFFUSERS},
+                             .cfg_scale = 7.5f, .clip_skip = 1, .rng = &rng};
     ldm_unet_block *blk = NULL;
     for (int i = 0; i < p.unet.n_blocks; i++)
         if (!strcmp(p.unet.blocks[i].name, "mid_block.attentions.0")) blk = &p.unet.blocks[i];
     if (!test_check(blk != NULL, "find mid_block.attentions.0", "%s", "")) goto done;
     for (int pass = 0; pass < 2; pass++) {
-        setenv("LDM_DUMP", pass ? b : a, 1);
+        ldm_dump_set_dir(pass ? b : a);
         ldm_rng_init(&rng, LDM_RNG_CPU, 1);
         if (!test_check(ldm_generate(&p, &g, NULL, NULL) == 0, pass ? "generate (bug injected)" : "generate (dump)",
                         "%s", ldm_last_error()))
@@ -406,7 +408,7 @@ static void test_compare_finds_bug(void) {
             free(h);
         }
     }
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     snprintf(args, sizeof args, "compare '%s' '%s'", b, a);
     run(args, &err);
     FILE *f = fopen(out_path, "rb");
@@ -419,7 +421,7 @@ static void test_compare_finds_bug(void) {
                "compare names step000/unet.mid_block.attentions.0 first", "got: %.120s",
                line ? line : "(no first divergence line)");
 done:
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     ldm_pipeline_close(&p);
 }
 

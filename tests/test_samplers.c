@@ -364,24 +364,22 @@ static void test_sampler_cases(void) {
         const ldm_sampler_info *info;
         ldm_sigma_kind sk;
         ldm_sampler_parse(&info, &sk, sampler);
-        ldm_sample_opts o = {.sampler = info, .steps = steps, .eta = eta, .compvis = compvis,
-                             .steps_offset = 1, .spacing = LDM_SPACING_LEADING};
+        ldm_sampler_settings o = {.sampler = info, .steps = steps, .eta = eta, .s_churn = churn,
+                                  .conv = LDM_CONVENTIONS_DIFFUSERS};
+        o.conv.noise_every_step = compvis;
         if (!strcmp(sched, "karras")) o.sigma_kind = LDM_SIGMAS_KARRAS;
         if (!strcmp(sched, "exponential")) o.sigma_kind = LDM_SIGMAS_EXPONENTIAL;
-        if (!strcmp(sched, "uniform")) o.spacing = LDM_SPACING_UNIFORM;
+        if (!strcmp(sched, "uniform")) o.conv.spacing = LDM_SPACING_UNIFORM;
         int64_t ni;
         float *init = start ? load("init.npy", &ni) : NULL;
-        o.start_step = start;
-        o.s_churn = churn;
-        o.init = init;
-        int count = (info->uses_sigmas ? steps : ldm_timesteps_count(&s, o.spacing, steps)) - start;
+        int count = ldm_sampler_steps(&o, &s) - start;
         traj_ctx tc = {malloc((size_t)(count * B * per) * sizeof(float)), B * per, count};
-        o.callback = record;
-        o.callback_ctx = &tc;
         ldm_rng rng;
         ldm_rng_init(&rng, LDM_RNG_CPU, seed);
+        ldm_sample_run run = {.noise = noise, .init = init, .start_step = start, .rng = &rng,
+                              .callback = record, .callback_ctx = &tc};
         float *x = malloc((size_t)(B * per) * sizeof(float));
-        int rc = ldm_sample(x, noise, &o, &dn, &rng, 0);
+        int rc = ldm_sample(x, &o, &run, &dn);
         char name[200];
         snprintf(name, sizeof name, "%s (%lld model calls)", file, (long long)dn.nfe);
         if (strstr(extra, "final") && rc == LDM_OK && n == B * per) {
@@ -461,12 +459,13 @@ static void test_names_and_errors(void) {
         ldm_denoiser dn = {.fn = standin, .ctx = &sc, .cfg = 1, .cfg_scale = 7.5f, .sched = &s,
                            .B = 2, .per = 16};
         ldm_denoiser_init(&dn);
-        ldm_sample_opts o = {.sampler = &ldm_samplers[i], .steps = 10, .eta = -1,
-                             .spacing = LDM_SPACING_LEADING, .steps_offset = 1};
+        ldm_sampler_settings o = {.sampler = &ldm_samplers[i], .steps = 10, .eta = -1,
+                                  .conv = LDM_CONVENTIONS_DIFFUSERS};
         ldm_rng rng;
         ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+        ldm_sample_run run = {.noise = noise, .rng = &rng};
         ldm_clear_error();
-        int rc = ldm_sample(x, noise, &o, &dn, &rng, 0);
+        int rc = ldm_sample(x, &o, &run, &dn);
         if (rc != LDM_ERR || !strstr(ldm_last_error(), "injected")) {
             all = 0;
             printf("  %s: rc %d after a model failure\n", ldm_samplers[i].name, rc);
@@ -477,10 +476,11 @@ static void test_names_and_errors(void) {
     float noise2[16] = {0};
     ldm_denoiser dn = {.fn = standin, .sched = &s, .B = 1, .per = 16};
     ldm_denoiser_init(&dn);
-    ldm_sample_opts o = {.sampler = &ldm_samplers[1], .steps = 0, .eta = -1};
+    ldm_sampler_settings o = {.sampler = &ldm_samplers[1], .steps = 0, .eta = -1};
     ldm_rng rng;
     ldm_rng_init(&rng, LDM_RNG_CPU, 1);
-    test_check(ldm_sample(noise2, noise2, &o, &dn, &rng, 0) == LDM_ERR, "steps = 0 rejected", "%s", "check failed");
+    ldm_sample_run run = {.noise = noise2, .rng = &rng};
+    test_check(ldm_sample(noise2, &o, &run, &dn) == LDM_ERR, "steps = 0 rejected", "%s", "check failed");
     ldm_denoiser_free(&dn);
 }
 

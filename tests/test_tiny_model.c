@@ -140,8 +140,9 @@ int main(void) {
         ldm_rng_init(&rng, LDM_RNG_CPU, (uint64_t)(1000 + i));   // one seed per prompt, SEEDS images
         ldm_generate_params gp = {
             .prompt = g->caption, .negative = "", .width = SIDE, .height = SIDE, .batch = SEEDS,
-            .sampler = si, .sigma_kind = sk, .spacing = LDM_SPACING_LEADING, .steps_offset = 1,
-            .compvis = 0, .steps = 20, .eta = 0.0f, .cfg_scale = 5.0f, .clip_skip = 1, .rng = &rng,
+            .sampling = {.sampler = si, .sigma_kind = sk, .steps = 20, .eta = 0.0f,
+                         .conv = LDM_CONVENTIONS_DIFFUSERS},
+            .cfg_scale = 5.0f, .clip_skip = 1, .rng = &rng,
         };
         if (ldm_generate(&p, &gp, NULL, rgb) != 0) {
             printf("  generate '%s': %s\n", g->caption, ldm_last_error());

@@ -254,9 +254,10 @@ static void check_bad_vocab(const char *gz) {
 }
 
 int main(void) {
-    const char *gz = ldm_tokenizer_default_path();
+    const char *env = getenv("LDM_VOCAB");   // this program's main reads it, as sd's does
+    const char *gz = env && *env ? env : ldm_tokenizer_default_path();
     ldm_tokenizer *tok;
-    if (ldm_tokenizer_load(&tok, NULL)) {
+    if (ldm_tokenizer_load(&tok, gz)) {
         test_check(0, "load the vocabulary", "%s", ldm_last_error());
         return test_summary();
     }

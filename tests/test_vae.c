@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <string.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
 #include "ldm/io/tensorfile.h"
@@ -202,7 +203,7 @@ static void test_tiled(const struct ldm_ops *ops) {
     fixture_close(&fx);
 }
 
-// Every block's output, dumped through LDM_DUMP under diffusers module names,
+// Every block's output, dumped (ldm_dump_set_dir) under diffusers module names,
 // against the forward-hook dumps of fixtures_vae.py (tiny2/dump/): the names
 // line up and each block matches, so a future divergence is located at once.
 static void test_dumps(void) {
@@ -226,12 +227,12 @@ static void test_dumps(void) {
     ldm_tensor x = load_npy(&ldm_ops_cpu, "tiny2", "x.npy"), z = load_npy(&ldm_ops_cpu, "tiny2", "latent_in.npy");
     ldm_tensor x1 = ldm_tensor_slice0(&x, 0, 1), z1 = ldm_tensor_slice0(&z, 0, 1), out = {0};
     ldm_vae_options off = {.tiling = LDM_VAE_TILE_OFF};
-    setenv("LDM_DUMP", tmpl, 1);
+    ldm_dump_set_dir(tmpl);
     ldm_vae_encode(&out, &fx.vae, &x1, NULL, &off);
     ldm_tensor_free(&out);
     ldm_vae_decode(&out, &fx.vae, &z1, &off);
     ldm_tensor_free(&out);
-    unsetenv("LDM_DUMP");
+    ldm_dump_set_dir(NULL);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char path[512], label[160];
         snprintf(path, sizeof path, "%s/%s.npy", tmpl, names[i]);

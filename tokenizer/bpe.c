@@ -469,10 +469,7 @@ done:
     return rc;
 }
 
-const char *ldm_tokenizer_default_path(void) {
-    const char *e = getenv("LDM_VOCAB");
-    return e && *e ? e : LDM_VOCAB_DEFAULT;
-}
+const char *ldm_tokenizer_default_path(void) { return LDM_VOCAB_DEFAULT; }
 
 int ldm_tokenizer_load(ldm_tokenizer **out, const char *path) {
     *out = NULL;

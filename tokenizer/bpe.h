@@ -29,7 +29,7 @@
 typedef struct ldm_tokenizer ldm_tokenizer;
 
 // Load bpe_simple_vocab_16e6.txt.gz (gzip; line 0 a header, then 48,894
-// merges "a b"). path NULL: $LDM_VOCAB, else LDM_VOCAB_DEFAULT (relative to
+// merges "a b"). path NULL: LDM_VOCAB_DEFAULT (relative to
 // the working directory: run from the repository root). A directory is taken
 // as a diffusers model folder or its tokenizer/ folder (vocab.json + merges.txt).
 int ldm_tokenizer_load(ldm_tokenizer **out, const char *path);
@@ -60,7 +60,8 @@ const char *ldm_tokenizer_piece(const ldm_tokenizer *tok, int id);
 // 0 = always, INT_MAX = never). For tests and benchmarks; clears the cache.
 void ldm_tokenizer_set_fast_bpe_min(ldm_tokenizer *tok, int n);
 
-// The path ldm_tokenizer_load(NULL) uses.
+// The path ldm_tokenizer_load(NULL) uses: LDM_VOCAB_DEFAULT (the CLI's main
+// reads $LDM_VOCAB and passes it as a path instead).
 const char *ldm_tokenizer_default_path(void);
 
 #endif

@@ -42,13 +42,14 @@ static void usage(FILE *f) {
             "  --prediction eps|v  override the detected prediction type\n");
 }
 
-int cmd_check_model(int argc, char **argv) {
+int cmd_check_model(int argc, char **argv, const sd_env *defaults) {
+    sd_env env = *defaults;
     const char *path = NULL, *config = NULL;
     ldm_prediction pred = LDM_PRED_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 2;
         if (c > 0) continue;
         if (!strcmp(a, "--config") || !strcmp(a, "--prediction")) {
@@ -69,7 +70,7 @@ int cmd_check_model(int argc, char **argv) {
         }
     }
     if (!path) { usage(stderr); return 2; }
-    const struct ldm_ops *ops = ldm_backend_default();
+    const struct ldm_ops *ops = sd_backend(&env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     double t0 = now();
     ldm_model m;

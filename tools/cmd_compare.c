@@ -82,7 +82,7 @@ static void usage(FILE *f) {
             "Exit status: 0 when every common tensor is within --tol, 1 otherwise.\n");
 }
 
-int cmd_compare(int argc, char **argv) {
+int cmd_compare(int argc, char **argv, const sd_env *env) {
     const char *a_dir = NULL, *b_dir = NULL;
     double tol = 1e-3;
     for (int i = 1; i < argc; i++) {

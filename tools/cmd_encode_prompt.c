@@ -39,14 +39,15 @@ static void usage(FILE *f) {
             LDM_VOCAB_DEFAULT);
 }
 
-int cmd_encode_prompt(int argc, char **argv) {
+int cmd_encode_prompt(int argc, char **argv, const sd_env *defaults) {
+    sd_env env = *defaults;
     const char *ckpt = NULL, *config = NULL, *vocab = NULL, *ids_npy = NULL,
                *out_path = "context.npy", *prompt = NULL;
     int clip_skip = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 2;
         if (c > 0) continue;
         const char **dst = !strcmp(a, "--ckpt") ? &ckpt : !strcmp(a, "--config") ? &config
@@ -74,7 +75,7 @@ int cmd_encode_prompt(int argc, char **argv) {
     if (!ckpt || (!prompt && !ids_npy)) { usage(stderr); return 2; }
     if (prompt && ids_npy) { sd_fail("encode-prompt: give PROMPT or --ids, not both"); return 2; }
 
-    const struct ldm_ops *ops = ldm_backend_default();
+    const struct ldm_ops *ops = sd_backend(&env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     ldm_model m;
     ldm_model_options opt = {ops, LDM_PRED_AUTO, config};
@@ -105,7 +106,7 @@ int cmd_encode_prompt(int argc, char **argv) {
         free(v);
     } else {
         ldm_tokenizer *tok;
-        if (ldm_tokenizer_load(&tok, vocab ? vocab : m.tokenizer_dir) != 0) {
+        if (ldm_tokenizer_load(&tok, vocab ? vocab : m.tokenizer_dir ? m.tokenizer_dir : env.vocab) != 0) {
             rc = sd_fail("%s", ldm_last_error());
             goto done;
         }

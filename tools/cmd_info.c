@@ -58,13 +58,14 @@ static void print_entry(const ldm_tensor_entry *e) {
     printf("  %s  %s\n", ldm_dtype_name(e->dtype), ldm_shape_str(s, sizeof s, e->shape, e->ndim));
 }
 
-int cmd_info(int argc, char **argv) {
+int cmd_info(int argc, char **argv, const sd_env *defaults) {
+    sd_env env = *defaults;
     const char *file = NULL, *tensor = NULL, *npy = NULL;
     int force = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { info_usage(stdout); return 0; }
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 2;
         if (c > 0) continue;
         if (!strcmp(a, "--tensor") || !strcmp(a, "--npy")) {

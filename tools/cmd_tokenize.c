@@ -32,12 +32,13 @@ static void tokenize_usage(FILE *f) {
             LDM_VOCAB_DEFAULT);
 }
 
-int cmd_tokenize(int argc, char **argv) {
-    const char *vocab = NULL;
+int cmd_tokenize(int argc, char **argv, const sd_env *defaults) {
+    sd_env env = *defaults;
+    const char *vocab = env.vocab;
     int pieces = 0, context = 0, pad = LDM_TOKEN_EOT, pad_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 1;
         if (c > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {

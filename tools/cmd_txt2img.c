@@ -15,6 +15,11 @@
  * (LDM_TINY_MODEL_DEFAULT, or $LDM_TINY_MODEL) at 64x64, and say so on stderr.
  * Leaves out: --laion400m, the invisible watermark and the safety checker;
  * --precision is accepted and ignored (everything is fp32).
+ *
+ * Order of this file: the flags table and its parser, the model hash, output
+ * files and the grid, progress, flags -> run_settings (settings_from_flags,
+ * checked before anything loads), the A1111 "parameters" text, then the
+ * command: run = settings, init image, folders, model, generate_all, grid.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -27,12 +32,14 @@
 #include <time.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/image.h"
 #include "ldm/backend/ops.h"
 #include "ldm/pipeline.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "tools/cmd.h"
+#include "tools/sha256.h"
 
 // ---------------------------------------------------------------------------
 // flags: name, kind, help. Parsed argparse-style (unique prefixes, --a=b).
@@ -193,67 +200,9 @@ static int get_float(const opts *o, const char *name, double def, double *out) {
 }
 
 // ---------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4), for the A1111 "Model hash"
+// A1111's legacy model hash: sha256 (tools/sha256.c) of the 64 KiB at offset
+// 1 MiB, first 8 hex digits.
 
-typedef struct sha256 { uint32_t h[8]; uint8_t buf[64]; uint64_t len; int n; } sha256;
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-static void sha256_block(sha256 *s, const uint8_t *p) {
-    uint32_t w[64], a[8];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    memcpy(a, s->h, sizeof a);
-    for (int i = 0; i < 64; i++) {
-        uint32_t S1 = ROR(a[4], 6) ^ ROR(a[4], 11) ^ ROR(a[4], 25);
-        uint32_t ch = (a[4] & a[5]) ^ (~a[4] & a[6]);
-        uint32_t t1 = a[7] + S1 + ch + K256[i] + w[i];
-        uint32_t S0 = ROR(a[0], 2) ^ ROR(a[0], 13) ^ ROR(a[0], 22);
-        uint32_t mj = (a[0] & a[1]) ^ (a[0] & a[2]) ^ (a[1] & a[2]);
-        memmove(a + 1, a, 7 * sizeof *a);
-        a[4] += t1;
-        a[0] = t1 + S0 + mj;
-    }
-    for (int i = 0; i < 8; i++) s->h[i] += a[i];
-}
-static void sha256_init(sha256 *s) {
-    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, h0, sizeof h0);
-    s->len = 0;
-    s->n = 0;
-}
-static void sha256_update(sha256 *s, const uint8_t *p, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        s->buf[s->n++] = p[i];
-        if (s->n == 64) { sha256_block(s, s->buf); s->n = 0; }
-    }
-    s->len += n;
-}
-static void sha256_hex(sha256 *s, char out[65]) {
-    uint64_t bits = s->len * 8;
-    uint8_t pad = 0x80, z = 0;
-    sha256_update(s, &pad, 1);
-    while (s->n != 56) sha256_update(s, &z, 1);
-    uint8_t l[8];
-    for (int i = 0; i < 8; i++) l[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sha256_update(s, l, 8);
-    for (int i = 0; i < 8; i++) sprintf(out + 8 * i, "%08x", s->h[i]);
-}
-
-// A1111's legacy model hash: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits.
 static void model_hash(char out[16], const char *path) {
     snprintf(out, 16, "unknown");
     FILE *f = path ? fopen(path, "rb") : NULL;
@@ -263,11 +212,11 @@ static void model_hash(char out[16], const char *path) {
     if (buf && fseek(f, 0x100000, SEEK_SET) == 0) n = fread(buf, 1, 0x10000, f);
     fclose(f);
     if (!buf) return;
-    sha256 s;
+    sd_sha256 s;
     char hex[65];
-    sha256_init(&s);
-    sha256_update(&s, buf, n);
-    sha256_hex(&s, hex);
+    sd_sha256_init(&s);
+    sd_sha256_update(&s, buf, n);
+    sd_sha256_hex(&s, hex);
     free(buf);
     snprintf(out, 16, "%.8s", hex);
 }
@@ -358,299 +307,371 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
 }
 
 // ---------------------------------------------------------------------------
-// the command
+// flags -> one run's settings, checked before anything is loaded
 
-// The model `sd txt2img` uses when no --ckpt is given: $LDM_TINY_MODEL, else
-// the folder the repository ships (relative, like the vocabulary's default).
-static const char *tiny_model_path(void) {
-    const char *e = getenv("LDM_TINY_MODEL");
-    return e && *e ? e : LDM_TINY_MODEL_DEFAULT;
+typedef struct run_settings {
+    int img2img;
+    const char *cmd;                // "txt2img" | "img2img"
+    const char *ckpt;               // --ckpt, or the tiny model
+    int tiny;                       // 1: no --ckpt given
+    long long n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
+    double eta, scale, strength;    // as given (the A1111 parameters print them)
+    ldm_sampler_settings sampling;  // sampler, steps, eta, sigmas, CompVis conventions
+    ldm_rng_kind rng_kind;
+    ldm_pipeline_options po;        // backend, --config, --vae, --vocab, --prediction
+    ldm_vae_options vae_opt;        // --vae-tiling, $LDM_VAE_BUDGET_MB
+    const char *dump_dir;           // --dump (NULL: main's $LDM_DUMP stays)
+    const char *init_path, *negative, *outdir;
+    char **prompts;                 // --from-file lines, or --prompt (read_prompts)
+    int n_prompts;
+    int verbose, fixed_code, skip_save, skip_grid;
+} run_settings;
+
+// The sampler: DDIM (CompVis) unless --plms or --sampler; --schedule picks
+// the sigmas (k samplers) or overrides the conventions' spacing (ddim/plms).
+// 0, or 2 after printing the problem.
+static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char *cmd, double eta) {
+    const char *sname = get(o, "--sampler"), *sched = get(o, "--schedule");
+    if (sname && get(o, "--plms")) return sd_fail("%s: give --plms or --sampler, not both", cmd), 2;
+    if (ldm_sampler_parse(&s->sampler, &s->sigma_kind, sname ? sname : get(o, "--plms") ? "plms" : "ddim"))
+        return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
+    int discrete = !s->sampler->uses_sigmas;
+    s->conv = LDM_CONVENTIONS_COMPVIS;   // the CLI mimics CompVis scripts/txt2img.py
+    if (sched && !discrete) {
+        if (!strcmp(sched, "karras")) s->sigma_kind = LDM_SIGMAS_KARRAS;
+        else if (!strcmp(sched, "exponential")) s->sigma_kind = LDM_SIGMAS_EXPONENTIAL;
+        else if (!strcmp(sched, "default")) s->sigma_kind = LDM_SIGMAS_DEFAULT;
+        else return sd_fail("%s: --schedule '%s': %s takes default|karras|exponential", cmd,
+                            sched, s->sampler->label), 2;
+    } else if (sched && ldm_spacing_parse(&s->conv.spacing, sched)) {
+        return sd_fail("%s: --schedule: %s", cmd, ldm_last_error()), 2;
+    }
+    if (!strcmp(s->sampler->name, "plms") && eta != 0) return sd_fail("%s: PLMS needs --ddim_eta 0", cmd), 2;
+    s->eta = discrete ? (float)eta : -1.0f;   // --ddim_eta is for DDIM/PLMS/DDPM only
+    return 0;
 }
 
-static int run(int argc, char **argv, int img2img) {
-    opts o;
-    int e = parse_flags(&o, argc, argv, img2img);
-    if (e) return e;
-    if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
-    const char *cmd = img2img ? "img2img" : "txt2img";
-
-    // ---- values, checked before anything is loaded
-    // no --ckpt: the tiny model the project trained (tools/tiny-model, or
-    // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
-    const char *ckpt = get(&o, "--ckpt");
-    int tiny = ckpt == NULL;
-    if (tiny) ckpt = tiny_model_path();
-    long long side = tiny ? 64 : 512;
-    long long steps, n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
-    double eta, scale, strength;
-    if (get_int(&o, "--ddim_steps", 50, 1, 1000, &steps) ||
-        get_int(&o, "--n_iter", img2img ? 1 : 2, 1, 100000, &n_iter) ||
-        get_int(&o, "--H", side, -1000000, 1000000, &H) ||
-        get_int(&o, "--W", side, -1000000, 1000000, &W) ||
-        get_int(&o, "--C", 4, 1, 64, &C) || get_int(&o, "--f", 8, 1, 64, &f) ||
-        get_int(&o, "--n_samples", img2img ? 2 : 3, 1, 64, &n_samples) ||
-        get_int(&o, "--n_rows", 0, 0, 1000, &n_rows) ||
-        get_int(&o, "--seed", 42, 0, INT64_MAX, &seed) ||
-        get_int(&o, "--threads", 0, 0, 4096, &threads) ||
-        get_int(&o, "--clip-skip", 1, 1, 64, &clip_skip) ||
-        get_float(&o, "--ddim_eta", 0.0, &eta) ||
-        get_float(&o, "--scale", img2img ? 5.0 : 7.5, &scale) ||
-        get_float(&o, "--strength", 0.75, &strength))
-        return 2;
-    if (!img2img && (H % 8 || W % 8 || H < 8 || W < 8))
-        return sd_fail("%s: --H %lld --W %lld: height and width must be positive multiples of 8",
-                       cmd, H, W), 2;
-    if (img2img && !(strength >= 0 && strength <= 1))
-        return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, strength), 2;
-    if (eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
-    if (tiny) {
-        struct stat st;
-        if (stat(ckpt, &st) != 0 || !S_ISDIR(st.st_mode))
-            return sd_fail("%s: no --ckpt given, and the tiny model folder %s is not here (run from "
-                           "the repository root, set LDM_TINY_MODEL=DIR, or pass --ckpt FILE|DIR)",
-                           cmd, ckpt), 2;
-        fprintf(stderr, "%s: no --ckpt given: using the tiny model in %s (64x64 coloured shapes, "
-                "English or Japanese prompts; pass --ckpt for a Stable Diffusion checkpoint)\n",
-                cmd, ckpt);
-    }
-    const char *init_path = get(&o, "--init-img");
-    if (img2img && !init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
-
-    // sampler: DDIM (CompVis) unless --plms or --sampler
-    const ldm_sampler_info *sampler;
-    ldm_sigma_kind sigma_kind = LDM_SIGMAS_DEFAULT;
-    const char *sname = get(&o, "--sampler");
-    if (sname && get(&o, "--plms")) return sd_fail("%s: give --plms or --sampler, not both", cmd), 2;
-    if (ldm_sampler_parse(&sampler, &sigma_kind, sname ? sname : get(&o, "--plms") ? "plms" : "ddim"))
-        return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
-    int discrete = !sampler->uses_sigmas;
-    ldm_spacing spacing = LDM_SPACING_UNIFORM;
-    const char *sched = get(&o, "--schedule");
-    if (sched) {
-        if (!discrete) {
-            if (!strcmp(sched, "karras")) sigma_kind = LDM_SIGMAS_KARRAS;
-            else if (!strcmp(sched, "exponential")) sigma_kind = LDM_SIGMAS_EXPONENTIAL;
-            else if (!strcmp(sched, "default")) sigma_kind = LDM_SIGMAS_DEFAULT;
-            else return sd_fail("%s: --schedule '%s': %s takes default|karras|exponential", cmd,
-                                sched, sampler->label), 2;
-        } else if (ldm_spacing_parse(&spacing, sched)) {
-            return sd_fail("%s: --schedule: %s", cmd, ldm_last_error()), 2;
-        }
-    }
-    if (!strcmp(sampler->name, "plms") && eta != 0)
-        return sd_fail("%s: PLMS needs --ddim_eta 0", cmd), 2;
-    ldm_rng_kind rng_kind = LDM_RNG_CUDA;
-    if (get(&o, "--rng") && ldm_rng_parse(&rng_kind, get(&o, "--rng")))
+// The generator, the model's loading options (backend: --backend, else main's
+// $LDM_BACKEND, else cpu), the VAE's and the outputs'. 0, or the exit code.
+static int options_from_flags(run_settings *r, const opts *o, const sd_env *env) {
+    const char *cmd = r->cmd;
+    r->rng_kind = LDM_RNG_CUDA;
+    if (get(o, "--rng") && ldm_rng_parse(&r->rng_kind, get(o, "--rng")))
         return sd_fail("%s: --rng: %s", cmd, ldm_last_error()), 2;
     ldm_prediction pred = LDM_PRED_AUTO;
-    const char *ps = get(&o, "--prediction");
+    const char *ps = get(o, "--prediction");
     if (ps) {
         if (!strcmp(ps, "eps") || !strcmp(ps, "epsilon")) pred = LDM_PRED_EPS;
         else if (!strcmp(ps, "v") || !strcmp(ps, "v_prediction")) pred = LDM_PRED_V;
         else return sd_fail("%s: --prediction '%s': expected eps or v", cmd, ps), 2;
     }
-    const struct ldm_ops *ops = NULL;
-    if (get(&o, "--backend")) {
-        ops = ldm_backend(get(&o, "--backend"));
-        if (!ops) return sd_fail("%s", ldm_last_error()), 2;
-        setenv("LDM_BACKEND", get(&o, "--backend"), 1);
-    } else {
-        ops = ldm_backend_default();
-        if (!ops) return sd_fail("%s", ldm_last_error());
+    sd_env e = *env;
+    if (get(o, "--backend")) {
+        e.backend = get(o, "--backend");
+        if (!ldm_backend(e.backend)) return sd_fail("%s", ldm_last_error()), 2;
     }
-    if (threads > 0 && ops->set_threads) ops->set_threads((int)threads);
-    if (get(&o, "--dump")) setenv("LDM_DUMP", get(&o, "--dump"), 1);
-    int verbose = get(&o, "--verbose") != NULL;
-    progress prog = {.tty = isatty(2)};
-    prog.on = prog.tty || verbose || get(&o, "--progress");
+    const struct ldm_ops *ops = sd_backend(&e);
+    if (!ops) return sd_fail("%s", ldm_last_error());
+    r->verbose = get(o, "--verbose") != NULL;
+    r->po = (ldm_pipeline_options){.ops = ops, .config_dir = get(o, "--config"),
+                                   .vae_path = get(o, "--vae"), .vocab = get(o, "--vocab"),
+                                   .vocab_default = env->vocab, .prediction = pred,
+                                   .need_encoder = r->img2img, .verbose = r->verbose};
+    r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
+                                   .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
+    r->dump_dir = get(o, "--dump");
+    r->fixed_code = get(o, "--fixed_code") != NULL;
+    r->skip_save = get(o, "--skip_save") != NULL;
+    r->skip_grid = get(o, "--skip_grid") != NULL;
+    r->negative = get(o, "--negative-prompt") ? get(o, "--negative-prompt") : "";
+    r->outdir = get(o, "--outdir") ? get(o, "--outdir")
+              : r->img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
+    return 0;
+}
 
-    // prompts: --from-file lines, or --prompt (CompVis default prompt)
-    char **prompts = NULL;
-    int n_prompts = 0;
-    const char *from = get(&o, "--from-file");
-    if (from) {
-        FILE *pf = fopen(from, "r");
-        if (!pf) return sd_fail("%s: --from-file %s: %s", cmd, from, strerror(errno));
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t len;
-        while ((len = getline(&line, &cap, pf)) >= 0) {
-            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
-            char **np = realloc(prompts, (size_t)(n_prompts + 1) * sizeof *np);
-            if (!np) break;
-            prompts = np;
-            prompts[n_prompts++] = strdup(line);
-        }
-        free(line);
-        fclose(pf);
-        if (n_prompts == 0) return sd_fail("%s: --from-file %s: no prompts in it", cmd, from);
-    } else {
-        prompts = malloc(sizeof *prompts);
-        prompts[0] = strdup(get(&o, "--prompt") ? get(&o, "--prompt")
-                                                 : "a painting of a virus monster playing guitar");
-        n_prompts = 1;
+// argv flags + main's environment -> r. 0, or the exit code after printing the problem.
+static int settings_from_flags(run_settings *r, const opts *o, int img2img, const sd_env *env) {
+    memset(r, 0, sizeof *r);
+    r->img2img = img2img;
+    const char *cmd = r->cmd = img2img ? "img2img" : "txt2img";
+    // no --ckpt: the tiny model the project trained (tools/tiny-model, or
+    // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
+    r->ckpt = get(o, "--ckpt");
+    r->tiny = r->ckpt == NULL;
+    if (r->tiny) r->ckpt = env->tiny_model ? env->tiny_model : LDM_TINY_MODEL_DEFAULT;
+    long long side = r->tiny ? 64 : 512, steps;
+    if (get_int(o, "--ddim_steps", 50, 1, 1000, &steps) ||
+        get_int(o, "--n_iter", img2img ? 1 : 2, 1, 100000, &r->n_iter) ||
+        get_int(o, "--H", side, -1000000, 1000000, &r->H) ||
+        get_int(o, "--W", side, -1000000, 1000000, &r->W) ||
+        get_int(o, "--C", 4, 1, 64, &r->C) || get_int(o, "--f", 8, 1, 64, &r->f) ||
+        get_int(o, "--n_samples", img2img ? 2 : 3, 1, 64, &r->n_samples) ||
+        get_int(o, "--n_rows", 0, 0, 1000, &r->n_rows) ||
+        get_int(o, "--seed", 42, 0, INT64_MAX, &r->seed) ||
+        get_int(o, "--threads", 0, 0, 4096, &r->threads) ||
+        get_int(o, "--clip-skip", 1, 1, 64, &r->clip_skip) ||
+        get_float(o, "--ddim_eta", 0.0, &r->eta) ||
+        get_float(o, "--scale", img2img ? 5.0 : 7.5, &r->scale) ||
+        get_float(o, "--strength", 0.75, &r->strength))
+        return 2;
+    r->sampling.steps = (int)steps;
+    if (!img2img && (r->H % 8 || r->W % 8 || r->H < 8 || r->W < 8))
+        return sd_fail("%s: --H %lld --W %lld: height and width must be positive multiples of 8",
+                       cmd, r->H, r->W), 2;
+    if (img2img && !(r->strength >= 0 && r->strength <= 1))
+        return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, r->strength), 2;
+    if (r->eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
+    if (r->tiny) {
+        struct stat st;
+        if (stat(r->ckpt, &st) != 0 || !S_ISDIR(st.st_mode))
+            return sd_fail("%s: no --ckpt given, and the tiny model folder %s is not here (run from "
+                           "the repository root, set LDM_TINY_MODEL=DIR, or pass --ckpt FILE|DIR)",
+                           cmd, r->ckpt), 2;
+        fprintf(stderr, "%s: no --ckpt given: using the tiny model in %s (64x64 coloured shapes, "
+                "English or Japanese prompts; pass --ckpt for a Stable Diffusion checkpoint)\n",
+                cmd, r->ckpt);
     }
-    const char *negative = get(&o, "--negative-prompt") ? get(&o, "--negative-prompt") : "";
+    r->init_path = get(o, "--init-img");
+    if (img2img && !r->init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
+    if (sampler_from_flags(&r->sampling, o, cmd, r->eta)) return 2;
+    return options_from_flags(r, o, env);
+}
 
-    // init image (img2img): its own size, as CompVis load_img (which also
-    // resizes to multiples of 64; here the sides must already be multiples of 8)
-    ldm_image init = {0};
-    int rc = 1;
-    ldm_pipeline p;
-    int opened = 0;
-    uint8_t **all = NULL;
-    int n_all = 0;
-    if (img2img) {
-        if (ldm_png_read(&init, init_path) != LDM_OK) {
-            sd_fail("img2img: --init-img %s: %s", init_path, ldm_last_error());
-            goto out;
-        }
-        if (init.width % 8 || init.height % 8) {
-            sd_fail("img2img: --init-img %s is %dx%d: width and height must be multiples of 8 "
-                    "(crop or resize it)", init_path, init.width, init.height);
-            goto out;
-        }
-        H = init.height;
-        W = init.width;
+// --from-file lines, or --prompt (CompVis' default prompt). 0 / 1 (printed).
+static int read_prompts(char ***prompts, int *n, const opts *o, const char *cmd) {
+    *prompts = NULL;
+    *n = 0;
+    const char *from = get(o, "--from-file");
+    if (!from) {
+        *prompts = malloc(sizeof **prompts);
+        if (!*prompts) return sd_fail("out of memory");
+        (*prompts)[0] = strdup(get(o, "--prompt") ? get(o, "--prompt")
+                                                  : "a painting of a virus monster playing guitar");
+        *n = 1;
+        return 0;
     }
-
-    // output folders, before the model is loaded
-    const char *outdir = get(&o, "--outdir") ? get(&o, "--outdir")
-                       : img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
-    char sample_dir[4096];
-    snprintf(sample_dir, sizeof sample_dir, "%s/samples", outdir);
-    if (mkdir_p(outdir) != LDM_OK || mkdir_p(sample_dir) != LDM_OK) {
-        sd_fail("%s: %s", cmd, ldm_last_error());
-        goto out;
+    FILE *pf = fopen(from, "r");
+    if (!pf) return sd_fail("%s: --from-file %s: %s", cmd, from, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while ((len = getline(&line, &cap, pf)) >= 0) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+        char **np = realloc(*prompts, (size_t)(*n + 1) * sizeof *np);
+        if (!np) break;
+        *prompts = np;
+        (*prompts)[(*n)++] = strdup(line);
     }
+    free(line);
+    fclose(pf);
+    if (*n == 0) return sd_fail("%s: --from-file %s: no prompts in it", cmd, from);
+    return 0;
+}
 
-    // ---- model
-    if (prog.on) fprintf(stderr, "load model %s\n", ckpt);
-    ldm_pipeline_options po = {.ops = ops, .config_dir = get(&o, "--config"),
-                               .vae_path = get(&o, "--vae"), .vocab = get(&o, "--vocab"),
-                               .prediction = pred, .need_encoder = img2img, .verbose = verbose};
-    if (ldm_pipeline_open(&p, ckpt, &po) != LDM_OK) {
-        sd_fail("%s", ldm_last_error());
-        goto out;
-    }
-    opened = 1;
-    if (C != p.latent_channels)
-        { sd_fail("%s: --C %lld: this model's latents have %d channels", cmd, C, p.latent_channels); goto out; }
-    if (get(&o, "--f") && f != p.factor)
-        { sd_fail("%s: --f %lld: this model's VAE downsamples by %d", cmd, f, p.factor); goto out; }
-    if (verbose)
-        fprintf(stderr, "model: %s, %s, loaded in %.1f s\n", ldm_family_name(p.model.family),
-                ldm_prediction_name(p.model.prediction), p.load_seconds);
+// ---------------------------------------------------------------------------
+// the A1111 "parameters" text of a PNG
 
-    ldm_rng rng;
-    ldm_rng_init(&rng, rng_kind, (uint64_t)seed);
-    char hash[16], label[64], params[8192];
-    model_hash(hash, p.model.files[0].path);
-    snprintf(label, sizeof label, "%s%s", sampler->label,
-             sigma_kind == LDM_SIGMAS_KARRAS ? " Karras" : sigma_kind == LDM_SIGMAS_EXPONENTIAL ? " Exponential" : "");
-    const char *mname = strrchr(ckpt, '/');
-    mname = mname && mname[1] ? mname + 1 : ckpt;
-    char model_name[256];
-    snprintf(model_name, sizeof model_name, "%s", mname);
-    char *dot = strrchr(model_name, '.');
-    if (dot && dot != model_name) *dot = '\0';
+typedef struct run_info {           // what every PNG of the run says about it
+    char hash[16];                  // A1111 legacy model hash
+    char model_name[256];           // the checkpoint's file name without extension
+    char label[64];                 // "DPM++ 2M Karras"
+} run_info;
 
-    int64_t B = n_samples, per_img = H * W * 3;
-    int base_count = count_entries(sample_dir), grid_count = count_entries(outdir) - 1;
-    if (grid_count < 0) grid_count = 0;
+static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipeline *p) {
+    const ldm_sampler_settings *s = &r->sampling;
+    model_hash(ri->hash, p->model.files[0].path);
+    snprintf(ri->label, sizeof ri->label, "%s%s", s->sampler->label,
+             s->sigma_kind == LDM_SIGMAS_KARRAS ? " Karras"
+             : s->sigma_kind == LDM_SIGMAS_EXPONENTIAL ? " Exponential" : "");
+    const char *mname = strrchr(r->ckpt, '/');
+    mname = mname && mname[1] ? mname + 1 : r->ckpt;
+    snprintf(ri->model_name, sizeof ri->model_name, "%s", mname);
+    char *dot = strrchr(ri->model_name, '.');
+    if (dot && dot != ri->model_name) *dot = '\0';
+}
+
+// "PROMPT\n[Negative prompt: N\n]Steps: ..., RNG: NV" then, for a sample
+// (batch_pos >= 0), clip skip / eta / strength when they are not the
+// defaults and its place in the batch; the grid gets the first part only.
+static void parameters(char *buf, size_t size, const run_settings *r, const run_info *ri,
+                       const char *prompt, long long batch_pos, long long iteration) {
+    const char *neg = r->negative;
+    int n = snprintf(buf, size,
+        "%s\n%s%s%sSteps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, "
+        "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
+        prompt, *neg ? "Negative prompt: " : "", neg, *neg ? "\n" : "",
+        r->sampling.steps, ri->label, r->scale, r->seed, r->W, r->H, ri->hash, ri->model_name,
+        r->rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
+    if (batch_pos < 0) return;
+    if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
+    if (!r->sampling.sampler->uses_sigmas && r->eta != 0)
+        n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
+    if (r->img2img) n += snprintf(buf + n, size - n, ", Denoising strength: %g", r->strength);
+    snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld, Iteration: %lld",
+             r->n_samples, batch_pos, iteration);
+}
+
+// One PNG with its parameters, at the next free name of dir/fmt. 0 / 1 (printed).
+static int write_png(const char *dir, const char *fmt, int *index, const uint8_t *rgb, int w,
+                     int h, const char *params, int verbose) {
+    char path[8192];
+    next_free(path, sizeof path, dir, fmt, index);
+    ldm_image out = {.width = w, .height = h, .rgb = (uint8_t *)rgb};
+    const char *keys[] = {"parameters"}, *vals[] = {params};
+    if (ldm_png_write(path, &out, 1, keys, vals, 0) != LDM_OK) return sd_fail("%s", ldm_last_error());
+    if (verbose) fprintf(stderr, "wrote %s\n", path);
+    return 0;
+}
+
+// The grid of every image of the run (torchvision make_grid), n_rows columns
+// (default n_samples), with the run's parameters. 0 / 1.
+static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const *all, int n_all,
+                      const char *first_prompt, int *grid_count) {
+    int gw, gh;
+    int ncol = r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples;
+    uint8_t *grid = make_grid(&gw, &gh, all, n_all, ncol, (int)r->H, (int)r->W);
+    if (!grid) return sd_fail("out of memory for the grid");
+    char params[8192];
+    parameters(params, sizeof params, r, ri, first_prompt, -1, 0);
+    int rc = write_png(r->outdir, "grid-%04d.png", grid_count, grid, gw, gh, params, r->verbose);
+    free(grid);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------
+// the command
+
+typedef struct outputs {
+    char sample_dir[4096];          // OUTDIR/samples
+    int base_count, grid_count;     // next numbers: as CompVis, the count of files already there
+    uint8_t **all;                  // every image of the run [H][W][3], for the grid
+    int n_all;
+} outputs;
+
+// The output folders, before the model is loaded. 0 / 1.
+static int outputs_open(outputs *out, const run_settings *r) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->sample_dir, sizeof out->sample_dir, "%s/samples", r->outdir);
+    if (mkdir_p(r->outdir) != LDM_OK || mkdir_p(out->sample_dir) != LDM_OK)
+        return sd_fail("%s: %s", r->cmd, ldm_last_error());
+    return 0;
+}
+
+// n_iter x prompts x n_samples images: each one saved (unless --skip_save)
+// with its parameters and kept for the grid. 0 / 1.
+static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
+                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
+    const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
+    out->base_count = count_entries(out->sample_dir);
+    out->grid_count = count_entries(r->outdir) - 1;
+    if (out->grid_count < 0) out->grid_count = 0;
     uint8_t *rgb = malloc((size_t)(B * per_img));
-    all = calloc((size_t)(n_iter * n_prompts * B), sizeof *all);
-    if (!rgb || !all) { sd_fail("out of memory"); free(rgb); goto out; }
+    out->all = calloc((size_t)(r->n_iter * r->n_prompts * B), sizeof *out->all);
+    if (!rgb || !out->all) { free(rgb); return sd_fail("out of memory"); }
+    ldm_rng rng;
+    ldm_rng_init(&rng, r->rng_kind, (uint64_t)r->seed);
     ldm_rng fixed_rng = rng;   // --fixed_code: every iteration restarts the stream
-    for (long long it = 0; it < n_iter; it++) {
-        for (int pi = 0; pi < n_prompts; pi++) {
-            if (get(&o, "--fixed_code")) rng = fixed_rng;
+    int rc = 0;
+    for (long long it = 0; it < r->n_iter && !rc; it++) {
+        for (int pi = 0; pi < r->n_prompts && !rc; pi++) {
+            if (r->fixed_code) rng = fixed_rng;
             ldm_generate_params g = {
-                .prompt = prompts[pi], .negative = negative, .width = (int)W, .height = (int)H,
-                .batch = (int)B, .sampler = sampler, .sigma_kind = sigma_kind, .spacing = spacing,
-                .steps_offset = 1, .compvis = 1, .steps = (int)steps,
-                .eta = discrete ? (float)eta : -1.0f, .cfg_scale = (float)scale,
-                .clip_skip = (int)clip_skip, .rng = &rng,
-                .init_rgb = img2img ? init.rgb : NULL, .strength = strength,
-                .vae_opt = {.tiling = get(&o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
-                            .verbose = verbose},
-                .truncate = 1, .progress = on_progress, .progress_ctx = &prog,
+                .prompt = r->prompts[pi], .negative = r->negative, .width = (int)r->W,
+                .height = (int)r->H, .batch = (int)B, .sampling = r->sampling,
+                .cfg_scale = (float)r->scale, .clip_skip = (int)r->clip_skip, .rng = &rng,
+                .init_rgb = init_rgb, .strength = r->strength, .vae_opt = r->vae_opt,
+                .progress = on_progress, .progress_ctx = prog,
             };
-            if (ldm_generate(&p, &g, NULL, rgb) != LDM_OK) {
-                sd_fail("%s", ldm_last_error());
-                free(rgb);
-                goto out;
-            }
-            for (int64_t b = 0; b < B; b++) {
+            if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
+            for (int64_t b = 0; b < B && !rc; b++) {
                 uint8_t *img = malloc((size_t)per_img);
-                if (!img) { sd_fail("out of memory"); free(rgb); goto out; }
+                if (!img) { rc = sd_fail("out of memory"); break; }
                 memcpy(img, rgb + b * per_img, (size_t)per_img);
-                all[n_all++] = img;
-                if (get(&o, "--skip_save")) continue;
-                int n = snprintf(params, sizeof params,
-                    "%s\n%s%s%sSteps: %lld, Sampler: %s, CFG scale: %g, Seed: %lld, "
-                    "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
-                    prompts[pi], *negative ? "Negative prompt: " : "", negative, *negative ? "\n" : "",
-                    steps, label, scale, seed, W, H, hash, model_name,
-                    rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
-                if (clip_skip > 1) n += snprintf(params + n, sizeof params - n, ", Clip skip: %lld", clip_skip);
-                if (discrete && eta != 0) n += snprintf(params + n, sizeof params - n, ", Eta: %g", eta);
-                if (img2img) n += snprintf(params + n, sizeof params - n, ", Denoising strength: %g", strength);
-                snprintf(params + n, sizeof params - n, ", Batch size: %lld, Batch pos: %lld, Iteration: %lld",
-                         (long long)B, (long long)b, it);
-                char path[8192];
-                next_free(path, sizeof path, sample_dir, "%05d.png", &base_count);
-                ldm_image out = {.width = (int)W, .height = (int)H, .rgb = img};
-                const char *keys[] = {"parameters"}, *vals[] = {params};
-                if (ldm_png_write(path, &out, 1, keys, vals, 0) != LDM_OK) {
-                    sd_fail("%s", ldm_last_error());
-                    free(rgb);
-                    goto out;
-                }
-                base_count++;
-                if (verbose) fprintf(stderr, "wrote %s\n", path);
+                out->all[out->n_all++] = img;
+                if (r->skip_save) continue;
+                char params[8192];
+                parameters(params, sizeof params, r, ri, r->prompts[pi], (long long)b, it);
+                rc = write_png(out->sample_dir, "%05d.png", &out->base_count, img, (int)r->W,
+                               (int)r->H, params, r->verbose);
+                out->base_count++;
             }
         }
     }
     free(rgb);
-    if (!get(&o, "--skip_grid")) {
-        int gw, gh;
-        uint8_t *grid = make_grid(&gw, &gh, all, n_all, n_rows > 0 ? (int)n_rows : (int)B, (int)H, (int)W);
-        if (!grid) { sd_fail("out of memory for the grid"); goto out; }
-        char path[8192];
-        next_free(path, sizeof path, outdir, "grid-%04d.png", &grid_count);
-        snprintf(params, sizeof params,
-                 "%s\n%s%s%sSteps: %lld, Sampler: %s, CFG scale: %g, Seed: %lld, "
-                 "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
-                 prompts[0], *negative ? "Negative prompt: " : "", negative, *negative ? "\n" : "",
-                 steps, label, scale, seed, W, H, hash, model_name,
-                 rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
-        ldm_image out = {.width = gw, .height = gh, .rgb = grid};
-        const char *keys[] = {"parameters"}, *vals[] = {params};
-        int w = ldm_png_write(path, &out, 1, keys, vals, 0);
-        free(grid);
-        if (w != LDM_OK) { sd_fail("%s", ldm_last_error()); goto out; }
-        if (verbose) fprintf(stderr, "wrote %s\n", path);
-    }
-    fprintf(stderr, "Your samples are ready and waiting for you here: \n%s \n\nEnjoy.\n", outdir);
-    if (verbose)
-        fprintf(stderr, "peak resident memory: %.1f MiB\n", ldm_peak_rss_bytes() / 1048576.0);
-    rc = 0;
-out:
-    for (int i = 0; i < n_all; i++) free(all[i]);
-    free(all);
-    if (opened) ldm_pipeline_close(&p);
-    ldm_image_free(&init);
-    for (int i = 0; i < n_prompts; i++) free(prompts[i]);
-    free(prompts);
     return rc;
 }
 
-int cmd_txt2img(int argc, char **argv) { return run(argc, argv, 0); }
-int cmd_img2img(int argc, char **argv) { return run(argc, argv, 1); }
+static int run(int argc, char **argv, int img2img, const sd_env *env) {
+    opts o;
+    int e = parse_flags(&o, argc, argv, img2img);
+    if (e) return e;
+    if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
+    run_settings r;
+    if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
+    if (r.threads > 0 && r.po.ops->set_threads) r.po.ops->set_threads((int)r.threads);
+    if (r.dump_dir) ldm_dump_set_dir(r.dump_dir);
+    progress prog = {.tty = isatty(2)};
+    prog.on = prog.tty || r.verbose || get(&o, "--progress");
+    if (read_prompts(&r.prompts, &r.n_prompts, &o, r.cmd)) return 1;
+
+    // init image (img2img): its own size, as CompVis load_img (which also
+    // resizes to multiples of 64; here the sides must already be multiples of 8)
+    ldm_image init = {0};
+    outputs out = {0};
+    ldm_pipeline p;
+    int rc = 1, opened = 0;
+    if (img2img) {
+        if (ldm_png_read(&init, r.init_path) != LDM_OK) {
+            sd_fail("img2img: --init-img %s: %s", r.init_path, ldm_last_error());
+            goto done;
+        }
+        if (init.width % 8 || init.height % 8) {
+            sd_fail("img2img: --init-img %s is %dx%d: width and height must be multiples of 8 "
+                    "(crop or resize it)", r.init_path, init.width, init.height);
+            goto done;
+        }
+        r.H = init.height;
+        r.W = init.width;
+    }
+    if (outputs_open(&out, &r)) goto done;
+
+    // ---- model
+    if (prog.on) fprintf(stderr, "load model %s\n", r.ckpt);
+    if (ldm_pipeline_open(&p, r.ckpt, &r.po) != LDM_OK) { sd_fail("%s", ldm_last_error()); goto done; }
+    opened = 1;
+    if (r.C != p.latent_channels)
+        { sd_fail("%s: --C %lld: this model's latents have %d channels", r.cmd, r.C, p.latent_channels); goto done; }
+    if (get(&o, "--f") && r.f != p.factor)
+        { sd_fail("%s: --f %lld: this model's VAE downsamples by %d", r.cmd, r.f, p.factor); goto done; }
+    if (r.verbose)
+        fprintf(stderr, "model: %s, %s, loaded in %.1f s\n", ldm_family_name(p.model.family),
+                ldm_prediction_name(p.model.prediction), p.load_seconds);
+
+    // ---- the images, then the grid
+    run_info ri;
+    run_info_fill(&ri, &r, &p);
+    if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, &ri, &prog)) goto done;
+    if (!r.skip_grid && write_grid(&r, &ri, out.all, out.n_all, r.prompts[0], &out.grid_count))
+        goto done;
+    fprintf(stderr, "Your samples are ready and waiting for you here: \n%s \n\nEnjoy.\n", r.outdir);
+    if (r.verbose)
+        fprintf(stderr, "peak resident memory: %.1f MiB\n", ldm_peak_rss_bytes() / 1048576.0);
+    rc = 0;
+done:
+    for (int i = 0; i < out.n_all; i++) free(out.all[i]);
+    free(out.all);
+    if (opened) ldm_pipeline_close(&p);
+    ldm_image_free(&init);
+    for (int i = 0; i < r.n_prompts; i++) free(r.prompts[i]);
+    free(r.prompts);
+    return rc;
+}
+
+int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 0, env); }
+int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 1, env); }
 
 // `sd png-info FILE`: print the text chunks of a PNG (the "parameters" first).
-int cmd_png_info(int argc, char **argv) {
+int cmd_png_info(int argc, char **argv, const sd_env *env) {
     if (argc != 2 || !strcmp(argv[1], "--help")) {
         fprintf(argc == 2 ? stdout : stderr, "usage: sd png-info FILE.png\n\n"
                 "Print the generation parameters (A1111 \"parameters\" text chunk) and other text.\n");

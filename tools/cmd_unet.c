@@ -123,7 +123,8 @@ static int host_tensor(ldm_tensor *t, const struct ldm_ops *ops, const int64_t *
     return 0;
 }
 
-int cmd_unet(int argc, char **argv) {
+int cmd_unet(int argc, char **argv, const sd_env *defaults) {
+    sd_env env = *defaults;
     const char *model = NULL, *random = NULL, *latent = NULL, *tlist = NULL, *context = NULL;
     const char *outp = NULL, *dump = NULL;
     int table = 0, timing = 0, threads = 0, batch = 1;
@@ -131,7 +132,7 @@ int cmd_unet(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { unet_usage(stdout); return 0; }
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 2;
         if (c > 0) continue;
         if (!strcmp(a, "--table")) { table = 1; continue; }
@@ -156,10 +157,10 @@ int cmd_unet(int argc, char **argv) {
     }
     if (!!model == !!random) { unet_usage(stderr); return 2; }
     if (batch < 1 || batch > 64) { sd_fail("unet: --batch must be 1..64"); return 2; }
-    const struct ldm_ops *ops = ldm_backend_default();
+    const struct ldm_ops *ops = sd_backend(&env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     if (ops->set_threads && threads > 0) ops->set_threads(threads);
-    if (dump) setenv("LDM_DUMP", dump, 1);
+    if (dump) ldm_dump_set_dir(dump);
 
     ldm_unet_config cfg;
     ldm_unet u;

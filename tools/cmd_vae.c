@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/core/error.h"
+#include "ldm/io/dump.h"
 #include "ldm/io/image.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
@@ -71,14 +72,17 @@ typedef struct vae_args {
     ldm_vae_options opt;
     int truncate, overwrite, has_seed;
     uint64_t seed;
+    sd_env env;             // main's environment, --backend applied
 } vae_args;
 
-static int parse_args(vae_args *a, int argc, char **argv, int encode) {
+static int parse_args(vae_args *a, int argc, char **argv, int encode, const sd_env *env) {
     memset(a, 0, sizeof *a);
+    a->env = *env;
+    a->opt.budget_mb = env->vae_budget_mb;   // $LDM_VAE_BUDGET_MB (0: the default)
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int need = i + 1 < argc;
-        int c = sd_common_flag(argc, argv, &i);
+        int c = sd_common_flag(argc, argv, &i, &a->env);
         if (c < 0) return 2;
         if (c > 0) continue;
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) { vae_usage(stdout, encode); return -1; }
@@ -114,12 +118,12 @@ static int parse_args(vae_args *a, int argc, char **argv, int encode) {
         vae_usage(stderr, encode);
         return 2;
     }
-    if (a->dump) setenv("LDM_DUMP", a->dump, 1);
+    if (a->dump) ldm_dump_set_dir(a->dump);
     return 0;
 }
 
 static int load(ldm_vae *vae, ldm_vae_file *src, const vae_args *a, int parts) {
-    const struct ldm_ops *ops = ldm_backend_default();
+    const struct ldm_ops *ops = sd_backend(&a->env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     const char *path = a->vae ? a->vae : a->ckpt;
     if (!path) return sd_fail("no model: give --ckpt MODEL (or --vae FILE)");
@@ -139,12 +143,12 @@ static void indexed_name(char *buf, size_t n, const char *path, int i) {
     snprintf(buf, n, "%.*s_%d%s", (int)(dot - path), path, i, dot);
 }
 
-int cmd_vae_decode(int argc, char **argv) {
+int cmd_vae_decode(int argc, char **argv, const sd_env *env) {
     vae_args a;
-    int rc = parse_args(&a, argc, argv, 0);
+    int rc = parse_args(&a, argc, argv, 0, env);
     if (rc) return rc < 0 ? 0 : rc;
     ldm_tensor lat = {0}, img = {0};
-    if (ldm_npy_read(&lat, ldm_backend_default(), a.in)) return sd_fail("%s", ldm_last_error());
+    if (ldm_npy_read(&lat, sd_backend(&a.env), a.in)) return sd_fail("%s", ldm_last_error());
     if (lat.ndim == 3) {   // [4,h,w] -> [1,4,h,w]
         for (int d = 3; d > 0; d--) lat.shape[d] = lat.shape[d - 1];
         lat.shape[0] = 1;
@@ -214,9 +218,9 @@ done:
     return rc;
 }
 
-int cmd_vae_encode(int argc, char **argv) {
+int cmd_vae_encode(int argc, char **argv, const sd_env *env) {
     vae_args a;
-    int rc = parse_args(&a, argc, argv, 1);
+    int rc = parse_args(&a, argc, argv, 1, env);
     if (rc) return rc < 0 ? 0 : rc;
     ldm_image png;
     memset(&png, 0, sizeof png);

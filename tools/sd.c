@@ -3,6 +3,9 @@
  *   sd --help               list them
  *   sd SUBCOMMAND --help    the flags of one
  * Each subcommand is a function in tools/cmd_<name>.c (see cmd.h).
+ *
+ * The environment is read here, once (sd_env_read), and handed to the
+ * subcommand as defaults its flags override; no other code calls getenv.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +13,9 @@
 #include <string.h>
 #include "ldm/core/error.h"
 #include "ldm/backend/ops.h"
+#include "ldm/backend/ops_cuda.h"
+#include "ldm/io/dump.h"
+#include "ldm/pipeline.h"
 #include "tools/cmd.h"
 
 static const sd_command commands[] = {
@@ -37,15 +43,34 @@ int sd_fail(const char *fmt, ...) {
     return 1;
 }
 
-int sd_common_flag(int argc, char **argv, int *i) {
+int sd_common_flag(int argc, char **argv, int *i, sd_env *env) {
     if (strcmp(argv[*i], "--backend") == 0) {
         if (*i + 1 >= argc) return sd_fail("--backend needs a value (ref|cpu|cuda)"), -1;
         if (!ldm_backend(argv[*i + 1])) return sd_fail("%s", ldm_last_error()), -1;
-        setenv("LDM_BACKEND", argv[*i + 1], 1);
+        env->backend = argv[*i + 1];
         *i += 1;
         return 1;
     }
     return 0;
+}
+
+const struct ldm_ops *sd_backend(const sd_env *env) {
+    return env->backend ? ldm_backend(env->backend) : ldm_backend_default();
+}
+
+// Every environment variable `sd` reads, here and nowhere else.
+static sd_env sd_env_read(void) {
+    sd_env env = {0};
+    const char *e;
+    if ((e = getenv("LDM_BACKEND")) && *e) env.backend = e;
+    if ((e = getenv("LDM_DUMP")) && *e) env.dump_dir = e;
+    if ((e = getenv("LDM_VOCAB")) && *e) env.vocab = e;
+    if ((e = getenv("LDM_TINY_MODEL")) && *e) env.tiny_model = e;
+    if ((e = getenv("LDM_VAE_BUDGET_MB")) && atoll(e) > 0) env.vae_budget_mb = atoll(e);
+    if ((e = getenv("LDM_CUDA_SYNC"))) env.cuda_sync = *e == '1';
+    if ((e = getenv("LDM_CUDA_WORKSPACE_MB")) && atol(e) > 0) env.cuda_workspace_mb = atol(e);
+    if ((e = getenv("LDM_CUDA_EMU_STRICT"))) env.cuda_emu_strict = *e == '1';
+    return env;
 }
 
 static void usage(FILE *f) {
@@ -53,9 +78,15 @@ static void usage(FILE *f) {
     fprintf(f, "ldm.c: Stable Diffusion (latent diffusion) in plain C.\n\nsubcommands:\n");
     for (int i = 0; i < n_commands; i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\nenvironment: LDM_BACKEND=ref|cpu|cuda (default cpu), LDM_VOCAB=FILE (CLIP BPE),\n"
-               "             LDM_TINY_MODEL=DIR (the model txt2img/img2img use without --ckpt;\n"
-               "             default tools/tiny-model), LDM_DUMP=DIR (as --dump)\n");
+    fprintf(f, "\nenvironment (defaults; flags override):\n"
+               "  LDM_BACKEND=ref|cpu|cuda|cuda-emu  backend (default cpu; --backend)\n"
+               "  LDM_DUMP=DIR           write every named intermediate as DIR/<name>.npy (--dump)\n"
+               "  LDM_VOCAB=FILE         CLIP BPE vocabulary when the model has no tokenizer/ (--vocab)\n"
+               "  LDM_TINY_MODEL=DIR     the model txt2img/img2img use without --ckpt\n"
+               "                         (default " LDM_TINY_MODEL_DEFAULT ")\n"
+               "  LDM_VAE_BUDGET_MB=N    VAE memory budget for automatic tiling (default 4096)\n"
+               "  LDM_CUDA_SYNC=1, LDM_CUDA_WORKSPACE_MB=N, LDM_CUDA_EMU_STRICT=1\n"
+               "                         CUDA backend debugging (docs/08-cuda.md)\n");
 }
 
 int main(int argc, char **argv) {
@@ -64,8 +95,11 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    sd_env env = sd_env_read();
+    ldm_dump_set_dir(env.dump_dir);   // subcommands with --dump DIR set it again
+    ldm_cuda_set_options(&(ldm_cuda_options){env.cuda_sync, env.cuda_workspace_mb, env.cuda_emu_strict});
     for (int i = 0; i < n_commands; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1, &env);
     fprintf(stderr, "sd: unknown subcommand '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -48,11 +48,7 @@ const struct ldm_ops *ldm_backend(const char *name) {
     return NULL;
 }
 
-const struct ldm_ops *ldm_backend_default(void) {
-    const char *env = getenv("LDM_BACKEND");
-    if (env && *env) return ldm_backend(env);
-    return &ldm_ops_cpu;
-}
+const struct ldm_ops *ldm_backend_default(void) { return &ldm_ops_cpu; }
 
 // ---- helpers for the contracts -----------------------------------------------
 

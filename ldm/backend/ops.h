@@ -102,7 +102,8 @@ extern const struct ldm_ops ldm_ops_ref;
 extern const struct ldm_ops ldm_ops_cpu;
 // "ref", "cpu" (and "cuda" when built with it). NULL + ldm_error if unknown.
 const struct ldm_ops *ldm_backend(const char *name);
-// $LDM_BACKEND if set, else "cpu".
+// The backend used when a caller names none: "cpu". (The CLI's main reads
+// $LDM_BACKEND and passes ldm_backend(name) down; the library reads no environment.)
 const struct ldm_ops *ldm_backend_default(void);
 
 // ---- checked wrappers: what model code calls --------------------------

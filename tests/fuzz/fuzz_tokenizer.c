@@ -21,7 +21,8 @@
 static ldm_tokenizer *tok;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    if (ldm_tokenizer_load(&tok, NULL)) {
+    const char *vocab = getenv("LDM_VOCAB");   // read here, once, as sd's main does
+    if (ldm_tokenizer_load(&tok, vocab && *vocab ? vocab : NULL)) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", ldm_last_error());
         exit(1);
     }
