@@ -49,7 +49,7 @@ void ldm_clip_free(ldm_clip *m);
 // (a new tensor the caller frees; the activations stay in m->arena).
 // extra_skip: further final layers to skip before the final LN ("clip skip"
 // 2 = extra_skip 1); 0 is the model's own setting.
-// Dumps (LDM_DUMP): text_model.embeddings, text_model.encoder.layers.N,
+// Dumps (when a dump folder is set, ldm/io/dump.h): text_model.embeddings, text_model.encoder.layers.N,
 // text_model.final_layer_norm. 0 / LDM_ERR (bad ids or skip are user input).
 int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, int T,
                      int extra_skip);

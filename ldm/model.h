@@ -88,7 +88,7 @@ typedef struct ldm_clip_config {
 } ldm_clip_config;
 
 typedef enum ldm_family { LDM_FAMILY_SD1, LDM_FAMILY_SD2 } ldm_family;
-#include "ldm/prediction.h"   // ldm_prediction: LDM_PRED_AUTO | LDM_PRED_EPS | LDM_PRED_V
+#include "ldm/core/prediction.h"   // ldm_prediction: LDM_PRED_AUTO | LDM_PRED_EPS | LDM_PRED_V
 
 typedef struct ldm_model_options {
     const struct ldm_ops *ops;      // backend the weights are uploaded to (NULL: default)

@@ -42,7 +42,7 @@
 typedef int (*ldm_model_fn)(float *out, const float *x_in, const float *t, int64_t N,
                             void *ctx);
 
-#include "ldm/prediction.h"   // ldm_prediction: LDM_PRED_EPS | LDM_PRED_V
+#include "ldm/core/prediction.h"   // ldm_prediction: LDM_PRED_EPS | LDM_PRED_V
 
 // The shared model wrapper. Fill the public fields, then ldm_denoiser_init.
 typedef struct ldm_denoiser {

@@ -1,5 +1,5 @@
 /*
- * ldm/prediction.h -- what the denoiser network predicts. Shared by the model
+ * ldm/core/prediction.h -- what the denoiser network predicts. Shared by the model
  * loader (ldm/model.h, which detects it) and the samplers (samplers/sampler.h,
  * which convert it): epsilon (SD1, SD2-base) or v (SD2 768-v, Salimans & Ho
  * 2022: v = sqrt(abar) eps - sqrt(1-abar) x0).
