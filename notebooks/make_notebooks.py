@@ -104,7 +104,7 @@ NOTEBOOKS["01-tensors-and-ops"] = [
     plt.tight_layout(); plt.show()
     '''),
     md('''
-    ## Attention and the causal mask (LDM eq. 3)
+    ## Attention and the causal mask (LDM sec. 3.3)
     `softmax(QKᵀ/√d)·V`, per head. CLIP's text encoder adds a causal mask: token *i*
     sees tokens *0..i* only. The matrix of probabilities below is what the mask does.
     '''),
@@ -425,7 +425,7 @@ NOTEBOOKS["05-unet"] = [
     md('''
     # 05 — The UNet: shapes per block and cross-attention maps
 
-    Chapter: [docs/05-unet.md](../docs/05-unet.md) · paper: LDM sec. 3.3, eq. 3 —
+    Chapter: [docs/05-unet.md](../docs/05-unet.md) · paper: LDM sec. 3.3 (attention; eq. 3 is the conditional objective) —
     cross-attention `softmax(QKᵀ/√d)·V` with Q from the UNet's features and K, V from
     the prompt context.
 
