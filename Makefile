@@ -237,7 +237,8 @@ notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
 	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
-# `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png).
+# `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
+# trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model).
 # `make docs-links`: recompute every docs/ link's #L line anchor (and a
 # "file.c:NN" link text) from the symbol its title names, after code moved.
 .PHONY: docs-links
@@ -246,6 +247,7 @@ docs-links:
 .PHONY: docs-figures
 docs-figures: $(BUILD)/libldm.so $(NB_PY)
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
+	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_sampling.py
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)

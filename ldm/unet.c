@@ -159,7 +159,7 @@ static int resblock_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *x,
 // Attention: xq [B,Tq,D], xkv [B,Tk,Dkv] -> out [B,Tq,D]
 //   softmax(Q K^T / sqrt(HS)) V per head, Q = xq Wq, K = xkv Wk, V = xkv Wv,
 //   then to_out.0. Self-attention: xkv = xq. Cross-attention: xkv = context
-//   (LDM eq. 3: Q from the image tokens, K and V from the text tokens).
+//   (LDM sec. 3.3: Q from the image tokens, K and V from the text tokens).
 static int attn_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *xq,
                         const ldm_tensor *xkv, const ldm_unet_attn *at, int heads) {
     int64_t B = xq->shape[0], Tq = xq->shape[1], Tk = xkv->shape[1], D = at->q_w.shape[0];

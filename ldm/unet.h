@@ -132,7 +132,7 @@ int ldm_unet_load(ldm_unet *u, const ldm_unet_config *cfg, ldm_weights *w);
 int ldm_unet_init_random(ldm_unet *u, const ldm_unet_config *cfg, const struct ldm_ops *ops);
 void ldm_unet_free(ldm_unet *u);
 
-// eps = UNet(x, t, context)        (LDM eq. 3: context enters by cross-attention)
+// eps = UNet(x, t, context)        (LDM eq. 3's eps_theta; context enters by cross-attention, sec. 3.3)
 //   x [B,Cin,h,w], t[B] host floats (fractional allowed, one per batch element),
 //   context [B,T,Dc] -> out [B,Cout,h,w] (allocated by the caller on u->ops).
 // 0 / LDM_ERR on shapes that do not fit the model or out of memory.

@@ -20,7 +20,7 @@
  * Large images are decoded/encoded in overlapping tiles whose seams are blended
  * linearly; tiling is chosen automatically when the estimated untiled working
  * set exceeds a memory budget. The mid-block attention is global, so a tiled
- * result differs from the untiled one by design (docs/05-vae.md).
+ * result differs from the untiled one by design (docs/04-vae.md).
  *
  * Left out: the VQ variants (VQModel), AutoencoderTiny, temporal decoders,
  * shift_factor/latents_mean (SD3, Flux), the fp16 "force_upcast" logic (we

@@ -74,7 +74,7 @@ NOTEBOOKS["01-tensors-and-ops"] = [
 
     Chapter: [docs/01-tensors-and-ops.md](../docs/01-tensors-and-ops.md) · exercises
     [1 (group norm)](../docs/exercises/01-group-norm/README.md),
-    [2 (attention, causal mask)](../docs/exercises/02-causal-attention/README.md).
+    [4 (attention, causal mask)](../docs/exercises/04-causal-attention/README.md).
 
     Every model file calls the op table (`ldm/backend/ops.h`); `ref` is plain loops, `cpu` is
     OpenBLAS + OpenMP. Here two ops run through the bindings and are checked against
@@ -104,7 +104,7 @@ NOTEBOOKS["01-tensors-and-ops"] = [
     plt.tight_layout(); plt.show()
     '''),
     md('''
-    ## Attention and the causal mask (LDM eq. 3)
+    ## Attention and the causal mask (LDM sec. 3.3)
     `softmax(QKᵀ/√d)·V`, per head. CLIP's text encoder adds a causal mask: token *i*
     sees tokens *0..i* only. The matrix of probabilities below is what the mask does.
     '''),
@@ -140,7 +140,7 @@ NOTEBOOKS["02-tokenizer"] = [
     # 02 — The CLIP tokenizer: byte-level BPE, merge by merge
 
     Chapter: [docs/02-tokenizer.md](../docs/02-tokenizer.md) · exercise
-    [5 (BPE merges)](../docs/exercises/05-bpe-merges/README.md) · paper: LDM sec. 4.3.1
+    [2 (BPE merges)](../docs/exercises/02-bpe-merges/README.md) · paper: LDM sec. 4.3.1
     (τ_θ is a transformer over the *tokenized* prompt); Sennrich et al. 2016 (BPE).
 
     `tokenizer/bpe.c` does, for every piece of the prompt: UTF-8 bytes → the
@@ -262,8 +262,8 @@ NOTEBOOKS["03-clip"] = [
 
     Chapter: [docs/03-clip-and-checkpoints.md](../docs/03-clip-and-checkpoints.md) ·
     paper: LDM sec. 3.3 and 4.3.1 — the context `τ_θ(y)` [77, D] that the UNet's
-    cross-attention reads. Exercise [2](../docs/exercises/02-causal-attention/README.md)
-    writes the causal attention used here.
+    cross-attention reads. Exercises [3](../docs/exercises/03-clip-layer/README.md) and [4](../docs/exercises/04-causal-attention/README.md)
+    write a CLIP layer and the causal attention used here.
 
     The attention probabilities are not kept by `ldm/clip.c` (the op is fused). They are
     recomputed here in NumPy from the layer inputs the C code dumps (`LDM_DUMP`) and the
@@ -361,7 +361,9 @@ NOTEBOOKS["04-vae"] = [
     md('''
     # 04 — The autoencoder: latent channels and the round trip
 
-    Chapter: [docs/04-vae.md](../docs/04-vae.md) · paper: LDM sec. 3.1 "Perceptual Image
+    Chapter: [docs/04-vae.md](../docs/04-vae.md) · exercises
+    [5 (posterior)](../docs/exercises/05-vae-posterior/README.md),
+    [6 (KL)](../docs/exercises/06-vae-kl/README.md) · paper: LDM sec. 3.1 "Perceptual Image
     Compression" — `z = E(x)`, `x̃ = D(z)`, downsampling factor f (8 for SD; 2 for the
     tiny test VAE), KL-regularised latent (App. G).
     '''),
@@ -425,7 +427,10 @@ NOTEBOOKS["05-unet"] = [
     md('''
     # 05 — The UNet: shapes per block and cross-attention maps
 
-    Chapter: [docs/05-unet.md](../docs/05-unet.md) · paper: LDM sec. 3.3, eq. 3 —
+    Chapter: [docs/05-unet.md](../docs/05-unet.md) · exercises
+    [7](../docs/exercises/07-timestep-embedding/README.md),
+    [8](../docs/exercises/08-cross-attention/README.md),
+    [9](../docs/exercises/09-unet-resblock/README.md) · paper: LDM sec. 3.3 (attention; eq. 3 is the conditional objective) —
     cross-attention `softmax(QKᵀ/√d)·V` with Q from the UNet's features and K, V from
     the prompt context.
 
@@ -546,7 +551,7 @@ NOTEBOOKS["06a-forward-process"] = [
     # 06a — The forward process q(x_t | x_0) and the noise schedule
 
     Chapter: [docs/06-samplers.md](../docs/06-samplers.md) · exercise
-    [3 (q_sample)](../docs/exercises/03-forward-process/README.md) · papers: DDPM (Ho et
+    [10 (q_sample)](../docs/exercises/10-forward-process/README.md) · papers: DDPM (Ho et
     al. 2020) eq. 4, `q(x_t|x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I)`; LDM sec. 3.2 runs it on latents.
     '''),
     SETUP,
@@ -627,7 +632,7 @@ NOTEBOOKS["06b-samplers"] = [
     # 06b — Samplers: trajectories, predicted x₀, and equal-cost comparisons
 
     Chapter: [docs/06-samplers.md](../docs/06-samplers.md) · exercise
-    [4 (DDIM update)](../docs/exercises/04-ddim-update/README.md) · papers: DDIM (Song et
+    [13 (DDIM update)](../docs/exercises/13-ddim-update/README.md) · papers: DDIM (Song et
     al. 2021) eq. 12/16; Karras et al. 2022 (Euler, Heun, σ schedules); DPM-Solver++
     (Lu et al. 2022).
 

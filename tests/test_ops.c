@@ -13,7 +13,7 @@
  * Plus the small contracts of ldm/core/tensor.c (views, slices, overflow) and the
  * backend selection. Each comparison prints max-abs / max-rel / worst index.
  *
- * Tolerance: 1e-5 of max|expected| (the project's single-op tolerance) unless a comment
+ * Tolerance: 1e-5 of max|expected| (single op, docs/00-overview.md) unless a comment
  * at the check says why a case needs more.
  */
 #include <stdlib.h>

@@ -17,7 +17,7 @@
  *   tiny_euler_a     k-diffusion sample_euler_ancestral with a negative prompt
  * The case parameters below repeat the scripts' CASES.
  *
- * Tolerances (the project's, for a whole pipeline): context 1e-4 relative (one CLIP forward), final
+ * Tolerances (docs/00-overview.md, "How correctness is established"): context 1e-4 relative (one CLIP forward), final
  * latent 1e-3 relative (whole pipeline), pixels: >= 99.9% identical, the rest
  * off by at most 1. The CLI writes pixels by truncation (CompVis) where the
  * reference rounds (diffusers), so CLI images are checked within 1 everywhere.

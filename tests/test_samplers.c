@@ -123,8 +123,7 @@ static void test_rng_cuda(void) {
                    out[1], out[2], out[3]);
     }
     // torch.randn(3, 4, device="cuda") after manual_seed(0): published values
-    // (documented constants: the first two in REFERENCE.md section 6, all 12
-    // in the docstring of AUTOMATIC1111's rng_philox.py, a public port checked
+    // (all 12 in the docstring of AUTOMATIC1111's rng_philox.py, a public port checked
     // against torch on a GPU). Tolerance 1e-6: the GPU takes sin/cos from the
     // __sincosf approximation and the port computes u, v in float64; we
     // follow curand's float32 u, v and use libm. Measured max 6e-7.
@@ -165,7 +164,7 @@ static void test_schedule(void) {
     if ((e = load("sched_sigmas.npy", &n)))
         test_close("sigmas (k-diffusion CompVisDenoiser)", s.sigmas, e, 1000, SCHED_RTOL, 0);
     free(e);
-    // REFERENCE.md section 5 constants (printed to 5-7 digits)
+    // the schedule's constants as docs/06-samplers.md section 1 prints them (5-7 digits)
     float kv[4] = {s.alphas_cumprod[0], s.alphas_cumprod[999], s.sigmas[0], s.sigmas[999]};
     float kc[4] = {0.99915f, 0.0046601f, 0.0291672f, 14.61464f};
     // Tolerances: the printed digits (5e-6 relative), except sigma_min:

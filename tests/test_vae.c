@@ -7,7 +7,8 @@
  * non-square image) -- with diffusers' encoder moments, posterior mean and
  * sample, and decoder output. On the `ref` and `cpu` backends:
  *   encoder moments, latent mean, latent sample, decode     rel. max err <= 1e-4
- *   (REFERENCE tolerance for a block; whole tiny models are a few blocks deep)
+ *   (the project's tolerance for a block, docs/00-overview.md; whole tiny
+ *   models are a few blocks deep)
  *   tiled decode / encode vs the same tile plan and blend run with diffusers'
  *   decoder per tile (fixtures' run_tiled)                   <= 1e-4
  *   tiled vs untiled (reported; GroupNorm statistics and the mid attention

@@ -17,7 +17,11 @@ path, shown as a tooltip), what it points at:
 titles. `--check` (part of `make test`) fails when a titled link does not land
 on its target, when a target cannot be found, when a link points at a file
 that does not exist or past the end of its file, or when a line link has no
-title. Prints "N passed, M failed" and exits non-zero on any failure.
+title. It also fails on a link that leaves the repository (`../../` above its
+root), and on a mention of a Markdown file (a `*.md` name or path) in the
+docs or in the code's comments that is not a file of the repository: the
+course must be readable from the repository alone. Prints "N passed, M failed"
+and exits non-zero on any failure.
 
 Only the Python standard library: it runs in CI without the reference venv.
 """
@@ -103,6 +107,52 @@ def resolve(lines, title):
     return None, "no line containing %r after %s" % (text, name)
 
 
+# Files whose mentions of *.md files are checked: the docs, the notebooks and
+# the code's comments (a mention anywhere in such a file counts).
+MENTION_DIRS = ("docs", "notebooks", "ldm", "tokenizer", "samplers", "tools", "tests")
+MENTION_EXT = (".md", ".c", ".h", ".cu", ".py", ".sh", ".ipynb")
+# a relative path ending in .md, not part of a longer path or pattern
+# (docs/exercises/NN-*/README.md is a pattern, not a mention)
+MD_NAME = re.compile(r'(?<![\w./*<>{}$%-])([\w][\w.-]*(?:/[\w.-]+)*\.md)(?![\w-]|\.\w|/)')
+URL = re.compile(r'[a-z]+://\S+')
+
+def mention_files():
+    out = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "Makefile")]
+    for base in MENTION_DIRS:
+        for d, dirs, fs in os.walk(os.path.join(ROOT, base)):
+            dirs[:] = sorted(x for x in dirs if x not in ("tiny-model", "fixtures", "__pycache__"))
+            out += [os.path.join(d, f) for f in sorted(fs) if f.endswith(MENTION_EXT)]
+    return sorted(out)
+
+def repo_basenames():
+    names = set()
+    for d, dirs, fs in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if x not in (".git", "build")]
+        names.update(fs)
+    return names
+
+def check_mentions():
+    """(passed, failed) over every *.md named in mention_files()."""
+    passed = failed = 0
+    names = repo_basenames()
+    for path in mention_files():
+        rel = os.path.relpath(path, ROOT)
+        for lineno, line in enumerate(read_lines(path), 1):
+            for m in MD_NAME.finditer(URL.sub(" ", line)):
+                name = m.group(1)
+                cands = [os.path.normpath(os.path.join(os.path.dirname(path), name)),
+                         os.path.normpath(os.path.join(ROOT, name))]
+                inside = [c for c in cands if c == ROOT or c.startswith(ROOT + os.sep)]
+                ok = any(os.path.isfile(c) for c in inside) or ("/" not in name and name in names)
+                if ok:
+                    passed += 1
+                else:
+                    print("  NOT OK  %s:%d: mentions %s, which is not a file of the repository"
+                          % (rel, lineno, name))
+                    failed += 1
+    return passed, failed
+
+
 def read_lines(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.readlines()
@@ -184,6 +234,10 @@ def main(argv):
             full = os.path.normpath(os.path.join(os.path.dirname(doc), path))
             lineno = src.count("\n", 0, m.start()) + 1
             where = "%s:%d" % (rel_doc, lineno)
+            if not (full == ROOT or full.startswith(ROOT + os.sep)):
+                print("  NOT OK  %s: %s leaves the repository" % (where, path))
+                failed += 1
+                continue
             if not os.path.exists(full):
                 print("  NOT OK  %s: %s does not exist" % (where, path))
                 failed += 1
@@ -237,6 +291,9 @@ def main(argv):
                 with open(doc, "w", encoding="utf-8") as f:
                     f.write(new)
                 print("docs-links: updated %s" % rel_doc)
+    p, f = check_mentions()
+    passed += p
+    failed += f
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

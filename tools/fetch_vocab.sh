@@ -2,7 +2,7 @@
 # tools/fetch_vocab.sh OUT -- obtain the CLIP BPE vocabulary
 # (bpe_simple_vocab_16e6.txt.gz) when it is missing. It is never committed:
 # it is unzipped from the open_clip_torch wheel on the package registry and
-# checked against its known sha256 (../REFERENCE section 1 of the docs).
+# checked against its known sha256 (SHA below; docs/02-tokenizer.md, "Vocabulary").
 # LDM_VOCAB=FILE uses a local copy instead of the registry.
 set -eu
 OUT=${1:-build/vocab/bpe_simple_vocab_16e6.txt.gz}

@@ -19,7 +19,9 @@ cd "$ROOT" || exit 2
 MAKE=${MAKE:-make}
 
 run_one() {  # $1 = number, $2 = "student" | "solution"; exit status of the test
-    n=$(printf '%02d' "$1" 2>/dev/null) || { echo "exercise: '$1' is not a number"; return 2; }
+    case "$1" in ''|*[!0-9]*) echo "exercise: '$1' is not a number"; return 2;; esac
+    # "08" is not octal here: drop leading zeros before printf reads it
+    n=$(printf '%02d' "$(echo "$1" | sed 's/^0*\([0-9]\)/\1/')")
     dir=$(ls -d docs/exercises/"$n"-*/ 2>/dev/null | head -n 1)
     [ -n "$dir" ] || { echo "exercise $1: no folder docs/exercises/$n-*"; return 2; }
     FILE= FUNC= START= TEST=

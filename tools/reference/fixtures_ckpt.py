@@ -21,7 +21,7 @@ Every weight is rounded to fp16 and back, so fp32 and fp16 files hold the same
 numbers and every layout must give bit-identical tensors.
 
 The CompVis key names are produced by this script's own mapping
-(REFERENCE.md section 7), checked here against diffusers' single-file
+(the table of docs/03-clip-and-checkpoints.md section 3), checked here against diffusers' single-file
 converter when it is available, and independently of ldm/io/weights.c.
 Never pickles a real callable: the malicious pickles are assembled opcode by
 opcode.
@@ -79,7 +79,8 @@ def round_fp16_(module):
 
 
 # ---------------------------------------------------------------------------
-# the CompVis <-> diffusers key mapping, written from REFERENCE.md section 7
+# the CompVis <-> diffusers key mapping, written from the renaming rules of
+# docs/03-clip-and-checkpoints.md section 3
 
 RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
        "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}

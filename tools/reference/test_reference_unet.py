@@ -7,13 +7,14 @@ Generated on demand (cached) under build/reference/unet/<sd1|sd2>/:
   compvis.safetensors   the same weights under CompVis keys
                         (model.diffusion_model.input_blocks.1.0.in_layers.0...),
                         as inside an SD checkpoint; the key mapping below is
-                        written from REFERENCE.md section 7 independently of
+                        written from docs/03-clip-and-checkpoints.md
+                        section 3 independently of
                         ldm/io/weights.c, so the two check each other.
 Weights are stored as fp16; PyTorch runs fp32 on the same rounded values.
 Cases: a 64x64 latent (512x512 image) at batch 2 with two fractional
 timesteps (CFG's [uncond, cond] batch) and a non-square 64x96 latent at
 batch 1. Check: relative max error max|ours - ref| / max|ref| <= 1e-3
-(DESIGN.md's whole-model fp32 budget) through both layouts. On a failure
+(the whole-model fp32 budget of docs/00-overview.md) through both layouts. On a failure
 every block's output (sd unet --dump vs forward hooks) is compared and the
 first divergence is marked.
 

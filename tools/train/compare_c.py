@@ -12,7 +12,7 @@ same prompt, seed and sampler; prints how many uint8 pixels agree.
   usage:     .venv-ref/bin/python tools/train/compare_c.py --sd build/sd
              [--model tools/tiny-model] [--out build/tiny-compare]
 Exit status 1 when an image differs by more than 1 in more than 0.1% of its
-values (DESIGN.md tolerance for same-seed final images).
+values (the project's tolerance for same-seed final images, docs/00-overview.md).
 """
 import argparse
 import os
