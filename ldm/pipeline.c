@@ -321,6 +321,7 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
     p->verbose = o->verbose;
     ldm_model_options mo = {p->ops, o->prediction, o->config_dir};
     if (ldm_model_open(&p->model, ckpt, &mo) != LDM_OK) return LDM_ERR;
+    ldm_model_set_residency(&p->model, o->weights, o->low_memory);
     ldm_model *m = &p->model;
     if (!m->has_unet || !m->has_text || (!m->has_vae && !o->vae_path)) {
         ldm_error("%s: a pipeline needs a UNet, a text encoder and a VAE; found%s%s%s", ckpt,
@@ -594,6 +595,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     r.context = ldm_tensor_new(p->ops, LDM_SHAPE(rows, T, D));
     if (!r.context.data) goto done;
     ldm_tensor_from_host(&r.context, ctx_h);
+    ldm_model_release_pages(&p->model);   // the text encoder's mapped weights leave memory
     free(ctx_h);
     ctx_h = NULL;
     if (ldm_dump_enabled()) {
@@ -676,6 +678,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
         memcpy(x, init, (size_t)(B * per) * sizeof(float));   // strength 0: the init latent
     }
     ldm_tensor_free(&r.context);   // the UNet's inputs are no longer needed
+    ldm_model_release_pages(&p->model);   // and its mapped weights, before the VAE's peak
     ldm_denoiser_free(&dn);
     free(noise);
     noise = NULL;

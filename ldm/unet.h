@@ -113,6 +113,10 @@ typedef struct ldm_unet {
     // name ("unet.down_blocks.0.resnets.0") and the tensor, after ldm_dump.
     void (*hook)(void *ctx, const char *name, const ldm_tensor *t);
     void *hook_ctx;
+    // Low-memory mode (ldm_weights.low_memory): the file the weights point
+    // into; its mapped pages are dropped after every block, so about one
+    // block's weights are resident at a time. NULL: weights stay resident.
+    const ldm_tensor_file *release_file;
 } ldm_unet;
 
 // Fill the block table from cfg without weights (for printing and FLOP

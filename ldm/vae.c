@@ -249,6 +249,7 @@ int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int pa
         return LDM_ERR;
     }
     visit_all(vae, parts, count_fn, &vae->n_params);
+    vae->release_file = w->low_memory && w->map ? w->file : NULL;   // low-memory mode
     return LDM_OK;
 }
 
@@ -521,6 +522,7 @@ int ldm_vae_decoder_forward(ldm_tensor *x, const ldm_vae *vae, const ldm_tensor 
             ldm_dump(&h, "vae.decoder.up_blocks.%d.upsamplers.0", i);
         }
         ldm_dump(&h, "vae.decoder.up_blocks.%d", i);
+        ldm_tensor_file_release_all(vae->release_file);   // low-memory mode (ldm_vae_load)
     }
     if (out_forward(&h, &d->norm_out_w, &d->norm_out_b, &d->conv_out_w, &d->conv_out_b, c))
         goto fail;

@@ -104,6 +104,9 @@ typedef struct ldm_vae {
     ldm_tensor quant_w, quant_b;           // quant_conv [2Z,2Z,1,1], [2Z] (if use_quant_conv)
     ldm_tensor post_quant_w, post_quant_b; // post_quant_conv [Z,Z,1,1], [Z] (if use_post_quant_conv)
     int64_t n_params;
+    // Low-memory mode (ldm_weights.low_memory): the file the weights point
+    // into; the decoder drops its mapped pages after each level. NULL: kept.
+    const ldm_tensor_file *release_file;
 } ldm_vae;
 
 // Checks a config for what this implementation supports (levels, groups

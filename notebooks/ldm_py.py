@@ -48,7 +48,8 @@ f32p = C.POINTER(C.c_float)
 
 class Tensor(C.Structure):  # ldm/core/tensor.h ldm_tensor
     _fields_ = [("data", f32p), ("ndim", C.c_int), ("shape", C.c_int64 * MAX_DIMS),
-                ("numel", C.c_int64), ("ops", C.c_void_p), ("owns", C.c_int)]
+                ("numel", C.c_int64), ("ops", C.c_void_p), ("owns", C.c_int),
+                ("dtype", C.c_int)]  # 0 = fp32 (every activation); 1 f16, 2 bf16 weights
 
 
 class TensorEntry(C.Structure):  # ldm/io/tensorfile.h ldm_tensor_entry

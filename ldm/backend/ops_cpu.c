@@ -19,7 +19,8 @@
  * attention, where each OpenMP thread runs its own small sgemms with OpenBLAS
  * switched to one thread for the duration of the region.
  * Memory: host memory, 64-byte aligned (one cache line, one AVX-512 vector).
- * Leaves out: Winograd/FFT convolution, fp16, fused kernels.
+ * fp16/bf16 weights: ldm/backend/cpu_f16.c (widen a panel, then these ops).
+ * Leaves out: Winograd/FFT convolution, fused kernels.
  */
 #include <cblas.h>
 #include <math.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ldm/backend/ops.h"
+#include "ldm/backend/cpu_f16.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
 // cblas.h works).
@@ -459,8 +461,11 @@ const struct ldm_ops ldm_ops_cpu = {
     .download = cpu_memcpy,
     .copy = cpu_memcpy,
     .set_threads = cpu_set_threads,
+    .host_memory = 1,
     .linear = cpu_linear,
     .conv2d = cpu_conv2d,
+    .linear_half = ldm_cpu_linear_half,   // ldm/backend/cpu_f16.c
+    .conv2d_half = ldm_cpu_conv2d_half,
     .group_norm = cpu_group_norm,
     .layer_norm = cpu_layer_norm,
     .softmax = cpu_softmax,
