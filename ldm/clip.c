@@ -53,8 +53,11 @@ int ldm_clip_load(ldm_clip *m, ldm_weights *w, const ldm_clip_config *cfg) {
     m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
     if (!m->layers) return ldm_error("out of memory");
     int rc = 0;
-    rc |= load(&m->tok_emb, w, "embeddings.token_embedding.weight", 0, LDM_SHAPE(V, D));
-    if (!rc) rc |= load(&m->pos_emb, w, "embeddings.position_embedding.weight", 0, LDM_SHAPE(T, D));
+    // The embedding tables are read by lookup and add, not linear: fp32.
+    rc |= ldm_weights_load_f32(&m->tok_emb, w, "embeddings.token_embedding.weight", LDM_SHAPE(V, D));
+    if (!rc)
+        rc |= ldm_weights_load_f32(&m->pos_emb, w, "embeddings.position_embedding.weight",
+                                   LDM_SHAPE(T, D));
     for (int l = 0; l < m->n_layers && !rc; l++) {
         ldm_clip_layer *L = &m->layers[l];
         const char *p = "encoder.layers.%d.";

@@ -601,7 +601,23 @@ int ldm_model_open(ldm_model *m, const char *path, const ldm_model_options *opt)
         ldm_model_close(m);
         return ldm_error("%s", msg);
     }
+    ldm_model_set_residency(m, LDM_WEIGHTS_AUTO, 0);
     return 0;
+}
+
+void ldm_model_release_pages(const ldm_model *m) {
+    for (int i = 0; i < m->n_files; i++) ldm_tensor_file_release_all(&m->files[i]);
+}
+
+// The files stay open (mapped) until ldm_model_close, so weights kept as
+// stored may point into them (map = 1).
+void ldm_model_set_residency(ldm_model *m, ldm_weights_dtype weights, int low_memory) {
+    ldm_weights *ws[] = {&m->unet_w, &m->vae_w, &m->clip_w};
+    for (int i = 0; i < 3; i++) {
+        ws[i]->dtype = weights;
+        ws[i]->map = 1;
+        ws[i]->low_memory = low_memory;
+    }
 }
 
 void ldm_model_close(ldm_model *m) {

@@ -122,6 +122,20 @@ typedef struct ldm_model {
 // architectures are named).
 int ldm_model_open(ldm_model *m, const char *path, const ldm_model_options *opt);
 void ldm_model_close(ldm_model *m);
+// Weight residency for every component, set after ldm_model_open and before
+// the *_load calls (ldm/io/weights.h). The default after open: weights AUTO
+// (as stored: fp16/bf16 matrices stay 16-bit, pointing into the mapped file
+// on host backends; fp32 stays fp32), low_memory 0.
+//   weights     LDM_WEIGHTS_AUTO / LDM_WEIGHTS_F32 / LDM_WEIGHTS_F16  (--weights)
+//   low_memory  1: the UNet drops the file's mapped pages after each block,
+//               so about one block's weights are resident (--low-memory)
+void ldm_model_set_residency(ldm_model *m, ldm_weights_dtype weights, int low_memory);
+// Drop every mapped page of the model's files from this process's memory
+// (ldm_tensor_file_release_all): the pipeline calls it when a stage is over
+// (text encoder done; UNet done, before the VAE's activation peak). Weights
+// that point into the files are read again when next used (same values);
+// copied weights are not affected.
+void ldm_model_release_pages(const ldm_model *m);
 
 // Presets used for CompVis single files (configs cannot be read from them):
 // the diffusers config.json texts of SD1.5 / SD2.1, kept once in ldm/model.c

@@ -51,6 +51,7 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
     p->verbose = o->verbose;
     ldm_model_options mo = {p->ops, o->prediction, o->config_dir};
     if (ldm_model_open(&p->model, ckpt, &mo) != LDM_OK) return LDM_ERR;
+    ldm_model_set_residency(&p->model, o->weights, o->low_memory);
     ldm_model *m = &p->model;
     if (!m->has_unet || !m->has_text || (!m->has_vae && !o->vae_path)) {
         ldm_error("%s: a pipeline needs a UNet, a text encoder and a VAE; found%s%s%s", ckpt,
@@ -274,6 +275,7 @@ static int condition(generation *r) {
     r->context = ldm_tensor_new(p->ops, LDM_SHAPE(N, T, D));
     if (!r->context.data) goto done;
     ldm_tensor_from_host(&r->context, rows);
+    ldm_model_release_pages(&p->model);   // the text encoder's mapped weights leave memory
     ldm_dump_host(zc, LDM_SHAPE(1, T, D), "context");
     if (r->cfg) ldm_dump_host(zu, LDM_SHAPE(1, T, D), "uncond_context");
     rc = LDM_OK;
@@ -361,7 +363,8 @@ static int sample(generation *r) {
         memcpy(r->z, r->init, (size_t)(r->B * r->per) * sizeof(float));   // strength 0
     }
     ldm_denoiser_free(&dn);
-    ldm_tensor_free(&r->context);
+    ldm_tensor_free(&r->context);           // the UNet's inputs are no longer needed,
+    ldm_model_release_pages(&p->model);   // nor its mapped weights, before the VAE's peak
     free(r->noise);
     r->noise = NULL;
     if (rc == LDM_OK) ldm_dump_host(r->z, LDM_SHAPE(r->B, r->C, r->h, r->w), "latent");

@@ -56,6 +56,8 @@ typedef struct ldm_pipeline_options {
     ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
     int need_encoder;               // 1: load the VAE encoder too (img2img)
     int verbose;                    // stage messages on stderr
+    ldm_weights_dtype weights;      // weight residency: AUTO (as stored) / F32 / F16 (--weights)
+    int low_memory;                 // 1: weights stay in the mmap, dropped after each block
 } ldm_pipeline_options;
 
 typedef struct ldm_pipeline {

@@ -531,6 +531,7 @@ int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const fl
         b->secs = now_seconds() - t0;
         emit(u, &h, b->name);
         if (b->group[0]) emit(u, &h, b->group);
+        ldm_tensor_file_release_all(u->release_file);   // low-memory mode (section 5)
     }
     return 0;
 }
@@ -696,7 +697,11 @@ static int load_all(ldm_unet *u, const ldm_unet_config *cfg, ldm_weights *w,
 
 int ldm_unet_load(ldm_unet *u, const ldm_unet_config *cfg, ldm_weights *w) {
     if (w->layers_per_block == 0) w->layers_per_block = cfg->layers_per_block;  // CompVis keys
-    return load_all(u, cfg, w, w->ops);
+    if (load_all(u, cfg, w, w->ops)) return LDM_ERR;
+    // Low-memory mode: the forward drops the file's mapped pages after each
+    // block; the weights that point there are read again when next used.
+    u->release_file = w->low_memory && w->map ? w->file : NULL;
+    return 0;
 }
 
 int ldm_unet_init_random(ldm_unet *u, const ldm_unet_config *cfg, const struct ldm_ops *ops) {

@@ -120,6 +120,10 @@ typedef struct ldm_unet {
     // row updates its input in place): copy what you keep.
     void (*hook)(void *ctx, const char *name, const ldm_tensor *t);
     void *hook_ctx;
+    // Low-memory mode (ldm_weights.low_memory): the file the weights point
+    // into; its mapped pages are dropped after every block, so about one
+    // block's weights are resident at a time. NULL: weights stay resident.
+    const ldm_tensor_file *release_file;
 } ldm_unet;
 
 // Fill the block table from cfg without weights (for printing and FLOP

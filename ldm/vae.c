@@ -253,6 +253,7 @@ int ldm_vae_load(ldm_vae *vae, const ldm_vae_config *cfg, ldm_weights *w, int pa
         return LDM_ERR;
     }
     visit_all(vae, parts, count_fn, &vae->n_params);
+    vae->release_file = w->low_memory && w->map ? w->file : NULL;   // low-memory mode
     return LDM_OK;
 }
 
@@ -530,6 +531,7 @@ static int decoder(ldm_vae *v, ldm_tensor *x, const ldm_tensor *z) {
             ldm_dump(&h, "vae.decoder.up_blocks.%d.upsamplers.0", i);
         }
         ldm_dump(&h, "vae.decoder.up_blocks.%d", i);
+        ldm_tensor_file_release_all(v->release_file);   // low-memory mode (ldm_vae_load)
     }
     if (out_forward(v, x, &h, &d->norm_out_w, &d->norm_out_b, &d->conv_out_w, &d->conv_out_b))
         return LDM_ERR;

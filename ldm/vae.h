@@ -107,6 +107,9 @@ typedef struct ldm_vae {
     int64_t n_params;
     ldm_arena arena;                       // activations; arena.peak = bytes at the peak of the
                                            // last encode/decode (ldm/core/arena.h)
+    // Low-memory mode (ldm_weights.low_memory): the file the weights point
+    // into; the decoder drops its mapped pages after each level. NULL: kept.
+    const ldm_tensor_file *release_file;
 } ldm_vae;
 
 // Checks a config for what this implementation supports (levels, groups

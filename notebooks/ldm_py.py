@@ -48,7 +48,8 @@ f32p = C.POINTER(C.c_float)
 
 class Tensor(C.Structure):  # ldm/core/tensor.h ldm_tensor
     _fields_ = [("data", f32p), ("ndim", C.c_int), ("shape", C.c_int64 * MAX_DIMS),
-                ("numel", C.c_int64), ("ops", C.c_void_p), ("owns", C.c_int)]
+                ("numel", C.c_int64), ("ops", C.c_void_p), ("owns", C.c_int),
+                ("dtype", C.c_int)]  # 0 = fp32 (every activation); 1 f16, 2 bf16 weights
 
 
 class TensorEntry(C.Structure):  # ldm/io/tensorfile.h ldm_tensor_entry
@@ -67,7 +68,8 @@ class TensorFile(C.Structure):  # ldm_tensor_file
 class Weights(C.Structure):  # ldm/io/weights.h ldm_weights
     _fields_ = [("file", C.c_void_p), ("comp", C.c_int), ("layout", C.c_int),
                 ("prefix", C.c_char_p), ("ops", C.c_void_p), ("n_params", C.c_int64),
-                ("n_loaded", C.c_int64), ("layers_per_block", C.c_int), ("n_levels", C.c_int)]
+                ("n_loaded", C.c_int64), ("layers_per_block", C.c_int), ("n_levels", C.c_int),
+                ("dtype", C.c_int), ("map", C.c_int), ("low_memory", C.c_int)]
 
 
 LV = C.c_int * MAX_LEVELS
@@ -166,7 +168,7 @@ class UnetStruct(C.Structure):  # ldm_unet
                 ("time_w1", Tensor), ("time_b1", Tensor), ("time_w2", Tensor), ("time_b2", Tensor),
                 ("blocks", C.POINTER(UnetBlock)), ("n_blocks", C.c_int), ("n_params", C.c_int64),
                 ("arena", Arena), ("flops", C.c_double),
-                ("hook", HOOK_FN), ("hook_ctx", C.c_void_p)]
+                ("hook", HOOK_FN), ("hook_ctx", C.c_void_p), ("release_file", C.c_void_p)]
 
 
 class ClipLayer(C.Structure):  # ldm/clip.h ldm_clip_layer
@@ -188,7 +190,8 @@ class VaeFile(C.Structure):  # ldm/model.h ldm_vae_file
 class PipelineOptions(C.Structure):  # ldm/pipeline.h ldm_pipeline_options
     _fields_ = [("ops", C.c_void_p), ("config_dir", C.c_char_p), ("vae_path", C.c_char_p),
                 ("vocab", C.c_char_p), ("vocab_default", C.c_char_p), ("prediction", C.c_int),
-                ("need_encoder", C.c_int), ("verbose", C.c_int)]
+                ("need_encoder", C.c_int), ("verbose", C.c_int), ("weights", C.c_int),
+                ("low_memory", C.c_int)]
 
 
 class Schedule_(C.Structure):  # samplers/schedule.h ldm_schedule
@@ -444,8 +447,14 @@ def to_tensor(a, ops):
 
 
 def to_numpy(t):
-    """ldm_tensor (any backend) -> NumPy copy."""
+    """ldm_tensor (any backend) -> NumPy float32 copy. An fp16/bf16 weight
+    (dtype 1/2, only ever on the host backends ref/cpu) is widened exactly."""
     shape = tuple(t.shape[i] for i in range(t.ndim))
+    if t.dtype in (1, 2):
+        h = np.ctypeslib.as_array(C.cast(t.data, C.POINTER(C.c_uint16)), shape=(t.numel,))
+        if t.dtype == 1:
+            return h.view(np.float16).astype(np.float32).reshape(shape)
+        return (h.astype(np.uint32) << 16).view(np.float32).reshape(shape)
     out = np.empty(shape, dtype=np.float32)
     if t.numel:
         load().ldm_tensor_to_host(_fp(out), C.byref(t))

@@ -235,8 +235,10 @@ static void test_weights(void) {
     if (!test_check(ldm_tensor_file_open(&f, DIR "st_f16.safetensors") == 0, "weights: open",
                     "%s", ldm_last_error()))
         return;
+    // .dtype F32: these checks are about the exact F16 -> F32 widening (kept
+    // as stored, the weights would stay F16: tests/test_f16.c checks that).
     ldm_weights w = {.file = &f, .comp = LDM_COMP_VAE, .layout = LDM_LAYOUT_DIFFUSERS,
-                     .prefix = "", .ops = &ldm_ops_ref};
+                     .prefix = "", .ops = &ldm_ops_ref, .dtype = LDM_WEIGHTS_F32};
     float *exp;
     int64_t es[LDM_MAX_DIMS];
     int end;

@@ -61,13 +61,16 @@ static int64_t dims_product(const ldm_tensor *t, int from, int to) {
 
 // Every tensor of one op call must live in the memory of the same backend.
 #define SAME_BACKEND(a, b) LDM_ASSERT((a)->ops == (b)->ops, "same backend as " #b, a)
-#define HAS_DATA(t) LDM_ASSERT((t)->data != NULL && (t)->ops != NULL, #t " allocated", t)
+#define HAS_WEIGHT(t) LDM_ASSERT((t)->data != NULL && (t)->ops != NULL, #t " allocated", t)
+// Every tensor but a linear/conv2d weight is fp32 (activations are never half).
+#define HAS_DATA(t) do { HAS_WEIGHT(t); \
+    LDM_ASSERT((t)->dtype == LDM_DTYPE_F32, #t " fp32", t); } while (0)
 
 // ---- dense -------------------------------------------------------------------
 
 // x [..., K], w [N,K], b [N] or NULL -> out [..., N]
 void ldm_linear(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b) {
-    HAS_DATA(out); HAS_DATA(x); HAS_DATA(w);
+    HAS_DATA(out); HAS_DATA(x); HAS_WEIGHT(w);
     SAME_BACKEND(x, out); SAME_BACKEND(w, out);
     LDM_ASSERT(x->ndim >= 1 && w->ndim == 2, "x [...,K], w [N,K]", x);
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0];
@@ -80,13 +83,20 @@ void ldm_linear(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const
         HAS_DATA(b); SAME_BACKEND(b, out);
         LDM_ASSERT(b->numel == N, "bias [N]", b);
     }
-    out->ops->linear(out->data, x->data, w->data, b ? b->data : NULL, M, K, N);
+    if (w->dtype == LDM_DTYPE_F32) {
+        out->ops->linear(out->data, x->data, w->data, b ? b->data : NULL, M, K, N);
+    } else {   // fp16/bf16 weight: widened inside the op
+        LDM_ASSERT(out->ops->linear_half && (w->dtype == LDM_DTYPE_F16 || w->dtype == LDM_DTYPE_BF16),
+                   "half weight on a backend with linear_half", w);
+        out->ops->linear_half(out->data, x->data, (const uint16_t *)w->data, w->dtype,
+                              b ? b->data : NULL, M, K, N);
+    }
 }
 
 // x [B,Cin,H,W], w [Cout,Cin,KH,KW], b [Cout] or NULL -> out [B,Cout,Ho,Wo]
 void ldm_conv2d(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b,
                 int64_t stride, int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
-    HAS_DATA(out); HAS_DATA(x); HAS_DATA(w);
+    HAS_DATA(out); HAS_DATA(x); HAS_WEIGHT(w);
     SAME_BACKEND(x, out); SAME_BACKEND(w, out);
     LDM_ASSERT(x->ndim == 4 && w->ndim == 4, "x [B,Cin,H,W], w [Cout,Cin,KH,KW]", x);
     LDM_ASSERT(w->shape[1] == x->shape[1], "w's Cin == x's C", w);
@@ -103,8 +113,16 @@ void ldm_conv2d(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const
         HAS_DATA(b); SAME_BACKEND(b, out);
         LDM_ASSERT(b->numel == Cout, "bias [Cout]", b);
     }
-    out->ops->conv2d(out->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, KH,
-                     KW, stride, pad_t, pad_b, pad_l, pad_r);
+    if (w->dtype == LDM_DTYPE_F32) {
+        out->ops->conv2d(out->data, x->data, w->data, b ? b->data : NULL, B, Cin, H, W, Cout, KH,
+                         KW, stride, pad_t, pad_b, pad_l, pad_r);
+    } else {   // fp16/bf16 weight: widened inside the op
+        LDM_ASSERT(out->ops->conv2d_half && (w->dtype == LDM_DTYPE_F16 || w->dtype == LDM_DTYPE_BF16),
+                   "half weight on a backend with conv2d_half", w);
+        out->ops->conv2d_half(out->data, x->data, (const uint16_t *)w->data, w->dtype,
+                              b ? b->data : NULL, B, Cin, H, W, Cout, KH, KW, stride, pad_t,
+                              pad_b, pad_l, pad_r);
+    }
 }
 
 // ---- normalisation -----------------------------------------------------------

@@ -11,7 +11,8 @@
  * Two layers:
  *   1. The table entries take raw pointers and sizes, llm.c style: output
  *      first, then inputs, then weights, then dimensions. Pointers are in the
- *      backend's memory. All tensors are contiguous fp32 in PyTorch order.
+ *      backend's memory. All tensors are contiguous fp32 in PyTorch order
+ *      (the *_half entries take a 16-bit weight).
  *   2. The checked wrappers below (ldm_linear, ldm_conv2d, ...) take tensors,
  *      assert the shape contract (file:line + shapes on failure), and call the
  *      table. Model code calls only these wrappers, so it never needs an
@@ -34,6 +35,9 @@ struct ldm_ops {
     void (*download)(void *dst_host, const void *src, size_t nbytes);  // backend -> host
     void (*copy)(void *dst, const void *src, size_t nbytes);           // backend -> backend
     void (*set_threads)(int n);                                 // 0 = all cores; may be NULL
+    // 1: alloc returns plain host memory, so a weight may also point straight
+    // into an mmap'ed checkpoint (ldm/io/weights.c) instead of being copied.
+    int host_memory;
 
     // ---- dense --------------------------------------------------------
     // out[M,N] = x[M,K] @ w[N,K]^T + b[N]   (torch.nn.Linear; b may be NULL)
@@ -48,6 +52,18 @@ struct ldm_ops {
                    int64_t B, int64_t Cin, int64_t H, int64_t W,
                    int64_t Cout, int64_t KH, int64_t KW, int64_t stride,
                    int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r);
+
+    // ---- dense, half-precision weights ---------------------------------
+    // The same two ops with w in fp16 or bf16 (wt = LDM_DTYPE_F16 / BF16),
+    // x, b and out fp32: w is widened to fp32 on the fly (exactly) and the
+    // arithmetic is the fp32 op's. NULL: the backend takes fp32 weights only,
+    // and the loader widens half weights at load (ldm_weights_load).
+    void (*linear_half)(float *out, const float *x, const uint16_t *w, ldm_dtype wt,
+                        const float *b, int64_t M, int64_t K, int64_t N);
+    void (*conv2d_half)(float *out, const float *x, const uint16_t *w, ldm_dtype wt,
+                        const float *b, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                        int64_t Cout, int64_t KH, int64_t KW, int64_t stride,
+                        int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r);
 
     // ---- normalisation ------------------------------------------------
     // x[B,C,S] (S = H*W) in G groups of C/G channels:
@@ -108,6 +124,8 @@ const struct ldm_ops *ldm_backend_default(void);
 
 // ---- checked wrappers: what model code calls --------------------------
 // Each asserts its shape contract, then calls t->ops->op. Shapes as above.
+// Every tensor is fp32, except the weight w of ldm_linear / ldm_conv2d, which
+// may also be F16 or BF16 (then linear_half / conv2d_half is called).
 void ldm_linear(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b);
 void ldm_conv2d(ldm_tensor *out, const ldm_tensor *x, const ldm_tensor *w, const ldm_tensor *b,
                 int64_t stride, int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r);

@@ -22,7 +22,8 @@
  * Small ops run on fewer threads: elementwise loops under PAR_MIN elements
  * on one, GEMM-like ops on one per GEMM_FLOPS_PER_THREAD flops.
  * Memory: host memory, 64-byte aligned (one cache line, one AVX-512 vector).
- * Leaves out: FFT convolution, fp16, fusing ops across the table.
+ * fp16/bf16 weights: ldm/backend/cpu_f16.c (widen a panel, then these ops).
+ * Leaves out: FFT convolution, fusing ops across the table.
  */
 #include <cblas.h>
 #include <math.h>
@@ -32,6 +33,7 @@
 #include "ldm/backend/cpu_kernels.h"
 #include "ldm/backend/cpu_math.h"
 #include "ldm/backend/ops.h"
+#include "ldm/backend/cpu_f16.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
 // cblas.h works).
@@ -515,8 +517,11 @@ const struct ldm_ops ldm_ops_cpu = {
     .download = cpu_memcpy,
     .copy = cpu_memcpy,
     .set_threads = cpu_set_threads,
+    .host_memory = 1,
     .linear = cpu_linear,
     .conv2d = cpu_conv2d,
+    .linear_half = ldm_cpu_linear_half,   // ldm/backend/cpu_f16.c
+    .conv2d_half = ldm_cpu_conv2d_half,
     .group_norm = cpu_group_norm,
     .layer_norm = cpu_layer_norm,
     .softmax = cpu_softmax,

@@ -65,6 +65,50 @@ static void ref_conv2d(float *out, const float *x, const float *w, const float *
                 }
 }
 
+// ---- dense, half-precision weights --------------------------------------------
+// The same loops, each weight element widened where it is read (exact).
+
+static float widen(const uint16_t *w, ldm_dtype wt, int64_t i) {
+    return wt == LDM_DTYPE_F16 ? ldm_f16_to_f32(w[i]) : ldm_bf16_to_f32(w[i]);
+}
+
+// out[M,N] = x[M,K] @ w[N,K]^T + b[N], w fp16/bf16
+static void ref_linear_half(float *out, const float *x, const uint16_t *w, ldm_dtype wt,
+                            const float *b, int64_t M, int64_t K, int64_t N) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = b ? b[n] : 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)x[m * K + k] * widen(w, wt, n * K + k);
+            out[m * N + n] = (float)acc;
+        }
+}
+
+// ref_conv2d with w[Cout,Cin,KH,KW] fp16/bf16
+static void ref_conv2d_half(float *out, const float *x, const uint16_t *w, ldm_dtype wt,
+                            const float *bias, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                            int64_t Cout, int64_t KH, int64_t KW, int64_t s,
+                            int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+    int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t co = 0; co < Cout; co++)
+            for (int64_t oy = 0; oy < Ho; oy++)
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    double acc = bias ? bias[co] : 0.0;
+                    for (int64_t ci = 0; ci < Cin; ci++)
+                        for (int64_t ky = 0; ky < KH; ky++) {
+                            int64_t iy = oy * s - pad_t + ky;
+                            if (iy < 0 || iy >= H) continue; // zero padding
+                            for (int64_t kx = 0; kx < KW; kx++) {
+                                int64_t ix = ox * s - pad_l + kx;
+                                if (ix < 0 || ix >= W) continue;
+                                acc += (double)widen(w, wt, ((co * Cin + ci) * KH + ky) * KW + kx) *
+                                       x[((b * Cin + ci) * H + iy) * W + ix];
+                            }
+                        }
+                    out[((b * Cout + co) * Ho + oy) * Wo + ox] = (float)acc;
+                }
+}
+
 // ---- normalisation ------------------------------------------------------------
 
 // x[B,C,S], G groups of C/G channels: each group of (C/G)*S values is
@@ -248,8 +292,11 @@ const struct ldm_ops ldm_ops_ref = {
     .download = ref_memcpy,
     .copy = ref_memcpy,
     .set_threads = NULL, // single-threaded by design
+    .host_memory = 1,
     .linear = ref_linear,
     .conv2d = ref_conv2d,
+    .linear_half = ref_linear_half,
+    .conv2d_half = ref_conv2d_half,
     .group_norm = ref_group_norm,
     .layer_norm = ref_layer_norm,
     .softmax = ref_softmax,

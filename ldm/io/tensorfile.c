@@ -241,3 +241,7 @@ void ldm_tensor_file_release(const ldm_tensor_file *f, const ldm_tensor_entry *e
     end &= ~(page - 1);
     if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
 }
+
+void ldm_tensor_file_release_all(const ldm_tensor_file *f) {
+    if (f && f->map && f->map_size) madvise(f->map, f->map_size, MADV_DONTNEED);
+}

@@ -17,11 +17,7 @@
 #include <stdint.h>
 #include "ldm/core/tensor.h"
 
-typedef enum ldm_dtype {
-    LDM_DTYPE_F32, LDM_DTYPE_F16, LDM_DTYPE_BF16, LDM_DTYPE_F64,
-    LDM_DTYPE_I64, LDM_DTYPE_I32, LDM_DTYPE_I16, LDM_DTYPE_I8, LDM_DTYPE_U8,
-    LDM_DTYPE_BOOL,
-} ldm_dtype;
+// ldm_dtype (F32, F16, BF16, F64, ints, BOOL) is declared in ldm/core/tensor.h.
 
 typedef struct ldm_tensor_entry {
     char *name;                  // checkpoint key, e.g. "model.diffusion_model.out.2.weight"
@@ -53,6 +49,11 @@ const ldm_tensor_entry *ldm_tensor_file_find(const ldm_tensor_file *f, const cha
 // been converted), so a loaded model does not also keep the file resident.
 // Touching e->data later simply reads the file again.
 void ldm_tensor_file_release(const ldm_tensor_file *f, const ldm_tensor_entry *e);
+// Drop every mapped page of the file from this process's memory (low-memory
+// mode: weights that point into the mapping are read again from the page
+// cache or the disk when next touched; the values are the same). NULL: no-op.
+// How RSS counts these pages: docs/09-checkpoint-files.md.
+void ldm_tensor_file_release_all(const ldm_tensor_file *f);
 
 // safetensors: parse a whole file already in memory (used by open and by the
 // fuzzer). The entries point into buf, which must outlive f.

@@ -9,7 +9,12 @@
  * After the key is found, the stored shape must equal the expected shape,
  * except that a stored [C,C,1,1] is accepted for an expected [C,C] (the
  * CompVis VAE attention q/k/v/proj_out are 1x1 convs, diffusers has Linear).
- * The tensor is converted to fp32 (F16/BF16 exactly) and uploaded to w->ops.
+ * Then its resident dtype is chosen (resident_dtype): a matrix stored as
+ * fp16/bf16 stays so on a backend with linear_half/conv2d_half, unless the
+ * caller asks for fp32; everything else is widened to fp32 (F16/BF16
+ * exactly). A tensor kept as stored on a host-memory backend points into the
+ * file's mapping; otherwise it is converted/copied and uploaded to w->ops, and
+ * the file pages it came from are dropped.
  *
  * Leaves out: sharded diffusers weights (*.safetensors.index.json).
  */
@@ -261,9 +266,40 @@ static int shape_accepts(const int64_t *want, int want_nd, const int64_t *got, i
            got[3] == 1;
 }
 
+// The dtype tensor e (expected with ndim dims) has once loaded.
+static ldm_dtype resident_dtype(const ldm_weights *w, const ldm_tensor_entry *e, int ndim,
+                                int allow_half) {
+    int half_ok = allow_half && ndim >= 2 && w->dtype != LDM_WEIGHTS_F32 &&
+                  w->ops->linear_half && w->ops->conv2d_half;
+    if (!half_ok) return LDM_DTYPE_F32;
+    if (e->dtype == LDM_DTYPE_F16 || e->dtype == LDM_DTYPE_BF16) return e->dtype;
+    if (e->dtype == LDM_DTYPE_F32 && w->dtype == LDM_WEIGHTS_F16) return LDM_DTYPE_F16;
+    return LDM_DTYPE_F32;
+}
+
+// out (already shaped, dtype `dt`, on w->ops) <- entry e, converted.
+static int fill(ldm_tensor *out, const ldm_tensor_entry *e, ldm_dtype dt, const char *path,
+                const char *key) {
+    size_t n = (size_t)(e->numel ? e->numel : 1);
+    float *host = malloc(n * sizeof(float));
+    if (!host) return ldm_error("%s: tensor '%s': out of memory", path, key);
+    int rc = 0;
+    if (dt == e->dtype) {                  // as stored: copy the bytes
+        memcpy(host, e->data, (size_t)e->nbytes);
+    } else if ((rc = ldm_entry_to_f32(host, e)) == 0 && dt != LDM_DTYPE_F32) {
+        uint16_t *h16 = (uint16_t *)host;  // narrow in place (2-byte writes trail the reads)
+        for (int64_t i = 0; i < e->numel; i++)
+            h16[i] = dt == LDM_DTYPE_F16 ? ldm_f32_to_f16(host[i]) : ldm_f32_to_bf16(host[i]);
+    }
+    if (rc == 0 && e->numel)
+        out->ops->upload(out->data, host, (size_t)e->numel * ldm_tensor_elem_size(dt));
+    free(host);
+    return rc;
+}
+
 // out <- the tensor `name` expected as shape[ndim], on w->ops.
-int ldm_weights_load(ldm_tensor *out, ldm_weights *w, const char *name, const int64_t *shape,
-                     int ndim) {
+static int load(ldm_tensor *out, ldm_weights *w, const char *name, const int64_t *shape,
+                int ndim, int allow_half) {
     memset(out, 0, sizeof *out);
     char key[512], want[160], got[160];
     const char *path = w->file && w->file->path ? w->file->path : "<weights>";
@@ -294,21 +330,42 @@ int ldm_weights_load(ldm_tensor *out, ldm_weights *w, const char *name, const in
                          "checkpoint of the expected size?", path, key, want, got,
                          w->comp == LDM_COMP_UNET ? "UNet"
                          : w->comp == LDM_COMP_VAE ? "VAE" : "text encoder");
-    float *host = malloc((size_t)(e->numel ? e->numel : 1) * sizeof(float));
-    if (!host) return ldm_error("%s: tensor '%s': out of memory for %s", path, key, got);
-    if (ldm_entry_to_f32(host, e) != 0) {
-        free(host);
-        return LDM_ERR;
+    if ((uint64_t)e->numel * (uint64_t)ldm_dtype_size(e->dtype) != e->nbytes)
+        return ldm_error("%s: tensor '%s': %llu bytes do not hold %lld %s values", path, key,
+                         (unsigned long long)e->nbytes, (long long)e->numel,
+                         ldm_dtype_name(e->dtype));
+    ldm_dtype dt = resident_dtype(w, e, ndim, allow_half);
+    size_t es = ldm_tensor_elem_size(dt);
+    if (dt == e->dtype && w->map && w->ops->host_memory && (uintptr_t)e->data % es == 0) {
+        // Kept as stored, in host memory: point into the mapping. Its pages
+        // are the file's (page cache), resident only once touched.
+        out->data = (float *)(uintptr_t)e->data;
+        out->ndim = ndim;
+        memcpy(out->shape, shape, (size_t)ndim * sizeof(int64_t));
+        out->numel = e->numel;
+        out->ops = w->ops;
+        out->owns = 0;
+        out->dtype = dt;
+    } else {
+        *out = ldm_tensor_new_dtype(w->ops, shape, ndim, dt);
+        if (!out->data) return LDM_ERR;
+        if (fill(out, e, dt, path, key)) {
+            ldm_tensor_free(out);
+            return LDM_ERR;
+        }
+        ldm_tensor_file_release(w->file, e);   // the copy is what we keep
     }
-    ldm_tensor_file_release(w->file, e);   // the fp32 copy is what we keep
-    *out = ldm_tensor_new(w->ops, shape, ndim);
-    if (!out->data) {
-        free(host);
-        return LDM_ERR;
-    }
-    if (out->numel) ldm_tensor_from_host(out, host);
-    free(host);
     w->n_params += e->numel;
     w->n_loaded++;
     return 0;
+}
+
+int ldm_weights_load(ldm_tensor *out, ldm_weights *w, const char *name, const int64_t *shape,
+                     int ndim) {
+    return load(out, w, name, shape, ndim, 1);
+}
+
+int ldm_weights_load_f32(ldm_tensor *out, ldm_weights *w, const char *name,
+                         const int64_t *shape, int ndim) {
+    return load(out, w, name, shape, ndim, 0);
 }
