@@ -447,6 +447,12 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
 int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_out,
                  uint8_t *rgb_out) {
     if (ldm_generate_check(p, g) != LDM_OK) return LDM_ERR;
+    // LoRA: tags leave the prompt, the files are merged into the weights until the end of this call
+    ldm_lora_set lora;
+    ldm_generate_params gl = *g;
+    if (ldm_lora_begin(&lora, &p->unet, &p->clip, g->prompt, g->lora_dir, g->loras, g->n_loras))
+        return LDM_ERR;
+    gl.prompt = lora.prompt, g = &gl;
     const int64_t f = p->factor, C = p->latent_channels;
     generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
                     .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
@@ -459,5 +465,6 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     ldm_dump_set_prefix(NULL);
     ldm_tensor_free(&r.context);
     free(r.noise); free(r.init); free(r.z);
+    ldm_lora_restore(&lora);   // the original weights, bit for bit
     return rc;
 }

@@ -27,6 +27,7 @@
 
 #include <stdint.h>
 #include "ldm/clip.h"
+#include "ldm/lora.h"
 #include "ldm/model.h"
 #include "ldm/prompt.h"
 #include "ldm/core/tensor.h"
@@ -102,6 +103,11 @@ typedef struct ldm_generate_params {
     const uint8_t *init_rgb;
     double strength;                // double: int(strength * steps) as Python computes it
     ldm_vae_options vae_opt;        // tiling
+    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt load DIR/NAME.safetensors;
+    // loras[n_loras] are merged too. Merged for this call only, then restored.
+    const char *lora_dir;
+    const ldm_lora_spec *loras;
+    int n_loras;
     ldm_progress_fn progress;
     void *progress_ctx;
 } ldm_generate_params;
