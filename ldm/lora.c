@@ -300,11 +300,16 @@ static int number(const char *s, float *v) {
     return 1;
 }
 
-int ldm_lora_spec_parse(ldm_lora_spec *spec, char *s) {
-    char *colon = strrchr(s, ':');
-    spec->path = s, spec->scale = 1.0f;
-    if (colon && number(colon + 1, &spec->scale)) *colon = 0;
-    if (!*spec->path) return ldm_error("--lora '%s': expected FILE or FILE:SCALE", s);
+int ldm_lora_spec_parse(ldm_lora_spec *spec, const char *s) {
+    const char *colon = strrchr(s, ':');
+    size_t n = strlen(s);
+    spec->scale = 1.0f;
+    if (colon && number(colon + 1, &spec->scale)) n = (size_t)(colon - s);
+    if (n == 0 || n >= sizeof spec->path)
+        return ldm_error("--lora '%s': expected FILE or FILE:SCALE (a path under %zu characters)",
+                         s, sizeof spec->path);
+    memcpy(spec->path, s, n);
+    spec->path[n] = 0;
     return LDM_OK;
 }
 

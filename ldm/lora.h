@@ -40,9 +40,10 @@
 
 // One LoRA asked for: a file and its multiplier (--lora FILE:SCALE, <lora:NAME:SCALE>).
 typedef struct ldm_lora_spec {
-    const char *path;
+    char path[1024];
     float scale;
 } ldm_lora_spec;
+#define LDM_LORA_MAX_SPECS 16   // --lora flags of one command line
 
 // Weights currently changed, with their original values.
 typedef struct ldm_lora_set {
@@ -53,9 +54,9 @@ typedef struct ldm_lora_set {
     char *prompt;       // the prompt with its <lora:...> tags removed (ldm_lora_begin)
 } ldm_lora_set;
 
-// "FILE:SCALE" or "FILE" (scale 1) -> spec; spec->path points into s (the
-// part before the last ':' that is followed by a number). 0 / LDM_ERR.
-int ldm_lora_spec_parse(ldm_lora_spec *spec, char *s);
+// "FILE:SCALE" or "FILE" (scale 1) -> spec: the path is the part before the
+// last ':' when a number follows it, else all of s. 0 / LDM_ERR.
+int ldm_lora_spec_parse(ldm_lora_spec *spec, const char *s);
 
 // Merge one LoRA file into u and/or c (either may be NULL when the file has
 // no keys for it): W += scale * alpha/r * up @ down for every layer it names.

@@ -49,8 +49,8 @@ static float *load(const char *name, const char *suffix, int64_t *n) {
 }
 
 static void test_spec(void) {
-    char a[] = "loras/x.safetensors:0.8", b[] = "x.safetensors", c[] = "a:b.safetensors",
-         d[] = "y.pt:-1.5";
+    const char *a = "loras/x.safetensors:0.8", *b = "x.safetensors", *c = "a:b.safetensors",
+               *d = "y.pt:-1.5";
     ldm_lora_spec s = {"", 0};
     test_check(ldm_lora_spec_parse(&s, a) == 0 && !strcmp(s.path, "loras/x.safetensors") &&
                s.scale == 0.8f, "spec FILE:SCALE", "%s %g", s.path, s.scale);
@@ -60,6 +60,7 @@ static void test_spec(void) {
                "spec with ':' in the file name", "%s %g", s.path, s.scale);
     test_check(ldm_lora_spec_parse(&s, d) == 0 && !strcmp(s.path, "y.pt") && s.scale == -1.5f,
                "spec negative scale", "%s %g", s.path, s.scale);
+    test_check(ldm_lora_spec_parse(&s, ":0.5") != 0, "spec without a file", "accepted");
 }
 
 // prompt context [1,77,D] on the host (encoded with the pipeline's current weights)
@@ -139,7 +140,8 @@ static void test_bad(ldm_pipeline *p, const char *key, int64_t rows, int64_t col
     ldm_safetensors_write(path, 1, names, ts);
     ldm_tensor_free(&a);
     ldm_lora_set s;
-    ldm_lora_spec spec = {path, 1.0f};
+    ldm_lora_spec spec = {"", 1.0f};
+    snprintf(spec.path, sizeof spec.path, "%s", path);
     int rc = ldm_lora_begin(&s, &p->unet, &p->clip, PROMPT, NULL, &spec, 1);
     test_check(rc != 0 && strstr(ldm_last_error(), expect), key, "rc %d: %s", rc, ldm_last_error());
     if (rc == 0) ldm_lora_restore(&s);
