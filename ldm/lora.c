@@ -25,9 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "ldm/core/error.h"
+#include "ldm/io/fs.h"
 #include "ldm/io/tensorfile.h"
 
 // ---------------------------------------------------------------------------
@@ -313,11 +313,6 @@ int ldm_lora_spec_parse(ldm_lora_spec *spec, const char *s) {
     return LDM_OK;
 }
 
-static int is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 // "<lora:NAME:SCALE>" at tag (text between '<' and '>', len chars): merge it.
 static int from_tag(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *tag, size_t len,
                     const char *dir) {
@@ -341,7 +336,7 @@ static int from_tag(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *tag, 
     static const char *EXT[] = {".safetensors", ".ckpt", ".pt"};
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s%s", dir, name, EXT[i]);
-        if (is_file(path)) return ldm_lora_apply(s, u, c, path, scale);
+        if (ldm_is_file(path)) return ldm_lora_apply(s, u, c, path, scale);
     }
     return ldm_error("prompt: <lora:%s>: no %s/%s.safetensors (nor .ckpt, .pt)", name, dir, name);
 }

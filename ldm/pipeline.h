@@ -18,8 +18,9 @@
  * Img2ImgPipeline (the test reference), AUTOMATIC1111's prompt attention
  * syntax and 75-token chunking (prompt_parser.parse_prompt_attention,
  * sd_hijack_clip), with "pad prompt/negative prompt to the same length".
- * Leaves out: inpainting, textual-inversion embeddings, prompt editing
- * `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
+ * LoRA files (ldm/lora.h) and textual-inversion embeddings (ldm/embeddings.h)
+ * come in through the prompt, as in A1111. Leaves out: inpainting, prompt
+ * editing `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
  * hires fix, the CompVis watermark and safety checker.
  */
 #ifndef LDM_PIPELINE_H
@@ -56,6 +57,7 @@ typedef struct ldm_pipeline_options {
     const char *vocab_default;      // NULL: LDM_VOCAB_DEFAULT (the CLI passes $LDM_VOCAB)
     ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
     int need_encoder;               // 1: load the VAE encoder too (img2img)
+    const char *embedding_dir;      // textual-inversion embeddings used by name (ldm/embeddings.h), or NULL
     int verbose;                    // stage messages on stderr
 } ldm_pipeline_options;
 
@@ -64,6 +66,7 @@ typedef struct ldm_pipeline {
     const struct ldm_ops *ops;
     struct ldm_tokenizer *tok;
     ldm_clip clip;
+    ldm_embeddings emb;             // textual-inversion words (their vectors are rows of clip.tok_emb)
     ldm_unet unet;
     ldm_vae vae;
     ldm_schedule sched;             // SD schedule (scaled linear, CompVis precision)

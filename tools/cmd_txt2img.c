@@ -94,6 +94,7 @@ static const flag FLAGS[] = {
     {"--prediction", F_STR, 0, "eps | v (default: from the checkpoint)"},
     {"--lora", F_STR, 0, "FILE:SCALE: merge a LoRA (kohya or PEFT) for this run; repeatable"},
     {"--lora-dir", F_STR, 0, "folder of the LoRAs named in the prompt: <lora:NAME:SCALE>"},
+    {"--embedding-dir", F_STR, 0, "textual-inversion embeddings: a prompt word equal to a file name uses its vectors"},
     {"--clip-skip", F_INT, 0, "stop the text encoder N-1 layers early (1)"},
     {"--vocab", F_STR, 0, "CLIP BPE vocabulary file (default: model tokenizer/ or build/vocab)"},
     {"--help", F_BOOL, 0, "this text"},
@@ -381,7 +382,8 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
     r->po = (ldm_pipeline_options){.ops = ops, .config_dir = get(o, "--config"),
                                    .vae_path = get(o, "--vae"), .vocab = get(o, "--vocab"),
                                    .vocab_default = env->vocab, .prediction = pred,
-                                   .need_encoder = r->img2img, .verbose = r->verbose};
+                                   .need_encoder = r->img2img, .verbose = r->verbose,
+                                   .embedding_dir = get(o, "--embedding-dir")};
     r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
     r->dump_dir = get(o, "--dump");
