@@ -83,6 +83,23 @@ int main(void) {
         snprintf(label, sizeof label, "%s: negative context", CASES[i].name);
         check_context(&p, label, CASES[i].negative, CASES[i].name, "uncond");
     }
+    // 74 words then a 2-vector embedding: it does not fit in the first chunk,
+    // so it opens the second one whole (A1111 tokenize_line)
+    char long_prompt[512] = "";
+    for (int i = 0; i < 74; i++) strcat(long_prompt, "a ");
+    strcat(long_prompt, "tinystyle");
+    int32_t *ids = NULL;
+    float *mult = NULL;
+    int nc = 0;
+    if (test_check(ldm_prompt_tokenize_emb(&ids, &mult, &nc, p.tok, &p.emb, long_prompt, 49407) == 0,
+                   "tokenize 74 words + embedding", "%s", ldm_last_error()))
+        test_check(w && nc == 2 && ids[74] < p.emb.base_id && ids[75] == 49407 && ids[77 + 1] == w->first_id &&
+                   ids[77 + 2] == w->first_id + 1 && ids[77 + 3] == 49407,
+                   "an embedding stays whole: it opens the next chunk", "%d chunks, ids[75] %d ids[78] %d",
+                   nc, ids[75], ids[78]);
+    free(ids);
+    free(mult);
+
     // a whole run with an embedding in each prompt
     const ldm_sampler_info *si;
     ldm_sigma_kind sk;

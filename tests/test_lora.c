@@ -170,7 +170,7 @@ int main(void) {
     }
 
     const run RUNS[] = {
-        {"kohya", PROMPT " <lora:tiny_kohya:0.8>", {{0}}, 0},
+        {"kohya", PROMPT " <lora:tiny_kohya:0.8>", {{"", 0.0f}}, 0},
         {"peft", PROMPT, {{FIX "/tiny_peft.safetensors", 1.0f}}, 1},
         {"both", "<lora:tiny_kohya:0.5>" PROMPT, {{FIX "/tiny_peft.safetensors", 0.7f}}, 1},
     };
