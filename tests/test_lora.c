@@ -12,7 +12,8 @@
  *   peft   --lora tiny_peft.safetensors:1 (a spec)
  *   both   <lora:tiny_kohya:0.5> and the PEFT file at 0.7
  * Then: the weights are restored bit for bit (the same prompt gives the same
- * bytes as before any LoRA), and bad files are clear errors that name the key.
+ * bytes as before any LoRA), bad files are clear errors that name the key, and
+ * the CLI ($LDM_SD, else $LDM_BUILD/sd) takes --lora, --lora-dir, --embedding-dir.
  * Tolerances: those of tests/test_pipeline.c for the tiny model (context 1e-4,
  * final latent 1e-3 relative): the merge adds one fp32 sgemm per layer.
  */
@@ -148,8 +149,40 @@ static void test_bad(ldm_pipeline *p, const char *key, int64_t rows, int64_t col
     remove(path);
 }
 
+// The CLI: --lora FILE:SCALE, --lora-dir with a prompt tag, --embedding-dir; errors exit non-zero.
+static void test_cli(void) {
+    char cmd[2048], out[256], log[300];
+    snprintf(out, sizeof out, "/tmp/ldm_test_lora_cli_%d", (int)getpid());
+    snprintf(log, sizeof log, "%s.log", out);
+    // the binary: $LDM_SD, else $LDM_BUILD/sd (tests/run.sh), else build/sd, as tests/test_cli.c
+    char base[700];
+    const char *env = getenv("LDM_SD"), *build = getenv("LDM_BUILD");
+    if (env) snprintf(base, sizeof base, "%s", env);
+    else snprintf(base, sizeof base, "%s/sd", build ? build : "build");
+    strcat(base, " txt2img --n_iter 1 --n_samples 1 --ddim_steps 2 --skip_grid");
+    snprintf(cmd, sizeof cmd, "%s --outdir %s --prompt 'a circle <lora:tiny_kohya:0.8>' --lora-dir " FIX
+             " --lora " FIX "/tiny_peft.safetensors:0.5 --embedding-dir tests/fixtures/embeddings "
+             "--negative-prompt shapey 2>%s", base, out, log);
+    int rc = system(cmd);
+    char png[400];
+    snprintf(png, sizeof png, "%s/samples/00000.png", out);
+    test_check(rc == 0 && access(png, F_OK) == 0, "sd txt2img --lora --lora-dir --embedding-dir",
+               "exit %d, %s", rc, png);
+    snprintf(cmd, sizeof cmd, "%s --outdir %s --prompt 'a <lora:nothere>' --lora-dir " FIX " 2>%s",
+             base, out, log);
+    rc = system(cmd);
+    size_t n = 0;
+    char *err = test_read_file(log, &n);
+    test_check(rc != 0 && err && strstr(err, "nothere.safetensors"), "sd txt2img: missing LoRA named",
+               "exit %d: %s", rc, err ? err : "");
+    free(err);
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", out, log);
+    if (system(cmd) != 0) printf("  (could not remove %s)\n", out);
+}
+
 int main(void) {
     test_spec();
+    test_cli();
     ldm_pipeline p;
     ldm_pipeline_options po = {.ops = &ldm_ops_cpu, .prediction = LDM_PRED_EPS};
     if (!test_check(ldm_pipeline_open(&p, LDM_TINY_MODEL_DEFAULT, &po) == 0, "open tiny model",
