@@ -28,6 +28,7 @@
 
 #include "ldm/core/error.h"
 #include "ldm/io/fs.h"
+#include "ldm/io/json.h"
 #include "ldm/io/tensorfile.h"
 
 // ---------------------------------------------------------------------------
@@ -183,8 +184,44 @@ static int save(ldm_lora_set *s, ldm_tensor *w) {
     return LDM_OK;
 }
 
-// W += scale * alpha/r * up [out,r] @ down [r,K]   (K = in*kh*kw). 0 / LDM_ERR.
-static int merge(ldm_lora_set *s, const target *t, float scale, const char *path) {
+// diffusers' save_lora_weights may store the PEFT config in the safetensors
+// metadata: "lora_adapter_metadata" = {"unet.lora_alpha": 8, "unet.r": 4, ...}.
+// Its lora_alpha is alpha for that component's layers without an .alpha tensor.
+// alpha[te] = 0 when absent. 0 / LDM_ERR (options that change the scaling
+// per layer or to alpha/sqrt(r) are named as unsupported).
+static int peft_alpha(float alpha[2], const ldm_tensor_file *f, const char *path) {
+    alpha[0] = alpha[1] = 0;
+    const char *json = NULL;
+    for (int i = 0; i < f->n_meta; i++)
+        if (!strcmp(f->meta_keys[i], "lora_adapter_metadata")) json = f->meta_values[i];
+    if (!json) return LDM_OK;
+    cJSON *o = ldm_json_parse_object(json, path);
+    if (!o) return LDM_ERR;
+    int rc = LDM_OK;
+    static const char *COMP[2] = {"unet", "text_encoder"};
+    for (int te = 0; te < 2 && rc == LDM_OK; te++) {
+        char key[64];
+        int rslora = 0;
+        snprintf(key, sizeof key, "%s.lora_alpha", COMP[te]);
+        rc = ldm_json_float(o, key, 0, &alpha[te], path);
+        snprintf(key, sizeof key, "%s.use_rslora", COMP[te]);
+        if (rc == LDM_OK) rc = ldm_json_bool(o, key, 0, &rslora, path);
+        if (rc == LDM_OK && rslora) rc = ldm_error("%s: %s: rank-stabilised LoRA is not supported", path, key);
+        for (int k = 0; k < 2 && rc == LDM_OK; k++) {
+            snprintf(key, sizeof key, "%s.%s", COMP[te], k ? "rank_pattern" : "alpha_pattern");
+            const cJSON *pat = cJSON_GetObjectItemCaseSensitive(o, key);
+            if (pat && cJSON_GetArraySize(pat) > 0)
+                rc = ldm_error("%s: %s: per-layer ranks/alphas are not supported", path, key);
+        }
+    }
+    cJSON_Delete(o);
+    return rc;
+}
+
+// W += scale * alpha/r * up [out,r] @ down [r,K]   (K = in*kh*kw). alpha: the
+// layer's .alpha tensor, else alpha_default (PEFT metadata), else r. 0 / LDM_ERR.
+static int merge(ldm_lora_set *s, const target *t, float scale, float alpha_default,
+                 const char *path) {
     const ldm_tensor_entry *d = t->down, *u = t->up;
     char sw[64], sd[64], su[64];
     ldm_shape_str(sw, sizeof sw, t->w->shape, t->w->ndim);
@@ -200,7 +237,7 @@ static int merge(ldm_lora_set *s, const target *t, float scale, const char *path
         return ldm_error("%s: layer %s: lora down %s and up %s do not fit the weight %s "
                          "(expected down [r,in(,kh,kw)] and up [out,r(,1,1)]) -- is this LoRA for "
                          "another model family?", path, t->name, sd, su, sw);
-    float alpha = (float)r;
+    float alpha = alpha_default > 0 ? alpha_default : (float)r;
     if (t->alpha) {
         if (t->alpha->numel != 1 || ldm_entry_to_f32(&alpha, t->alpha) != LDM_OK)
             return ldm_error("%s: %s.alpha: expected one number", path, t->name);
@@ -226,6 +263,11 @@ int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, 
     ldm_tensor_file f;
     if (ldm_tensor_file_open(&f, path) != LDM_OK) return LDM_ERR;
     table tb = {0};
+    float alpha[2];
+    if (peft_alpha(alpha, &f, path) != LDM_OK) {
+        ldm_tensor_file_close(&f);
+        return LDM_ERR;
+    }
     if (u) add_unet(&tb, u);
     if (c) add_clip(&tb, c);
     int rc = LDM_OK;
@@ -267,7 +309,7 @@ int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, 
             rc = ldm_error("%s: layer %s has no lora %s tensor", path, t->name,
                            t->down ? "up" : "down");
         else
-            rc = merge(s, t, scale, path), n++;
+            rc = merge(s, t, scale, alpha[t->te], path), n++;
     }
     if (rc == LDM_OK && n == 0) rc = ldm_error("%s: no LoRA tensors in this file", path);
     if (rc == LDM_OK) s->n_files++;

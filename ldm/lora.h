@@ -16,7 +16,10 @@
  *   diffusers/PEFT  "unet.<path>.lora_A.weight" / ".lora_B.weight",
  *                   "text_encoder.<path>..." (also the older
  *                   "<path>.lora.down.weight" / ".lora.up.weight"); alpha = r
- *                   unless an ".alpha" tensor is present.
+ *                   unless an ".alpha" tensor is present or the safetensors
+ *                   metadata "lora_adapter_metadata" (diffusers'
+ *                   save_lora_weights) gives "unet.lora_alpha" /
+ *                   "text_encoder.lora_alpha".
  * <path> is the diffusers module path of the layer: "down_blocks.0.attentions.0.
  * transformer_blocks.0.attn1.to_q", "text_model.encoder.layers.3.mlp.fc1". The
  * kohya names are matched against the table of every adaptable layer of the

@@ -11,6 +11,7 @@
  *   kohya  <lora:tiny_kohya:0.8> in the prompt, looked up in the fixtures folder
  *   peft   --lora tiny_peft.safetensors:1 (a spec)
  *   both   <lora:tiny_kohya:0.5> and the PEFT file at 0.7
+ *   peft_alpha  PEFT with lora_alpha != r in diffusers' "lora_adapter_metadata"
  * Then: the weights are restored bit for bit (the same prompt gives the same
  * bytes as before any LoRA), bad files are clear errors that name the key, and
  * the CLI ($LDM_SD, else $LDM_BUILD/sd) takes --lora, --lora-dir, --embedding-dir.
@@ -206,6 +207,7 @@ int main(void) {
         {"kohya", PROMPT " <lora:tiny_kohya:0.8>", {{"", 0.0f}}, 0},
         {"peft", PROMPT, {{FIX "/tiny_peft.safetensors", 1.0f}}, 1},
         {"both", "<lora:tiny_kohya:0.5>" PROMPT, {{FIX "/tiny_peft.safetensors", 0.7f}}, 1},
+        {"peft_alpha", PROMPT, {{FIX "/tiny_peft_alpha.safetensors", 1.0f}}, 1},
     };
     for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) test_run(&p, &RUNS[i]);
 

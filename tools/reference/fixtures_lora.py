@@ -10,7 +10,10 @@ Two random LoRA files for tools/tiny-model, in the formats users bring:
                           no alpha (alpha = r)
 and the reference run with each merged, made with torch/diffusers:
   <name>_context.npy, <name>_uncond.npy, <name>_latent.npy   (as fixtures_pipeline_tiny.py)
-Cases: kohya at scale 0.8, peft at scale 1, and both together (kohya 0.5 + peft 0.7).
+  tiny_peft_alpha.safetensors  the PEFT layers again with diffusers' "lora_adapter_metadata"
+                          (unet.lora_alpha 8, text_encoder.lora_alpha 2, r 4): alpha from there
+Cases: kohya at scale 0.8, peft at scale 1, both together (kohya 0.5 + peft 0.7), and
+peft_alpha at scale 1.
 
 The merge W += scale * alpha/r * up @ down is done here in torch on the fp32 model.
 The kohya key -> module mapping is diffusers' own converter
@@ -19,6 +22,7 @@ diffusers.utils.state_dict_utils), so the C mapping is checked against an
 independent one. (diffusers' load_lora_weights needs the peft package, which the
 reference environment does not have; this is the same arithmetic PEFT's merge does.)
 """
+import json
 import os
 
 import numpy as np
@@ -32,7 +36,8 @@ OUT = "tests/fixtures/lora"
 PROMPT = "a red circle on the left"
 CASE = dict(B=1, steps=8, scale=5.0, seed=3)
 RUNS = {"kohya": [("tiny_kohya", 0.8)], "peft": [("tiny_peft", 1.0)],
-        "both": [("tiny_kohya", 0.5), ("tiny_peft", 0.7)]}
+        "both": [("tiny_kohya", 0.5), ("tiny_peft", 0.7)], "peft_alpha": [("tiny_peft_alpha", 1.0)]}
+PEFT_META = {"unet.r": 4, "unet.lora_alpha": 8, "text_encoder.r": 4, "text_encoder.lora_alpha": 2}
 
 
 def layers(model, types=(torch.nn.Linear, torch.nn.Conv2d)):
@@ -106,13 +111,15 @@ def kohya_to_modules(sd):
     return out
 
 
-def peft_to_modules(sd):
+def peft_to_modules(sd, meta=None):
+    """PEFT keys -> modules; alpha = r, or the component's lora_alpha of the metadata"""
     out = {}
     for k, down in sd.items():
         if k.endswith(".lora_A.weight"):
             comp, mod = k.split(".", 1)
             mod = mod[:-len(".lora_A.weight")]
-            out[(comp, mod)] = (down, sd[k.replace("lora_A", "lora_B")], float(down.shape[0]))
+            alpha = float(meta[comp + ".lora_alpha"]) if meta else float(down.shape[0])
+            out[(comp, mod)] = (down, sd[k.replace("lora_A", "lora_B")], alpha)
     return out
 
 
@@ -141,9 +148,14 @@ def main():
     vae = AutoencoderKL.from_pretrained(os.path.join(MODEL, "vae"), **kw).eval()
     g = torch.Generator().manual_seed(0)
     save_file(make_kohya(unet, text, g), os.path.join(OUT, "tiny_kohya.safetensors"))
-    save_file(make_peft(unet, text, g), os.path.join(OUT, "tiny_peft.safetensors"))
+    peft = make_peft(unet, text, g)
+    save_file(peft, os.path.join(OUT, "tiny_peft.safetensors"))
+    save_file({k: v * 0.5 for k, v in peft.items()}, os.path.join(OUT, "tiny_peft_alpha.safetensors"),
+              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(PEFT_META, indent=2)})
     mods = {"tiny_kohya": kohya_to_modules(load_file(os.path.join(OUT, "tiny_kohya.safetensors"))),
-            "tiny_peft": peft_to_modules(load_file(os.path.join(OUT, "tiny_peft.safetensors")))}
+            "tiny_peft": peft_to_modules(load_file(os.path.join(OUT, "tiny_peft.safetensors"))),
+            "tiny_peft_alpha": peft_to_modules(load_file(os.path.join(OUT, "tiny_peft_alpha.safetensors")),
+                                               PEFT_META)}
     tokenizer = SimpleTokenizer()
     for run, loras in RUNS.items():
         text, unet = load()
