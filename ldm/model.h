@@ -14,7 +14,8 @@
  * tensors by diffusers name, whatever the layout.
  *
  * Left out: SDXL (two text encoders, add_embedding), SD3/Flux (MMDiT),
- * inpainting/depth UNets (in_channels != 4), LoRA. Each is named in the error.
+ * inpainting/depth UNets (in_channels != 4). Each is named in the error. LoRA
+ * files are merged into the loaded weights by ldm/lora.h.
  */
 #ifndef LDM_MODEL_H
 #define LDM_MODEL_H

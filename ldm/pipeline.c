@@ -65,6 +65,7 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
     if (ldm_tokenizer_load(&p->tok, vocab) != LDM_OK) goto fail;
     if (p->verbose) fprintf(stderr, "loading text encoder\n");
     if (ldm_clip_load(&p->clip, &m->clip_w, &m->clip) != LDM_OK) goto fail;
+    if (o->embedding_dir && ldm_embeddings_load_dir(&p->emb, &p->clip, o->embedding_dir)) goto fail_clip;
     if (p->verbose) fprintf(stderr, "loading unet\n");
     if (ldm_unet_load(&p->unet, &m->unet, &m->unet_w) != LDM_OK) goto fail_clip;
     if (p->verbose) fprintf(stderr, "loading vae%s\n", o->vae_path ? " (--vae)" : "");
@@ -98,6 +99,7 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
 fail_unet:
     ldm_unet_free(&p->unet);
 fail_clip:
+    ldm_embeddings_free(&p->emb);
     ldm_clip_free(&p->clip);
 fail:
     if (p->tok) ldm_tokenizer_free(p->tok);
@@ -110,6 +112,7 @@ void ldm_pipeline_close(ldm_pipeline *p) {
     ldm_vae_free(&p->vae);
     ldm_unet_free(&p->unet);
     ldm_clip_free(&p->clip);
+    ldm_embeddings_free(&p->emb);
     if (p->tok) ldm_tokenizer_free(p->tok);
     ldm_model_close(&p->model);
     memset(p, 0, sizeof *p);
@@ -127,11 +130,11 @@ static int encode_host(float **out, int *n_chunks, ldm_pipeline *p, const char *
     int nc;
     int pad = p->model.clip.pad_token_id;
     if (pad != 0) pad = LDM_TOKEN_EOT;   // SD1 pads with EOT; SD2 (open_clip) with 0
-    if (ldm_prompt_tokenize(&ids, &mult, &nc, p->tok, prompt, pad) != LDM_OK) return LDM_ERR;
-    for (int i = 0; i < nc * LDM_CONTEXT; i++)
-        if (ids[i] < 0 || ids[i] >= p->model.clip.vocab_size) {
+    if (ldm_prompt_tokenize_emb(&ids, &mult, &nc, p->tok, &p->emb, prompt, pad) != LDM_OK) return LDM_ERR;
+    for (int i = 0; i < nc * LDM_CONTEXT; i++)   // p->clip's vocabulary includes the embeddings
+        if (ids[i] < 0 || ids[i] >= p->clip.cfg.vocab_size) {
             ldm_error("prompt: token id %d is outside this text encoder's vocabulary of %d",
-                      ids[i], p->model.clip.vocab_size);
+                      ids[i], p->clip.cfg.vocab_size);
             free(ids); free(mult);
             return LDM_ERR;
         }
@@ -450,6 +453,12 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
 int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_out,
                  uint8_t *rgb_out) {
     if (ldm_generate_check(p, g) != LDM_OK) return LDM_ERR;
+    // LoRA: tags leave the prompt, the files are merged into the weights until the end of this call
+    ldm_lora_set lora;
+    ldm_generate_params gl = *g;
+    if (ldm_lora_begin(&lora, &p->unet, &p->clip, g->prompt, g->lora_dir, g->loras, g->n_loras))
+        return LDM_ERR;
+    gl.prompt = lora.prompt, g = &gl;
     const int64_t f = p->factor, C = p->latent_channels;
     generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
                     .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
@@ -462,5 +471,6 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     ldm_dump_set_prefix(NULL);
     ldm_tensor_free(&r.context);
     free(r.noise); free(r.init); free(r.z);
+    ldm_lora_restore(&lora);   // the original weights, bit for bit
     return rc;
 }

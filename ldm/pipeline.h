@@ -18,8 +18,9 @@
  * Img2ImgPipeline (the test reference), AUTOMATIC1111's prompt attention
  * syntax and 75-token chunking (prompt_parser.parse_prompt_attention,
  * sd_hijack_clip), with "pad prompt/negative prompt to the same length".
- * Leaves out: inpainting, textual-inversion embeddings, prompt editing
- * `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
+ * LoRA files (ldm/lora.h) and textual-inversion embeddings (ldm/embeddings.h)
+ * come in through the prompt, as in A1111. Leaves out: inpainting, prompt
+ * editing `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
  * hires fix, the CompVis watermark and safety checker.
  */
 #ifndef LDM_PIPELINE_H
@@ -27,6 +28,7 @@
 
 #include <stdint.h>
 #include "ldm/clip.h"
+#include "ldm/lora.h"
 #include "ldm/model.h"
 #include "ldm/prompt.h"
 #include "ldm/core/tensor.h"
@@ -55,6 +57,7 @@ typedef struct ldm_pipeline_options {
     const char *vocab_default;      // NULL: LDM_VOCAB_DEFAULT (the CLI passes $LDM_VOCAB)
     ldm_prediction prediction;      // LDM_PRED_AUTO or forced (--prediction)
     int need_encoder;               // 1: load the VAE encoder too (img2img)
+    const char *embedding_dir;      // textual-inversion embeddings used by name (ldm/embeddings.h), or NULL
     int verbose;                    // stage messages on stderr
     ldm_weights_dtype weights;      // weight residency: AUTO (as stored) / F32 / F16 (--weights)
     int low_memory;                 // 1: weights stay in the mmap, dropped after each block
@@ -65,6 +68,7 @@ typedef struct ldm_pipeline {
     const struct ldm_ops *ops;
     struct ldm_tokenizer *tok;
     ldm_clip clip;
+    ldm_embeddings emb;             // textual-inversion words (their vectors are rows of clip.tok_emb)
     ldm_unet unet;
     ldm_vae vae;
     ldm_schedule sched;             // SD schedule (scaled linear, CompVis precision)
@@ -104,6 +108,11 @@ typedef struct ldm_generate_params {
     const uint8_t *init_rgb;
     double strength;                // double: int(strength * steps) as Python computes it
     ldm_vae_options vae_opt;        // tiling
+    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt load DIR/NAME.safetensors;
+    // loras[n_loras] are merged too. Merged for this call only, then restored.
+    const char *lora_dir;
+    const ldm_lora_spec *loras;
+    int n_loras;
     ldm_progress_fn progress;
     void *progress_ctx;
 } ldm_generate_params;

@@ -231,8 +231,49 @@ static int next_chunk(chunker *c) {
     return LDM_OK;
 }
 
+// A piece's ids: the BPE of its text, with every embedding name that stands
+// as a word (ldm/embeddings.h) replaced by the embedding's placeholder ids.
+static int encode_piece(int **ids, int *n, struct ldm_tokenizer *tok, const ldm_embeddings *emb,
+                        const char *s) {
+    size_t len = strlen(s), start = 0;
+    int *out = NULL, nout = 0;
+    for (size_t i = 0; i <= len; i++) {
+        const ldm_embedding_word *e = NULL;
+        for (int k = 0; emb && i < len && !e && k < emb->n; k++) {   // longest name first
+            size_t l = strlen(emb->e[k].name);
+            if ((i == 0 || !is_word((unsigned char)s[i - 1])) && i + l <= len &&
+                (i + l == len || !is_word((unsigned char)s[i + l])) &&
+                ldm_embeddings_find(emb, s + i, l) == &emb->e[k])
+                e = &emb->e[k];
+        }
+        if (!e && i < len) continue;
+        int *t = NULL, nt = 0;
+        if (i > start && ldm_tokenizer_encode(tok, &t, &nt, s + start, i - start) != LDM_OK) {
+            free(out);
+            return LDM_ERR;
+        }
+        int add = nt + (e ? e->n : 0);
+        int *o = add ? realloc(out, (size_t)(nout + add) * sizeof *o) : out;
+        if (add && !o) { free(t); free(out); return ldm_error("prompt: out of memory"); }
+        out = o;
+        for (int j = 0; j < nt; j++) out[nout++] = t[j];
+        for (int j = 0; e && j < e->n; j++) out[nout++] = e->first_id + j;
+        free(t);
+        if (e) start = i + strlen(e->name), i = start - 1;
+    }
+    *ids = out;
+    *n = nout;
+    return LDM_OK;
+}
+
 int ldm_prompt_tokenize(int32_t **ids_out, float **mult_out, int *n_chunks,
                         struct ldm_tokenizer *tok, const char *prompt, int pad) {
+    return ldm_prompt_tokenize_emb(ids_out, mult_out, n_chunks, tok, NULL, prompt, pad);
+}
+
+int ldm_prompt_tokenize_emb(int32_t **ids_out, float **mult_out, int *n_chunks,
+                            struct ldm_tokenizer *tok, const ldm_embeddings *emb,
+                            const char *prompt, int pad) {
     ldm_prompt_piece *pieces;
     int np;
     if (ldm_prompt_parse(&pieces, &np, prompt) != LDM_OK) return LDM_ERR;
@@ -246,8 +287,7 @@ int ldm_prompt_tokenize(int32_t **ids_out, float **mult_out, int *n_chunks,
             continue;
         }
         int *t = NULL, nt = 0;
-        if (pieces[p].text[0] &&
-            ldm_tokenizer_encode(tok, &t, &nt, pieces[p].text, strlen(pieces[p].text)) != LDM_OK)
+        if (pieces[p].text[0] && encode_piece(&t, &nt, tok, emb, pieces[p].text) != LDM_OK)
             goto done;
         for (int k = 0; k < nt; k++) {
             if (t[k] == comma_id) {
@@ -266,6 +306,9 @@ int ldm_prompt_tokenize(int32_t **ids_out, float **mult_out, int *n_chunks,
                 memcpy(c.cur_m, mvm, (size_t)nm * sizeof *mvm);
                 c.n_cur = nm;
             }
+            // an embedding's vectors stay in one chunk (A1111 tokenize_line)
+            int span = ldm_embeddings_span(emb, t[k]);
+            if (span && c.n_cur > 0 && c.n_cur + span > CHUNK && next_chunk(&c)) { free(t); goto done; }
             if (c.n_cur == CHUNK && next_chunk(&c)) { free(t); goto done; }
             c.cur[c.n_cur] = t[k];
             c.cur_m[c.n_cur] = pieces[p].weight;

@@ -11,13 +11,14 @@
  *
  * Mirrors AUTOMATIC1111 modules/prompt_parser.py parse_prompt_attention and
  * modules/sd_hijack_clip.py (tokenize_line, process_tokens, "Original"
- * emphasis). Leaves out: prompt editing `[from:to:when]`, alternation
- * `[a|b]` (A1111 scheduling syntax), textual-inversion embeddings.
+ * emphasis, embeddings kept whole in a chunk). Leaves out: prompt editing
+ * `[from:to:when]`, alternation `[a|b]` (A1111 scheduling syntax).
  */
 #ifndef LDM_PROMPT_H
 #define LDM_PROMPT_H
 
 #include <stdint.h>
+#include "ldm/embeddings.h"
 
 struct ldm_tokenizer;
 
@@ -44,6 +45,11 @@ void ldm_prompt_pieces_free(ldm_prompt_piece *pieces, int n);
 //   SOT/EOT/padding). 0 / LDM_ERR.
 int ldm_prompt_tokenize(int32_t **ids, float **mult, int *n_chunks,
                         struct ldm_tokenizer *tok, const char *prompt, int pad);
+// The same with textual-inversion embeddings (ldm/embeddings.h; NULL: none): a
+// word equal to an embedding's name becomes its n placeholder ids, kept in one chunk.
+int ldm_prompt_tokenize_emb(int32_t **ids, float **mult, int *n_chunks,
+                            struct ldm_tokenizer *tok, const ldm_embeddings *emb,
+                            const char *prompt, int pad);
 
 // A1111 "Original" emphasis, in place, chunk by chunk: z [n_chunks,77,D]
 // (the text encoder's output), mult [n_chunks*77]:

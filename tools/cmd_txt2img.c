@@ -92,6 +92,9 @@ static const flag FLAGS[] = {
     {"--verbose", F_BOOL, 0, "stages, timings, peak memory"},
     {"--progress", F_BOOL, 0, "progress on stderr even when it is not a terminal"},
     {"--prediction", F_STR, 0, "eps | v (default: from the checkpoint)"},
+    {"--lora", F_STR, 0, "FILE:SCALE: merge a LoRA (kohya or PEFT) for this run; repeatable"},
+    {"--lora-dir", F_STR, 0, "folder of the LoRAs named in the prompt: <lora:NAME:SCALE>"},
+    {"--embedding-dir", F_STR, 0, "textual-inversion embeddings: a prompt word equal to a file name uses its vectors"},
     {"--clip-skip", F_INT, 0, "stop the text encoder N-1 layers early (1)"},
     {"--vocab", F_STR, 0, "CLIP BPE vocabulary file (default: model tokenizer/ or build/vocab)"},
     {"--help", F_BOOL, 0, "this text"},
@@ -100,6 +103,7 @@ static const flag FLAGS[] = {
 
 typedef struct opts {
     const char *val[N_FLAGS];   // value as given (NULL: absent); "1" for booleans
+    const char *loras[LDM_LORA_MAX_SPECS + 1]; int n_loras;   // every --lora, in order
 } opts;
 
 static void usage(FILE *f, int img2img) {
@@ -158,6 +162,7 @@ static int parse_flags(opts *o, int argc, char **argv, int img2img) {
             value = argv[++i];
         }
         o->val[hit] = value;
+        if (!strcmp(FLAGS[hit].name, "--lora") && o->n_loras <= LDM_LORA_MAX_SPECS) o->loras[o->n_loras++] = value;
     }
     return 0;
 }
@@ -325,6 +330,7 @@ typedef struct run_settings {
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
     int verbose, fixed_code, skip_save, skip_grid;
+    ldm_lora_spec loras[LDM_LORA_MAX_SPECS]; int n_loras; const char *lora_dir;   // --lora, --lora-dir
 } run_settings;
 
 // The sampler: DDIM (CompVis) unless --plms or --sampler; --schedule picks
@@ -376,7 +382,8 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
     r->po = (ldm_pipeline_options){.ops = ops, .config_dir = get(o, "--config"),
                                    .vae_path = get(o, "--vae"), .vocab = get(o, "--vocab"),
                                    .vocab_default = env->vocab, .prediction = pred,
-                                   .need_encoder = r->img2img, .verbose = r->verbose};
+                                   .need_encoder = r->img2img, .verbose = r->verbose,
+                                   .embedding_dir = get(o, "--embedding-dir")};
     r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
     r->dump_dir = get(o, "--dump");
@@ -434,6 +441,9 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     r->init_path = get(o, "--init-img");
     if (img2img && !r->init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
     if (sampler_from_flags(&r->sampling, o, cmd, r->eta)) return 2;
+    if (o->n_loras > LDM_LORA_MAX_SPECS) return sd_fail("%s: at most %d --lora", cmd, LDM_LORA_MAX_SPECS), 2;
+    for (r->lora_dir = get(o, "--lora-dir"); r->n_loras < o->n_loras; r->n_loras++)
+        if (ldm_lora_spec_parse(&r->loras[r->n_loras], o->loras[r->n_loras])) return sd_fail("%s: %s", cmd, ldm_last_error()), 2;
     return options_from_flags(r, o, env);
 }
 
@@ -581,6 +591,7 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 .cfg_scale = (float)r->scale, .clip_skip = (int)r->clip_skip, .rng = &rng,
                 .init_rgb = init_rgb, .strength = r->strength, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
+                .lora_dir = r->lora_dir, .loras = r->loras, .n_loras = r->n_loras,
             };
             if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
             for (int64_t b = 0; b < B && !rc; b++) {

@@ -900,6 +900,7 @@ static int collect(ldm_tensor_file *f, const pv *root, const char *path) {
     // Lightning checkpoints: {"state_dict": {...}, "global_step": N, ...};
     // a plain state dict (diffusers pytorch_model.bin) is the dict itself.
     const pv *sd = dict_get(root, "state_dict");
+    if (!sd || sd->kind != PV_DICT) sd = dict_get(root, "string_to_param");   // A1111 embedding
     if (!sd || sd->kind != PV_DICT) sd = root;
     for (int64_t j = 0; j < root->n / 2; j++) {
         const pv *kk = root->items[2 * j], *vv = root->items[2 * j + 1];
