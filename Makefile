@@ -172,8 +172,20 @@ fuzz: $(FUZZ_BIN)
 BENCH_SRC := $(sort $(wildcard tools/bench/*.c))
 $(BUILD)/bench: $(BENCH_SRC) $(BUILD)/libldm.a
 	$(CC) $(CFLAGS) -o $@ $(BENCH_SRC) $(BUILD)/libldm.a $(LDLIBS)
-bench: $(BUILD)/bench
+# `make bench`: the op kernels and one full-size SD1 UNet step (sgemm roofline,
+# seconds, GFLOPS, fraction of the roofline, activation peak); then, where the
+# reference venv exists (it generates the full-size random models once, under
+# build/reference/): the VAE decode at 512x512, peak RSS of a whole 1-step
+# txt2img at 512x512 and 512x1024 in the default and --low-memory modes, and the
+# same UNet step in PyTorch and OpenVINO (tools/bench/peers.sh). Numbers only.
+bench: $(BUILD)/bench $(BUILD)/sd
 	$(BUILD)/bench
+	@if [ -x $(REF_PY) ]; then \
+	    SD=$(BUILD)/sd tools/bench/bench_vae.sh 512 untiled; \
+	    for s in 512x512 512x1024; do for m in "" --low-memory; do \
+	        SD=$(BUILD)/sd tools/bench/bench_memory.sh $$s $$m; done; done; \
+	    SD=$(BUILD)/sd tools/bench/peers.sh; \
+	else echo "bench: no $(REF_PY) (make reference-env): VAE, whole-run memory and peers skipped"; fi
 
 # ---- CUDA backend: targets -----------------------------------------------------
 # The op and model cases shared by the emulated (default) and the GPU test.
@@ -292,7 +304,7 @@ help:
 	@echo "make fixtures   regenerate tests/fixtures from PyTorch"
 	@echo "make test-reference  full-size random models vs PyTorch (slow)"
 	@echo "make fuzz       libFuzzer targets for the loaders (FUZZ_SECONDS=$(FUZZ_SECONDS))"
-	@echo "make bench      sgemm / op GFLOPS on this machine"
+	@echo "make bench      kernels, UNet step vs sgemm roofline, VAE, peak RSS, peers (numbers only)"
 	@echo "make cuda       build/cuda/sd + libldm with the CUDA backend (nvcc, cuBLAS)"
 	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
