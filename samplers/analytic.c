@@ -152,12 +152,7 @@ int ldm_analytic_sample(ldm_analytic_run *r, const ldm_analytic *a,
     double s_start, s_last, scale_last;  // sigmas of the start and the last level > 0;
                                          // scale_last: x = scale * y there
     if (info->uses_sigmas) {
-        if (kind == LDM_SIGMAS_KARRAS)
-            ldm_sigmas_karras(sig, n, sch->sigmas[0], sch->sigmas[sch->T - 1], 7.0);
-        else if (kind == LDM_SIGMAS_EXPONENTIAL)
-            ldm_sigmas_exponential(sig, n, sch->sigmas[0], sch->sigmas[sch->T - 1]);
-        else
-            ldm_sigmas_default(sig, sch, n);
+        ldm_sigmas_make(sig, (ldm_sigma_kind)kind, sch, n);
         c.sigmas = sig;
         for (int64_t k = 0; k < per; k++) { x[k] = noise[k] * sig[0]; y0[k] = x[k]; }
         s_start = sig[0];

@@ -93,7 +93,7 @@ void ldm_analytic_cache_free(ldm_analytic_cache *c);
 
 // Runs `info` for n steps on `a` (eps prediction, no guidance) with one
 // sample of `per` elements started from noise [per]: k-diffusion samplers on
-// the sigma schedule `kind` (0 default, 1 Karras, 2 exponential) of a->sched,
+// the sigma schedule `kind` (an ldm_sigma_kind) of a->sched,
 // DDPM/DDIM/PLMS on "trailing" timesteps with abar = 1 after the last step
 // (so every sampler ends at sigma = 0). eta < 0: the sampler's default;
 // `seed` seeds the run's noise draws. cache: NULL, or the exact end points

@@ -211,6 +211,40 @@ void ldm_sigmas_exponential(float *out, int n, double sigma_min, double sigma_ma
     out[n] = 0;
 }
 
+void ldm_sigmas_sgm_uniform(float *out, const ldm_schedule *s, int n) {
+    for (int i = 0; i < n; i++)  // torch.linspace(T-1, 0, n+1)[:-1] in float32
+        out[i] = ldm_t_to_sigma(s, linspace_f32((float)(s->T - 1), 0.0f, n + 1, i));
+    out[n] = 0;
+}
+
+void ldm_sigmas_simple(float *out, const ldm_schedule *s, int n) {
+    double ss = (double)s->T / n;  // len(sigmas) / steps
+    for (int i = 0; i < n; i++) out[i] = s->sigmas[s->T - 1 - (int)(i * ss)];
+    out[n] = 0;
+}
+
+void ldm_sigmas_kl_optimal(float *out, int n, double sigma_min, double sigma_max) {
+    // float32 as the reference: arange(n) / (n-1), then the tan of the blend
+    float amin = atanf((float)sigma_min), amax = atanf((float)sigma_max);
+    for (int i = 0; i < n; i++) {
+        float u = n > 1 ? (float)i / (float)(n - 1) : 0.0f;
+        out[i] = tanf(u * amin + (1 - u) * amax);
+    }
+    out[n] = 0;
+}
+
+void ldm_sigmas_ays(float *out, int n) {
+    static const double ays[10] = {14.615, 6.475, 3.861, 2.697, 1.886,
+                                   1.396,  0.963, 0.652, 0.399, 0.152};
+    for (int i = 0; i < n; i++) {   // np.interp of log sigma at x = i/(n-1) over 10 nodes
+        double x = n > 1 ? (double)i / (n - 1) * 9 : 0;
+        int j = (int)x < 9 ? (int)x : 8;
+        double w = x - j;
+        out[i] = (float)exp((1 - w) * log(ays[j]) + w * log(ays[j + 1]));
+    }
+    out[n] = 0;
+}
+
 // ---------------------------------------------------------------------------
 // forward process and parametrisations
 

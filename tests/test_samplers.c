@@ -516,6 +516,53 @@ static void test_ddim_eta1_is_ddpm(void) {
     free(x[0]); free(x[1]); free(noise);
 }
 
+// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays) against
+// tools/reference/fixtures_samplers_schedules.py. Tolerance 1e-6 relative to
+// sigma_max, as the Karras / exponential schedules above: the same float32
+// formulas, libm's tanf/atanf/expf vs torch's differing by an ulp or so.
+static void test_sigmas_extra(void) {
+    FILE *f = fopen(FIX "sigmas_extra.txt", "r");
+    if (!test_check(f != NULL, "sigmas_extra.txt", "missing (run `make fixtures`)")) return;
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        char kind[32];
+        int n, off = 0;
+        if (line[0] == '#' || sscanf(line, "%31s %d%n", kind, &n, &off) != 2 || n < 1 || n > 100)
+            continue;
+        float exp[101], got[101];
+        char *p = line + off;
+        for (int i = 0; i <= n; i++) {
+            int used = 0;
+            sscanf(p, "%f%n", &exp[i], &used);
+            p += used;
+        }
+        ldm_sigma_kind k;
+        char name[64];
+        snprintf(name, sizeof name, "sigmas %s, %d steps", kind, n);
+        if (!test_check(ldm_sigma_kind_parse(&k, kind) == LDM_OK, name, "%s", ldm_last_error()))
+            continue;
+        ldm_sigmas_make(got, k, &s, n);
+        test_close(name, got, exp, n + 1, 1e-6, 0);
+    }
+    fclose(f);
+    // the names users type select them, as " Karras" does
+    static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
+        {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
+        {"DPM++ 2M KL Optimal", LDM_SIGMAS_KL_OPTIMAL}, {"Euler AYS", LDM_SIGMAS_AYS},
+        {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const ldm_sampler_info *info;
+        ldm_sigma_kind k = LDM_SIGMAS_KARRAS;
+        char name[96];
+        snprintf(name, sizeof name, "parse \"%s\"", names[i].name);
+        test_check(ldm_sampler_parse(&info, &k, names[i].name) == LDM_OK && k == names[i].kind,
+                   name, "kind %d, %s", (int)k, ldm_last_error());
+    }
+}
+
 int main(void) {
     printf("-- rng\n");
     test_rng_cpu();
@@ -523,6 +570,7 @@ int main(void) {
     printf("-- schedule\n");
     test_schedule();
     test_spacings();
+    test_sigmas_extra();
     test_forward();
     printf("-- samplers\n");
     test_sampler_cases();
