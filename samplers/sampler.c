@@ -145,6 +145,8 @@ const ldm_sampler_info ldm_samplers[] = {
     {"dpmpp_2m", "DPM++ 2M", ldm_sample_dpmpp_2m, 1, 0.0f},
     {"dpmpp_sde", "DPM++ SDE", ldm_sample_dpmpp_sde, 1, 1.0f},
     {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
+    {"dpmpp_3m_sde", "DPM++ 3M SDE", ldm_sample_dpmpp_3m_sde, 1, 1.0f},
+    {"dpmpp_3m", "DPM++ 3M", ldm_sample_dpmpp_3m_sde, 1, 0.0f},
 };
 const int ldm_sampler_count = (int)(sizeof ldm_samplers / sizeof ldm_samplers[0]);
 

@@ -117,6 +117,7 @@ int ldm_sample_dpmpp_2s_a(float *x, ldm_sampler_ctx *c);   // samplers/dpmpp_2s_
 int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.c
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
+int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
 
 // ---------------------------------------------------------------------------
 // Helpers the sampler files share (samplers/sampler.c)

@@ -330,9 +330,13 @@ static void record(void *vctx, int i, const float *x, const float *denoised) {
 // sigma_max * |noise| ~ 50 at the start, so 1e-5 relative is ~5e-4 there.
 #define TRAJ_RTOL 1e-5
 
-static void test_sampler_cases(void) {
-    FILE *f = fopen(FIX "sampler_cases.txt", "r");
-    if (!test_check(f != NULL, "sampler_cases.txt", "missing")) return;
+// manifest: sampler_cases.txt (fixtures_samplers.py) or sampler_cases_3m.txt
+// (fixtures_samplers_3m.py), one run per line.
+static void test_sampler_cases(const char *manifest) {
+    char mpath[256];
+    snprintf(mpath, sizeof mpath, FIX "%s", manifest);
+    FILE *f = fopen(mpath, "r");
+    if (!test_check(f != NULL, manifest, "missing")) return;
     int64_t nn;
     float *noise = load("x_T.npy", &nn);
     if (!noise) { fclose(f); return; }
@@ -573,7 +577,8 @@ int main(void) {
     test_sigmas_extra();
     test_forward();
     printf("-- samplers\n");
-    test_sampler_cases();
+    test_sampler_cases("sampler_cases.txt");
+    test_sampler_cases("sampler_cases_3m.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
     return test_summary();
