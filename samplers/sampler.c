@@ -179,6 +179,7 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
     else if (ends_with(s, "_simple")) *sigmas = LDM_SIGMAS_SIMPLE;
     else if (ends_with(s, "_kl_optimal")) *sigmas = LDM_SIGMAS_KL_OPTIMAL;
     else if (ends_with(s, "_align_your_steps") || ends_with(s, "_ays")) *sigmas = LDM_SIGMAS_AYS;
+    else if (ends_with(s, "_beta")) *sigmas = LDM_SIGMAS_BETA;
     else if (ends_with(s, "_normal")) *sigmas = LDM_SIGMAS_DEFAULT;
     const char *key = s;
     if (!strncmp(key, "k_", 2)) key += 2;  // "k_euler_a", "k_lms" (older CLI names)
@@ -206,7 +207,7 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
     }
     return ldm_error("unknown sampler \"%s\": expected one of %s (optionally with a sigma "
                      "schedule suffix: \" Karras\", \" Exponential\", \" SGM Uniform\", \" Simple\", "
-                     "\" KL Optimal\", \" AYS\")", name ? name : "(null)", list);
+                     "\" KL Optimal\", \" AYS\", \" Beta\")", name ? name : "(null)", list);
 }
 
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name) {
@@ -215,14 +216,14 @@ int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name) {
         {"karras", LDM_SIGMAS_KARRAS}, {"exponential", LDM_SIGMAS_EXPONENTIAL},
         {"sgm_uniform", LDM_SIGMAS_SGM_UNIFORM}, {"simple", LDM_SIGMAS_SIMPLE},
         {"kl_optimal", LDM_SIGMAS_KL_OPTIMAL}, {"ays", LDM_SIGMAS_AYS},
-        {"align_your_steps", LDM_SIGMAS_AYS},
+        {"align_your_steps", LDM_SIGMAS_AYS}, {"beta", LDM_SIGMAS_BETA},
     };
     char s[64];
     normalise_name(s, sizeof s, name ? name : "");
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) { *kind = names[i].kind; return LDM_OK; }
     return ldm_error("sigma schedule \"%s\": expected default, normal, karras, exponential, "
-                     "sgm_uniform, simple, kl_optimal or ays", name ? name : "(null)");
+                     "sgm_uniform, simple, kl_optimal, ays or beta", name ? name : "(null)");
 }
 
 void ldm_sigmas_make(float *sig, ldm_sigma_kind kind, const ldm_schedule *sch, int n) {
@@ -234,6 +235,7 @@ void ldm_sigmas_make(float *sig, ldm_sigma_kind kind, const ldm_schedule *sch, i
     case LDM_SIGMAS_SIMPLE: ldm_sigmas_simple(sig, sch, n); break;
     case LDM_SIGMAS_KL_OPTIMAL: ldm_sigmas_kl_optimal(sig, n, smin, smax); break;
     case LDM_SIGMAS_AYS: ldm_sigmas_ays(sig, n); break;
+    case LDM_SIGMAS_BETA: ldm_sigmas_beta(sig, n, smin, smax, 0.6, 0.6); break;
     default: ldm_sigmas_default(sig, sch, n); break;
     }
 }

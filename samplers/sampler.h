@@ -149,12 +149,13 @@ typedef enum {
     LDM_SIGMAS_SIMPLE = 4,       // training sigmas at trailing timesteps
     LDM_SIGMAS_KL_OPTIMAL = 5,   // even in atan(sigma)
     LDM_SIGMAS_AYS = 6,          // Align Your Steps SD 1.5, log-linear to n
+    LDM_SIGMAS_BETA = 7,         // Beta(0.6, 0.6) quantiles between sigma_max and sigma_min
 } ldm_sigma_kind;
 
 // sigmas [n+1] <- the schedule `kind` for n steps on s (last 0).
 void ldm_sigmas_make(float *sigmas, ldm_sigma_kind kind, const ldm_schedule *s, int n);
 // "karras", "exponential", "default" / "normal", "sgm_uniform", "simple",
-// "kl_optimal", "ays" / "align_your_steps" (case-insensitive). 0 / LDM_ERR.
+// "kl_optimal", "ays" / "align_your_steps", "beta" (case-insensitive). 0 / LDM_ERR.
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name);
 
 typedef struct ldm_sampler_info {
@@ -172,7 +173,7 @@ extern const int ldm_sampler_count;
 // "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
 // Case-insensitive; spaces, '-' and '_' are equivalent. A suffix selects the
 // sigma schedule: " Karras", " Exponential", " SGM Uniform", " Simple",
-// " KL Optimal", " AYS" / " Align Your Steps", " Normal". 0 / LDM_ERR (lists names).
+// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " Normal". 0 / LDM_ERR (lists names).
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------

@@ -100,6 +100,11 @@ void ldm_sigmas_kl_optimal(float *out, int n, double sigma_min, double sigma_max
 // of its 10 nonzero sigmas at n evenly spaced positions (ComfyUI's
 // loglinear_interp), then 0. n = 10 is the published list.
 void ldm_sigmas_ays(float *out, int n);
+// "beta" (Lee et al. 2024, "Beta Sampling is All You Need"; diffusers
+// use_beta_sigmas): smin + ppf(1 - i/(n-1)) (smax - smin), ppf the inverse
+// CDF of the Beta(alpha, beta) distribution (diffusers: alpha = beta = 0.6).
+void ldm_sigmas_beta(float *out, int n, double sigma_min, double sigma_max, double alpha,
+                     double beta);
 
 // ---- the forward process and the parametrisations
 // x_t [B,per] = sqrt(abar_t[b]) x0 + sqrt(1 - abar_t[b]) noise        (DDPM eq. 4)

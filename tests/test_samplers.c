@@ -520,15 +520,17 @@ static void test_ddim_eta1_is_ddpm(void) {
     free(x[0]); free(x[1]); free(noise);
 }
 
-// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays) against
-// tools/reference/fixtures_samplers_schedules.py. Tolerance 1e-6 relative to
+// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta) against
+// tools/reference/fixtures_samplers_schedules.py (beta: on diffusers' float32
+// schedule, as its fixture comes from diffusers' EulerDiscreteScheduler). Tolerance 1e-6 relative to
 // sigma_max, as the Karras / exponential schedules above: the same float32
 // formulas, libm's tanf/atanf/expf vs torch's differing by an ulp or so.
 static void test_sigmas_extra(void) {
     FILE *f = fopen(FIX "sigmas_extra.txt", "r");
     if (!test_check(f != NULL, "sigmas_extra.txt", "missing (run `make fixtures`)")) return;
-    ldm_schedule s;
+    ldm_schedule s, sd;
     ldm_schedule_init_sd(&s);
+    ldm_schedule_init(&sd, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
     char line[4096];
     while (fgets(line, sizeof line, f)) {
         char kind[32];
@@ -547,7 +549,7 @@ static void test_sigmas_extra(void) {
         snprintf(name, sizeof name, "sigmas %s, %d steps", kind, n);
         if (!test_check(ldm_sigma_kind_parse(&k, kind) == LDM_OK, name, "%s", ldm_last_error()))
             continue;
-        ldm_sigmas_make(got, k, &s, n);
+        ldm_sigmas_make(got, k, k == LDM_SIGMAS_BETA ? &sd : &s, n);
         test_close(name, got, exp, n + 1, 1e-6, 0);
     }
     fclose(f);
@@ -556,6 +558,7 @@ static void test_sigmas_extra(void) {
         {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
         {"DPM++ 2M KL Optimal", LDM_SIGMAS_KL_OPTIMAL}, {"Euler AYS", LDM_SIGMAS_AYS},
         {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
+        {"DPM++ 2M Beta", LDM_SIGMAS_BETA},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const ldm_sampler_info *info;

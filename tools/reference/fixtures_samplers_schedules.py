@@ -12,6 +12,10 @@ References:
     torch.linspace(999, 0, n+1)[:-1], and sigmas[-(1 + int(i * 1000/n))].
   - kl_optimal: tan(u atan(sigma_min) + (1-u) atan(sigma_max)), u = arange(n)/(n-1),
     in torch float32.
+  - beta: diffusers EulerDiscreteScheduler(use_beta_sigmas=True) with the SD
+    betas in diffusers' own float32 precision and timestep_spacing "linspace"
+    (so that its sigma_min / sigma_max are the training ones); the C test
+    builds that schedule with LDM_SCHED_DIFFUSERS.
 diffusers has no sgm_uniform / simple / kl_optimal; these are written here
 from the formulas, not copied from any tool.
 
@@ -23,6 +27,7 @@ import os
 import numpy as np
 import torch
 
+from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import AysSchedules
 import k_diffusion as K
 
@@ -68,10 +73,17 @@ def ays(n):
     return torch.tensor(list(s) + [0.0])
 
 
+def beta(n):
+    sch = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                 use_beta_sigmas=True, timestep_spacing="linspace")
+    sch.set_timesteps(n)
+    return sch.sigmas
+
+
 with open(os.path.join(OUT, "sigmas_extra.txt"), "w") as f:
     f.write("# kind n sigma_0 .. sigma_n (tools/reference/fixtures_samplers_schedules.py)\n")
     for kind, fn in [("sgm_uniform", sgm_uniform), ("simple", simple), ("kl_optimal", kl_optimal),
-                     ("ays", ays)]:
+                     ("ays", ays), ("beta", beta)]:
         for n in (4, 10, 20, 25, 50):
             s = fn(n).to(torch.float32).numpy()
             f.write(f"{kind} {n} " + " ".join(f"{v:.9g}" for v in s) + "\n")
