@@ -21,8 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-DETERMINISTIC = ["ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m"]
-STOCHASTIC = ["ddpm", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde"]
+DETERMINISTIC = ["ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "dpmpp_3m"]
+STOCHASTIC = ["ddpm", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 data_var = float(rows[0]["var"])
