@@ -187,6 +187,10 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         {"euler_ancestral", "euler_a"}, {"dpm_2", "dpm2"}, {"dpm_2_a", "dpm2_a"},
         {"dpm_2_ancestral", "dpm2_a"}, {"dpm2_ancestral", "dpm2_a"},
         {"dpmpp_2s_ancestral", "dpmpp_2s_a"}, {"pndm", "plms"},
+        // ComfyUI's *_gpu variants draw their Brownian-tree noise on the GPU;
+        // we use plain per-step draws for all of them (dpmpp_sde.c)
+        {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
+        {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (!strcmp(key, aliases[i].alias)) key = aliases[i].name;

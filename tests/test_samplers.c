@@ -559,6 +559,7 @@ static void test_sigmas_extra(void) {
         {"DPM++ 2M KL Optimal", LDM_SIGMAS_KL_OPTIMAL}, {"Euler AYS", LDM_SIGMAS_AYS},
         {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
         {"DPM++ 2M Beta", LDM_SIGMAS_BETA},
+        {"DPM++ 3M SDE Karras", LDM_SIGMAS_KARRAS}, {"dpmpp_3m_sde_gpu_exponential", LDM_SIGMAS_EXPONENTIAL},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const ldm_sampler_info *info;
