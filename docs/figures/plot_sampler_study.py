@@ -9,7 +9,8 @@ steps 3..1000) and writes docs/figures/sampler-study.png, three panels:
   2. the same on the default (k-diffusion get_sigmas, linear in t) sigmas;
   3. ancestral / SDE samplers (Karras): their distance to the ODE end point
      (it does not shrink: they sample, they do not solve the ODE) and the
-     relative error of their samples' variance, which does.
+     relative error of their samples' variance, which does;
+  4. DPM++ 2M on every sigma schedule (Euler's rows are in the table too).
 Also prints the markdown table of docs/06 (final error at 10, 20, 50 steps).
 Usage: plot_sampler_study.py TABLE.tsv OUT.png
 """
@@ -36,7 +37,7 @@ def series(name, sched):
     return runs[(name, "trailing" if name in ("ddim", "plms", "ddpm") else sched)]
 
 
-fig, ax = plt.subplots(1, 3, figsize=(17, 5))
+fig, ax = plt.subplots(1, 4, figsize=(22, 5))
 for k, sched in enumerate(["karras", "default"]):
     for name in DETERMINISTIC:
         s = series(name, sched)
@@ -53,13 +54,23 @@ for name in STOCHASTIC:
 ax[2].set(title="ancestral / SDE (Karras; DDPM: trailing)", xlabel="model evaluations (NFE)")
 ax[2].grid(True, which="both", alpha=0.3)
 ax[2].legend(fontsize=7, ncol=2)
+for sched in ["default", "karras", "exponential", "sgm_uniform", "simple", "kl_optimal", "ays", "beta"]:
+    s = runs[("dpmpp_2m", sched)]
+    ax[3].loglog([v[1] for v in s], [v[3] for v in s], "o-", ms=3, label=sched)
+ax[3].set(title="DPM++ 2M on every sigma schedule", xlabel="model evaluations (NFE)",
+          ylabel="RMS distance to the exact ODE end point")
+ax[3].grid(True, which="both", alpha=0.3)
+ax[3].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=90)
 
 print("| sampler | schedule | NFE at 10 / 20 / 50 steps | error at 10 | at 20 | at 50 | at 1000 |")
 print("|---|---|---|---|---|---|---|")
 for name in DETERMINISTIC + STOCHASTIC:
-    for sched in (["trailing"] if name in ("ddim", "plms", "ddpm") else ["karras", "default"]):
+    scheds = ["karras", "default"]
+    if name == "dpmpp_2m":
+        scheds += ["exponential", "sgm_uniform", "simple", "kl_optimal", "ays", "beta"]
+    for sched in (["trailing"] if name in ("ddim", "plms", "ddpm") else scheds):
         s = {v[0]: v for v in runs[(name, sched)]}
         print(f"| {name} | {sched} | {s[10][1]} / {s[20][1]} / {s[50][1]} | "
               + " | ".join(f"{s[n][3]:.1e}" for n in (10, 20, 50, 1000)) + " |")

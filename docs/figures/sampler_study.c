@@ -2,7 +2,8 @@
  * docs/figures/sampler_study.c -- the convergence lab of docs/06-samplers.md:
  * every sampler on the analytic model (samplers/analytic.h: data a mixture
  * of two Gaussians per element, exact optimal denoiser, exact ODE), for a
- * range of step counts and each sigma schedule; prints one tab-separated row
+ * range of step counts and the default / Karras / exponential sigmas (Euler
+ * and DPM++ 2M: every sigma schedule); prints one tab-separated row
  * per run: sampler, schedule, steps, model evaluations (NFE), RMS error at
  * the last noise level > 0 (the ODE solve), RMS error of the final sample
  * against the exact ODE end point, and the final sample's mean and variance.
@@ -38,14 +39,18 @@ int main(int argc, char **argv) {
     ldm_rng_init(&rng, LDM_RNG_CPU, 0);
     ldm_rng_randn(&rng, noise, per);
     static const int steps[] = {3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 500, 1000};
-    static const char *kinds[] = {"default", "karras", "exponential"};
+    // ldm_sigma_kind order; every sampler runs on the first three, Euler and
+    // DPM++ 2M on all (the schedule comparison of the lab)
+    static const char *kinds[] = {"default", "karras", "exponential", "sgm_uniform",
+                                  "simple", "kl_optimal", "ays", "beta"};
     fprintf(out, "sampler\tschedule\tsteps\tnfe\terr_last\terr_final\tmean\tvar\n");
     double mean, var;
     ldm_analytic_moments(&a, &mean, &var);
     fprintf(out, "data\t-\t0\t0\t0\t0\t%.6g\t%.6g\n", mean, var);
     for (int s = 0; s < ldm_sampler_count; s++) {
         const ldm_sampler_info *info = &ldm_samplers[s];
-        for (int k = 0; k < (info->uses_sigmas ? 3 : 1); k++) {
+        int all = !strcmp(info->name, "euler") || !strcmp(info->name, "dpmpp_2m");
+        for (int k = 0; k < (info->uses_sigmas ? (all ? 8 : 3) : 1); k++) {
             ldm_analytic_cache cache = {0};
             for (size_t j = 0; j < sizeof steps / sizeof steps[0]; j++) {
                 ldm_analytic_run r = {0};
