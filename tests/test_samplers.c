@@ -553,6 +553,22 @@ static void test_sigmas_extra(void) {
         test_close(name, got, exp, n + 1, 1e-6, 0);
     }
     fclose(f);
+    // every schedule at n = 1..100 and every 45th up to 1000: positive, finite,
+    // non-increasing (1e-6 slack for float rounding), and the final 0
+    for (int k = 0; k <= LDM_SIGMAS_BETA; k++) {
+        int bad = 0, bad_n = 0;
+        static float sig[1001];
+        for (int n2 = 1; n2 <= 1000; n2 += n2 < 100 ? 1 : 45) {
+            ldm_sigmas_make(sig, (ldm_sigma_kind)k, &s, n2);
+            int ok = sig[n2] == 0;
+            for (int i = 0; i < n2; i++)
+                ok &= sig[i] > 0 && isfinite(sig[i]) && (i == 0 || sig[i] <= sig[i - 1] + 1e-6f);
+            if (!ok && !bad++) bad_n = n2;
+        }
+        char name[80];
+        snprintf(name, sizeof name, "sigma schedule %d: descending, > 0, final 0 for n = 1..1000", k);
+        test_check(bad == 0, name, "%d step counts fail, the first n = %d", bad, bad_n);
+    }
     // the names users type select them, as " Karras" does
     static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
         {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
