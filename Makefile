@@ -260,6 +260,16 @@ docs-links:
 docs-figures: $(BUILD)/libldm.so $(NB_PY)
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_sampling.py
+# `make sampler-study`: the convergence lab of docs/06-samplers.md: every sampler
+# on the analytic model (samplers/analytic.h) at 3..1000 steps against the exact
+# ODE solution (docs/figures/sampler_study.c -> docs/figures/sampler-study.tsv),
+# drawn into docs/figures/sampler-study.png. About half a minute of CPU.
+.PHONY: sampler-study
+$(BUILD)/sampler_study: docs/figures/sampler_study.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
+sampler-study: $(BUILD)/sampler_study $(NB_PY)
+	$(BUILD)/sampler_study docs/figures/sampler-study.tsv
+	$(NB_PY) docs/figures/plot_sampler_study.py docs/figures/sampler-study.tsv docs/figures/sampler-study.png
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)
@@ -309,6 +319,7 @@ help:
 	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
+	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"

@@ -145,6 +145,8 @@ const ldm_sampler_info ldm_samplers[] = {
     {"dpmpp_2m", "DPM++ 2M", ldm_sample_dpmpp_2m, 1, 0.0f},
     {"dpmpp_sde", "DPM++ SDE", ldm_sample_dpmpp_sde, 1, 1.0f},
     {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
+    {"dpmpp_3m_sde", "DPM++ 3M SDE", ldm_sample_dpmpp_3m_sde, 1, 1.0f},
+    {"dpmpp_3m", "DPM++ 3M", ldm_sample_dpmpp_3m_sde, 1, 0.0f},
 };
 const int ldm_sampler_count = (int)(sizeof ldm_samplers / sizeof ldm_samplers[0]);
 
@@ -173,20 +175,31 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
     *sigmas = LDM_SIGMAS_DEFAULT;
     if (ends_with(s, "_karras")) *sigmas = LDM_SIGMAS_KARRAS;
     else if (ends_with(s, "_exponential")) *sigmas = LDM_SIGMAS_EXPONENTIAL;
+    else if (ends_with(s, "_sgm_uniform")) *sigmas = LDM_SIGMAS_SGM_UNIFORM;
+    else if (ends_with(s, "_simple")) *sigmas = LDM_SIGMAS_SIMPLE;
+    else if (ends_with(s, "_kl_optimal")) *sigmas = LDM_SIGMAS_KL_OPTIMAL;
+    else if (ends_with(s, "_align_your_steps") || ends_with(s, "_ays")) *sigmas = LDM_SIGMAS_AYS;
+    else if (ends_with(s, "_beta")) *sigmas = LDM_SIGMAS_BETA;
+    else if (ends_with(s, "_normal")) *sigmas = LDM_SIGMAS_DEFAULT;
     const char *key = s;
     if (!strncmp(key, "k_", 2)) key += 2;  // "k_euler_a", "k_lms" (older CLI names)
     static const struct { const char *alias, *name; } aliases[] = {
         {"euler_ancestral", "euler_a"}, {"dpm_2", "dpm2"}, {"dpm_2_a", "dpm2_a"},
         {"dpm_2_ancestral", "dpm2_a"}, {"dpm2_ancestral", "dpm2_a"},
         {"dpmpp_2s_ancestral", "dpmpp_2s_a"}, {"pndm", "plms"},
+        // ComfyUI's *_gpu variants draw their Brownian-tree noise on the GPU;
+        // we use plain per-step draws for all of them (dpmpp_sde.c)
+        {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
+        {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (!strcmp(key, aliases[i].alias)) key = aliases[i].name;
     for (int i = 0; i < ldm_sampler_count; i++) {
         if (strcmp(key, ldm_samplers[i].name) != 0) continue;
         if (*sigmas != LDM_SIGMAS_DEFAULT && !ldm_samplers[i].uses_sigmas)
-            return ldm_error("sampler \"%s\": Karras / exponential schedules apply only to the "
-                             "k-diffusion samplers (euler, heun, dpmpp_2m, ...), not to %s",
+            return ldm_error("sampler \"%s\": sigma schedules (Karras, exponential, AYS, ...) "
+                             "apply only to the k-diffusion samplers (euler, heun, dpmpp_2m, ...), "
+                             "not to %s",
                              name, ldm_samplers[i].label);
         *info = &ldm_samplers[i];
         return LDM_OK;
@@ -196,8 +209,39 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         strncat(list, ldm_samplers[i].name, sizeof list - strlen(list) - 1);
         strncat(list, i + 1 < ldm_sampler_count ? ", " : "", sizeof list - strlen(list) - 1);
     }
-    return ldm_error("unknown sampler \"%s\": expected one of %s (optionally with a \" Karras\" "
-                     "or \" Exponential\" suffix)", name ? name : "(null)", list);
+    return ldm_error("unknown sampler \"%s\": expected one of %s (optionally with a sigma "
+                     "schedule suffix: \" Karras\", \" Exponential\", \" SGM Uniform\", \" Simple\", "
+                     "\" KL Optimal\", \" AYS\", \" Beta\")", name ? name : "(null)", list);
+}
+
+int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name) {
+    static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
+        {"default", LDM_SIGMAS_DEFAULT}, {"normal", LDM_SIGMAS_DEFAULT},
+        {"karras", LDM_SIGMAS_KARRAS}, {"exponential", LDM_SIGMAS_EXPONENTIAL},
+        {"sgm_uniform", LDM_SIGMAS_SGM_UNIFORM}, {"simple", LDM_SIGMAS_SIMPLE},
+        {"kl_optimal", LDM_SIGMAS_KL_OPTIMAL}, {"ays", LDM_SIGMAS_AYS},
+        {"align_your_steps", LDM_SIGMAS_AYS}, {"beta", LDM_SIGMAS_BETA},
+    };
+    char s[64];
+    normalise_name(s, sizeof s, name ? name : "");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) { *kind = names[i].kind; return LDM_OK; }
+    return ldm_error("sigma schedule \"%s\": expected default, normal, karras, exponential, "
+                     "sgm_uniform, simple, kl_optimal, ays or beta", name ? name : "(null)");
+}
+
+void ldm_sigmas_make(float *sig, ldm_sigma_kind kind, const ldm_schedule *sch, int n) {
+    double smin = sch->sigmas[0], smax = sch->sigmas[sch->T - 1];
+    switch (kind) {
+    case LDM_SIGMAS_KARRAS: ldm_sigmas_karras(sig, n, smin, smax, 7.0); break;
+    case LDM_SIGMAS_EXPONENTIAL: ldm_sigmas_exponential(sig, n, smin, smax); break;
+    case LDM_SIGMAS_SGM_UNIFORM: ldm_sigmas_sgm_uniform(sig, sch, n); break;
+    case LDM_SIGMAS_SIMPLE: ldm_sigmas_simple(sig, sch, n); break;
+    case LDM_SIGMAS_KL_OPTIMAL: ldm_sigmas_kl_optimal(sig, n, smin, smax); break;
+    case LDM_SIGMAS_AYS: ldm_sigmas_ays(sig, n); break;
+    case LDM_SIGMAS_BETA: ldm_sigmas_beta(sig, n, smin, smax, 0.6, 0.6); break;
+    default: ldm_sigmas_default(sig, sch, n); break;
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -250,12 +294,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
     if (info->uses_sigmas) {   // k-diffusion: sigmas [count+1], descending, last 0
         sig = malloc((size_t)(count + 1) * sizeof(float));
         if (!sig) return ldm_error("sampler: out of memory");
-        if (s->sigma_kind == LDM_SIGMAS_KARRAS)
-            ldm_sigmas_karras(sig, count, sch->sigmas[0], sch->sigmas[sch->T - 1], 7.0);
-        else if (s->sigma_kind == LDM_SIGMAS_EXPONENTIAL)
-            ldm_sigmas_exponential(sig, count, sch->sigmas[0], sch->sigmas[sch->T - 1]);
-        else
-            ldm_sigmas_default(sig, sch, count);
+        ldm_sigmas_make(sig, s->sigma_kind, sch, count);
         c.sigmas = sig + start;
         for (int64_t i = 0; i < n; i++)   // x = x0 + sigma n (txt2img: x0 = 0)
             x[i] = (init ? init[i] : 0.0f) + noise[i] * sig[start];

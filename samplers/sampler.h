@@ -117,6 +117,7 @@ int ldm_sample_dpmpp_2s_a(float *x, ldm_sampler_ctx *c);   // samplers/dpmpp_2s_
 int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.c
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
+int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
 
 // ---------------------------------------------------------------------------
 // Helpers the sampler files share (samplers/sampler.c)
@@ -138,7 +139,24 @@ void ldm_ancestral_step(double *sigma_down, double *sigma_up, double from, doubl
 // ---------------------------------------------------------------------------
 // The table: names as users know them
 
-typedef enum { LDM_SIGMAS_DEFAULT = 0, LDM_SIGMAS_KARRAS = 1, LDM_SIGMAS_EXPONENTIAL = 2 } ldm_sigma_kind;
+// The sigma schedules of the k-diffusion family (samplers/schedule.h has each
+// formula); docs/06-samplers.md says which tool each follows.
+typedef enum {
+    LDM_SIGMAS_DEFAULT = 0,      // k-diffusion get_sigmas: linspace(T-1, 0, n) in t ("normal")
+    LDM_SIGMAS_KARRAS = 1,       // Karras et al. 2022 eq. 5, rho 7
+    LDM_SIGMAS_EXPONENTIAL = 2,  // even in log sigma
+    LDM_SIGMAS_SGM_UNIFORM = 3,  // linspace(T-1, 0, n+1)[:-1] in t
+    LDM_SIGMAS_SIMPLE = 4,       // training sigmas at trailing timesteps
+    LDM_SIGMAS_KL_OPTIMAL = 5,   // even in atan(sigma)
+    LDM_SIGMAS_AYS = 6,          // Align Your Steps SD 1.5, log-linear to n
+    LDM_SIGMAS_BETA = 7,         // Beta(0.6, 0.6) quantiles between sigma_max and sigma_min
+} ldm_sigma_kind;
+
+// sigmas [n+1] <- the schedule `kind` for n steps on s (last 0).
+void ldm_sigmas_make(float *sigmas, ldm_sigma_kind kind, const ldm_schedule *s, int n);
+// "karras", "exponential", "default" / "normal", "sgm_uniform", "simple",
+// "kl_optimal", "ays" / "align_your_steps", "beta" (case-insensitive). 0 / LDM_ERR.
+int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name);
 
 typedef struct ldm_sampler_info {
     const char *name;      // "euler_a"
@@ -153,8 +171,9 @@ extern const int ldm_sampler_count;
 
 // Parse a user's sampler name: "euler_a", "Euler a", "k_euler_ancestral",
 // "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
-// Case-insensitive; spaces, '-' and '_' are equivalent. A " Karras" /
-// " Exponential" suffix selects the sigma schedule. 0 / LDM_ERR (lists names).
+// Case-insensitive; spaces, '-' and '_' are equivalent. A suffix selects the
+// sigma schedule: " Karras", " Exponential", " SGM Uniform", " Simple",
+// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " Normal". 0 / LDM_ERR (lists names).
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------

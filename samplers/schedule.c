@@ -211,6 +211,89 @@ void ldm_sigmas_exponential(float *out, int n, double sigma_min, double sigma_ma
     out[n] = 0;
 }
 
+void ldm_sigmas_sgm_uniform(float *out, const ldm_schedule *s, int n) {
+    for (int i = 0; i < n; i++)  // torch.linspace(T-1, 0, n+1)[:-1] in float32
+        out[i] = ldm_t_to_sigma(s, linspace_f32((float)(s->T - 1), 0.0f, n + 1, i));
+    out[n] = 0;
+}
+
+void ldm_sigmas_simple(float *out, const ldm_schedule *s, int n) {
+    double ss = (double)s->T / n;  // len(sigmas) / steps
+    for (int i = 0; i < n; i++) out[i] = s->sigmas[s->T - 1 - (int)(i * ss)];
+    out[n] = 0;
+}
+
+void ldm_sigmas_kl_optimal(float *out, int n, double sigma_min, double sigma_max) {
+    // float32 as the reference: arange(n) / (n-1), then the tan of the blend
+    float amin = atanf((float)sigma_min), amax = atanf((float)sigma_max);
+    for (int i = 0; i < n; i++) {
+        float u = n > 1 ? (float)i / (float)(n - 1) : 0.0f;
+        out[i] = tanf(u * amin + (1 - u) * amax);
+    }
+    out[n] = 0;
+}
+
+void ldm_sigmas_ays(float *out, int n) {
+    static const double ays[10] = {14.615, 6.475, 3.861, 2.697, 1.886,
+                                   1.396,  0.963, 0.652, 0.399, 0.152};
+    for (int i = 0; i < n; i++) {   // np.interp of log sigma at x = i/(n-1) over 10 nodes
+        double x = n > 1 ? (double)i / (n - 1) * 9 : 0;
+        int j = (int)x < 9 ? (int)x : 8;
+        double w = x - j;
+        out[i] = (float)exp((1 - w) * log(ays[j]) + w * log(ays[j + 1]));
+    }
+    out[n] = 0;
+}
+
+// The regularised incomplete beta function I_x(a, b), the CDF of Beta(a, b):
+// its continued fraction (evaluated by the modified Lentz method), on the side
+// of x where it converges fast, x < (a+1)/(a+b+2), else by I_x(a,b) = 1 - I_{1-x}(b,a).
+static double beta_cdf(double x, double a, double b) {
+    if (x <= 0) return 0;
+    if (x >= 1) return 1;
+    if (x > (a + 1) / (a + b + 2)) return 1 - beta_cdf(1 - x, b, a);
+    double front = exp(lgamma(a + b) - lgamma(a) - lgamma(b) + a * log(x) + b * log1p(-x)) / a;
+    double f = 1, c = 1, d = 0;  // f = 1 / (1 + d_1 / (1 + d_2 / (1 + ...)))
+    for (int i = 0; i <= 300; i++) {
+        int m = i / 2;
+        double num;
+        if (i == 0) num = 1;
+        else if (i % 2 == 0) num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m));
+        else num = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1));
+        d = 1 + num * d;
+        if (fabs(d) < 1e-300) d = 1e-300;
+        d = 1 / d;
+        c = 1 + num / c;
+        if (fabs(c) < 1e-300) c = 1e-300;
+        double cd = c * d;
+        f *= cd;
+        if (fabs(1 - cd) < 1e-15) break;
+    }
+    return front * (f - 1);
+}
+
+// The inverse: the x with I_x(a, b) = p, by bisection (the CDF is monotone).
+static double beta_ppf(double p, double a, double b) {
+    if (p <= 0) return 0;
+    if (p >= 1) return 1;
+    double lo = 0, hi = 1;
+    for (int i = 0; i < 100; i++) {
+        double mid = (lo + hi) / 2;
+        if (beta_cdf(mid, a, b) < p) lo = mid;
+        else hi = mid;
+    }
+    return (lo + hi) / 2;
+}
+
+void ldm_sigmas_beta(float *out, int n, double sigma_min, double sigma_max, double alpha,
+                     double beta) {
+    for (int i = 0; i < n; i++) {  // in float64 as diffusers (scipy), stored float32
+        double u = 1 - (n > 1 ? (double)i / (n - 1) : 0);
+        out[i] = (float)(sigma_min + beta_ppf(u, alpha, beta) * (sigma_max - sigma_min));
+    }
+    out[n] = 0;
+}
+
 // ---------------------------------------------------------------------------
 // forward process and parametrisations
 

@@ -85,6 +85,26 @@ void ldm_sigmas_default(float *out, const ldm_schedule *s, int n);
 void ldm_sigmas_karras(float *out, int n, double sigma_min, double sigma_max, double rho);
 // exp(linspace(log smax, log smin, n)).
 void ldm_sigmas_exponential(float *out, int n, double sigma_min, double sigma_max);
+// ComfyUI "sgm_uniform": t = linspace(T-1, 0, n+1) without its last entry,
+// sigma = t_to_sigma(t) (the default schedule stops at t = 0; this one one
+// step of (T-1)/n above it).
+void ldm_sigmas_sgm_uniform(float *out, const ldm_schedule *s, int n);
+// ComfyUI "simple": the training sigmas at "trailing" timesteps,
+// sigma[T-1 - floor(i T/n)].
+void ldm_sigmas_simple(float *out, const ldm_schedule *s, int n);
+// ComfyUI "kl_optimal" (Align Your Steps, Sabour et al. 2024, eq. for the
+// KL-optimal schedule): tan((1-u) atan(smax) + u atan(smin)), u = i/(n-1).
+void ldm_sigmas_kl_optimal(float *out, int n, double sigma_min, double sigma_max);
+// "ays": Align Your Steps' 10-step list for SD 1.5 (diffusers
+// AysSchedules["StableDiffusionSigmas"]); other n by log-linear interpolation
+// of its 10 nonzero sigmas at n evenly spaced positions (ComfyUI's
+// loglinear_interp), then 0. n = 10 is the published list.
+void ldm_sigmas_ays(float *out, int n);
+// "beta" (Lee et al. 2024, "Beta Sampling is All You Need"; diffusers
+// use_beta_sigmas): smin + ppf(1 - i/(n-1)) (smax - smin), ppf the inverse
+// CDF of the Beta(alpha, beta) distribution (diffusers: alpha = beta = 0.6).
+void ldm_sigmas_beta(float *out, int n, double sigma_min, double sigma_max, double alpha,
+                     double beta);
 
 // ---- the forward process and the parametrisations
 // x_t [B,per] = sqrt(abar_t[b]) x0 + sqrt(1 - abar_t[b]) noise        (DDPM eq. 4)

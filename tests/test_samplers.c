@@ -329,9 +329,13 @@ static void record(void *vctx, int i, const float *x, const float *denoised) {
 // sigma_max * |noise| ~ 50 at the start, so 1e-5 relative is ~5e-4 there.
 #define TRAJ_RTOL 1e-5
 
-static void test_sampler_cases(void) {
-    FILE *f = fopen(FIX "sampler_cases.txt", "r");
-    if (!test_check(f != NULL, "sampler_cases.txt", "missing")) return;
+// manifest: sampler_cases.txt (fixtures_samplers.py) or sampler_cases_3m.txt
+// (fixtures_samplers_3m.py), one run per line.
+static void test_sampler_cases(const char *manifest) {
+    char mpath[256];
+    snprintf(mpath, sizeof mpath, FIX "%s", manifest);
+    FILE *f = fopen(mpath, "r");
+    if (!test_check(f != NULL, manifest, "missing")) return;
     int64_t nn;
     float *noise = load("x_T.npy", &nn);
     if (!noise) { fclose(f); return; }
@@ -515,6 +519,73 @@ static void test_ddim_eta1_is_ddpm(void) {
     free(x[0]); free(x[1]); free(noise);
 }
 
+// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta) against
+// tools/reference/fixtures_samplers_schedules.py (beta: on diffusers' float32
+// schedule, as its fixture comes from diffusers' EulerDiscreteScheduler). Tolerance 1e-6 relative to
+// sigma_max, as the Karras / exponential schedules above: the same float32
+// formulas, libm's tanf/atanf/expf vs torch's differing by an ulp or so.
+static void test_sigmas_extra(void) {
+    FILE *f = fopen(FIX "sigmas_extra.txt", "r");
+    if (!test_check(f != NULL, "sigmas_extra.txt", "missing (run `make fixtures`)")) return;
+    ldm_schedule s, sd;
+    ldm_schedule_init_sd(&s);
+    ldm_schedule_init(&sd, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        char kind[32];
+        int n, off = 0;
+        if (line[0] == '#' || sscanf(line, "%31s %d%n", kind, &n, &off) != 2 || n < 1 || n > 100)
+            continue;
+        float exp[101], got[101];
+        char *p = line + off;
+        for (int i = 0; i <= n; i++) {
+            int used = 0;
+            sscanf(p, "%f%n", &exp[i], &used);
+            p += used;
+        }
+        ldm_sigma_kind k;
+        char name[64];
+        snprintf(name, sizeof name, "sigmas %s, %d steps", kind, n);
+        if (!test_check(ldm_sigma_kind_parse(&k, kind) == LDM_OK, name, "%s", ldm_last_error()))
+            continue;
+        ldm_sigmas_make(got, k, k == LDM_SIGMAS_BETA ? &sd : &s, n);
+        test_close(name, got, exp, n + 1, 1e-6, 0);
+    }
+    fclose(f);
+    // every schedule at n = 1..100 and every 45th up to 1000: positive, finite,
+    // non-increasing (1e-6 slack for float rounding), and the final 0
+    for (int k = 0; k <= LDM_SIGMAS_BETA; k++) {
+        int bad = 0, bad_n = 0;
+        static float sig[1001];
+        for (int n2 = 1; n2 <= 1000; n2 += n2 < 100 ? 1 : 45) {
+            ldm_sigmas_make(sig, (ldm_sigma_kind)k, &s, n2);
+            int ok = sig[n2] == 0;
+            for (int i = 0; i < n2; i++)
+                ok &= sig[i] > 0 && isfinite(sig[i]) && (i == 0 || sig[i] <= sig[i - 1] + 1e-6f);
+            if (!ok && !bad++) bad_n = n2;
+        }
+        char name[80];
+        snprintf(name, sizeof name, "sigma schedule %d: descending, > 0, final 0 for n = 1..1000", k);
+        test_check(bad == 0, name, "%d step counts fail, the first n = %d", bad, bad_n);
+    }
+    // the names users type select them, as " Karras" does
+    static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
+        {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
+        {"DPM++ 2M KL Optimal", LDM_SIGMAS_KL_OPTIMAL}, {"Euler AYS", LDM_SIGMAS_AYS},
+        {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
+        {"DPM++ 2M Beta", LDM_SIGMAS_BETA},
+        {"DPM++ 3M SDE Karras", LDM_SIGMAS_KARRAS}, {"dpmpp_3m_sde_gpu_exponential", LDM_SIGMAS_EXPONENTIAL},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const ldm_sampler_info *info;
+        ldm_sigma_kind k = LDM_SIGMAS_KARRAS;
+        char name[96];
+        snprintf(name, sizeof name, "parse \"%s\"", names[i].name);
+        test_check(ldm_sampler_parse(&info, &k, names[i].name) == LDM_OK && k == names[i].kind,
+                   name, "kind %d, %s", (int)k, ldm_last_error());
+    }
+}
+
 int main(void) {
     printf("-- rng\n");
     test_rng_cpu();
@@ -522,9 +593,11 @@ int main(void) {
     printf("-- schedule\n");
     test_schedule();
     test_spacings();
+    test_sigmas_extra();
     test_forward();
     printf("-- samplers\n");
-    test_sampler_cases();
+    test_sampler_cases("sampler_cases.txt");
+    test_sampler_cases("sampler_cases_3m.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
     return test_summary();

@@ -1,0 +1,310 @@
+/*
+ * tests/test_analytic.c -- every sampler against an independent ground truth:
+ * the analytic model of samplers/analytic.h (data a Gaussian or a mixture of
+ * Gaussians per element; its optimal denoiser and probability-flow ODE are
+ * closed form). No PyTorch fixture is involved: the reference is mathematics.
+ *
+ *   1. the analytic model itself: the RK4 flow equals the closed form, and the
+ *      denoiser seen through ldm_denoiser (c_in, sigma -> t -> sigma) is D;
+ *   2. a point mass (s = 0): the ODE solution is linear in sigma, every
+ *      deterministic sampler is exact at 5 steps;
+ *   3. DDIM (eta 0) is Euler in sigma on the same noise levels (Karras et al.
+ *      2022 sec. 3 / Song et al. 2021 sec. 4.3);
+ *   4. the measured order of convergence of every deterministic sampler;
+ *   5. the ancestral / SDE samplers: the distribution of their samples;
+ *   6. model evaluations per step (the NFE table of docs/06-samplers.md).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ldm/core/error.h"
+#include "samplers/analytic.h"
+#include "samplers/rng.h"
+#include "samplers/sampler.h"
+#include "samplers/schedule.h"
+#include "tests/test.h"
+
+static ldm_schedule SCHED;
+
+// The data of the order and distribution tests (and of the lab,
+// docs/figures/sampler_study.c): two separated modes of different widths.
+static ldm_analytic mixture(void) {
+    ldm_analytic a = {.K = 2, .w = {0.3, 0.7}, .mu = {-1.0, 1.5}, .s = {0.3, 0.5},
+                      .sched = &SCHED, .prediction = LDM_PRED_EPS};
+    return a;
+}
+
+static const ldm_sampler_info *sampler(const char *name) {
+    const ldm_sampler_info *info = NULL;
+    ldm_sigma_kind k;
+    if (ldm_sampler_parse(&info, &k, name) != LDM_OK) return NULL;
+    return info;
+}
+
+static float *randn(int64_t n, uint64_t seed) {
+    float *x = malloc((size_t)n * sizeof(float));
+    ldm_rng r;
+    ldm_rng_init(&r, LDM_RNG_CPU, seed);
+    ldm_rng_randn(&r, x, n);
+    return x;
+}
+
+// ---------------------------------------------------------------------------
+// 1. the model
+
+static void test_model(void) {
+    // RK4 against the closed form: two identical components are one Gaussian,
+    // but take the integrator's path. Tolerance 1e-9: RK4 at 100 steps per unit
+    // of log sigma has a global error ~1e-11 on this smooth flow.
+    ldm_analytic two = {.K = 2, .w = {0.5, 0.5}, .mu = {0.4, 0.4}, .s = {0.6, 0.6}};
+    ldm_analytic one = {.K = 1, .w = {1}, .mu = {0.4}, .s = {0.6}};
+    double y0[5] = {-30, -3, 0.1, 2, 40}, a[5], b[5], worst = 0;
+    ldm_analytic_flow(&two, a, y0, 5, 14.6, 0.03);
+    ldm_analytic_flow(&one, b, y0, 5, 14.6, 0.03);
+    for (int i = 0; i < 5; i++) worst = fmax(worst, fabs(a[i] - b[i]));
+    test_check(worst < 1e-9, "RK4 flow equals the closed form (one Gaussian)", "max diff %.3e", worst);
+
+    // The denoiser through ldm_denoiser: c_in x -> the model -> D = x - sigma eps.
+    // Float32 inputs and sigma -> t -> sigma in float32: 1e-5 relative to |x|.
+    ldm_analytic m = mixture();
+    ldm_analytic_ctx mc = {&m, 64};
+    ldm_denoiser dn = {.fn = ldm_analytic_model, .ctx = &mc, .sched = &SCHED, .B = 1, .per = 64};
+    ldm_denoiser_init(&dn);
+    float *x = randn(64, 3), D[64], Dexp[64];
+    const float sigmas[3] = {0.05f, 1.0f, 12.0f};
+    for (int j = 0; j < 3; j++) {
+        for (int k = 0; k < 64; k++) x[k] = 1.0f + x[k] * sigmas[j];
+        ldm_denoiser_denoised(&dn, D, x, sigmas[j]);
+        for (int k = 0; k < 64; k++) Dexp[k] = (float)ldm_analytic_denoise(&m, x[k], sigmas[j]);
+        char name[80];
+        snprintf(name, sizeof name, "denoiser through ldm_denoiser, sigma %g", sigmas[j]);
+        double scale = 0;
+        for (int k = 0; k < 64; k++) scale = fmax(scale, fabs(x[k]));
+        test_close(name, D, Dexp, 64, 0, 1e-5 * scale);
+    }
+    ldm_denoiser_free(&dn);
+    free(x);
+}
+
+// ---------------------------------------------------------------------------
+// 2. a point mass: every deterministic sampler exact
+
+static const char *DETERMINISTIC[] = {"ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m",
+                                      "dpmpp_3m"};
+#define N_DET (int)(sizeof DETERMINISTIC / sizeof DETERMINISTIC[0])
+
+// Data = the single point mu (s = 0): D = mu for every input, the ODE slope
+// (y - mu)/sigma is constant along the solution y = mu + (y0 - mu) sigma/sigma0,
+// so a method exact for a constant slope (all of these) is exact at any step
+// count. Tolerance: float32 rounding of |y| ~ 40 over a few steps, 1e-5.
+static void test_point_mass(void) {
+    ldm_analytic a = {.K = 1, .w = {1}, .mu = {0.5}, .s = {0}, .sched = &SCHED};
+    const int64_t per = 256;
+    float *noise = randn(per, 0);
+    for (int i = 0; i < N_DET; i++) {
+        ldm_analytic_run r = {0};
+        int rc = ldm_analytic_sample(&r, &a, sampler(DETERMINISTIC[i]), LDM_SIGMAS_KARRAS, 5,
+                                     noise, per, -1, 1, NULL);
+        char name[96];
+        snprintf(name, sizeof name, "point mass: %s exact at 5 steps", DETERMINISTIC[i]);
+        test_check(rc == LDM_OK && r.err_last < 1e-5 && r.err_final < 1e-5, name,
+                   "rc %d, RMS error %.3e at sigma_min, %.3e at 0", rc, r.err_last, r.err_final);
+    }
+    free(noise);
+}
+
+// ---------------------------------------------------------------------------
+// 3. DDIM is Euler in sigma
+
+// DDIM (eq. 12, eta 0) in y = x/sqrt(abar), sigma = sqrt((1-abar)/abar):
+//   y_prev = x0_hat + sigma_prev eps = y + (sigma_prev - sigma) eps,
+// and eps = (y - D)/sigma is Euler's slope: the same step. Both runs here go
+// through the same noise levels (DDIM's 20 trailing timesteps, then 0);
+// they differ by float rounding and sigma -> t -> sigma (1e-5 relative).
+static void test_ddim_is_euler(void) {
+    ldm_analytic a = mixture();
+    const int64_t per = 256;
+    const int n = 20;
+    float *noise = randn(per, 0), *x[2];
+    int ts[20];
+    float sig[21];
+    ldm_timesteps(ts, &SCHED, LDM_SPACING_TRAILING, n, 0);
+    for (int i = 0; i < n; i++) sig[i] = (float)ldm_analytic_sigma_of_t(&SCHED, ts[i]);
+    sig[n] = 0;
+    for (int k = 0; k < 2; k++) {
+        ldm_analytic_ctx mc = {&a, per};
+        ldm_denoiser dn = {.fn = ldm_analytic_model, .ctx = &mc, .sched = &SCHED, .B = 1, .per = per};
+        ldm_denoiser_init(&dn);
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+        x[k] = malloc((size_t)per * sizeof(float));
+        ldm_sampler_ctx c = {.dn = &dn, .rng = &rng, .n = n, .timesteps = ts, .sigmas = sig,
+                             .s_tmax = INFINITY, .s_noise = 1, .set_alpha_to_one = 1};
+        for (int64_t j = 0; j < per; j++)  // DDIM starts at x_T (VP), Euler at y = x_T / sqrt(abar)
+            x[k][j] = k == 0 ? noise[j] : noise[j] * sqrtf(1 + sig[0] * sig[0]);
+        if (k == 0) ldm_sample_ddim(x[k], &c);
+        else ldm_sample_euler(x[k], &c);
+        ldm_denoiser_free(&dn);
+    }
+    test_close("DDIM (eta 0) equals Euler in sigma, 20 steps", x[0], x[1], per, 1e-5, 0);
+    free(x[0]); free(x[1]); free(noise);
+}
+
+// ---------------------------------------------------------------------------
+// 4. orders of convergence
+
+// The order p of a method: error ~ C n^-p. Measured as the least-squares
+// slope of log(error) against log(steps) over a range where the error is
+// asymptotic: above the float32 floor (~1e-6) and past the first few steps,
+// where the error is not yet a power of the step size. The error is the RMS
+// difference to the exact ODE solution at the last noise level > 0
+// (sigma_min): the final step to sigma = 0 of every sampler is one denoising
+// step, a fixed error ~ (sigma_min/s)^2/2 that does not shrink with n (the
+// lab, docs/06-samplers.md, shows it), so it is left out of the order.
+typedef struct {
+    const char *sampler;
+    int kind;            // sigma schedule (k-diffusion samplers)
+    double order;        // theoretical
+    double tol;          // allowed |measured - order|, reason in `why`
+    int steps[8];        // the fit range, 0-terminated
+    const char *why;
+} order_case;
+
+static const order_case ORDERS[] = {
+    {"euler", LDM_SIGMAS_KARRAS, 1, 0.15, {100, 150, 200, 300, 500, 1000},
+     "first order; pre-asymptotic curvature leaves 0.9..1.0"},
+    {"ddim", 0, 1, 0.2, {100, 125, 200, 250, 500, 1000},
+     "Euler in sigma (test 3); trailing integer timesteps give uneven sigma steps, 0.85..1.0"},
+    {"heun", LDM_SIGMAS_KARRAS, 2, 0.15, {20, 30, 50, 100, 200, 500},
+     "second order (trapezoidal predictor-corrector)"},
+    {"dpm2", LDM_SIGMAS_KARRAS, 2, 0.15, {20, 30, 50, 100, 200, 500},
+     "second order (midpoint in log sigma)"},
+    {"dpmpp_2m", LDM_SIGMAS_KARRAS, 2, 0.15, {20, 30, 50, 100, 200, 500},
+     "second order multistep; its first step is first order (local error O(h^2), global O(h^2))"},
+    {"lms", LDM_SIGMAS_KARRAS, 4, 0.6, {40, 50, 70, 100, 0},
+     "4th-order Adams-Bashforth on the actual sigmas, but the first three steps use orders "
+     "1..3 and the float32 floor (~1e-6) is reached by 150 steps: the fit sees ~3.6"},
+    {"dpmpp_3m", LDM_SIGMAS_KARRAS, 3, 0.4, {15, 20, 30, 40, 0},
+     "third order multistep, but its first step is first order: that step's local error "
+     "O(h^2) is small (the ODE is nearly linear at sigma_max) yet it is global O(h^2), and "
+     "past ~150 steps it dominates (measured slope 2.1 over 150..300)"},
+    {"plms", 0, 2, 0.5, {10, 20, 25, 40, 50, 100, 0},
+     "4-step Adams-Bashforth weights for EQUAL steps applied to DDIM's uneven sigma steps "
+     "(eps times the sigma increment, not eps times dsigma/dt at each node): consistent to "
+     "second order only; step counts dividing 1000 keep the timesteps evenly spaced in t"},
+};
+
+static double fit_slope(const double *logn, const double *loge, int m) {
+    double mx = 0, my = 0, sxx = 0, sxy = 0;
+    for (int i = 0; i < m; i++) { mx += logn[i]; my += loge[i]; }
+    mx /= m; my /= m;
+    for (int i = 0; i < m; i++) {
+        sxx += (logn[i] - mx) * (logn[i] - mx);
+        sxy += (logn[i] - mx) * (loge[i] - my);
+    }
+    return -sxy / sxx;
+}
+
+static void test_orders(void) {
+    ldm_analytic a = mixture();
+    const int64_t per = 256;
+    float *noise = randn(per, 0);
+    for (size_t c = 0; c < sizeof ORDERS / sizeof ORDERS[0]; c++) {
+        const order_case *oc = &ORDERS[c];
+        double logn[8], loge[8];
+        int m = 0, rc = LDM_OK;
+        ldm_analytic_cache cache = {0};
+        for (; m < 8 && oc->steps[m]; m++) {
+            ldm_analytic_run r = {0};
+            rc = ldm_analytic_sample(&r, &a, sampler(oc->sampler), oc->kind, oc->steps[m], noise,
+                                     per, -1, 1, &cache);
+            if (rc != LDM_OK) break;
+            logn[m] = log(oc->steps[m]);
+            loge[m] = log(r.err_last);
+        }
+        ldm_analytic_cache_free(&cache);
+        double p = rc == LDM_OK ? fit_slope(logn, loge, m) : NAN;
+        char name[128];
+        snprintf(name, sizeof name, "order of %s: %.2f over %d..%d steps (theory %g +- %g)",
+                 oc->sampler, p, oc->steps[0], oc->steps[m - 1], oc->order, oc->tol);
+        test_check(fabs(p - oc->order) <= oc->tol, name, "%s", oc->why);
+    }
+    free(noise);
+}
+
+// ---------------------------------------------------------------------------
+// 5. the ancestral / SDE samplers: the distribution
+
+// These do not follow the ODE; they sample. Every element is an independent
+// draw, so one run of N = 20000 elements is N samples of the 1-D mixture
+// (mean 0.75, variance 1.5145, mass 0.3043 below 0.25, between the modes).
+// Tolerances: 4 standard errors of each statistic for N samples (mean
+// 4 sqrt(var/N) = 0.035; variance 4 sqrt((m4 - var^2)/N) ~ 0.06 for this
+// mixture's kurtosis; mass 4 sqrt(p(1-p)/N) = 0.013) plus 0.02 for the
+// 200-step discretisation bias (first-order ancestral samplers lose ~5% of the
+// variance at 50 steps, ~1% at 200: the lab shows it).
+static void test_distribution(void) {
+    static const char *names[] = {"ddpm", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde",
+                                  "dpmpp_2m_sde", "dpmpp_3m_sde"};
+    ldm_analytic a = mixture();
+    const int64_t per = 20000;
+    double mean, var;
+    ldm_analytic_moments(&a, &mean, &var);
+    float *noise = randn(per, 0), *x = malloc((size_t)per * sizeof(float));
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        ldm_analytic_run r = {.x = x, .sample_only = 1};
+        int rc = ldm_analytic_sample(&r, &a, sampler(names[i]), LDM_SIGMAS_KARRAS, 200, noise, per,
+                                     -1, 7, NULL);
+        int64_t below = 0;
+        for (int64_t k = 0; k < per; k++) below += x[k] < 0.25f;
+        double mass = (double)below / per;
+        char name[160];
+        snprintf(name, sizeof name, "%s, 200 steps: mean %.3f (%.3f) var %.3f (%.3f) mass %.4f (%.4f)",
+                 names[i], r.mean, mean, r.var, var, mass, 0.3043);
+        test_check(rc == LDM_OK && fabs(r.mean - mean) < 0.055 && fabs(r.var - var) < 0.08 &&
+                       fabs(mass - 0.3043) < 0.033, name, "outside 4 standard errors + 0.02");
+    }
+    free(noise); free(x);
+}
+
+// ---------------------------------------------------------------------------
+// 6. model evaluations per step (docs/06-samplers.md, "What costs")
+
+static void test_nfe(void) {
+    static const struct { const char *name; int nfe10; } want[] = {
+        {"ddpm", 10}, {"ddim", 10}, {"plms", 11}, {"euler", 10}, {"euler_a", 10},
+        {"heun", 19}, {"dpm2", 19}, {"dpm2_a", 19}, {"lms", 10}, {"dpmpp_2s_a", 19},
+        {"dpmpp_2m", 10}, {"dpmpp_sde", 19}, {"dpmpp_2m_sde", 10}, {"dpmpp_3m_sde", 10},
+        {"dpmpp_3m", 10},
+    };
+    ldm_analytic a = mixture();
+    float *noise = randn(16, 0);
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        ldm_analytic_run r = {.sample_only = 1};
+        ldm_analytic_sample(&r, &a, sampler(want[i].name), LDM_SIGMAS_KARRAS, 10, noise, 16, -1,
+                            1, NULL);
+        char name[96];
+        snprintf(name, sizeof name, "%s: %d model evaluations for 10 steps", want[i].name,
+                 want[i].nfe10);
+        test_check(r.nfe == want[i].nfe10, name, "counted %lld", (long long)r.nfe);
+    }
+    free(noise);
+}
+
+int main(void) {
+    ldm_schedule_init_sd(&SCHED);
+    printf("-- the analytic model\n");
+    test_model();
+    printf("-- exact cases\n");
+    test_point_mass();
+    test_ddim_is_euler();
+    printf("-- orders of convergence\n");
+    test_orders();
+    printf("-- distributions (ancestral / SDE samplers)\n");
+    test_distribution();
+    printf("-- model evaluations\n");
+    test_nfe();
+    return test_summary();
+}
