@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
+#include "ldm/io/fs.h"
 #include "tools/cmd.h"
 
 typedef struct dump_file {
@@ -100,9 +101,14 @@ int cmd_compare(int argc, char **argv, const sd_env *env) {
         else return sd_fail("compare: too many arguments ('%s')", argv[i]);
     }
     if (!a_dir || !b_dir) { usage(stderr); return 2; }
+    if (!ldm_is_dir(b_dir)) return sd_fail("compare: %s: not a folder (want two dump folders)", b_dir);
 
     dump_list list = {0};
     if (list_npy(&list, a_dir, "", 0) != LDM_OK) return sd_fail("%s", ldm_last_error());
+    if (list.n == 0) {
+        free(list.v);
+        return sd_fail("compare: no .npy files in %s (is it a dump folder? sd txt2img --dump DIR)", a_dir);
+    }
     qsort(list.v, (size_t)list.n, sizeof *list.v, by_time_then_name);
 
     int compared = 0, missing = 0, over = 0, first_bad = -1;

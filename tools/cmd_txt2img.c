@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
@@ -224,15 +225,25 @@ static void model_hash(char out[16], const char *path) {
 // ---------------------------------------------------------------------------
 // output files
 
+// Folders mkdir_p created in this run, so that a run that fails removes them
+// again (rmdir: only while empty) and leaves no empty output folder behind.
+static char created[16][4096];
+static int n_created;
+
 static int mkdir_p(const char *dir) {
+    if (!*dir) return ldm_error("the output folder name is empty (--outdir \"\")");
     char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return ldm_error("output folder name too long (%zu bytes)", strlen(dir));
     for (char *c = p + 1; ; c++) {
         if (*c == '/' || *c == '\0') {
             char keep = *c;
             *c = '\0';
-            if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            if (mkdir(p, 0777) == 0) {
+                if (n_created < 16) snprintf(created[n_created++], sizeof created[0], "%s", p);
+            } else if (errno != EEXIST) {
                 return ldm_error("cannot create output folder %s: %s", p, strerror(errno));
+            }
             *c = keep;
             if (!keep) break;
         }
@@ -242,6 +253,11 @@ static int mkdir_p(const char *dir) {
         return ldm_error("output folder %s: not a folder", dir);
     if (access(dir, W_OK) != 0) return ldm_error("output folder %s is not writable", dir);
     return LDM_OK;
+}
+
+// After a failed run: the folders this run created, deepest first, if empty.
+static void remove_created_folders(void) {
+    while (n_created > 0) rmdir(created[--n_created]);
 }
 
 // Number of entries in dir (what CompVis' len(os.listdir(dir)) counts).
@@ -264,6 +280,18 @@ static void next_free(char *path, size_t size, const char *dir, const char *fmt,
         snprintf(path, size, "%s/%s", dir, name);
         if (access(path, F_OK) != 0) return;
     }
+}
+
+// The grid's columns for n images of HxW: n_rows (default n_samples), widened
+// when the grid would be taller than a PNG may be (LDM_IMAGE_MAX_SIDE), so
+// that it wraps into more columns. 0 when no layout fits one PNG.
+static int grid_columns(int n, int ncol, int H, int W) {
+    const int max = LDM_IMAGE_MAX_SIDE, max_rows = (max - 2) / (H + 2), max_cols = (max - 2) / (W + 2);
+    if (max_rows < 1 || max_cols < 1) return 0;
+    if (ncol > n) ncol = n;
+    if (ncol > max_cols) ncol = max_cols;
+    if ((n + ncol - 1) / ncol > max_rows) ncol = (n + max_rows - 1) / max_rows;
+    return ncol <= max_cols ? ncol : 0;
 }
 
 // torchvision make_grid(padding=2, pad_value=0) of n images [H][W][3] in
@@ -398,7 +426,7 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
     r->ckpt = get(o, "--ckpt");
     r->tiny = r->ckpt == NULL;
-    if (r->tiny) r->ckpt = env->tiny_model ? env->tiny_model : LDM_TINY_MODEL_DEFAULT;
+    if (r->tiny) r->ckpt = sd_tiny_model(env);
     long long side = r->tiny ? 64 : 512, steps;
     if (get_int(o, "--ddim_steps", 50, 1, 1000, &steps) ||
         get_int(o, "--n_iter", img2img ? 1 : 2, 1, 100000, &r->n_iter) ||
@@ -418,6 +446,9 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     if (!img2img && (r->H % 8 || r->W % 8 || r->H < 8 || r->W < 8))
         return sd_fail("%s: --H %lld --W %lld: height and width must be positive multiples of 8",
                        cmd, r->H, r->W), 2;
+    if (r->H > LDM_IMAGE_MAX_SIDE || r->W > LDM_IMAGE_MAX_SIDE)
+        return sd_fail("%s: --H %lld --W %lld: a PNG side can be at most %d pixels", cmd, r->H,
+                       r->W, LDM_IMAGE_MAX_SIDE), 2;
     if (img2img && !(r->strength >= 0 && r->strength <= 1))
         return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, r->strength), 2;
     if (r->eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
@@ -524,11 +555,13 @@ static int write_png(const char *dir, const char *fmt, int *index, const uint8_t
 }
 
 // The grid of every image of the run (torchvision make_grid), n_rows columns
-// (default n_samples), with the run's parameters. 0 / 1.
+// (default n_samples; more when it would be too tall, grid_columns), with
+// the run's parameters. 0 / 1.
 static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const *all, int n_all,
                       const char *first_prompt, int *grid_count) {
     int gw, gh;
-    int ncol = r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples;
+    int ncol = grid_columns(n_all, r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W);
+    if (ncol == 0) return 0;   // warned before sampling (run)
     uint8_t *grid = make_grid(&gw, &gh, all, n_all, ncol, (int)r->H, (int)r->W);
     if (!grid) return sd_fail("out of memory for the grid");
     char params[8192];
@@ -601,6 +634,35 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
     return rc;
 }
 
+// Every limit known before the model runs, so that a run never computes for
+// minutes and then fails: the grid's size (too big for one PNG: said now, and
+// skipped), the disk space for the PNGs. 0 / 1 (printed).
+static int check_before_sampling(const run_settings *r) {
+    const long long n_all = r->n_iter * r->n_prompts * r->n_samples;
+    if (!r->skip_grid && n_all > 0 &&
+        grid_columns((int)(n_all < INT32_MAX ? n_all : INT32_MAX),
+                     r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W) == 0)
+        fprintf(stderr, "%s: warning: %lld images of %lldx%lld do not fit one PNG grid (sides up "
+                "to %d); no grid will be written (--skip_grid silences this)\n", r->cmd, n_all,
+                r->W, r->H, LDM_IMAGE_MAX_SIDE);
+    // disk: a PNG is rarely under a tenth of its raw pixels; refuse when even
+    // that cannot fit, warn when the raw size does not
+    struct statvfs fs;
+    if (statvfs(r->outdir, &fs) == 0) {
+        double avail = (double)fs.f_bavail * fs.f_frsize;
+        double raw = (double)(r->skip_save ? 0 : n_all) * r->H * r->W * 3 +
+                     (r->skip_grid ? 0 : (double)n_all * (r->H + 2) * (r->W + 2) * 3);
+        if (raw / 10 > avail)
+            return sd_fail("%s: %s has %.1f MiB free; %lld images of %lldx%lld need about %.1f MiB "
+                           "or more", r->cmd, r->outdir, avail / 1048576, n_all, r->W, r->H,
+                           raw / 10 / 1048576);
+        if (raw > avail)
+            fprintf(stderr, "%s: warning: %s has %.1f MiB free; the images may need up to %.1f MiB\n",
+                    r->cmd, r->outdir, avail / 1048576, raw / 1048576);
+    }
+    return 0;
+}
+
 static int run(int argc, char **argv, int img2img, const sd_env *env) {
     opts o;
     int e = parse_flags(&o, argc, argv, img2img);
@@ -633,7 +695,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         r.H = init.height;
         r.W = init.width;
     }
-    if (outputs_open(&out, &r)) goto done;
+    if (outputs_open(&out, &r) || check_before_sampling(&r)) goto done;
 
     // ---- model
     if (prog.on) fprintf(stderr, "load model %s\n", r.ckpt);
@@ -658,6 +720,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         fprintf(stderr, "peak resident memory: %.1f MiB\n", ldm_peak_rss_bytes() / 1048576.0);
     rc = 0;
 done:
+    if (rc) remove_created_folders();
     for (int i = 0; i < out.n_all; i++) free(out.all[i]);
     free(out.all);
     if (opened) ldm_pipeline_close(&p);

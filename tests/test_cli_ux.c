@@ -1,0 +1,172 @@
+/*
+ * tests/test_cli_ux.c -- what a new user of `sd` meets, run as a program
+ * ($LDM_SD, else $LDM_BUILD/sd, else build/sd) on the tiny model:
+ *   limits      a grid too tall for one PNG wraps into more columns; limits
+ *               known before sampling fail before the model runs; a failed
+ *               run leaves no empty output folder
+ *   overwrite   no subcommand replaces an existing file without --overwrite
+ *               (or --force); an output that is also the input is refused
+ *   bad input   sd compare on two empty folders, --outdir "": clean errors
+ *   (the long list of bad invocations is tests/bad_inputs.sh)
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "tests/test.h"
+
+static char sd[512], tmp[256], out_path[600], err_path[600];
+
+// `sd ARGS` (run from the repository root) with stderr into *err; the exit
+// status, or 128 + signal.
+static int run(const char *args, char **err) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
+    int st = system(cmd);
+    FILE *f = fopen(err_path, "rb");
+    static char buf[16384];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    *err = buf;
+    if (st == -1) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+// A PNG's width and height from its IHDR (no decoding).
+static int png_size(const char *path, int *w, int *h) {
+    unsigned char b[24];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    if (f) fclose(f);
+    if (n != 24) return -1;
+    *w = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19];
+    *h = b[20] << 24 | b[21] << 16 | b[22] << 8 | b[23];
+    return 0;
+}
+
+static void copy_file(const char *from, const char *to) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    if (system(cmd) != 0) printf("  (cp %s failed)\n", from);
+}
+
+// ---------------------------------------------------------------------------
+
+static void test_limits(void) {
+    printf("-- limits before compute\n");
+    char args[2048], dir[600], p[700], *err;
+    // 960 images of 16x16 in one column: 17282 px tall, more than a PNG may be;
+    // the grid wraps into two columns instead of failing after sampling
+    snprintf(dir, sizeof dir, "%s/tall", tmp);
+    snprintf(args, sizeof args, "txt2img --prompt 'a red circle' --n_samples 64 --n_iter 15 "
+             "--n_rows 1 --H 16 --W 16 --ddim_steps 1 --skip_save --outdir %s", dir);
+    int rc = run(args, &err), w = 0, h = 0;
+    snprintf(p, sizeof p, "%s/grid-0000.png", dir);
+    test_check(rc == 0 && png_size(p, &w, &h) == 0 && h <= LDM_IMAGE_MAX_SIDE && w == 2 * 18 + 2,
+               "a grid too tall for one PNG wraps into more columns", "exit %d, %dx%d: %.300s", rc,
+               w, h, err);
+    // too large for a PNG: refused before the model loads (usage error)
+    snprintf(dir, sizeof dir, "%s/huge", tmp);
+    snprintf(args, sizeof args, "txt2img --H 16392 --W 64 --outdir %s", dir);
+    rc = run(args, &err);
+    test_check(rc == 2 && strstr(err, "at most 16384") && !strstr(err, "load model") && !exists(dir),
+               "--H beyond a PNG side: refused before loading, no folder", "exit %d: %.300s", rc, err);
+    // a run that fails at the model leaves no output folder behind
+    snprintf(dir, sizeof dir, "%s/failed/deeper", tmp);
+    snprintf(args, sizeof args, "txt2img --ckpt /nonexistent.safetensors --outdir %s", dir);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/failed", tmp);
+    test_check(rc == 1 && !exists(p), "a failed run leaves no empty output folder", "exit %d, %s %s",
+               rc, p, exists(p) ? "exists" : "absent");
+    // --outdir "": a clean error (it read before the string)
+    rc = run("txt2img --outdir '' --ddim_steps 1 --n_iter 1 --n_samples 1", &err);
+    test_check(rc != 0 && rc < 128 && strstr(err, "empty"), "--outdir \"\": clean error",
+               "exit %d: %.300s", rc, err);
+}
+
+static void test_overwrite(void) {
+    printf("-- no silent overwrite\n");
+    char args[2048], png[600], npy[600], txt[600], *err;
+    snprintf(png, sizeof png, "%s/x.png", tmp);
+    snprintf(npy, sizeof npy, "%s/x.npy", tmp);
+    snprintf(txt, sizeof txt, "%s/existing.txt", tmp);
+    copy_file("tests/fixtures/pipeline/init.png", png);
+    long png_bytes = file_size(png);
+    // vae-encode x.png x.png: the output is the input
+    snprintf(args, sizeof args, "vae-encode --ckpt tools/tiny-model %s %s", png, png);
+    int rc = run(args, &err);
+    test_check(rc == 1 && file_size(png) == png_bytes, "vae-encode IN.png IN.png refused, PNG kept",
+               "exit %d, %ld bytes: %.300s", rc, file_size(png), err);
+    // vae-encode without --ckpt: the tiny model; then again: refused; --force: replaced
+    snprintf(args, sizeof args, "vae-encode %s %s", png, npy);
+    rc = run(args, &err);
+    test_check(rc == 0 && exists(npy), "vae-encode without --ckpt uses the tiny model",
+               "exit %d: %.300s", rc, err);
+    rc = run(args, &err);
+    test_check(rc == 1 && strstr(err, "--overwrite"), "vae-encode: existing .npy kept",
+               "exit %d: %.300s", rc, err);
+    snprintf(args, sizeof args, "vae-encode --force %s %s", png, npy);
+    rc = run(args, &err);
+    test_check(rc == 0, "vae-encode --force replaces it", "exit %d: %.300s", rc, err);
+    // vae-decode onto an existing PNG: refused; --overwrite replaces
+    snprintf(args, sizeof args, "vae-decode %s %s", npy, png);
+    rc = run(args, &err);
+    test_check(rc == 1 && file_size(png) == png_bytes, "vae-decode: existing PNG kept",
+               "exit %d: %.300s", rc, err);
+    // encode-prompt --out existing.txt
+    FILE *f = fopen(txt, "w");
+    if (f) { fputs("keep me\n", f); fclose(f); }
+    snprintf(args, sizeof args, "encode-prompt --out %s 'a red circle'", txt);
+    rc = run(args, &err);
+    test_check(rc == 1 && file_size(txt) == 8, "encode-prompt --out EXISTING refused, file kept",
+               "exit %d, %ld bytes: %.300s", rc, file_size(txt), err);
+    snprintf(args, sizeof args, "encode-prompt --overwrite --out %s 'a red circle'", txt);
+    rc = run(args, &err);
+    test_check(rc == 0 && file_size(txt) > 8, "encode-prompt --overwrite replaces it",
+               "exit %d: %.300s", rc, err);
+}
+
+static void test_compare_empty(void) {
+    printf("-- sd compare on empty folders\n");
+    char args[2048], a[600], b[600], *err;
+    snprintf(a, sizeof a, "%s/empty_a", tmp);
+    snprintf(b, sizeof b, "%s/empty_b", tmp);
+    mkdir(a, 0777);
+    mkdir(b, 0777);
+    snprintf(args, sizeof args, "compare %s %s", a, b);
+    int rc = run(args, &err);
+    test_check(rc == 1 && strstr(err, "no .npy files") && !strstr(err, "runtime error"),
+               "compare EMPTY EMPTY: one clean error", "exit %d: %.300s", rc, err);
+}
+
+int main(void) {
+    const char *b = getenv("LDM_SD");
+    if (b) snprintf(sd, sizeof sd, "%s", b);
+    else snprintf(sd, sizeof sd, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
+    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd))
+        return test_summary();
+    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_cli_ux_XXXXXX");
+    if (!mkdtemp(tmp)) { test_check(0, "mkdtemp", "%s", ""); return test_summary(); }
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmp);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmp);
+    test_limits();
+    test_overwrite();
+    test_compare_empty();
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);
+    return test_summary();
+}
