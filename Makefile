@@ -32,7 +32,8 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 SD_SRC   := $(sort $(wildcard tools/*.c))
 SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links \
+            $(BUILD)/tests/test_bad_inputs
 
 # ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
 # `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
@@ -112,6 +113,13 @@ $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libldm.a | $(BUILD)/.deps-ok
 $(BUILD)/tests/test_docs_links: tools/docs_links.py
 	@mkdir -p $(dir $@)
 	@printf '#!/bin/sh\nexec python3 "%s" --check\n' "$(abspath tools/docs_links.py)" > $@
+	@chmod +x $@
+
+# The list of bad invocations (tests/bad_inputs.sh) against this build's sd:
+# under `make check` each one also runs under ASan+UBSan.
+$(BUILD)/tests/test_bad_inputs: tests/bad_inputs.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\nexec "%s" "%s"\n' "$(abspath tests/bad_inputs.sh)" "$(abspath $(BUILD)/sd)" > $@
 	@chmod +x $@
 
 # ---- tests ------------------------------------------------------------------

@@ -452,6 +452,9 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     if (img2img && !(r->strength >= 0 && r->strength <= 1))
         return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, r->strength), 2;
     if (r->eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
+    if (!(fabs(r->scale) <= 1e4) || !(r->eta <= 1e4))
+        return sd_fail("%s: --scale %g / --ddim_eta %g: expected numbers within +-10000", cmd,
+                       r->scale, r->eta), 2;
     if (r->tiny) {
         struct stat st;
         if (stat(r->ckpt, &st) != 0 || !S_ISDIR(st.st_mode))

@@ -158,6 +158,8 @@ int cmd_unet(int argc, char **argv, const sd_env *defaults) {
         } else { sd_fail("unet: unknown flag '%s' (sd unet --help)", a); return 2; }
     }
     if (!!model == !!random) { unet_usage(stderr); return 2; }
+    if (random && strcmp(random, "sd1") && strcmp(random, "sd2"))
+        return sd_fail("unet: --random '%s': expected sd1 or sd2", random), 2;
     if (batch < 1 || batch > 64) { sd_fail("unet: --batch must be 1..64"); return 2; }
     const char *inputs[] = {model, latent, context};
     if (outp && sd_check_output(outp, overwrite, inputs, 3)) return 1;
