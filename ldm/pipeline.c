@@ -326,12 +326,13 @@ static int initial_latent(generation *r) {
     r->z = malloc((size_t)(r->B * r->per) * sizeof(float));
     if (!r->noise || !r->z) return ldm_error("out of memory");
     r->start_step = 0;
-    r->run_steps = g->sampling.steps;
+    // the steps that really run (CompVis "uniform" spacing may hold more than asked)
+    int count = ldm_sampler_steps(&g->sampling, &r->p->sched);
+    if (count < 0) return LDM_ERR;
+    r->run_steps = count;
     if (g->init_rgb) {
         if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
         if (encode_image(r, r->noise) != LDM_OK) return LDM_ERR;
-        int count = ldm_sampler_steps(&g->sampling, &r->p->sched);  // CompVis "uniform": may exceed steps
-        if (count < 0) return LDM_ERR;
         r->run_steps = (int)(g->strength * g->sampling.steps);
         if (r->run_steps > count) r->run_steps = count;
         r->start_step = count - r->run_steps;

@@ -7,6 +7,7 @@
  *   overwrite   no subcommand replaces an existing file without --overwrite
  *               (or --force); an output that is also the input is refused
  *   bad input   sd compare on two empty folders, --outdir "": clean errors
+ *   progress    "step k/n" counts the steps that run, ETA never negative
  *   (the long list of bad invocations is tests/bad_inputs.sh)
  */
 #include <dirent.h>
@@ -139,6 +140,18 @@ static void test_overwrite(void) {
                "exit %d: %.300s", rc, err);
 }
 
+static void test_progress(void) {
+    printf("-- progress counts the steps that run\n");
+    char args[2048], *err;
+    // CompVis "uniform" spacing with 3 steps runs 4 (999, 666, 333, 0 -> 1, 334, 667 + 1)
+    snprintf(args, sizeof args, "txt2img --ddim_steps 3 --progress --n_iter 1 --n_samples 1 "
+             "--skip_grid --skip_save --outdir %s/progress", tmp);
+    int rc = run(args, &err);
+    test_check(rc == 0 && strstr(err, "step 4/4") && !strstr(err, "/3 ") && !strstr(err, "ETA -"),
+               "--ddim_steps 3 --progress: step 4/4, no overshoot, no negative ETA",
+               "exit %d: %.400s", rc, err);
+}
+
 static void test_compare_empty(void) {
     printf("-- sd compare on empty folders\n");
     char args[2048], a[600], b[600], *err;
@@ -165,6 +178,7 @@ int main(void) {
     test_limits();
     test_overwrite();
     test_compare_empty();
+    test_progress();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);

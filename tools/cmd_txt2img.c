@@ -315,23 +315,42 @@ static uint8_t *make_grid(int *gw, int *gh, uint8_t *const *imgs, int n, int nco
 
 typedef struct progress {
     int on, tty;
+    double t0;              // when the current stage's first step started
 } progress;
 
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Stage names (step -1) and sampler steps "step k/n" with the steps that
+// really run (ldm_sampler_steps), the mean time per step so far and the time
+// left at that pace; on a terminal one line redrawn as a bar, which stays on
+// screen when the stage is done.
 static void on_progress(void *ctx, const char *stage, int step, int n, double sps) {
     progress *p = ctx;
     if (!p->on) return;
     if (step < 0 || (step == 0 && n > 0)) {
+        p->t0 = seconds_now();
         if (p->tty) fprintf(stderr, "\r\033[K");
         fprintf(stderr, "%s%s", stage, p->tty && step == 0 ? "" : "\n");
         return;
     }
-    double eta = sps * (n - step);
+    double mean = (seconds_now() - p->t0) / (step > 0 ? step : 1);
+    double eta = step < n ? mean * (n - step) : 0;
     if (p->tty) {
-        fprintf(stderr, "\r\033[K%s: step %d/%d  %.2f s/step  ETA %.0fs", stage, step, n, sps, eta);
-        if (step == n) fprintf(stderr, "\n");
+        char bar[21];
+        int full = n > 0 ? (int)(20LL * step / n) : 20;
+        for (int i = 0; i < 20; i++) bar[i] = i < full ? '#' : '.';
+        bar[20] = '\0';
+        fprintf(stderr, "\r\033[K%s [%s] step %d/%d  %.2f s/step  ETA %.0fs", stage, bar, step, n,
+                mean, eta);
+        if (step >= n) fprintf(stderr, "\n");
     } else {
-        fprintf(stderr, "%s: step %d/%d  %.2f s/step  ETA %.0fs\n", stage, step, n, sps, eta);
+        fprintf(stderr, "%s: step %d/%d  %.2f s/step  ETA %.0fs\n", stage, step, n, mean, eta);
     }
+    (void)sps;
 }
 
 // ---------------------------------------------------------------------------
