@@ -8,6 +8,9 @@
  *               (or --force); an output that is also the input is refused
  *   bad input   sd compare on two empty folders, --outdir "": clean errors
  *   progress    "step k/n" counts the steps that run, ETA never negative
+ *   batches     --from-file batches n_samples lines (CompVis), --per-line,
+ *               batch k seeded seed + k, --shard I/N = one run byte for byte,
+ *               --from-png reruns one image alone with the same bytes
  *   (the long list of bad invocations is tests/bad_inputs.sh)
  */
 #include <dirent.h>
@@ -152,6 +155,111 @@ static void test_progress(void) {
                "exit %d: %.400s", rc, err);
 }
 
+// The "parameters" text of a PNG ("" when none), into buf.
+static void png_params(const char *path, char *buf, size_t size) {
+    ldm_image im = {0};
+    buf[0] = 0;
+    if (ldm_png_read(&im, path) != 0) return;
+    for (int i = 0; i < im.n_text; i++)
+        if (!strcmp(im.text_keys[i], "parameters")) snprintf(buf, size, "%s", im.text_values[i]);
+    ldm_image_free(&im);
+}
+
+static int same_bytes(const char *a, const char *b) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
+    return system(cmd) == 0;
+}
+
+static int count_files(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
+
+static void test_batches(void) {
+    printf("-- --from-file batches, seeds, --shard, --from-png\n");
+    char args[2048], prompts[600], one[300], p[700], q[300], params[4096], *err;
+    snprintf(prompts, sizeof prompts, "%s/prompts.txt", tmp);
+    FILE *f = fopen(prompts, "w");
+    if (f) { fputs("a red circle\na blue square\na green triangle\n", f); fclose(f); }
+    const char *common = "--n_samples 2 --n_iter 2 --ddim_steps 3 --skip_grid";
+    // CompVis: 2 consecutive lines per batch -> batches [red, blue], [green] per iteration
+    snprintf(one, sizeof one, "%s/one", tmp);
+    snprintf(args, sizeof args, "txt2img --from-file %s %s --outdir %s", prompts, common, one);
+    int rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples", one);
+    test_check(rc == 0 && count_files(p) == 6, "--from-file: n_samples lines per batch (3 lines x "
+               "2 iterations = 6 images)", "exit %d, %d files: %.300s", rc, count_files(p), err);
+    snprintf(p, sizeof p, "%s/samples/00001.png", one);
+    png_params(p, params, sizeof params);
+    test_check(!strncmp(params, "a blue square\n", 14) && strstr(params, "Seed: 42,") &&
+               strstr(params, "Batch pos: 1"), "image 1: its own prompt, batch 0's seed 42, pos 1",
+               "%s", params);
+    snprintf(p, sizeof p, "%s/samples/00005.png", one);
+    png_params(p, params, sizeof params);
+    test_check(!strncmp(params, "a green triangle\n", 17) && strstr(params, "Seed: 45,") &&
+               strstr(params, "Batch size: 1"), "image 5: batch 3 has seed 42 + 3, size 1", "%s", params);
+    // --per-line: each line its own batch of n_samples
+    snprintf(q, sizeof q, "%s/perline", tmp);
+    snprintf(args, sizeof args, "txt2img --from-file %s %s --n_iter 1 --per-line --outdir %s",
+             prompts, common, q);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples", q);
+    test_check(rc == 0 && count_files(p) == 6, "--per-line: n_samples images per line",
+               "exit %d, %d files", rc, count_files(p));
+    // three shards into one folder: exactly the files of the single run
+    snprintf(q, sizeof q, "%s/shards", tmp);
+    rc = 0;
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        snprintf(args, sizeof args, "txt2img --from-file %s %s --shard %d/3 --outdir %s", prompts,
+                 common, i, q);
+        rc = run(args, &err);
+    }
+    int same = 1;
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s/samples/%05d.png", one, i);
+        char r[700];
+        snprintf(r, sizeof r, "%s/samples/%05d.png", q, i);
+        same &= same_bytes(p, r);
+    }
+    snprintf(p, sizeof p, "%s/samples", q);
+    test_check(rc == 0 && same && count_files(p) == 6, "--shard 0/3, 1/3, 2/3 = the single run, "
+               "same names and bytes", "exit %d, same %d, %d files: %.300s", rc, same,
+               count_files(p), err);
+    // --from-png: an image of the second batch, alone, same bytes
+    snprintf(p, sizeof p, "%s/samples/00004.png", one);
+    snprintf(q, sizeof q, "%s/rerun", tmp);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s", p, q);
+    rc = run(args, &err);
+    char r[700];
+    snprintf(r, sizeof r, "%s/samples/00000.png", q);
+    test_check(rc == 0 && same_bytes(p, r), "--from-png reruns image 4 alone: same bytes",
+               "exit %d: %.300s", rc, err);
+    // everything that changes pixels is recorded: spacing, eta, --fixed_code
+    snprintf(q, sizeof q, "%s/trailing", tmp);
+    snprintf(args, sizeof args, "txt2img --schedule trailing --ddim_eta 0.5 --fixed_code "
+             "--n_samples 2 --n_iter 2 --ddim_steps 3 --skip_grid --outdir %s", q);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples/00003.png", q);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Schedule type: trailing") && strstr(params, "Eta: 0.5") &&
+               strstr(params, "Seed: 42,"), "spacing, eta and the fixed code's seed recorded", "%s",
+               params);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/rerun2", p, tmp);
+    rc = run(args, &err);
+    snprintf(r, sizeof r, "%s/rerun2/samples/00000.png", tmp);
+    test_check(rc == 0 && same_bytes(p, r), "--from-png (trailing, eta 0.5, fixed code): same bytes",
+               "exit %d: %.300s", rc, err);
+    // a sampler name with its schedule and a different --schedule: an error
+    rc = run("txt2img --sampler 'DPM++ 2M Karras' --schedule exponential --outdir /nonexistent/x", &err);
+    test_check(rc == 2 && strstr(err, "conflicts"), "\"DPM++ 2M Karras\" --schedule exponential: "
+               "usage error", "exit %d: %.300s", rc, err);
+}
+
 static void test_compare_empty(void) {
     printf("-- sd compare on empty folders\n");
     char args[2048], a[600], b[600], *err;
@@ -179,6 +287,7 @@ int main(void) {
     test_overwrite();
     test_compare_empty();
     test_progress();
+    test_batches();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);

@@ -61,7 +61,7 @@ static const flag FLAGS[] = {
     {"--skip_save", F_BOOL, 0, "do not write the individual samples"},
     {"--ddim_steps", F_INT, 0, "sampling steps (50)"},
     {"--plms", F_BOOL, 0, "use the PLMS sampler (CompVis)"},
-    {"--fixed_code", F_BOOL, -1, "same starting noise for every iteration"},
+    {"--fixed_code", F_BOOL, -1, "every batch starts from the same noise (seed, not seed + k)"},
     {"--ddim_eta", F_FLOAT, 0, "DDIM eta (0.0: deterministic)"},
     {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img)"},
     {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512; 64 with the tiny model)"},
@@ -71,7 +71,13 @@ static const flag FLAGS[] = {
     {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img)"},
     {"--n_rows", F_INT, 0, "grid columns (default n_samples)"},
     {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img, 5.0 img2img)"},
-    {"--from-file", F_STR, 0, "one prompt per line; each gets n_samples images"},
+    {"--from-file", F_STR, 0, "one prompt per line; n_samples consecutive lines make one batch "
+                              "(CompVis)"},
+    {"--per-line", F_BOOL, 0, "with --from-file: each line gets a batch of n_samples images"},
+    {"--shard", F_STR, 0, "I/N: run batches k with k % N == I only (N copies = one run; no grid)"},
+    {"--from-png", F_STR, -1, "rerun the image a PNG's parameters describe (other flags override)"},
+    {"--dpm_solver", F_BOOL, 0, "CompVis: the DPM-Solver sampler = --sampler dpmpp_2m"},
+    {"--laion400m", F_BOOL, 0, "CompVis: the LAION-400M model; here only a --ckpt says which model"},
     {"--config", F_STR, 0, "diffusers-style folder of configs for a non-standard single file"},
     {"--ckpt", F_STR, 0, "model: .safetensors/.ckpt single file or diffusers folder "
                          "(default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")"},
@@ -372,6 +378,9 @@ typedef struct run_settings {
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
     int verbose, fixed_code, skip_save, skip_grid;
+    int per_line;                   // each prompt its own batch (always for --prompt)
+    long long shard_i, shard_n;     // --shard I/N (N = 1: every batch)
+    long long only_pos;             // --from-png: write only this batch position (-1: all)
 } run_settings;
 
 // The sampler: DDIM (CompVis) unless --plms or --sampler; --schedule picks
@@ -379,11 +388,20 @@ typedef struct run_settings {
 // 0, or 2 after printing the problem.
 static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char *cmd, double eta) {
     const char *sname = get(o, "--sampler"), *sched = get(o, "--schedule");
+    if (get(o, "--dpm_solver")) {   // CompVis DPMSolverSampler: DPM-Solver++ 2M multistep
+        if (sname || get(o, "--plms"))
+            return sd_fail("%s: give one of --dpm_solver, --plms, --sampler", cmd), 2;
+        sname = "dpmpp_2m";
+    }
     if (sname && get(o, "--plms")) return sd_fail("%s: give --plms or --sampler, not both", cmd), 2;
     if (ldm_sampler_parse(&s->sampler, &s->sigma_kind, sname ? sname : get(o, "--plms") ? "plms" : "ddim"))
         return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
     int discrete = !s->sampler->uses_sigmas;
     s->conv = LDM_CONVENTIONS_COMPVIS;   // the CLI mimics CompVis scripts/txt2img.py
+    if (sched && !discrete && s->sigma_kind != LDM_SIGMAS_DEFAULT && strcmp(sched, "default") &&
+        strcmp(sched, s->sigma_kind == LDM_SIGMAS_KARRAS ? "karras" : "exponential"))
+        return sd_fail("%s: --sampler \"%s\" already names its schedule; it conflicts with "
+                       "--schedule %s (give one of them)", cmd, sname, sched), 2;
     if (sched && !discrete) {
         if (!strcmp(sched, "karras")) s->sigma_kind = LDM_SIGMAS_KARRAS;
         else if (!strcmp(sched, "exponential")) s->sigma_kind = LDM_SIGMAS_EXPONENTIAL;
@@ -428,8 +446,19 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
     r->dump_dir = get(o, "--dump");
     r->fixed_code = get(o, "--fixed_code") != NULL;
+    r->per_line = get(o, "--per-line") != NULL || !get(o, "--from-file");
+    r->only_pos = -1;
+    r->shard_i = 0, r->shard_n = 1;
+    const char *sh = get(o, "--shard");
+    if (sh) {
+        char tail;
+        if (sscanf(sh, "%lld/%lld%c", &r->shard_i, &r->shard_n, &tail) != 2 || r->shard_n < 1 ||
+            r->shard_n > 100000 || r->shard_i < 0 || r->shard_i >= r->shard_n)
+            return sd_fail("%s: --shard '%s': expected I/N with 0 <= I < N", cmd, sh), 2;
+        r->skip_grid = 1;
+    }
     r->skip_save = get(o, "--skip_save") != NULL;
-    r->skip_grid = get(o, "--skip_grid") != NULL;
+    r->skip_grid = get(o, "--skip_grid") != NULL || r->skip_grid;
     r->negative = get(o, "--negative-prompt") ? get(o, "--negative-prompt") : "";
     r->outdir = get(o, "--outdir") ? get(o, "--outdir")
               : r->img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
@@ -544,24 +573,33 @@ static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipelin
 }
 
 // "PROMPT\n[Negative prompt: N\n]Steps: ..., RNG: NV" then, for a sample
-// (batch_pos >= 0), clip skip / eta / strength when they are not the
-// defaults and its place in the batch; the grid gets the first part only.
+// (batch_pos >= 0), everything else that changes its pixels when it is not
+// the default (clip skip, eta, strength, DDIM/PLMS timestep spacing) and its
+// place in its batch: with the batch's seed, size and this position, the
+// parameters rerun this image alone (sd txt2img --from-png). The grid gets
+// the first part only.
 static void parameters(char *buf, size_t size, const run_settings *r, const run_info *ri,
-                       const char *prompt, long long batch_pos, long long iteration) {
+                       const char *prompt, long long seed, long long batch_size,
+                       long long batch_pos, long long iteration) {
     const char *neg = r->negative;
     int n = snprintf(buf, size,
         "%s\n%s%s%sSteps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, "
         "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
         prompt, *neg ? "Negative prompt: " : "", neg, *neg ? "\n" : "",
-        r->sampling.steps, ri->label, r->scale, r->seed, r->W, r->H, ri->hash, ri->model_name,
+        r->sampling.steps, ri->label, r->scale, seed, r->W, r->H, ri->hash, ri->model_name,
         r->rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
-    if (batch_pos < 0) return;
+    if (batch_pos < 0 || n < 0 || (size_t)n >= size) return;
+    if (!r->sampling.sampler->uses_sigmas && r->sampling.conv.spacing != LDM_SPACING_UNIFORM) {
+        static const char *names[] = {"leading", "trailing", "linspace", "uniform"};
+        n += snprintf(buf + n, size - n, ", Schedule type: %s", names[r->sampling.conv.spacing]);
+    }
     if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
     if (!r->sampling.sampler->uses_sigmas && r->eta != 0)
         n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
     if (r->img2img) n += snprintf(buf + n, size - n, ", Denoising strength: %g", r->strength);
-    snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld, Iteration: %lld",
-             r->n_samples, batch_pos, iteration);
+    if ((size_t)n < size)
+        snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld", batch_size, batch_pos);
+    (void)iteration;   // implied by the seed (seed + batch index): a rerun writes the same text
 }
 
 // One PNG with its parameters, at the next free name of dir/fmt. 0 / 1 (printed).
@@ -587,7 +625,7 @@ static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const 
     uint8_t *grid = make_grid(&gw, &gh, all, n_all, ncol, (int)r->H, (int)r->W);
     if (!grid) return sd_fail("out of memory for the grid");
     char params[8192];
-    parameters(params, sizeof params, r, ri, first_prompt, -1, 0);
+    parameters(params, sizeof params, r, ri, first_prompt, r->seed, r->n_samples, -1, 0);
     int rc = write_png(r->outdir, "grid-%04d.png", grid_count, grid, gw, gh, params, r->verbose);
     free(grid);
     return rc;
@@ -612,40 +650,97 @@ static int outputs_open(outputs *out, const run_settings *r) {
     return 0;
 }
 
-// n_iter x prompts x n_samples images: each one saved (unless --skip_save)
-// with its parameters and kept for the grid. 0 / 1.
-static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
-                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
-    const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
+// The run as batches, k = 0, 1, ... in order (iteration-major): with
+// --from-file, n_samples consecutive lines make one batch (CompVis
+// `chunk(data, batch_size)`; the last may be shorter); --per-line and
+// --prompt: each prompt its own batch of n_samples. Batch k draws from a
+// generator seeded seed + k (--fixed_code: seed), so any batch, and any image
+// with its batch size and position, reruns alone.
+static long long n_chunks(const run_settings *r) {
+    return r->per_line ? r->n_prompts : (r->n_prompts + r->n_samples - 1) / r->n_samples;
+}
+static long long images_per_iteration(const run_settings *r) {
+    return r->per_line ? r->n_prompts * r->n_samples : r->n_prompts;
+}
+
+// The folder's next numbers (as CompVis: the count of entries there), or,
+// with --shard, fixed names 00000 + image index that must all be free so that
+// the shards together write exactly the files of one run. 0 / 1 (printed).
+static int plan_names(outputs *out, const run_settings *r) {
     out->base_count = count_entries(out->sample_dir);
     out->grid_count = count_entries(r->outdir) - 1;
     if (out->grid_count < 0) out->grid_count = 0;
+    if (r->shard_n == 1 || r->skip_save) return 0;
+    out->base_count = 0;
+    const long long per_it = images_per_iteration(r), nc = n_chunks(r);
+    for (long long it = 0; it < r->n_iter; it++)
+        for (long long ci = 0; ci < nc; ci++) {
+            if ((it * nc + ci) % r->shard_n != r->shard_i) continue;
+            long long first = it * per_it + ci * r->n_samples;
+            long long size = r->per_line ? r->n_samples
+                           : (r->n_prompts - ci * r->n_samples < r->n_samples
+                                  ? r->n_prompts - ci * r->n_samples : r->n_samples);
+            for (long long j = 0; j < size; j++) {
+                char path[8192];
+                snprintf(path, sizeof path, "%s/%05lld.png", out->sample_dir, first + j);
+                if (access(path, F_OK) == 0)
+                    return sd_fail("%s: --shard: %s already exists (shards write fixed names: "
+                                   "give them an empty --outdir)", r->cmd, path);
+            }
+        }
+    return 0;
+}
+
+// Every batch of the run (this shard's): each image saved (unless
+// --skip_save) with its parameters and kept for the grid. 0 / 1.
+static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
+                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
+    const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
+    const long long per_it = images_per_iteration(r), nc = n_chunks(r);
     uint8_t *rgb = malloc((size_t)(B * per_img));
-    out->all = calloc((size_t)(r->n_iter * r->n_prompts * B), sizeof *out->all);
-    if (!rgb || !out->all) { free(rgb); return sd_fail("out of memory"); }
-    ldm_rng rng;
-    ldm_rng_init(&rng, r->rng_kind, (uint64_t)r->seed);
-    ldm_rng fixed_rng = rng;   // --fixed_code: every iteration restarts the stream
+    const char **batch_prompts = malloc((size_t)B * sizeof *batch_prompts);
+    out->all = calloc((size_t)(r->n_iter * per_it), sizeof *out->all);
+    if (!rgb || !out->all || !batch_prompts) {
+        free(rgb), free(batch_prompts);
+        return sd_fail("out of memory");
+    }
     int rc = 0;
     for (long long it = 0; it < r->n_iter && !rc; it++) {
-        for (int pi = 0; pi < r->n_prompts && !rc; pi++) {
-            if (r->fixed_code) rng = fixed_rng;
+        for (long long ci = 0; ci < nc && !rc; ci++) {
+            const long long k = it * nc + ci, seed = r->fixed_code ? r->seed : r->seed + k;
+            if (k % r->shard_n != r->shard_i) continue;
+            long long n = B;
+            for (long long j = 0; j < B; j++) {
+                long long line = r->per_line ? ci : ci * B + j;
+                if (line >= r->n_prompts) { n = j; break; }
+                batch_prompts[j] = r->prompts[line];
+            }
+            ldm_rng rng;
+            ldm_rng_init(&rng, r->rng_kind, (uint64_t)seed);
             ldm_generate_params g = {
-                .prompt = r->prompts[pi], .negative = r->negative, .width = (int)r->W,
-                .height = (int)r->H, .batch = (int)B, .sampling = r->sampling,
-                .cfg_scale = (float)r->scale, .clip_skip = (int)r->clip_skip, .rng = &rng,
-                .init_rgb = init_rgb, .strength = r->strength, .vae_opt = r->vae_opt,
+                .prompt = batch_prompts[0], .prompts = r->per_line ? NULL : batch_prompts,
+                .negative = r->negative, .width = (int)r->W, .height = (int)r->H, .batch = (int)n,
+                .sampling = r->sampling, .cfg_scale = (float)r->scale,
+                .clip_skip = (int)r->clip_skip, .rng = &rng, .init_rgb = init_rgb,
+                .strength = r->strength, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
             };
             if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
-            for (int64_t b = 0; b < B && !rc; b++) {
+            for (int64_t b = 0; b < n && !rc; b++) {
+                if (r->only_pos >= 0 && b != r->only_pos) continue;
                 uint8_t *img = malloc((size_t)per_img);
                 if (!img) { rc = sd_fail("out of memory"); break; }
                 memcpy(img, rgb + b * per_img, (size_t)per_img);
                 out->all[out->n_all++] = img;
                 if (r->skip_save) continue;
                 char params[8192];
-                parameters(params, sizeof params, r, ri, r->prompts[pi], (long long)b, it);
+                parameters(params, sizeof params, r, ri, batch_prompts[b], seed, n, (long long)b, it);
+                if (r->shard_n > 1) {   // fixed names (plan_names checked them)
+                    int index = (int)(it * per_it + ci * B + b);
+                    rc = write_png(out->sample_dir, "%05d.png", &index, img, (int)r->W, (int)r->H,
+                                   params, r->verbose);
+                    continue;
+                }
                 rc = write_png(out->sample_dir, "%05d.png", &out->base_count, img, (int)r->W,
                                (int)r->H, params, r->verbose);
                 out->base_count++;
@@ -653,6 +748,7 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
         }
     }
     free(rgb);
+    free(batch_prompts);
     return rc;
 }
 
@@ -660,7 +756,7 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
 // minutes and then fails: the grid's size (too big for one PNG: said now, and
 // skipped), the disk space for the PNGs. 0 / 1 (printed).
 static int check_before_sampling(const run_settings *r) {
-    const long long n_all = r->n_iter * r->n_prompts * r->n_samples;
+    const long long n_all = r->only_pos >= 0 ? 1 : r->n_iter * images_per_iteration(r);
     if (!r->skip_grid && n_all > 0 &&
         grid_columns((int)(n_all < INT32_MAX ? n_all : INT32_MAX),
                      r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W) == 0)
@@ -685,13 +781,85 @@ static int check_before_sampling(const run_settings *r) {
     return 0;
 }
 
+// --from-png FILE: the flags its "parameters" text names (parameters()), for
+// every flag not given on the command line; *pos <- its Batch pos. The values
+// live in `store` until the run ends. 0, or the exit code after printing.
+typedef struct png_flags { char v[20][8192]; int n; } png_flags;
+
+static void set_flag(opts *o, png_flags *st, const char *name, const char *value, int len) {
+    for (int k = 0; k < N_FLAGS; k++)
+        if (!strcmp(FLAGS[k].name, name) && !o->val[k] && st->n < 20) {
+            snprintf(st->v[st->n], sizeof st->v[0], "%.*s", len < 0 ? (int)strlen(value) : len, value);
+            o->val[k] = st->v[st->n++];
+        }
+}
+
+static int flags_from_png(opts *o, png_flags *st, long long *pos) {
+    const char *path = get(o, "--from-png");
+    if (get(o, "--from-file")) return sd_fail("txt2img: give --from-png or --from-file, not both"), 2;
+    ldm_image img = {0};
+    if (ldm_png_read(&img, path) != LDM_OK) return sd_fail("--from-png %s", ldm_last_error()), 1;
+    const char *text = NULL;
+    for (int i = 0; i < img.n_text; i++)
+        if (!strcmp(img.text_keys[i], "parameters")) text = img.text_values[i];
+    const char *kv = text ? strstr(text, "\nSteps: ") : NULL;
+    if (!kv) {
+        ldm_image_free(&img);
+        return sd_fail("--from-png %s: no A1111 \"parameters\" text with Steps: in it", path), 1;
+    }
+    const char *neg = strstr(text, "\nNegative prompt: ");
+    if (neg && neg > kv) neg = NULL;
+    set_flag(o, st, "--prompt", text, (int)((neg ? neg : kv) - text));
+    if (neg) set_flag(o, st, "--negative-prompt", neg + 18, (int)(kv - neg - 18));
+    static const struct { const char *key, *flag; } map[] = {
+        {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
+        {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
+        {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"},
+    };
+    *pos = 0;
+    for (const char *c = kv + 1; *c;) {
+        const char *end = strstr(c, ", ");
+        if (!end) end = c + strcspn(c, "\n");
+        const char *colon = memchr(c, ':', (size_t)(end - c));
+        if (colon && colon[1] == ' ') {
+            int klen = (int)(colon - c), vlen = (int)(end - colon - 2);
+            const char *v = colon + 2;
+            for (size_t m = 0; m < sizeof map / sizeof map[0]; m++)
+                if ((int)strlen(map[m].key) == klen && !strncmp(c, map[m].key, klen))
+                    set_flag(o, st, map[m].flag, v, vlen);
+            if (klen == 4 && !strncmp(c, "Size", 4)) {
+                const char *x = memchr(v, 'x', (size_t)vlen);
+                if (x) set_flag(o, st, "--W", v, (int)(x - v)), set_flag(o, st, "--H", x + 1, (int)(v + vlen - x - 1));
+            }
+            if (klen == 3 && !strncmp(c, "RNG", 3)) set_flag(o, st, "--rng", vlen == 3 && !strncmp(v, "CPU", 3) ? "cpu" : "cuda", -1);
+            if (klen == 9 && !strncmp(c, "Batch pos", 9)) *pos = atoll(v);
+        }
+        if (!*end || *end == '\n') break;
+        c = end + 2;
+    }
+    ldm_image_free(&img);
+    set_flag(o, st, "--n_iter", "1", -1);
+    return 0;
+}
+
 static int run(int argc, char **argv, int img2img, const sd_env *env) {
     opts o;
     int e = parse_flags(&o, argc, argv, img2img);
     if (e) return e;
     if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
+    static png_flags from_png;
+    long long png_pos = -1;
+    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos))) return e;
     run_settings r;
     if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
+    if (png_pos >= 0) {
+        if (png_pos >= r.n_samples)
+            return sd_fail("txt2img: --from-png: Batch pos %lld is outside the batch of %lld",
+                           png_pos, r.n_samples), 2;
+        r.only_pos = png_pos;
+        r.skip_grid = 1;
+        r.n_iter = 1;
+    }
     if (r.threads > 0 && r.po.ops->set_threads) r.po.ops->set_threads((int)r.threads);
     if (r.dump_dir) ldm_dump_set_dir(r.dump_dir);
     progress prog = {.tty = isatty(2)};
@@ -717,7 +885,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         r.H = init.height;
         r.W = init.width;
     }
-    if (outputs_open(&out, &r) || check_before_sampling(&r)) goto done;
+    if (outputs_open(&out, &r) || check_before_sampling(&r) || plan_names(&out, &r)) goto done;
 
     // ---- model
     if (prog.on) fprintf(stderr, "load model %s\n", r.ckpt);
