@@ -285,6 +285,18 @@ demo: $(BUILD)/sd $(VOCAB)
 train-tiny: $(REF_PY)
 	nice $(REF_PY) tools/train/train_tiny.py --work build/tiny-train --out $(TINY_OUT) $(TINY_ARGS)
 
+# `make install PREFIX=DIR` (default /usr/local): DIR/bin/sd, and beside it the
+# data it finds relative to itself (/proc/self/exe), so it runs from any folder:
+# DIR/share/ldm.c/tiny-model (the model without --ckpt) and
+# DIR/share/ldm.c/vocab/ (the CLIP vocabulary).
+PREFIX ?= /usr/local
+.PHONY: install
+install: all
+	install -d "$(PREFIX)/bin" "$(PREFIX)/share/ldm.c/vocab" "$(PREFIX)/share/ldm.c/tiny-model"
+	install -m 755 $(BUILD)/sd "$(PREFIX)/bin/sd"
+	install -m 644 $(VOCAB) "$(PREFIX)/share/ldm.c/vocab/"
+	cp -R tools/tiny-model/. "$(PREFIX)/share/ldm.c/tiny-model/"
+
 clean:
 	rm -rf build
 
@@ -293,6 +305,7 @@ help:
 	@echo "make test       all C tests against committed PyTorch fixtures"
 	@echo "make debug      -O0 -g3 ASan+UBSan build into build/debug"
 	@echo "make check      the test suite under ASan+UBSan"
+	@echo "make install PREFIX=DIR  sd, the tiny model and the vocabulary under DIR"
 	@echo "make deps       install the Debian packages the build needs"
 	@echo "make reference-env  PyTorch reference venv (.venv-ref)"
 	@echo "make fixtures   regenerate tests/fixtures from PyTorch"

@@ -11,6 +11,8 @@
  *   batches     --from-file batches n_samples lines (CompVis), --per-line,
  *               batch k seeded seed + k, --shard I/N = one run byte for byte,
  *               --from-png reruns one image alone with the same bytes
+ *   small       -h, messages said once, one exit code convention, Model: name,
+ *               --dump per batch, CompVis flags, an installed sd finds its data
  *   (the long list of bad invocations is tests/bad_inputs.sh)
  */
 #include <dirent.h>
@@ -260,6 +262,74 @@ static void test_batches(void) {
                "usage error", "exit %d: %.300s", rc, err);
 }
 
+static void test_small(void) {
+    printf("-- small ones\n");
+    char args[2048], p[700], params[4096], *err;
+    int rc = run("txt2img -h", &err);
+    test_check(rc == 0, "txt2img -h: the usage, exit 0", "exit %d", rc);
+    rc = run("img2img --init-img tests --outdir /nonexistent/x", &err);
+    const char *line = strstr(err, "sd: "), *first = line ? strstr(line, "tests") : NULL;
+    test_check(rc == 1 && strstr(err, "is a folder") && first && !strstr(first + 5, "tests"),
+               "--init-img FOLDER: 'is a folder', the path once", "exit %d: %.300s", rc, err);
+    rc = run("txt2img --rng foo", &err);
+    test_check(rc == 2 && !strstr(err, "--rng: --rng"), "--rng foo: said once", "%.300s", err);
+    rc = run("compare a b --bogus", &err);
+    test_check(rc == 2, "compare --bogus: usage error, exit 2", "exit %d", rc);
+    rc = run("txt2img --backend nope", &err);
+    char *e2 = strdup(err);
+    run("txt2img --help", &err);
+    FILE *f = fopen(out_path, "rb");
+    char help[16384] = "";
+    size_t n = f ? fread(help, 1, sizeof help - 1, f) : 0;
+    help[n] = 0;
+    if (f) fclose(f);
+    test_check(rc == 2 && strstr(e2, "cuda-emu") && strstr(help, "cuda-emu"),
+               "the backends the error lists are the ones --help lists", "%.300s", e2);
+    free(e2);
+    rc = run("info tools/tiny-model", &err);
+    f = fopen(out_path, "rb");
+    int c = f ? fgetc(f) : EOF;
+    if (f) fclose(f);
+    test_check(rc == 0 && c != '\n' && c != EOF, "sd info DIR: no leading blank line", "exit %d", rc);
+    // Model: the folder's name without its trailing slash
+    snprintf(args, sizeof args, "txt2img --ckpt tools/tiny-model/ --H 64 --W 64 --n_iter 1 "
+             "--n_samples 1 --ddim_steps 1 --skip_grid --outdir %s/slash", tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/slash/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Model: tiny-model,"), "--ckpt DIR/: Model: tiny-model",
+               "%.300s", params);
+    // --dump with two batches: one folder per batch, none overwritten
+    snprintf(args, sizeof args, "txt2img --n_iter 2 --n_samples 1 --ddim_steps 1 --skip_grid "
+             "--dump %s/dump --outdir %s/dumped", tmp, tmp);
+    rc = run(args, &err);
+    char q[700];
+    snprintf(p, sizeof p, "%s/dump/batch000/noise.npy", tmp);
+    snprintf(q, sizeof q, "%s/dump/batch001/noise.npy", tmp);
+    test_check(rc == 0 && exists(p) && exists(q), "--dump with --n_iter 2: batch000/, batch001/",
+               "exit %d: %.300s", rc, err);
+    // CompVis flags
+    snprintf(args, sizeof args, "txt2img --dpm_solver --laion400m --n_iter 1 --n_samples 1 "
+             "--ddim_steps 2 --skip_grid --outdir %s/dpm", tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/dpm/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Sampler: DPM++ 2M,"), "--dpm_solver = DPM++ 2M; "
+               "--laion400m accepted", "exit %d: %.300s", rc, err);
+    // installed: the binary finds the tiny model and the vocabulary beside itself
+    char cmd[4096], cwd[1024];
+    if (!getcwd(cwd, sizeof cwd)) cwd[0] = 0;
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/inst/bin %s/inst/share/ldm.c && cp '%s' %s/inst/bin/sd && "
+             "ln -s '%s/tools/tiny-model' %s/inst/share/ldm.c/tiny-model && "
+             "ln -s '%s/build/vocab' %s/inst/share/ldm.c/vocab && cd / && "
+             "%s/inst/bin/sd txt2img --n_iter 1 --n_samples 1 --ddim_steps 1 --skip_grid "
+             "--outdir %s/inst/out >/dev/null 2>&1", tmp, tmp, sd, tmp, cwd, tmp, cwd, tmp, tmp, tmp);
+    rc = system(cmd);
+    snprintf(p, sizeof p, "%s/inst/out/samples/00000.png", tmp);
+    test_check(rc == 0 && exists(p), "installed sd run from / finds its tiny model and vocabulary",
+               "status %d", rc);
+}
+
 static void test_compare_empty(void) {
     printf("-- sd compare on empty folders\n");
     char args[2048], a[600], b[600], *err;
@@ -288,6 +358,7 @@ int main(void) {
     test_compare_empty();
     test_progress();
     test_batches();
+    test_small();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);

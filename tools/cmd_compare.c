@@ -90,15 +90,15 @@ int cmd_compare(int argc, char **argv, const sd_env *env) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         if (!strcmp(argv[i], "--tol")) {
             char *end = NULL;
-            if (i + 1 >= argc) return sd_fail("--tol needs a value");
+            if (i + 1 >= argc) return sd_fail("--tol needs a value"), 2;
             tol = strtod(argv[++i], &end);
-            if (!end || *end || !(tol >= 0)) return sd_fail("--tol: '%s' is not a number >= 0", argv[i]);
+            if (!end || *end || !(tol >= 0)) return sd_fail("--tol: '%s' is not a number >= 0", argv[i]), 2;
         } else if (argv[i][0] == '-') {
             usage(stderr);
-            return sd_fail("compare: unknown flag '%s'", argv[i]);
+            return sd_fail("compare: unknown flag '%s' (sd compare --help)", argv[i]), 2;
         } else if (!a_dir) a_dir = argv[i];
         else if (!b_dir) b_dir = argv[i];
-        else return sd_fail("compare: too many arguments ('%s')", argv[i]);
+        else return sd_fail("compare: too many arguments ('%s')", argv[i]), 2;
     }
     if (!a_dir || !b_dir) { usage(stderr); return 2; }
     if (!ldm_is_dir(b_dir)) return sd_fail("compare: %s: not a folder (want two dump folders)", b_dir);

@@ -37,7 +37,7 @@ static void usage(FILE *f) {
             "  --clip-skip N       stop N-1 layers earlier than the model does (default 1)\n"
             "  --out FILE.npy      where to write the context (default context.npy)\n"
             "  --overwrite         replace FILE.npy if it exists (synonym --force)\n"
-            "  --backend NAME      ref | cpu | cuda\n"
+            "  --backend NAME      ref | cpu | cuda | cuda-emu\n"
             "  --help              this text\n",
             LDM_VOCAB_DEFAULT);
 }

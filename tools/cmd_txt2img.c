@@ -13,8 +13,10 @@
  * Each PNG carries an AUTOMATIC1111-style "parameters" text chunk.
  * Without --ckpt both use the tiny model the project trained and ships
  * (LDM_TINY_MODEL_DEFAULT, or $LDM_TINY_MODEL) at 64x64, and say so on stderr.
- * Leaves out: --laion400m, the invisible watermark and the safety checker;
- * --precision is accepted and ignored (everything is fp32).
+ * Batches as CompVis (--from-file: n_samples lines per batch), batch k seeded
+ * seed + k so any image reruns alone (--from-png); --shard I/N splits a run.
+ * Leaves out: the invisible watermark and the safety checker; --precision and
+ * --laion400m are accepted and change nothing (fp32; the model is --ckpt).
  *
  * Order of this file: the flags table and its parser, the model hash, output
  * files and the grid, progress, flags -> run_settings (settings_from_flags,
@@ -93,7 +95,7 @@ static const flag FLAGS[] = {
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
     {"--vae-tiling", F_BOOL, 0, "decode/encode in tiles (less memory)"},
-    {"--backend", F_STR, 0, "ref | cpu | cuda (default $LDM_BACKEND or cpu)"},
+    {"--backend", F_STR, 0, "ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)"},
     {"--threads", F_INT, 0, "CPU threads (default: all)"},
     {"--dump", F_STR, 0, "write every named intermediate as DIR/<name>.npy (sd compare)"},
     {"--verbose", F_BOOL, 0, "stages, timings, peak memory"},
@@ -101,7 +103,7 @@ static const flag FLAGS[] = {
     {"--prediction", F_STR, 0, "eps | v (default: from the checkpoint)"},
     {"--clip-skip", F_INT, 0, "stop the text encoder N-1 layers early (1)"},
     {"--vocab", F_STR, 0, "CLIP BPE vocabulary file (default: model tokenizer/ or build/vocab)"},
-    {"--help", F_BOOL, 0, "this text"},
+    {"--help", F_BOOL, 0, "this text (also -h)"},
 };
 #define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
@@ -125,7 +127,7 @@ static void usage(FILE *f, int img2img) {
 static int parse_flags(opts *o, int argc, char **argv, int img2img) {
     memset(o, 0, sizeof *o);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = !strcmp(argv[i], "-h") ? "--help" : argv[i];
         if (strncmp(a, "--", 2) != 0) {
             sd_fail("%s: unexpected argument '%s' (quote the prompt: --prompt \"...\")", argv[0], a);
             return 2;
@@ -373,7 +375,8 @@ typedef struct run_settings {
     ldm_rng_kind rng_kind;
     ldm_pipeline_options po;        // backend, --config, --vae, --vocab, --prediction
     ldm_vae_options vae_opt;        // --vae-tiling, $LDM_VAE_BUDGET_MB
-    const char *dump_dir;           // --dump (NULL: main's $LDM_DUMP stays)
+    const char *dump_dir;           // --dump, else main's $LDM_DUMP (NULL: no dumps); with
+                                    // more than one batch, batch k dumps into DIR/batchKKK/
     const char *init_path, *negative, *outdir;
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
@@ -444,7 +447,7 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
                                    .need_encoder = r->img2img, .verbose = r->verbose};
     r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
-    r->dump_dir = get(o, "--dump");
+    r->dump_dir = get(o, "--dump") ? get(o, "--dump") : env->dump_dir;
     r->fixed_code = get(o, "--fixed_code") != NULL;
     r->per_line = get(o, "--per-line") != NULL || !get(o, "--from-file");
     r->only_pos = -1;
@@ -565,11 +568,22 @@ static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipelin
     snprintf(ri->label, sizeof ri->label, "%s%s", s->sampler->label,
              s->sigma_kind == LDM_SIGMAS_KARRAS ? " Karras"
              : s->sigma_kind == LDM_SIGMAS_EXPONENTIAL ? " Exponential" : "");
-    const char *mname = strrchr(r->ckpt, '/');
-    mname = mname && mname[1] ? mname + 1 : r->ckpt;
+    // the last path component, trailing slashes dropped ("tools/tiny-model/"
+    // -> tiny-model); a checkpoint file loses its format's extension only
+    // (v1-5-pruned.safetensors -> v1-5-pruned; the folder sd-v1.5 stays sd-v1.5)
+    char path[4096];
+    snprintf(path, sizeof path, "%s", r->ckpt);
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') path[--len] = '\0';
+    const char *mname = strrchr(path, '/');
+    mname = mname ? mname + 1 : path;
     snprintf(ri->model_name, sizeof ri->model_name, "%s", mname);
-    char *dot = strrchr(ri->model_name, '.');
-    if (dot && dot != ri->model_name) *dot = '\0';
+    static const char *exts[] = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"};
+    len = strlen(ri->model_name);
+    for (size_t i = 0; i < sizeof exts / sizeof exts[0]; i++) {
+        size_t n = strlen(exts[i]);
+        if (len > n && !strcmp(ri->model_name + len - n, exts[i])) ri->model_name[len - n] = '\0';
+    }
 }
 
 // "PROMPT\n[Negative prompt: N\n]Steps: ..., RNG: NV" then, for a sample
@@ -714,6 +728,11 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 long long line = r->per_line ? ci : ci * B + j;
                 if (line >= r->n_prompts) { n = j; break; }
                 batch_prompts[j] = r->prompts[line];
+            }
+            if (r->dump_dir && r->n_iter * nc > 1) {   // one folder per batch: none overwrites another
+                char dir[4096];
+                snprintf(dir, sizeof dir, "%s/batch%03lld", r->dump_dir, k);
+                ldm_dump_set_dir(dir);
             }
             ldm_rng rng;
             ldm_rng_init(&rng, r->rng_kind, (uint64_t)seed);
@@ -874,7 +893,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     int rc = 1, opened = 0;
     if (img2img) {
         if (ldm_png_read(&init, r.init_path) != LDM_OK) {
-            sd_fail("img2img: --init-img %s: %s", r.init_path, ldm_last_error());
+            sd_fail("img2img: --init-img %s", ldm_last_error());   // the message names the file
             goto done;
         }
         if (init.width % 8 || init.height % 8) {

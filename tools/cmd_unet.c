@@ -43,7 +43,7 @@ static void unet_usage(FILE *f) {
             "  --table            print the block table (after the run: with GFLOP per block)\n"
             "  --time             print seconds, GFLOP, GFLOPS and peak memory of the run\n"
             "  --threads N        cpu backend threads (default: all cores)\n"
-            "  --backend B        ref | cpu | cuda (default $LDM_BACKEND or cpu)\n");
+            "  --backend B        ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)\n");
 }
 
 static char *slurp(const char *path) {

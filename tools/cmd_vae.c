@@ -62,7 +62,7 @@ static void vae_usage(FILE *f, int encode) {
                    "  --npy FILE        also write the decoded float image [B,3,H,W] in [-1,1] as .npy\n");
     fprintf(f, "  --overwrite       replace existing output files (synonym --force)\n"
                "  --dump DIR        write every block's output as DIR/vae.<module>.npy\n"
-               "  --backend NAME    ref | cpu | cuda (default $LDM_BACKEND or cpu)\n"
+               "  --backend NAME    ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)\n"
                "  -v                print the tiling decision\n"
                "  --help            this text\n");
 }

@@ -49,7 +49,7 @@ int sd_fail(const char *fmt, ...) {
 
 int sd_common_flag(int argc, char **argv, int *i, sd_env *env) {
     if (strcmp(argv[*i], "--backend") == 0) {
-        if (*i + 1 >= argc) return sd_fail("--backend needs a value (ref|cpu|cuda)"), -1;
+        if (*i + 1 >= argc) return sd_fail("--backend needs a value (ref|cpu|cuda|cuda-emu)"), -1;
         if (!ldm_backend(argv[*i + 1])) return sd_fail("%s", ldm_last_error()), -1;
         env->backend = argv[*i + 1];
         *i += 1;
