@@ -206,6 +206,13 @@ static void test_batches(void) {
     png_params(p, params, sizeof params);
     test_check(!strncmp(params, "a green triangle\n", 17) && strstr(params, "Seed: 45,") &&
                strstr(params, "Batch size: 1"), "image 5: batch 3 has seed 42 + 3, size 1", "%s", params);
+    snprintf(args, sizeof args, "txt2img --from-file %s --n_samples 2 --n_iter 1 --ddim_steps 1 "
+             "--skip_save --outdir %s/grid", prompts, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/grid/grid-0000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "a red circle | a blue square | a green triangle\n"),
+               "the grid's parameters name every prompt", "%s", params);
     // --per-line: each line its own batch of n_samples
     snprintf(q, sizeof q, "%s/perline", tmp);
     snprintf(args, sizeof args, "txt2img --from-file %s %s --n_iter 1 --per-line --outdir %s",

@@ -638,8 +638,12 @@ static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const 
     if (ncol == 0) return 0;   // warned before sampling (run)
     uint8_t *grid = make_grid(&gw, &gh, all, n_all, ncol, (int)r->H, (int)r->W);
     if (!grid) return sd_fail("out of memory for the grid");
-    char params[8192];
-    parameters(params, sizeof params, r, ri, first_prompt, r->seed, r->n_samples, -1, 0);
+    // every prompt of the run, " | " between them (each sample's PNG has its own)
+    char prompts[4096], params[8192];
+    int np = snprintf(prompts, sizeof prompts, "%s", first_prompt);
+    for (int i = 1; i < r->n_prompts && np > 0 && (size_t)np < sizeof prompts; i++)
+        np += snprintf(prompts + np, sizeof prompts - np, " | %s", r->prompts[i]);
+    parameters(params, sizeof params, r, ri, prompts, r->seed, r->n_samples, -1, 0);
     int rc = write_png(r->outdir, "grid-%04d.png", grid_count, grid, gw, gh, params, r->verbose);
     free(grid);
     return rc;
