@@ -23,6 +23,7 @@
  * checked before anything loads), the A1111 "parameters" text, then the
  * command: run = settings, init image, folders, model, generate_all, grid.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -391,6 +392,11 @@ typedef struct run_settings {
 // 0, or 2 after printing the problem.
 static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char *cmd, double eta) {
     const char *sname = get(o, "--sampler"), *sched = get(o, "--schedule");
+    char lower[32];   // "Karras" as A1111's "Schedule type: Karras" writes it
+    if (sched && strlen(sched) < sizeof lower) {
+        for (size_t i = 0; i <= strlen(sched); i++) lower[i] = (char)tolower((unsigned char)sched[i]);
+        sched = lower;
+    }
     if (get(o, "--dpm_solver")) {   // CompVis DPMSolverSampler: DPM-Solver++ 2M multistep
         if (sname || get(o, "--plms"))
             return sd_fail("%s: give one of --dpm_solver, --plms, --sampler", cmd), 2;
