@@ -32,7 +32,8 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 SD_SRC   := $(sort $(wildcard tools/*.c))
 SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links \
+            $(BUILD)/tests/test_bad_inputs
 
 # ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
 # `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
@@ -112,6 +113,13 @@ $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libldm.a | $(BUILD)/.deps-ok
 $(BUILD)/tests/test_docs_links: tools/docs_links.py
 	@mkdir -p $(dir $@)
 	@printf '#!/bin/sh\nexec python3 "%s" --check\n' "$(abspath tools/docs_links.py)" > $@
+	@chmod +x $@
+
+# The list of bad invocations (tests/bad_inputs.sh) against this build's sd:
+# under `make check` each one also runs under ASan+UBSan.
+$(BUILD)/tests/test_bad_inputs: tests/bad_inputs.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\nexec "%s" "%s"\n' "$(abspath tests/bad_inputs.sh)" "$(abspath $(BUILD)/sd)" > $@
 	@chmod +x $@
 
 # ---- tests ------------------------------------------------------------------
@@ -301,6 +309,18 @@ demo: $(BUILD)/sd $(VOCAB)
 train-tiny: $(REF_PY)
 	nice $(REF_PY) tools/train/train_tiny.py --work build/tiny-train --out $(TINY_OUT) $(TINY_ARGS)
 
+# `make install PREFIX=DIR` (default /usr/local): DIR/bin/sd, and beside it the
+# data it finds relative to itself (/proc/self/exe), so it runs from any folder:
+# DIR/share/ldm.c/tiny-model (the model without --ckpt) and
+# DIR/share/ldm.c/vocab/ (the CLIP vocabulary).
+PREFIX ?= /usr/local
+.PHONY: install
+install: all
+	install -d "$(PREFIX)/bin" "$(PREFIX)/share/ldm.c/vocab" "$(PREFIX)/share/ldm.c/tiny-model"
+	install -m 755 $(BUILD)/sd "$(PREFIX)/bin/sd"
+	install -m 644 $(VOCAB) "$(PREFIX)/share/ldm.c/vocab/"
+	cp -R tools/tiny-model/. "$(PREFIX)/share/ldm.c/tiny-model/"
+
 clean:
 	rm -rf build
 
@@ -309,6 +329,7 @@ help:
 	@echo "make test       all C tests against committed PyTorch fixtures"
 	@echo "make debug      -O0 -g3 ASan+UBSan build into build/debug"
 	@echo "make check      the test suite under ASan+UBSan"
+	@echo "make install PREFIX=DIR  sd, the tiny model and the vocabulary under DIR"
 	@echo "make deps       install the Debian packages the build needs"
 	@echo "make reference-env  PyTorch reference venv (.venv-ref)"
 	@echo "make fixtures   regenerate tests/fixtures from PyTorch"

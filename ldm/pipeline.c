@@ -247,43 +247,57 @@ static void step_fn(void *vctx, int i, const float *x, const float *denoised) {
 // ---------------------------------------------------------------------------
 // 4. The four stages (LDM Fig. 3)
 
-// Stage 1, condition: tau_theta(y). c = the prompt's context, u = the negative
-// prompt's (with guidance), [k*77,D] each, padded to one length; the context
-// rows are [u x B, c x B] (the CompVis order: torch.cat([uc, c])).
+// Stage 1, condition: tau_theta(y). c = the prompt's context (one per image
+// when g->prompts gives each image its own), u = the negative prompt's (with
+// guidance), [k*77,D] each, padded to one length; the context rows are
+// [u x B, c_0 .. c_{B-1}] (the CompVis order: torch.cat([uc, c])).
 static int condition(generation *r) {
     ldm_pipeline *p = r->p;
     const ldm_generate_params *g = r->g;
-    const int64_t D = p->model.clip.hidden_size;
-    float *zc = NULL, *zu = NULL, *rows = NULL;
-    int nc = 0, nu = 0, rc = LDM_ERR;
+    const int64_t D = p->model.clip.hidden_size, B = r->B;
+    const int per_image = g->prompts != NULL;
+    const int64_t n_c = per_image ? B : 1;   // distinct condition rows
+    float **zc = calloc((size_t)n_c, sizeof *zc), *zu = NULL, *rows = NULL;
+    int *nc = calloc((size_t)n_c, sizeof *nc), nu = 0, rc = LDM_ERR, nmax = 0;
+    if (!zc || !nc) { ldm_error("out of memory"); goto done; }
     if (g->progress) g->progress(g->progress_ctx, "encode prompt", -1, 0, 0);
-    if (encode_host(&zc, &nc, p, g->prompt, g->clip_skip, "prompt/") != LDM_OK) goto done;
+    for (int64_t b = 0; b < n_c; b++) {
+        if (encode_host(&zc[b], &nc[b], p, per_image ? g->prompts[b] : g->prompt, g->clip_skip,
+                        "prompt/") != LDM_OK)
+            goto done;
+        if (nc[b] > nmax) nmax = nc[b];
+    }
     if (r->cfg) {
         if (encode_host(&zu, &nu, p, g->negative ? g->negative : "", g->clip_skip,
                         "negative/") != LDM_OK)
             goto done;
-        if (nc != nu && pad_with_empty(nc < nu ? &zc : &zu, nc < nu ? nc : nu,
-                                       nc > nu ? nc : nu, p, g->clip_skip) != LDM_OK)
-            goto done;
+        if (nu > nmax) nmax = nu;
+        if (nu < nmax && pad_with_empty(&zu, nu, nmax, p, g->clip_skip) != LDM_OK) goto done;
     }
-    const int64_t T = (int64_t)(nc > nu ? nc : nu) * LDM_CONTEXT, N = r->cfg ? 2 * r->B : r->B;
+    for (int64_t b = 0; b < n_c; b++)
+        if (nc[b] < nmax && pad_with_empty(&zc[b], nc[b], nmax, p, g->clip_skip) != LDM_OK) goto done;
+    const int64_t T = (int64_t)nmax * LDM_CONTEXT, N = r->cfg ? 2 * B : B;
     rows = malloc((size_t)(N * T * D) * sizeof(float));
     if (!rows) {
         ldm_error("out of memory for the context [%lld,%lld,%lld]", (long long)N, (long long)T,
                   (long long)D);
         goto done;
     }
-    for (int64_t b = 0; b < N; b++)
-        memcpy(rows + b * T * D, (r->cfg && b < r->B) ? zu : zc, (size_t)(T * D) * sizeof(float));
+    for (int64_t b = 0; b < N; b++) {
+        int64_t i = r->cfg ? b - B : b;   // image of a condition row (< 0: unconditional)
+        const float *src = i < 0 ? zu : zc[per_image ? i : 0];
+        memcpy(rows + b * T * D, src, (size_t)(T * D) * sizeof(float));
+    }
     r->context = ldm_tensor_new(p->ops, LDM_SHAPE(N, T, D));
     if (!r->context.data) goto done;
     ldm_tensor_from_host(&r->context, rows);
     ldm_model_release_pages(&p->model);   // the text encoder's mapped weights leave memory
-    ldm_dump_host(zc, LDM_SHAPE(1, T, D), "context");
+    ldm_dump_host(zc[0], LDM_SHAPE(1, T, D), "context");
     if (r->cfg) ldm_dump_host(zu, LDM_SHAPE(1, T, D), "uncond_context");
     rc = LDM_OK;
 done:
-    free(zc); free(zu); free(rows);
+    for (int64_t b = 0; zc && b < n_c; b++) free(zc[b]);
+    free(zc); free(nc); free(zu); free(rows);
     return rc;
 }
 
@@ -331,12 +345,13 @@ static int initial_latent(generation *r) {
     r->z = malloc((size_t)(r->B * r->per) * sizeof(float));
     if (!r->noise || !r->z) return ldm_error("out of memory");
     r->start_step = 0;
-    r->run_steps = g->sampling.steps;
+    // the steps that really run (CompVis "uniform" spacing may hold more than asked)
+    int count = ldm_sampler_steps(&g->sampling, &r->p->sched);
+    if (count < 0) return LDM_ERR;
+    r->run_steps = count;
     if (g->init_rgb) {
         if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
         if (encode_image(r, r->noise) != LDM_OK) return LDM_ERR;
-        int count = ldm_sampler_steps(&g->sampling, &r->p->sched);  // CompVis "uniform": may exceed steps
-        if (count < 0) return LDM_ERR;
         r->run_steps = (int)(g->strength * g->sampling.steps);
         if (r->run_steps > count) r->run_steps = count;
         r->start_step = count - r->run_steps;
@@ -420,7 +435,9 @@ static int decode(generation *r, uint8_t *rgb_out) {
 
 int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
     const ldm_sampler_settings *s = &g->sampling;
-    if (!g->prompt) return ldm_error("generate: no prompt (pass an empty string for none)");
+    if (!g->prompt && !g->prompts) return ldm_error("generate: no prompt (pass an empty string for none)");
+    for (int b = 0; g->prompts && b < g->batch; b++)
+        if (!g->prompts[b]) return ldm_error("generate: prompts[%d] is NULL", b);
     if (!s->sampler) return ldm_error("generate: no sampler");
     if (g->width < 8 || g->height < 8 || g->width % 8 || g->height % 8)
         return ldm_error("size %dx%d: width (--W) and height (--H) must be positive multiples of 8",

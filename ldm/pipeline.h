@@ -115,6 +115,8 @@ typedef struct ldm_generate_params {
     int n_loras;
     ldm_progress_fn progress;
     void *progress_ctx;
+    const char *const *prompts;     // [batch] one prompt per image (CompVis --from-file
+                                    // batches); NULL: `prompt` for every image
 } ldm_generate_params;
 
 // Checks params without running anything (sizes, steps, strength, sampler).

@@ -287,6 +287,6 @@ int ldm_rng_parse(ldm_rng_kind *kind, const char *name) {
         *kind = LDM_RNG_CUDA;
         return LDM_OK;
     }
-    return ldm_error("--rng: expected \"cpu\" (torch CPU generator) or \"cuda\" (torch CUDA "
+    return ldm_error("expected \"cpu\" (torch CPU generator) or \"cuda\" (torch CUDA "
                      "Philox), found \"%s\"", name ? name : "(null)");
 }

@@ -58,5 +58,21 @@ int sd_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int sd_common_flag(int argc, char **argv, int *i, sd_env *env);
 // The backend env names (NULL: cpu). NULL + ldm_error when unknown or not built.
 const struct ldm_ops *sd_backend(const sd_env *env);
+// Exit codes, one convention for every subcommand: 0 done, 1 the run failed
+// (a file, the model, memory), 2 the command line is wrong (usage error).
+enum { SD_EXIT_OK = 0, SD_EXIT_FAIL = 1, SD_EXIT_USAGE = 2 };
+// The one flag that lets a subcommand replace an existing output file:
+// --overwrite, or its synonym --force. 1 when a is it.
+int sd_is_overwrite_flag(const char *a);
+// An output path a subcommand is about to write: refused (1, printed) when it
+// is empty, a folder, one of the inputs, or exists and overwrite == 0.
+int sd_check_output(const char *path, int overwrite, const char *const *inputs, int n_inputs);
+// The model when --ckpt is absent: $LDM_TINY_MODEL, else the tiny model found
+// beside the binary (installed: PREFIX/share/ldm.c/tiny-model) or in the
+// repository (tools/tiny-model). Never NULL.
+const char *sd_tiny_model(const sd_env *env);
+// The CLIP vocabulary default when neither --vocab nor $LDM_VOCAB is given:
+// found beside the binary, as the tiny model; NULL: the library's default.
+const char *sd_default_vocab(void);
 
 #endif

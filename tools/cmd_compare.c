@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
+#include "ldm/io/fs.h"
 #include "tools/cmd.h"
 
 typedef struct dump_file {
@@ -89,20 +90,25 @@ int cmd_compare(int argc, char **argv, const sd_env *env) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         if (!strcmp(argv[i], "--tol")) {
             char *end = NULL;
-            if (i + 1 >= argc) return sd_fail("--tol needs a value");
+            if (i + 1 >= argc) return sd_fail("--tol needs a value"), 2;
             tol = strtod(argv[++i], &end);
-            if (!end || *end || !(tol >= 0)) return sd_fail("--tol: '%s' is not a number >= 0", argv[i]);
+            if (!end || *end || !(tol >= 0)) return sd_fail("--tol: '%s' is not a number >= 0", argv[i]), 2;
         } else if (argv[i][0] == '-') {
             usage(stderr);
-            return sd_fail("compare: unknown flag '%s'", argv[i]);
+            return sd_fail("compare: unknown flag '%s' (sd compare --help)", argv[i]), 2;
         } else if (!a_dir) a_dir = argv[i];
         else if (!b_dir) b_dir = argv[i];
-        else return sd_fail("compare: too many arguments ('%s')", argv[i]);
+        else return sd_fail("compare: too many arguments ('%s')", argv[i]), 2;
     }
     if (!a_dir || !b_dir) { usage(stderr); return 2; }
+    if (!ldm_is_dir(b_dir)) return sd_fail("compare: %s: not a folder (want two dump folders)", b_dir);
 
     dump_list list = {0};
     if (list_npy(&list, a_dir, "", 0) != LDM_OK) return sd_fail("%s", ldm_last_error());
+    if (list.n == 0) {
+        free(list.v);
+        return sd_fail("compare: no .npy files in %s (is it a dump folder? sd txt2img --dump DIR)", a_dir);
+    }
     qsort(list.v, (size_t)list.n, sizeof *list.v, by_time_then_name);
 
     int compared = 0, missing = 0, over = 0, first_bad = -1;

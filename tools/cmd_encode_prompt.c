@@ -19,14 +19,16 @@
 #include "ldm/model.h"
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
+#include "ldm/pipeline.h"
 #include "tokenizer/bpe.h"
 #include "tools/cmd.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: sd encode-prompt --ckpt MODEL [flags] \"PROMPT\"\n\n"
+            "usage: sd encode-prompt [--ckpt MODEL] [flags] \"PROMPT\"\n\n"
             "Encode PROMPT with the model's CLIP text encoder; write the [1,77,D] context.\n\n"
             "  --ckpt MODEL        single-file checkpoint (.safetensors/.ckpt) or diffusers folder\n"
+            "                      (default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")\n"
             "  --config DIR        diffusers-style folder with the configs of a single file\n"
             "                      of non-standard size\n"
             "  --vocab PATH        BPE vocabulary (default $LDM_VOCAB or %s;\n"
@@ -34,7 +36,8 @@ static void usage(FILE *f) {
             "  --ids FILE.npy      token ids [B,T] instead of PROMPT (no tokenizer)\n"
             "  --clip-skip N       stop N-1 layers earlier than the model does (default 1)\n"
             "  --out FILE.npy      where to write the context (default context.npy)\n"
-            "  --backend NAME      ref | cpu | cuda\n"
+            "  --overwrite         replace FILE.npy if it exists (synonym --force)\n"
+            "  --backend NAME      ref | cpu | cuda | cuda-emu\n"
             "  --help              this text\n",
             LDM_VOCAB_DEFAULT);
 }
@@ -43,13 +46,14 @@ int cmd_encode_prompt(int argc, char **argv, const sd_env *defaults) {
     sd_env env = *defaults;
     const char *ckpt = NULL, *config = NULL, *vocab = NULL, *ids_npy = NULL,
                *out_path = "context.npy", *prompt = NULL;
-    int clip_skip = 1;
+    int clip_skip = 1, overwrite = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         int c = sd_common_flag(argc, argv, &i, &env);
         if (c < 0) return 2;
         if (c > 0) continue;
+        if (sd_is_overwrite_flag(a)) { overwrite = 1; continue; }
         const char **dst = !strcmp(a, "--ckpt") ? &ckpt : !strcmp(a, "--config") ? &config
                          : !strcmp(a, "--vocab") ? &vocab : !strcmp(a, "--ids") ? &ids_npy
                          : !strcmp(a, "--out") ? &out_path : NULL;
@@ -72,8 +76,14 @@ int cmd_encode_prompt(int argc, char **argv, const sd_env *defaults) {
             return 2;
         }
     }
-    if (!ckpt || (!prompt && !ids_npy)) { usage(stderr); return 2; }
+    if (!prompt && !ids_npy) { usage(stderr); return 2; }
     if (prompt && ids_npy) { sd_fail("encode-prompt: give PROMPT or --ids, not both"); return 2; }
+    const char *inputs[] = {ids_npy};
+    if (sd_check_output(out_path, overwrite, inputs, 1)) return 1;
+    if (!ckpt) {
+        ckpt = sd_tiny_model(&env);
+        fprintf(stderr, "encode-prompt: no --ckpt given: using the tiny model in %s\n", ckpt);
+    }
 
     const struct ldm_ops *ops = sd_backend(&env);
     if (!ops) return sd_fail("%s", ldm_last_error());

@@ -12,7 +12,7 @@
  * The format is found by magic bytes (ldm/io/tensorfile.c). A bad file gives
  * one line "sd: FILE: <what is wrong>" on stderr and exit status 1. The .npy
  * is written to a temporary file and renamed (never a partial file), and an
- * existing OUT.npy is not replaced unless --force is given.
+ * existing OUT.npy is not replaced unless --overwrite (or --force) is given.
  */
 #include <float.h>
 #include <stdio.h>
@@ -27,7 +27,7 @@
 
 static void info_usage(FILE *f) {
     fprintf(f,
-            "usage: sd info FILE|DIR [--tensor NAME [--npy OUT.npy [--force]]]\n\n"
+            "usage: sd info FILE|DIR [--tensor NAME [--npy OUT.npy [--overwrite]]]\n\n"
             "List the tensors (name, dtype, shape) and metadata of a checkpoint file,\n"
             "then the detected model (family, prediction type, parameters per component);\n"
             "for a diffusers model folder DIR, only the model summary.\n"
@@ -35,7 +35,7 @@ static void info_usage(FILE *f) {
             "zip (.ckpt/.bin, read without executing its pickle).\n\n"
             "  --tensor NAME   show only tensor NAME, with min/max/mean of its values\n"
             "  --npy OUT.npy   write tensor NAME as a float32 .npy (F16/BF16 widened exactly)\n"
-            "  --force         replace OUT.npy if it exists (refused otherwise)\n"
+            "  --overwrite     replace OUT.npy if it exists (refused otherwise; synonym --force)\n"
             "  --help          this text\n\n"
             "Exit status 0 on success, 1 on a bad file or a failed write, 2 on bad flags.\n");
 }
@@ -72,7 +72,7 @@ int cmd_info(int argc, char **argv, const sd_env *defaults) {
             if (i + 1 >= argc) { sd_fail("%s needs a value", a); return 2; }
             if (!strcmp(a, "--tensor")) tensor = argv[++i];
             else npy = argv[++i];
-        } else if (!strcmp(a, "--force")) {
+        } else if (sd_is_overwrite_flag(a)) {
             force = 1;
         } else if (a[0] == '-' && a[1]) {
             sd_fail("info: unknown flag '%s' (sd info --help)", a);
@@ -87,8 +87,8 @@ int cmd_info(int argc, char **argv, const sd_env *defaults) {
     if (!file) { info_usage(stderr); return 2; }
     if (ldm_is_dir(file)) return sd_info_model(file, 1);  // a diffusers folder
     if (npy && !tensor) { sd_fail("info: --npy needs --tensor NAME"); return 2; }
-    if (npy && !force && access(npy, F_OK) == 0)
-        return sd_fail("%s: already exists; pass --force to replace it", npy);
+    const char *inputs[] = {file};
+    if (npy && sd_check_output(npy, force, inputs, 1)) return 1;
 
     ldm_tensor_file f;
     if (ldm_tensor_file_open(&f, file) != 0) return sd_fail("%s", ldm_last_error());

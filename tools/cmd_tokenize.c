@@ -39,7 +39,7 @@ int cmd_tokenize(int argc, char **argv, const sd_env *defaults) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = sd_common_flag(argc, argv, &i, &env);
-        if (c < 0) return 1;
+        if (c < 0) return 2;
         if (c > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             tokenize_usage(stdout);
@@ -47,7 +47,7 @@ int cmd_tokenize(int argc, char **argv, const sd_env *defaults) {
         } else if (!strcmp(a, "--pieces")) {
             pieces = 1;
         } else if (!strcmp(a, "--vocab") || !strcmp(a, "--context") || !strcmp(a, "--pad")) {
-            if (i + 1 >= argc) return sd_fail("tokenize: %s needs a value (see sd tokenize --help)", a);
+            if (i + 1 >= argc) return sd_fail("tokenize: %s needs a value (see sd tokenize --help)", a), 2;
             const char *v = argv[++i];
             if (!strcmp(a, "--vocab")) {
                 vocab = v;
@@ -55,17 +55,16 @@ int cmd_tokenize(int argc, char **argv, const sd_env *defaults) {
                 char *end;
                 long n = strtol(v, &end, 10);
                 if (*end || n < 2 || n > 1000000)
-                    return sd_fail("tokenize: --context expects an integer 2..1000000, found '%s'", v);
+                    return sd_fail("tokenize: --context expects an integer 2..1000000, found '%s'", v), 2;
                 context = (int)n;
             } else {
                 if (!strcmp(v, "end")) pad = LDM_TOKEN_EOT;
                 else if (!strcmp(v, "zero")) pad = LDM_TOKEN_PAD_SD2;
-                else return sd_fail("tokenize: --pad expects end or zero, found '%s'", v);
+                else return sd_fail("tokenize: --pad expects end or zero, found '%s'", v), 2;
                 pad_set = 1;
             }
         } else {
-            tokenize_usage(stderr);
-            return sd_fail("tokenize: unknown argument '%s'", a);
+            return sd_fail("tokenize: unknown argument '%s' (sd tokenize --help)", a), 2;
         }
     }
     if (pad_set && !context) context = LDM_CONTEXT;

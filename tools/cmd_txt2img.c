@@ -13,14 +13,17 @@
  * Each PNG carries an AUTOMATIC1111-style "parameters" text chunk.
  * Without --ckpt both use the tiny model the project trained and ships
  * (LDM_TINY_MODEL_DEFAULT, or $LDM_TINY_MODEL) at 64x64, and say so on stderr.
- * Leaves out: --laion400m, the invisible watermark and the safety checker;
- * --precision is accepted and ignored (everything is fp32).
+ * Batches as CompVis (--from-file: n_samples lines per batch), batch k seeded
+ * seed + k so any image reruns alone (--from-png); --shard I/N splits a run.
+ * Leaves out: the invisible watermark and the safety checker; --precision and
+ * --laion400m are accepted and change nothing (fp32; the model is --ckpt).
  *
  * Order of this file: the flags table and its parser, the model hash, output
  * files and the grid, progress, flags -> run_settings (settings_from_flags,
  * checked before anything loads), the A1111 "parameters" text, then the
  * command: run = settings, init image, folders, model, generate_all, grid.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -29,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
@@ -60,7 +64,7 @@ static const flag FLAGS[] = {
     {"--skip_save", F_BOOL, 0, "do not write the individual samples"},
     {"--ddim_steps", F_INT, 0, "sampling steps (50)"},
     {"--plms", F_BOOL, 0, "use the PLMS sampler (CompVis)"},
-    {"--fixed_code", F_BOOL, -1, "same starting noise for every iteration"},
+    {"--fixed_code", F_BOOL, -1, "every batch starts from the same noise (seed, not seed + k)"},
     {"--ddim_eta", F_FLOAT, 0, "DDIM eta (0.0: deterministic)"},
     {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img)"},
     {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512; 64 with the tiny model)"},
@@ -70,7 +74,13 @@ static const flag FLAGS[] = {
     {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img)"},
     {"--n_rows", F_INT, 0, "grid columns (default n_samples)"},
     {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img, 5.0 img2img)"},
-    {"--from-file", F_STR, 0, "one prompt per line; each gets n_samples images"},
+    {"--from-file", F_STR, 0, "one prompt per line; n_samples consecutive lines make one batch "
+                              "(CompVis)"},
+    {"--per-line", F_BOOL, 0, "with --from-file: each line gets a batch of n_samples images"},
+    {"--shard", F_STR, 0, "I/N: run batches k with k % N == I only (N copies = one run; no grid)"},
+    {"--from-png", F_STR, -1, "rerun the image a PNG's parameters describe (other flags override)"},
+    {"--dpm_solver", F_BOOL, 0, "CompVis: the DPM-Solver sampler = --sampler dpmpp_2m"},
+    {"--laion400m", F_BOOL, 0, "CompVis: the LAION-400M model; here only a --ckpt says which model"},
     {"--config", F_STR, 0, "diffusers-style folder of configs for a non-standard single file"},
     {"--ckpt", F_STR, 0, "model: .safetensors/.ckpt single file or diffusers folder "
                          "(default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")"},
@@ -86,7 +96,7 @@ static const flag FLAGS[] = {
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
     {"--vae-tiling", F_BOOL, 0, "decode/encode in tiles (less memory)"},
-    {"--backend", F_STR, 0, "ref | cpu | cuda (default $LDM_BACKEND or cpu)"},
+    {"--backend", F_STR, 0, "ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)"},
     {"--threads", F_INT, 0, "CPU threads (default: all)"},
     {"--dump", F_STR, 0, "write every named intermediate as DIR/<name>.npy (sd compare)"},
     {"--verbose", F_BOOL, 0, "stages, timings, peak memory"},
@@ -97,7 +107,7 @@ static const flag FLAGS[] = {
     {"--embedding-dir", F_STR, 0, "textual-inversion embeddings: a prompt word equal to a file name uses its vectors"},
     {"--clip-skip", F_INT, 0, "stop the text encoder N-1 layers early (1)"},
     {"--vocab", F_STR, 0, "CLIP BPE vocabulary file (default: model tokenizer/ or build/vocab)"},
-    {"--help", F_BOOL, 0, "this text"},
+    {"--help", F_BOOL, 0, "this text (also -h)"},
 };
 #define N_FLAGS ((int)(sizeof FLAGS / sizeof FLAGS[0]))
 
@@ -122,7 +132,7 @@ static void usage(FILE *f, int img2img) {
 static int parse_flags(opts *o, int argc, char **argv, int img2img) {
     memset(o, 0, sizeof *o);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = !strcmp(argv[i], "-h") ? "--help" : argv[i];
         if (strncmp(a, "--", 2) != 0) {
             sd_fail("%s: unexpected argument '%s' (quote the prompt: --prompt \"...\")", argv[0], a);
             return 2;
@@ -229,15 +239,25 @@ static void model_hash(char out[16], const char *path) {
 // ---------------------------------------------------------------------------
 // output files
 
+// Folders mkdir_p created in this run, so that a run that fails removes them
+// again (rmdir: only while empty) and leaves no empty output folder behind.
+static char created[16][4096];
+static int n_created;
+
 static int mkdir_p(const char *dir) {
+    if (!*dir) return ldm_error("the output folder name is empty (--outdir \"\")");
     char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return ldm_error("output folder name too long (%zu bytes)", strlen(dir));
     for (char *c = p + 1; ; c++) {
         if (*c == '/' || *c == '\0') {
             char keep = *c;
             *c = '\0';
-            if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            if (mkdir(p, 0777) == 0) {
+                if (n_created < 16) snprintf(created[n_created++], sizeof created[0], "%s", p);
+            } else if (errno != EEXIST) {
                 return ldm_error("cannot create output folder %s: %s", p, strerror(errno));
+            }
             *c = keep;
             if (!keep) break;
         }
@@ -247,6 +267,11 @@ static int mkdir_p(const char *dir) {
         return ldm_error("output folder %s: not a folder", dir);
     if (access(dir, W_OK) != 0) return ldm_error("output folder %s is not writable", dir);
     return LDM_OK;
+}
+
+// After a failed run: the folders this run created, deepest first, if empty.
+static void remove_created_folders(void) {
+    while (n_created > 0) rmdir(created[--n_created]);
 }
 
 // Number of entries in dir (what CompVis' len(os.listdir(dir)) counts).
@@ -271,6 +296,18 @@ static void next_free(char *path, size_t size, const char *dir, const char *fmt,
     }
 }
 
+// The grid's columns for n images of HxW: n_rows (default n_samples), widened
+// when the grid would be taller than a PNG may be (LDM_IMAGE_MAX_SIDE), so
+// that it wraps into more columns. 0 when no layout fits one PNG.
+static int grid_columns(int n, int ncol, int H, int W) {
+    const int max = LDM_IMAGE_MAX_SIDE, max_rows = (max - 2) / (H + 2), max_cols = (max - 2) / (W + 2);
+    if (max_rows < 1 || max_cols < 1) return 0;
+    if (ncol > n) ncol = n;
+    if (ncol > max_cols) ncol = max_cols;
+    if ((n + ncol - 1) / ncol > max_rows) ncol = (n + max_rows - 1) / max_rows;
+    return ncol <= max_cols ? ncol : 0;
+}
+
 // torchvision make_grid(padding=2, pad_value=0) of n images [H][W][3] in
 // rows of ncol: ((H+2)*rows + 2) x ((W+2)*ncol + 2).
 static uint8_t *make_grid(int *gw, int *gh, uint8_t *const *imgs, int n, int ncol, int H, int W) {
@@ -292,23 +329,42 @@ static uint8_t *make_grid(int *gw, int *gh, uint8_t *const *imgs, int n, int nco
 
 typedef struct progress {
     int on, tty;
+    double t0;              // when the current stage's first step started
 } progress;
 
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Stage names (step -1) and sampler steps "step k/n" with the steps that
+// really run (ldm_sampler_steps), the mean time per step so far and the time
+// left at that pace; on a terminal one line redrawn as a bar, which stays on
+// screen when the stage is done.
 static void on_progress(void *ctx, const char *stage, int step, int n, double sps) {
     progress *p = ctx;
     if (!p->on) return;
     if (step < 0 || (step == 0 && n > 0)) {
+        p->t0 = seconds_now();
         if (p->tty) fprintf(stderr, "\r\033[K");
         fprintf(stderr, "%s%s", stage, p->tty && step == 0 ? "" : "\n");
         return;
     }
-    double eta = sps * (n - step);
+    double mean = (seconds_now() - p->t0) / (step > 0 ? step : 1);
+    double eta = step < n ? mean * (n - step) : 0;
     if (p->tty) {
-        fprintf(stderr, "\r\033[K%s: step %d/%d  %.2f s/step  ETA %.0fs", stage, step, n, sps, eta);
-        if (step == n) fprintf(stderr, "\n");
+        char bar[21];
+        int full = n > 0 ? (int)(20LL * step / n) : 20;
+        for (int i = 0; i < 20; i++) bar[i] = i < full ? '#' : '.';
+        bar[20] = '\0';
+        fprintf(stderr, "\r\033[K%s [%s] step %d/%d  %.2f s/step  ETA %.0fs", stage, bar, step, n,
+                mean, eta);
+        if (step >= n) fprintf(stderr, "\n");
     } else {
-        fprintf(stderr, "%s: step %d/%d  %.2f s/step  ETA %.0fs\n", stage, step, n, sps, eta);
+        fprintf(stderr, "%s: step %d/%d  %.2f s/step  ETA %.0fs\n", stage, step, n, mean, eta);
     }
+    (void)sps;
 }
 
 // ---------------------------------------------------------------------------
@@ -325,12 +381,16 @@ typedef struct run_settings {
     ldm_rng_kind rng_kind;
     ldm_pipeline_options po;        // backend, --config, --vae, --vocab, --prediction
     ldm_vae_options vae_opt;        // --vae-tiling, $LDM_VAE_BUDGET_MB
-    const char *dump_dir;           // --dump (NULL: main's $LDM_DUMP stays)
+    const char *dump_dir;           // --dump, else main's $LDM_DUMP (NULL: no dumps); with
+                                    // more than one batch, batch k dumps into DIR/batchKKK/
     const char *init_path, *negative, *outdir;
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
     int verbose, fixed_code, skip_save, skip_grid;
     ldm_lora_spec loras[LDM_LORA_MAX_SPECS]; int n_loras; const char *lora_dir;   // --lora, --lora-dir
+    int per_line;                   // each prompt its own batch (always for --prompt)
+    long long shard_i, shard_n;     // --shard I/N (N = 1: every batch)
+    long long only_pos;             // --from-png: write only this batch position (-1: all)
 } run_settings;
 
 // The sampler: DDIM (CompVis) unless --plms or --sampler; --schedule picks
@@ -338,11 +398,25 @@ typedef struct run_settings {
 // 0, or 2 after printing the problem.
 static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char *cmd, double eta) {
     const char *sname = get(o, "--sampler"), *sched = get(o, "--schedule");
+    char lower[32];   // "Karras" as A1111's "Schedule type: Karras" writes it
+    if (sched && strlen(sched) < sizeof lower) {
+        for (size_t i = 0; i <= strlen(sched); i++) lower[i] = (char)tolower((unsigned char)sched[i]);
+        sched = lower;
+    }
+    if (get(o, "--dpm_solver")) {   // CompVis DPMSolverSampler: DPM-Solver++ 2M multistep
+        if (sname || get(o, "--plms"))
+            return sd_fail("%s: give one of --dpm_solver, --plms, --sampler", cmd), 2;
+        sname = "dpmpp_2m";
+    }
     if (sname && get(o, "--plms")) return sd_fail("%s: give --plms or --sampler, not both", cmd), 2;
     if (ldm_sampler_parse(&s->sampler, &s->sigma_kind, sname ? sname : get(o, "--plms") ? "plms" : "ddim"))
         return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
     int discrete = !s->sampler->uses_sigmas;
     s->conv = LDM_CONVENTIONS_COMPVIS;   // the CLI mimics CompVis scripts/txt2img.py
+    if (sched && !discrete && s->sigma_kind != LDM_SIGMAS_DEFAULT && strcmp(sched, "default") &&
+        strcmp(sched, s->sigma_kind == LDM_SIGMAS_KARRAS ? "karras" : "exponential"))
+        return sd_fail("%s: --sampler \"%s\" already names its schedule; it conflicts with "
+                       "--schedule %s (give one of them)", cmd, sname, sched), 2;
     if (sched && !discrete) {
         if (!strcmp(sched, "karras")) s->sigma_kind = LDM_SIGMAS_KARRAS;
         else if (!strcmp(sched, "exponential")) s->sigma_kind = LDM_SIGMAS_EXPONENTIAL;
@@ -386,10 +460,21 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
                                    .embedding_dir = get(o, "--embedding-dir")};
     r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
-    r->dump_dir = get(o, "--dump");
+    r->dump_dir = get(o, "--dump") ? get(o, "--dump") : env->dump_dir;
     r->fixed_code = get(o, "--fixed_code") != NULL;
+    r->per_line = get(o, "--per-line") != NULL || !get(o, "--from-file");
+    r->only_pos = -1;
+    r->shard_i = 0, r->shard_n = 1;
+    const char *sh = get(o, "--shard");
+    if (sh) {
+        char tail;
+        if (sscanf(sh, "%lld/%lld%c", &r->shard_i, &r->shard_n, &tail) != 2 || r->shard_n < 1 ||
+            r->shard_n > 100000 || r->shard_i < 0 || r->shard_i >= r->shard_n)
+            return sd_fail("%s: --shard '%s': expected I/N with 0 <= I < N", cmd, sh), 2;
+        r->skip_grid = 1;
+    }
     r->skip_save = get(o, "--skip_save") != NULL;
-    r->skip_grid = get(o, "--skip_grid") != NULL;
+    r->skip_grid = get(o, "--skip_grid") != NULL || r->skip_grid;
     r->negative = get(o, "--negative-prompt") ? get(o, "--negative-prompt") : "";
     r->outdir = get(o, "--outdir") ? get(o, "--outdir")
               : r->img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
@@ -405,7 +490,7 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
     r->ckpt = get(o, "--ckpt");
     r->tiny = r->ckpt == NULL;
-    if (r->tiny) r->ckpt = env->tiny_model ? env->tiny_model : LDM_TINY_MODEL_DEFAULT;
+    if (r->tiny) r->ckpt = sd_tiny_model(env);
     long long side = r->tiny ? 64 : 512, steps;
     if (get_int(o, "--ddim_steps", 50, 1, 1000, &steps) ||
         get_int(o, "--n_iter", img2img ? 1 : 2, 1, 100000, &r->n_iter) ||
@@ -425,9 +510,15 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
     if (!img2img && (r->H % 8 || r->W % 8 || r->H < 8 || r->W < 8))
         return sd_fail("%s: --H %lld --W %lld: height and width must be positive multiples of 8",
                        cmd, r->H, r->W), 2;
+    if (r->H > LDM_IMAGE_MAX_SIDE || r->W > LDM_IMAGE_MAX_SIDE)
+        return sd_fail("%s: --H %lld --W %lld: a PNG side can be at most %d pixels", cmd, r->H,
+                       r->W, LDM_IMAGE_MAX_SIDE), 2;
     if (img2img && !(r->strength >= 0 && r->strength <= 1))
         return sd_fail("%s: --strength %g: must be in [0, 1]", cmd, r->strength), 2;
     if (r->eta < 0) return sd_fail("%s: --ddim_eta must be >= 0", cmd), 2;
+    if (!(fabs(r->scale) <= 1e4) || !(r->eta <= 1e4))
+        return sd_fail("%s: --scale %g / --ddim_eta %g: expected numbers within +-10000", cmd,
+                       r->scale, r->eta), 2;
     if (r->tiny) {
         struct stat st;
         if (stat(r->ckpt, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -493,32 +584,52 @@ static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipelin
     snprintf(ri->label, sizeof ri->label, "%s%s", s->sampler->label,
              s->sigma_kind == LDM_SIGMAS_KARRAS ? " Karras"
              : s->sigma_kind == LDM_SIGMAS_EXPONENTIAL ? " Exponential" : "");
-    const char *mname = strrchr(r->ckpt, '/');
-    mname = mname && mname[1] ? mname + 1 : r->ckpt;
+    // the last path component, trailing slashes dropped ("tools/tiny-model/"
+    // -> tiny-model); a checkpoint file loses its format's extension only
+    // (v1-5-pruned.safetensors -> v1-5-pruned; the folder sd-v1.5 stays sd-v1.5)
+    char path[4096];
+    snprintf(path, sizeof path, "%s", r->ckpt);
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') path[--len] = '\0';
+    const char *mname = strrchr(path, '/');
+    mname = mname ? mname + 1 : path;
     snprintf(ri->model_name, sizeof ri->model_name, "%s", mname);
-    char *dot = strrchr(ri->model_name, '.');
-    if (dot && dot != ri->model_name) *dot = '\0';
+    static const char *exts[] = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"};
+    len = strlen(ri->model_name);
+    for (size_t i = 0; i < sizeof exts / sizeof exts[0]; i++) {
+        size_t n = strlen(exts[i]);
+        if (len > n && !strcmp(ri->model_name + len - n, exts[i])) ri->model_name[len - n] = '\0';
+    }
 }
 
 // "PROMPT\n[Negative prompt: N\n]Steps: ..., RNG: NV" then, for a sample
-// (batch_pos >= 0), clip skip / eta / strength when they are not the
-// defaults and its place in the batch; the grid gets the first part only.
+// (batch_pos >= 0), everything else that changes its pixels when it is not
+// the default (clip skip, eta, strength, DDIM/PLMS timestep spacing) and its
+// place in its batch: with the batch's seed, size and this position, the
+// parameters rerun this image alone (sd txt2img --from-png). The grid gets
+// the first part only.
 static void parameters(char *buf, size_t size, const run_settings *r, const run_info *ri,
-                       const char *prompt, long long batch_pos, long long iteration) {
+                       const char *prompt, long long seed, long long batch_size,
+                       long long batch_pos, long long iteration) {
     const char *neg = r->negative;
     int n = snprintf(buf, size,
         "%s\n%s%s%sSteps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, "
         "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
         prompt, *neg ? "Negative prompt: " : "", neg, *neg ? "\n" : "",
-        r->sampling.steps, ri->label, r->scale, r->seed, r->W, r->H, ri->hash, ri->model_name,
+        r->sampling.steps, ri->label, r->scale, seed, r->W, r->H, ri->hash, ri->model_name,
         r->rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
-    if (batch_pos < 0) return;
+    if (batch_pos < 0 || n < 0 || (size_t)n >= size) return;
+    if (!r->sampling.sampler->uses_sigmas && r->sampling.conv.spacing != LDM_SPACING_UNIFORM) {
+        static const char *names[] = {"leading", "trailing", "linspace", "uniform"};
+        n += snprintf(buf + n, size - n, ", Schedule type: %s", names[r->sampling.conv.spacing]);
+    }
     if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
     if (!r->sampling.sampler->uses_sigmas && r->eta != 0)
         n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
     if (r->img2img) n += snprintf(buf + n, size - n, ", Denoising strength: %g", r->strength);
-    snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld, Iteration: %lld",
-             r->n_samples, batch_pos, iteration);
+    if ((size_t)n < size)
+        snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld", batch_size, batch_pos);
+    (void)iteration;   // implied by the seed (seed + batch index): a rerun writes the same text
 }
 
 // One PNG with its parameters, at the next free name of dir/fmt. 0 / 1 (printed).
@@ -534,15 +645,21 @@ static int write_png(const char *dir, const char *fmt, int *index, const uint8_t
 }
 
 // The grid of every image of the run (torchvision make_grid), n_rows columns
-// (default n_samples), with the run's parameters. 0 / 1.
+// (default n_samples; more when it would be too tall, grid_columns), with
+// the run's parameters. 0 / 1.
 static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const *all, int n_all,
                       const char *first_prompt, int *grid_count) {
     int gw, gh;
-    int ncol = r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples;
+    int ncol = grid_columns(n_all, r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W);
+    if (ncol == 0) return 0;   // warned before sampling (run)
     uint8_t *grid = make_grid(&gw, &gh, all, n_all, ncol, (int)r->H, (int)r->W);
     if (!grid) return sd_fail("out of memory for the grid");
-    char params[8192];
-    parameters(params, sizeof params, r, ri, first_prompt, -1, 0);
+    // every prompt of the run, " | " between them (each sample's PNG has its own)
+    char prompts[4096], params[8192];
+    int np = snprintf(prompts, sizeof prompts, "%s", first_prompt);
+    for (int i = 1; i < r->n_prompts && np > 0 && (size_t)np < sizeof prompts; i++)
+        np += snprintf(prompts + np, sizeof prompts - np, " | %s", r->prompts[i]);
+    parameters(params, sizeof params, r, ri, prompts, r->seed, r->n_samples, -1, 0);
     int rc = write_png(r->outdir, "grid-%04d.png", grid_count, grid, gw, gh, params, r->verbose);
     free(grid);
     return rc;
@@ -567,41 +684,103 @@ static int outputs_open(outputs *out, const run_settings *r) {
     return 0;
 }
 
-// n_iter x prompts x n_samples images: each one saved (unless --skip_save)
-// with its parameters and kept for the grid. 0 / 1.
-static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
-                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
-    const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
+// The run as batches, k = 0, 1, ... in order (iteration-major): with
+// --from-file, n_samples consecutive lines make one batch (CompVis
+// `chunk(data, batch_size)`; the last may be shorter); --per-line and
+// --prompt: each prompt its own batch of n_samples. Batch k draws from a
+// generator seeded seed + k (--fixed_code: seed), so any batch, and any image
+// with its batch size and position, reruns alone.
+static long long n_chunks(const run_settings *r) {
+    return r->per_line ? r->n_prompts : (r->n_prompts + r->n_samples - 1) / r->n_samples;
+}
+static long long images_per_iteration(const run_settings *r) {
+    return r->per_line ? r->n_prompts * r->n_samples : r->n_prompts;
+}
+
+// The folder's next numbers (as CompVis: the count of entries there), or,
+// with --shard, fixed names 00000 + image index that must all be free so that
+// the shards together write exactly the files of one run. 0 / 1 (printed).
+static int plan_names(outputs *out, const run_settings *r) {
     out->base_count = count_entries(out->sample_dir);
     out->grid_count = count_entries(r->outdir) - 1;
     if (out->grid_count < 0) out->grid_count = 0;
+    if (r->shard_n == 1 || r->skip_save) return 0;
+    out->base_count = 0;
+    const long long per_it = images_per_iteration(r), nc = n_chunks(r);
+    for (long long it = 0; it < r->n_iter; it++)
+        for (long long ci = 0; ci < nc; ci++) {
+            if ((it * nc + ci) % r->shard_n != r->shard_i) continue;
+            long long first = it * per_it + ci * r->n_samples;
+            long long size = r->per_line ? r->n_samples
+                           : (r->n_prompts - ci * r->n_samples < r->n_samples
+                                  ? r->n_prompts - ci * r->n_samples : r->n_samples);
+            for (long long j = 0; j < size; j++) {
+                char path[8192];
+                snprintf(path, sizeof path, "%s/%05lld.png", out->sample_dir, first + j);
+                if (access(path, F_OK) == 0)
+                    return sd_fail("%s: --shard: %s already exists (shards write fixed names: "
+                                   "give them an empty --outdir)", r->cmd, path);
+            }
+        }
+    return 0;
+}
+
+// Every batch of the run (this shard's): each image saved (unless
+// --skip_save) with its parameters and kept for the grid. 0 / 1.
+static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
+                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
+    const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
+    const long long per_it = images_per_iteration(r), nc = n_chunks(r);
     uint8_t *rgb = malloc((size_t)(B * per_img));
-    out->all = calloc((size_t)(r->n_iter * r->n_prompts * B), sizeof *out->all);
-    if (!rgb || !out->all) { free(rgb); return sd_fail("out of memory"); }
-    ldm_rng rng;
-    ldm_rng_init(&rng, r->rng_kind, (uint64_t)r->seed);
-    ldm_rng fixed_rng = rng;   // --fixed_code: every iteration restarts the stream
+    const char **batch_prompts = malloc((size_t)B * sizeof *batch_prompts);
+    out->all = calloc((size_t)(r->n_iter * per_it), sizeof *out->all);
+    if (!rgb || !out->all || !batch_prompts) {
+        free(rgb), free(batch_prompts);
+        return sd_fail("out of memory");
+    }
     int rc = 0;
     for (long long it = 0; it < r->n_iter && !rc; it++) {
-        for (int pi = 0; pi < r->n_prompts && !rc; pi++) {
-            if (r->fixed_code) rng = fixed_rng;
+        for (long long ci = 0; ci < nc && !rc; ci++) {
+            const long long k = it * nc + ci, seed = r->fixed_code ? r->seed : r->seed + k;
+            if (k % r->shard_n != r->shard_i) continue;
+            long long n = B;
+            for (long long j = 0; j < B; j++) {
+                long long line = r->per_line ? ci : ci * B + j;
+                if (line >= r->n_prompts) { n = j; break; }
+                batch_prompts[j] = r->prompts[line];
+            }
+            if (r->dump_dir && r->n_iter * nc > 1) {   // one folder per batch: none overwrites another
+                char dir[4096];
+                snprintf(dir, sizeof dir, "%s/batch%03lld", r->dump_dir, k);
+                ldm_dump_set_dir(dir);
+            }
+            ldm_rng rng;
+            ldm_rng_init(&rng, r->rng_kind, (uint64_t)seed);
             ldm_generate_params g = {
-                .prompt = r->prompts[pi], .negative = r->negative, .width = (int)r->W,
-                .height = (int)r->H, .batch = (int)B, .sampling = r->sampling,
-                .cfg_scale = (float)r->scale, .clip_skip = (int)r->clip_skip, .rng = &rng,
-                .init_rgb = init_rgb, .strength = r->strength, .vae_opt = r->vae_opt,
+                .prompt = batch_prompts[0], .prompts = r->per_line ? NULL : batch_prompts,
+                .negative = r->negative, .width = (int)r->W, .height = (int)r->H, .batch = (int)n,
+                .sampling = r->sampling, .cfg_scale = (float)r->scale,
+                .clip_skip = (int)r->clip_skip, .rng = &rng, .init_rgb = init_rgb,
+                .strength = r->strength, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
                 .lora_dir = r->lora_dir, .loras = r->loras, .n_loras = r->n_loras,
             };
             if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
-            for (int64_t b = 0; b < B && !rc; b++) {
+            for (int64_t b = 0; b < n && !rc; b++) {
+                if (r->only_pos >= 0 && b != r->only_pos) continue;
                 uint8_t *img = malloc((size_t)per_img);
                 if (!img) { rc = sd_fail("out of memory"); break; }
                 memcpy(img, rgb + b * per_img, (size_t)per_img);
                 out->all[out->n_all++] = img;
                 if (r->skip_save) continue;
                 char params[8192];
-                parameters(params, sizeof params, r, ri, r->prompts[pi], (long long)b, it);
+                parameters(params, sizeof params, r, ri, batch_prompts[b], seed, n, (long long)b, it);
+                if (r->shard_n > 1) {   // fixed names (plan_names checked them)
+                    int index = (int)(it * per_it + ci * B + b);
+                    rc = write_png(out->sample_dir, "%05d.png", &index, img, (int)r->W, (int)r->H,
+                                   params, r->verbose);
+                    continue;
+                }
                 rc = write_png(out->sample_dir, "%05d.png", &out->base_count, img, (int)r->W,
                                (int)r->H, params, r->verbose);
                 out->base_count++;
@@ -609,7 +788,98 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
         }
     }
     free(rgb);
+    free(batch_prompts);
     return rc;
+}
+
+// Every limit known before the model runs, so that a run never computes for
+// minutes and then fails: the grid's size (too big for one PNG: said now, and
+// skipped), the disk space for the PNGs. 0 / 1 (printed).
+static int check_before_sampling(const run_settings *r) {
+    const long long n_all = r->only_pos >= 0 ? 1 : r->n_iter * images_per_iteration(r);
+    if (!r->skip_grid && n_all > 0 &&
+        grid_columns((int)(n_all < INT32_MAX ? n_all : INT32_MAX),
+                     r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W) == 0)
+        fprintf(stderr, "%s: warning: %lld images of %lldx%lld do not fit one PNG grid (sides up "
+                "to %d); no grid will be written (--skip_grid silences this)\n", r->cmd, n_all,
+                r->W, r->H, LDM_IMAGE_MAX_SIDE);
+    // disk: a PNG is rarely under a tenth of its raw pixels; refuse when even
+    // that cannot fit, warn when the raw size does not
+    struct statvfs fs;
+    if (statvfs(r->outdir, &fs) == 0) {
+        double avail = (double)fs.f_bavail * fs.f_frsize;
+        double raw = (double)(r->skip_save ? 0 : n_all) * r->H * r->W * 3 +
+                     (r->skip_grid ? 0 : (double)n_all * (r->H + 2) * (r->W + 2) * 3);
+        if (raw / 10 > avail)
+            return sd_fail("%s: %s has %.1f MiB free; %lld images of %lldx%lld need about %.1f MiB "
+                           "or more", r->cmd, r->outdir, avail / 1048576, n_all, r->W, r->H,
+                           raw / 10 / 1048576);
+        if (raw > avail)
+            fprintf(stderr, "%s: warning: %s has %.1f MiB free; the images may need up to %.1f MiB\n",
+                    r->cmd, r->outdir, avail / 1048576, raw / 1048576);
+    }
+    return 0;
+}
+
+// --from-png FILE: the flags its "parameters" text names (parameters()), for
+// every flag not given on the command line; *pos <- its Batch pos. The values
+// live in `store` until the run ends. 0, or the exit code after printing.
+typedef struct png_flags { char v[20][8192]; int n; } png_flags;
+
+static void set_flag(opts *o, png_flags *st, const char *name, const char *value, int len) {
+    for (int k = 0; k < N_FLAGS; k++)
+        if (!strcmp(FLAGS[k].name, name) && !o->val[k] && st->n < 20) {
+            snprintf(st->v[st->n], sizeof st->v[0], "%.*s", len < 0 ? (int)strlen(value) : len, value);
+            o->val[k] = st->v[st->n++];
+        }
+}
+
+static int flags_from_png(opts *o, png_flags *st, long long *pos) {
+    const char *path = get(o, "--from-png");
+    if (get(o, "--from-file")) return sd_fail("txt2img: give --from-png or --from-file, not both"), 2;
+    ldm_image img = {0};
+    if (ldm_png_read(&img, path) != LDM_OK) return sd_fail("--from-png %s", ldm_last_error()), 1;
+    const char *text = NULL;
+    for (int i = 0; i < img.n_text; i++)
+        if (!strcmp(img.text_keys[i], "parameters")) text = img.text_values[i];
+    const char *kv = text ? strstr(text, "\nSteps: ") : NULL;
+    if (!kv) {
+        ldm_image_free(&img);
+        return sd_fail("--from-png %s: no A1111 \"parameters\" text with Steps: in it", path), 1;
+    }
+    const char *neg = strstr(text, "\nNegative prompt: ");
+    if (neg && neg > kv) neg = NULL;
+    set_flag(o, st, "--prompt", text, (int)((neg ? neg : kv) - text));
+    if (neg) set_flag(o, st, "--negative-prompt", neg + 18, (int)(kv - neg - 18));
+    static const struct { const char *key, *flag; } map[] = {
+        {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
+        {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
+        {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"},
+    };
+    *pos = 0;
+    for (const char *c = kv + 1; *c;) {
+        const char *end = strstr(c, ", ");
+        if (!end) end = c + strcspn(c, "\n");
+        const char *colon = memchr(c, ':', (size_t)(end - c));
+        if (colon && colon[1] == ' ') {
+            int klen = (int)(colon - c), vlen = (int)(end - colon - 2);
+            const char *v = colon + 2;
+            for (size_t m = 0; m < sizeof map / sizeof map[0]; m++)
+                if ((int)strlen(map[m].key) == klen && !strncmp(c, map[m].key, klen))
+                    set_flag(o, st, map[m].flag, v, vlen);
+            if (klen == 4 && !strncmp(c, "Size", 4)) {
+                const char *x = memchr(v, 'x', (size_t)vlen);
+                if (x) set_flag(o, st, "--W", v, (int)(x - v)), set_flag(o, st, "--H", x + 1, (int)(v + vlen - x - 1));
+            }
+            if (klen == 3 && !strncmp(c, "RNG", 3)) set_flag(o, st, "--rng", vlen == 3 && !strncmp(v, "CPU", 3) ? "cpu" : "cuda", -1);
+            if (klen == 9 && !strncmp(c, "Batch pos", 9)) *pos = atoll(v);
+        }
+        if (!*end || *end == '\n') break;
+        c = end + 2;
+    }
+    ldm_image_free(&img);
+    set_flag(o, st, "--n_iter", "1", -1);
+    return 0;
 }
 
 static int run(int argc, char **argv, int img2img, const sd_env *env) {
@@ -617,8 +887,19 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     int e = parse_flags(&o, argc, argv, img2img);
     if (e) return e;
     if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
+    static png_flags from_png;
+    long long png_pos = -1;
+    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos))) return e;
     run_settings r;
     if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
+    if (png_pos >= 0) {
+        if (png_pos >= r.n_samples)
+            return sd_fail("txt2img: --from-png: Batch pos %lld is outside the batch of %lld",
+                           png_pos, r.n_samples), 2;
+        r.only_pos = png_pos;
+        r.skip_grid = 1;
+        r.n_iter = 1;
+    }
     if (r.threads > 0 && r.po.ops->set_threads) r.po.ops->set_threads((int)r.threads);
     if (r.dump_dir) ldm_dump_set_dir(r.dump_dir);
     progress prog = {.tty = isatty(2)};
@@ -633,7 +914,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     int rc = 1, opened = 0;
     if (img2img) {
         if (ldm_png_read(&init, r.init_path) != LDM_OK) {
-            sd_fail("img2img: --init-img %s: %s", r.init_path, ldm_last_error());
+            sd_fail("img2img: --init-img %s", ldm_last_error());   // the message names the file
             goto done;
         }
         if (init.width % 8 || init.height % 8) {
@@ -644,7 +925,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         r.H = init.height;
         r.W = init.width;
     }
-    if (outputs_open(&out, &r)) goto done;
+    if (outputs_open(&out, &r) || check_before_sampling(&r) || plan_names(&out, &r)) goto done;
 
     // ---- model
     if (prog.on) fprintf(stderr, "load model %s\n", r.ckpt);
@@ -669,6 +950,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         fprintf(stderr, "peak resident memory: %.1f MiB\n", ldm_peak_rss_bytes() / 1048576.0);
     rc = 0;
 done:
+    if (rc) remove_created_folders();
     for (int i = 0; i < out.n_all; i++) free(out.all[i]);
     free(out.all);
     if (opened) ldm_pipeline_close(&p);

@@ -38,11 +38,12 @@ static void unet_usage(FILE *f) {
             "  --t T[,T...]       timestep(s): one, or one per batch element; fractional allowed\n"
             "  --context c.npy    text context [B,77,D]     (random if absent)\n"
             "  --out eps.npy      write the output [B,4,h,w]\n"
+            "  --overwrite        replace eps.npy if it exists (synonym --force)\n"
             "  --dump DIR         write every block's output as DIR/unet.<module>.npy\n"
             "  --table            print the block table (after the run: with GFLOP per block)\n"
             "  --time             print seconds, GFLOP, GFLOPS and peak memory of the run\n"
             "  --threads N        cpu backend threads (default: all cores)\n"
-            "  --backend B        ref | cpu | cuda (default $LDM_BACKEND or cpu)\n");
+            "  --backend B        ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)\n");
 }
 
 static char *slurp(const char *path) {
@@ -127,7 +128,7 @@ int cmd_unet(int argc, char **argv, const sd_env *defaults) {
     sd_env env = *defaults;
     const char *model = NULL, *random = NULL, *latent = NULL, *tlist = NULL, *context = NULL;
     const char *outp = NULL, *dump = NULL;
-    int table = 0, timing = 0, threads = 0, batch = 1;
+    int table = 0, timing = 0, threads = 0, batch = 1, overwrite = 0;
     long sh = 64, sw = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -137,6 +138,7 @@ int cmd_unet(int argc, char **argv, const sd_env *defaults) {
         if (c > 0) continue;
         if (!strcmp(a, "--table")) { table = 1; continue; }
         if (!strcmp(a, "--time")) { timing = 1; continue; }
+        if (sd_is_overwrite_flag(a)) { overwrite = 1; continue; }
         if (i + 1 >= argc) { sd_fail("unet: %s needs a value (sd unet --help)", a); return 2; }
         const char *v = argv[++i];
         if (!strcmp(a, "--model")) model = v;
@@ -156,7 +158,11 @@ int cmd_unet(int argc, char **argv, const sd_env *defaults) {
         } else { sd_fail("unet: unknown flag '%s' (sd unet --help)", a); return 2; }
     }
     if (!!model == !!random) { unet_usage(stderr); return 2; }
+    if (random && strcmp(random, "sd1") && strcmp(random, "sd2"))
+        return sd_fail("unet: --random '%s': expected sd1 or sd2", random), 2;
     if (batch < 1 || batch > 64) { sd_fail("unet: --batch must be 1..64"); return 2; }
+    const char *inputs[] = {model, latent, context};
+    if (outp && sd_check_output(outp, overwrite, inputs, 3)) return 1;
     const struct ldm_ops *ops = sd_backend(&env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     if (ops->set_threads && threads > 0) ops->set_threads(threads);

@@ -31,6 +31,7 @@
 #include "ldm/io/npy.h"
 #include "ldm/backend/ops.h"
 #include "ldm/io/tensorfile.h"
+#include "ldm/pipeline.h"
 #include "ldm/vae.h"
 #include "ldm/io/weights.h"
 #include "samplers/rng.h"
@@ -47,6 +48,7 @@ static void vae_usage(FILE *f, int encode) {
                    "as the samplers produce it) into a PNG of 8w x 8h (B > 1: out_0.png, ...).\n\n");
     fprintf(f,
             "  --ckpt MODEL      CompVis single file, diffusers model folder, or diffusers vae folder\n"
+            "                    (default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")\n"
             "  --vae FILE        standalone VAE (file or diffusers vae folder) replacing MODEL's\n"
             "  --vae-tiling      always tile (default: tile only when the estimated working set\n"
             "                    exceeds the budget)\n"
@@ -57,10 +59,10 @@ static void vae_usage(FILE *f, int encode) {
         fprintf(f, "  --sample SEED     sample the posterior with noise from a CPU generator seeded SEED\n");
     else
         fprintf(f, "  --truncate        CompVis uint8 conversion (truncate) instead of diffusers' rounding\n"
-                   "  --overwrite       replace an existing PNG\n"
                    "  --npy FILE        also write the decoded float image [B,3,H,W] in [-1,1] as .npy\n");
-    fprintf(f, "  --dump DIR        write every block's output as DIR/vae.<module>.npy\n"
-               "  --backend NAME    ref | cpu | cuda (default $LDM_BACKEND or cpu)\n"
+    fprintf(f, "  --overwrite       replace existing output files (synonym --force)\n"
+               "  --dump DIR        write every block's output as DIR/vae.<module>.npy\n"
+               "  --backend NAME    ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)\n"
                "  -v                print the tiling decision\n"
                "  --help            this text\n");
 }
@@ -100,7 +102,7 @@ static int parse_args(vae_args *a, int argc, char **argv, int encode, const sd_e
                 return sd_fail("--vae-tile needs a number in 4..4096"), 2;
         } else if (!strcmp(s, "-v")) a->opt.verbose = 1;
         else if (!encode && !strcmp(s, "--truncate")) a->truncate = 1;
-        else if (!encode && !strcmp(s, "--overwrite")) a->overwrite = 1;
+        else if (sd_is_overwrite_flag(s)) a->overwrite = 1;
         else if (!encode && !strcmp(s, "--npy") && need) a->npy = argv[++i];
         else if (encode && !strcmp(s, "--sample") && need) {
             char *end;
@@ -119,6 +121,11 @@ static int parse_args(vae_args *a, int argc, char **argv, int encode, const sd_e
         return 2;
     }
     if (a->dump) ldm_dump_set_dir(a->dump);
+    if (!a->ckpt && !a->vae) {
+        a->ckpt = sd_tiny_model(env);
+        fprintf(stderr, "vae-%s: no --ckpt given: using the tiny model in %s\n",
+                encode ? "encode" : "decode", a->ckpt);
+    }
     return 0;
 }
 
@@ -126,7 +133,6 @@ static int load(ldm_vae *vae, ldm_vae_file *src, const vae_args *a, int parts) {
     const struct ldm_ops *ops = sd_backend(&a->env);
     if (!ops) return sd_fail("%s", ldm_last_error());
     const char *path = a->vae ? a->vae : a->ckpt;
-    if (!path) return sd_fail("no model: give --ckpt MODEL (or --vae FILE)");
     if (ldm_vae_file_open(src, path, ops) || ldm_vae_load(vae, &src->cfg, &src->w, parts)) {
         sd_fail("%s", ldm_last_error());
         ldm_vae_file_close(src);
@@ -170,6 +176,15 @@ int cmd_vae_decode(int argc, char **argv, const sd_env *env) {
         return sd_fail("%s: %lld of its values are NaN/Inf -- the sampler diverged (or the UNet "
                        "ran in half precision); nothing decoded", a.in, (long long)bad);
     }
+    // every output name, before the model loads
+    const char *in[] = {a.in};
+    for (int64_t b = 0; b < lat.shape[0]; b++) {
+        char name[4096];
+        if (lat.shape[0] == 1) snprintf(name, sizeof name, "%s", a.out);
+        else indexed_name(name, sizeof name, a.out, (int)b);
+        if (sd_check_output(name, a.overwrite, in, 1)) { ldm_tensor_free(&lat); return 1; }
+    }
+    if (a.npy && sd_check_output(a.npy, a.overwrite, in, 1)) { ldm_tensor_free(&lat); return 1; }
     ldm_vae_file src;
     ldm_vae vae;
     if (load(&vae, &src, &a, LDM_VAE_DECODER)) { ldm_tensor_free(&lat); return 1; }
@@ -222,6 +237,8 @@ int cmd_vae_encode(int argc, char **argv, const sd_env *env) {
     vae_args a;
     int rc = parse_args(&a, argc, argv, 1, env);
     if (rc) return rc < 0 ? 0 : rc;
+    const char *in[] = {a.in};
+    if (sd_check_output(a.out, a.overwrite, in, 1)) return 1;
     ldm_image png;
     memset(&png, 0, sizeof png);
     if (ldm_png_read(&png, a.in)) return sd_fail("%s", ldm_last_error());

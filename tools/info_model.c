@@ -19,7 +19,7 @@ int sd_info_model(const char *path, int required) {
         printf("\nmodel: not loadable as a Stable Diffusion model: %s\n", ldm_last_error());
         return 0;
     }
-    printf("\n");
+    if (!required) printf("\n");   // after the tensor list; a folder's summary comes first
     ldm_model_print_summary(&m, stdout);
     ldm_model_close(&m);
     return 0;

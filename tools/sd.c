@@ -7,15 +7,19 @@
  * The environment is read here, once (sd_env_read), and handed to the
  * subcommand as defaults its flags override; no other code calls getenv.
  */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include "ldm/core/error.h"
 #include "ldm/backend/ops.h"
 #include "ldm/backend/ops_cuda.h"
 #include "ldm/io/dump.h"
 #include "ldm/pipeline.h"
+#include "tokenizer/bpe.h"
 #include "tools/cmd.h"
 
 static const sd_command commands[] = {
@@ -45,7 +49,7 @@ int sd_fail(const char *fmt, ...) {
 
 int sd_common_flag(int argc, char **argv, int *i, sd_env *env) {
     if (strcmp(argv[*i], "--backend") == 0) {
-        if (*i + 1 >= argc) return sd_fail("--backend needs a value (ref|cpu|cuda)"), -1;
+        if (*i + 1 >= argc) return sd_fail("--backend needs a value (ref|cpu|cuda|cuda-emu)"), -1;
         if (!ldm_backend(argv[*i + 1])) return sd_fail("%s", ldm_last_error()), -1;
         env->backend = argv[*i + 1];
         *i += 1;
@@ -57,6 +61,61 @@ int sd_common_flag(int argc, char **argv, int *i, sd_env *env) {
 const struct ldm_ops *sd_backend(const sd_env *env) {
     return env->backend ? ldm_backend(env->backend) : ldm_backend_default();
 }
+
+int sd_is_overwrite_flag(const char *a) {
+    return !strcmp(a, "--overwrite") || !strcmp(a, "--force");
+}
+
+int sd_check_output(const char *path, int overwrite, const char *const *inputs, int n_inputs) {
+    if (!path || !*path) return sd_fail("the output file name is empty");
+    struct stat st, si;
+    if (stat(path, &st) != 0) return 0;
+    if (S_ISDIR(st.st_mode)) return sd_fail("%s: is a folder; give a file name for the output", path);
+    for (int i = 0; i < n_inputs; i++)
+        if (inputs[i] && stat(inputs[i], &si) == 0 && si.st_dev == st.st_dev && si.st_ino == st.st_ino)
+            return sd_fail("%s: is also the input; give another output name", path);
+    if (!overwrite)
+        return sd_fail("%s: already exists; pass --overwrite (or --force) to replace it", path);
+    return 0;
+}
+
+// The folder of the running binary (/proc/self/exe), or "" when unknown.
+static const char *exe_dir(void) {
+    static char dir[4096];
+    if (dir[0]) return dir;
+    ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
+    if (n <= 0) return dir[0] = '\0', dir;
+    dir[n] = '\0';
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    return dir;
+}
+
+// rel (a repository path such as tools/tiny-model) as seen from the cwd,
+// then beside the binary: BIN/../share/ldm.c/NAME (make install), BIN/../rel
+// (build/sd in a checkout). NULL when none exists.
+static const char *find_data(const char *rel, const char *name) {
+    static char buf[2][4096];
+    static int which;
+    if (access(rel, F_OK) == 0) return rel;
+    const char *d = exe_dir();
+    if (!*d) return NULL;
+    char *b = buf[which ^= 1];
+    char cand[2][4096];
+    snprintf(cand[0], sizeof cand[0], "%s/../share/ldm.c/%s", d, name);
+    snprintf(cand[1], sizeof cand[1], "%s/../%s", d, rel);
+    for (int i = 0; i < 2; i++)
+        if (access(cand[i], F_OK) == 0) return realpath(cand[i], b) ? b : strcpy(b, cand[i]);
+    return NULL;
+}
+
+const char *sd_tiny_model(const sd_env *env) {
+    if (env->tiny_model) return env->tiny_model;
+    const char *p = find_data(LDM_TINY_MODEL_DEFAULT, "tiny-model");
+    return p ? p : LDM_TINY_MODEL_DEFAULT;
+}
+
+const char *sd_default_vocab(void) { return find_data(LDM_VOCAB_DEFAULT, "vocab/bpe_simple_vocab_16e6.txt.gz"); }
 
 // Every environment variable `sd` reads, here and nowhere else.
 static sd_env sd_env_read(void) {
@@ -96,6 +155,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     sd_env env = sd_env_read();
+    if (!env.vocab) env.vocab = sd_default_vocab();   // found beside an installed binary
     ldm_dump_set_dir(env.dump_dir);   // subcommands with --dump DIR set it again
     ldm_cuda_set_options(&(ldm_cuda_options){env.cuda_sync, env.cuda_workspace_mb, env.cuda_emu_strict});
     for (int i = 0; i < n_commands; i++)

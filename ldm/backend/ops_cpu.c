@@ -93,30 +93,30 @@ static void cpu_set_threads(int n) { // n = 0: all cores
     cpu_blas_single = 1;
 }
 
-// C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on
-// up to nthreads OpenMP threads (threads_for): the larger of M and N is cut
-// into one slab per thread, each a one-thread sgemm.
+// C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on up to
+// nthreads OpenMP threads (threads_for): the larger of M and N is cut into blocks
+// (<= 16 of >= 64 rows, or of columns in multiples of 16), each a one-thread sgemm.
+// The blocks depend on the matrix, never on the thread count, so every element
+// comes from the same sgemm call whatever --threads says: bit-identical results
+// on any number of threads (an OpenBLAS sgemm's rounding may depend on its sizes).
 static void cpu_sgemm(int nthreads, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                       const float *A, int64_t lda, const float *Bm, int64_t ldb, float beta,
                       float *C, int64_t ldc) {
     if (M == 0 || N == 0) return;
     nthreads = threads_for(nthreads, 2.0 * M * N * K);
     CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        if (M >= N) { // slabs of rows: A and C rows [m0, m1)
-            int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
-            if (m1 > m0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)(m1 - m0), (int)N, (int)K, alpha,
-                            A + m0 * lda, (int)lda, Bm, (int)ldb, beta, C + m0 * ldc, (int)ldc);
-        } else { // slabs of columns, multiples of 16: B and C columns [n0, n1)
-            int64_t n0 = (N * t / nt) / 16 * 16, n1 = t == nt - 1 ? N : (N * (t + 1) / nt) / 16 * 16;
-            if (n1 > n0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)(n1 - n0), (int)K, alpha,
-                            A, (int)lda, tb ? Bm + n0 * ldb : Bm + n0, (int)ldb, beta, C + n0,
-                            (int)ldc);
-        }
+    const int rows = M >= N; // blocks of rows (A and C), else of columns (B and C)
+    const int64_t L = rows ? M : N, nb0 = (L + 63) / 64 < 16 ? (L + 63) / 64 : 16;
+    const int64_t bs = rows ? (L + nb0 - 1) / nb0 : ((L + nb0 - 1) / nb0 + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t l0 = 0; l0 < L; l0 += bs) {
+        int64_t n = L - l0 < bs ? L - l0 : bs;
+        if (rows)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)n, (int)N, (int)K, alpha,
+                        A + l0 * lda, (int)lda, Bm, (int)ldb, beta, C + l0 * ldc, (int)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)n, (int)K, alpha, A,
+                        (int)lda, tb ? Bm + l0 * ldb : Bm + l0, (int)ldb, beta, C + l0, (int)ldc);
     }
 }
 

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
 #include "ldm/io/image.h"
@@ -136,6 +137,9 @@ static int collect_text(ldm_image *img, png_structp png, png_infop info) {
 
 int ldm_png_read(ldm_image *img, const char *path) {
     memset(img, 0, sizeof *img);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return ldm_error("%s: is a folder, not a PNG file", path);
     FILE *fp = fopen(path, "rb");
     if (!fp) return ldm_error("%s: cannot open: %s", path, strerror(errno));
     uint8_t sig[8];

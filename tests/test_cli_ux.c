@@ -1,0 +1,394 @@
+/*
+ * tests/test_cli_ux.c -- what a new user of `sd` meets, run as a program
+ * ($LDM_SD, else $LDM_BUILD/sd, else build/sd) on the tiny model:
+ *   limits      a grid too tall for one PNG wraps into more columns; limits
+ *               known before sampling fail before the model runs; a failed
+ *               run leaves no empty output folder
+ *   overwrite   no subcommand replaces an existing file without --overwrite
+ *               (or --force); an output that is also the input is refused
+ *   bad input   sd compare on two empty folders, --outdir "": clean errors
+ *   progress    "step k/n" counts the steps that run, ETA never negative
+ *   batches     --from-file batches n_samples lines (CompVis), --per-line,
+ *               batch k seeded seed + k, --shard I/N = one run byte for byte,
+ *               --from-png reruns one image alone with the same bytes
+ *   small       -h, messages said once, one exit code convention, Model: name,
+ *               --dump per batch, CompVis flags, an installed sd finds its data
+ *   threads     the same bytes on 1, 2 and 3 threads
+ *   (the long list of bad invocations is tests/bad_inputs.sh)
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "ldm/core/error.h"
+#include "ldm/io/image.h"
+#include "tests/test.h"
+
+static char sd[512], tmp[256], out_path[600], err_path[600];
+
+// `sd ARGS` (run from the repository root) with stderr into *err; the exit
+// status, or 128 + signal.
+static int run(const char *args, char **err) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
+    int st = system(cmd);
+    FILE *f = fopen(err_path, "rb");
+    static char buf[16384];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    *err = buf;
+    if (st == -1) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+// A PNG's width and height from its IHDR (no decoding).
+static int png_size(const char *path, int *w, int *h) {
+    unsigned char b[24];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    if (f) fclose(f);
+    if (n != 24) return -1;
+    *w = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19];
+    *h = b[20] << 24 | b[21] << 16 | b[22] << 8 | b[23];
+    return 0;
+}
+
+static void copy_file(const char *from, const char *to) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+    if (system(cmd) != 0) printf("  (cp %s failed)\n", from);
+}
+
+// ---------------------------------------------------------------------------
+
+static void test_limits(void) {
+    printf("-- limits before compute\n");
+    char args[2048], dir[600], p[700], *err;
+    // 960 images of 16x16 in one column: 17282 px tall, more than a PNG may be;
+    // the grid wraps into two columns instead of failing after sampling
+    snprintf(dir, sizeof dir, "%s/tall", tmp);
+    snprintf(args, sizeof args, "txt2img --prompt 'a red circle' --n_samples 64 --n_iter 15 "
+             "--n_rows 1 --H 16 --W 16 --ddim_steps 1 --skip_save --outdir %s", dir);
+    int rc = run(args, &err), w = 0, h = 0;
+    snprintf(p, sizeof p, "%s/grid-0000.png", dir);
+    test_check(rc == 0 && png_size(p, &w, &h) == 0 && h <= LDM_IMAGE_MAX_SIDE && w == 2 * 18 + 2,
+               "a grid too tall for one PNG wraps into more columns", "exit %d, %dx%d: %.300s", rc,
+               w, h, err);
+    // too large for a PNG: refused before the model loads (usage error)
+    snprintf(dir, sizeof dir, "%s/huge", tmp);
+    snprintf(args, sizeof args, "txt2img --H 16392 --W 64 --outdir %s", dir);
+    rc = run(args, &err);
+    test_check(rc == 2 && strstr(err, "at most 16384") && !strstr(err, "load model") && !exists(dir),
+               "--H beyond a PNG side: refused before loading, no folder", "exit %d: %.300s", rc, err);
+    // a run that fails at the model leaves no output folder behind
+    snprintf(dir, sizeof dir, "%s/failed/deeper", tmp);
+    snprintf(args, sizeof args, "txt2img --ckpt /nonexistent.safetensors --outdir %s", dir);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/failed", tmp);
+    test_check(rc == 1 && !exists(p), "a failed run leaves no empty output folder", "exit %d, %s %s",
+               rc, p, exists(p) ? "exists" : "absent");
+    // --outdir "": a clean error (it read before the string)
+    rc = run("txt2img --outdir '' --ddim_steps 1 --n_iter 1 --n_samples 1", &err);
+    test_check(rc != 0 && rc < 128 && strstr(err, "empty"), "--outdir \"\": clean error",
+               "exit %d: %.300s", rc, err);
+}
+
+static void test_overwrite(void) {
+    printf("-- no silent overwrite\n");
+    char args[2048], png[600], npy[600], txt[600], *err;
+    snprintf(png, sizeof png, "%s/x.png", tmp);
+    snprintf(npy, sizeof npy, "%s/x.npy", tmp);
+    snprintf(txt, sizeof txt, "%s/existing.txt", tmp);
+    copy_file("tests/fixtures/pipeline/init.png", png);
+    long png_bytes = file_size(png);
+    // vae-encode x.png x.png: the output is the input
+    snprintf(args, sizeof args, "vae-encode --ckpt tools/tiny-model %s %s", png, png);
+    int rc = run(args, &err);
+    test_check(rc == 1 && file_size(png) == png_bytes, "vae-encode IN.png IN.png refused, PNG kept",
+               "exit %d, %ld bytes: %.300s", rc, file_size(png), err);
+    // vae-encode without --ckpt: the tiny model; then again: refused; --force: replaced
+    snprintf(args, sizeof args, "vae-encode %s %s", png, npy);
+    rc = run(args, &err);
+    test_check(rc == 0 && exists(npy), "vae-encode without --ckpt uses the tiny model",
+               "exit %d: %.300s", rc, err);
+    rc = run(args, &err);
+    test_check(rc == 1 && strstr(err, "--overwrite"), "vae-encode: existing .npy kept",
+               "exit %d: %.300s", rc, err);
+    snprintf(args, sizeof args, "vae-encode --force %s %s", png, npy);
+    rc = run(args, &err);
+    test_check(rc == 0, "vae-encode --force replaces it", "exit %d: %.300s", rc, err);
+    // vae-decode onto an existing PNG: refused; --overwrite replaces
+    snprintf(args, sizeof args, "vae-decode %s %s", npy, png);
+    rc = run(args, &err);
+    test_check(rc == 1 && file_size(png) == png_bytes, "vae-decode: existing PNG kept",
+               "exit %d: %.300s", rc, err);
+    // encode-prompt --out existing.txt
+    FILE *f = fopen(txt, "w");
+    if (f) { fputs("keep me\n", f); fclose(f); }
+    snprintf(args, sizeof args, "encode-prompt --out %s 'a red circle'", txt);
+    rc = run(args, &err);
+    test_check(rc == 1 && file_size(txt) == 8, "encode-prompt --out EXISTING refused, file kept",
+               "exit %d, %ld bytes: %.300s", rc, file_size(txt), err);
+    snprintf(args, sizeof args, "encode-prompt --overwrite --out %s 'a red circle'", txt);
+    rc = run(args, &err);
+    test_check(rc == 0 && file_size(txt) > 8, "encode-prompt --overwrite replaces it",
+               "exit %d: %.300s", rc, err);
+}
+
+static void test_progress(void) {
+    printf("-- progress counts the steps that run\n");
+    char args[2048], *err;
+    // CompVis "uniform" spacing with 3 steps runs 4 (999, 666, 333, 0 -> 1, 334, 667 + 1)
+    snprintf(args, sizeof args, "txt2img --ddim_steps 3 --progress --n_iter 1 --n_samples 1 "
+             "--skip_grid --skip_save --outdir %s/progress", tmp);
+    int rc = run(args, &err);
+    test_check(rc == 0 && strstr(err, "step 4/4") && !strstr(err, "/3 ") && !strstr(err, "ETA -"),
+               "--ddim_steps 3 --progress: step 4/4, no overshoot, no negative ETA",
+               "exit %d: %.400s", rc, err);
+}
+
+// The "parameters" text of a PNG ("" when none), into buf.
+static void png_params(const char *path, char *buf, size_t size) {
+    ldm_image im = {0};
+    buf[0] = 0;
+    if (ldm_png_read(&im, path) != 0) return;
+    for (int i = 0; i < im.n_text; i++)
+        if (!strcmp(im.text_keys[i], "parameters")) snprintf(buf, size, "%s", im.text_values[i]);
+    ldm_image_free(&im);
+}
+
+static int same_bytes(const char *a, const char *b) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
+    return system(cmd) == 0;
+}
+
+static int count_files(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
+
+static void test_batches(void) {
+    printf("-- --from-file batches, seeds, --shard, --from-png\n");
+    char args[2048], prompts[600], one[300], p[700], q[300], params[4096], *err;
+    snprintf(prompts, sizeof prompts, "%s/prompts.txt", tmp);
+    FILE *f = fopen(prompts, "w");
+    if (f) { fputs("a red circle\na blue square\na green triangle\n", f); fclose(f); }
+    const char *common = "--n_samples 2 --n_iter 2 --ddim_steps 3 --skip_grid";
+    // CompVis: 2 consecutive lines per batch -> batches [red, blue], [green] per iteration
+    snprintf(one, sizeof one, "%s/one", tmp);
+    snprintf(args, sizeof args, "txt2img --from-file %s %s --outdir %s", prompts, common, one);
+    int rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples", one);
+    test_check(rc == 0 && count_files(p) == 6, "--from-file: n_samples lines per batch (3 lines x "
+               "2 iterations = 6 images)", "exit %d, %d files: %.300s", rc, count_files(p), err);
+    snprintf(p, sizeof p, "%s/samples/00001.png", one);
+    png_params(p, params, sizeof params);
+    test_check(!strncmp(params, "a blue square\n", 14) && strstr(params, "Seed: 42,") &&
+               strstr(params, "Batch pos: 1"), "image 1: its own prompt, batch 0's seed 42, pos 1",
+               "%s", params);
+    snprintf(p, sizeof p, "%s/samples/00005.png", one);
+    png_params(p, params, sizeof params);
+    test_check(!strncmp(params, "a green triangle\n", 17) && strstr(params, "Seed: 45,") &&
+               strstr(params, "Batch size: 1"), "image 5: batch 3 has seed 42 + 3, size 1", "%s", params);
+    snprintf(args, sizeof args, "txt2img --from-file %s --n_samples 2 --n_iter 1 --ddim_steps 1 "
+             "--skip_save --outdir %s/grid", prompts, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/grid/grid-0000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "a red circle | a blue square | a green triangle\n"),
+               "the grid's parameters name every prompt", "%s", params);
+    // --per-line: each line its own batch of n_samples
+    snprintf(q, sizeof q, "%s/perline", tmp);
+    snprintf(args, sizeof args, "txt2img --from-file %s %s --n_iter 1 --per-line --outdir %s",
+             prompts, common, q);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples", q);
+    test_check(rc == 0 && count_files(p) == 6, "--per-line: n_samples images per line",
+               "exit %d, %d files", rc, count_files(p));
+    // three shards into one folder: exactly the files of the single run
+    snprintf(q, sizeof q, "%s/shards", tmp);
+    rc = 0;
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        snprintf(args, sizeof args, "txt2img --from-file %s %s --shard %d/3 --outdir %s", prompts,
+                 common, i, q);
+        rc = run(args, &err);
+    }
+    int same = 1;
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s/samples/%05d.png", one, i);
+        char r[700];
+        snprintf(r, sizeof r, "%s/samples/%05d.png", q, i);
+        same &= same_bytes(p, r);
+    }
+    snprintf(p, sizeof p, "%s/samples", q);
+    test_check(rc == 0 && same && count_files(p) == 6, "--shard 0/3, 1/3, 2/3 = the single run, "
+               "same names and bytes", "exit %d, same %d, %d files: %.300s", rc, same,
+               count_files(p), err);
+    // --from-png: an image of the second batch, alone, same bytes
+    snprintf(p, sizeof p, "%s/samples/00004.png", one);
+    snprintf(q, sizeof q, "%s/rerun", tmp);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s", p, q);
+    rc = run(args, &err);
+    char r[700];
+    snprintf(r, sizeof r, "%s/samples/00000.png", q);
+    test_check(rc == 0 && same_bytes(p, r), "--from-png reruns image 4 alone: same bytes",
+               "exit %d: %.300s", rc, err);
+    // everything that changes pixels is recorded: spacing, eta, --fixed_code
+    snprintf(q, sizeof q, "%s/trailing", tmp);
+    snprintf(args, sizeof args, "txt2img --schedule trailing --ddim_eta 0.5 --fixed_code "
+             "--n_samples 2 --n_iter 2 --ddim_steps 3 --skip_grid --outdir %s", q);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples/00003.png", q);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Schedule type: trailing") && strstr(params, "Eta: 0.5") &&
+               strstr(params, "Seed: 42,"), "spacing, eta and the fixed code's seed recorded", "%s",
+               params);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/rerun2", p, tmp);
+    rc = run(args, &err);
+    snprintf(r, sizeof r, "%s/rerun2/samples/00000.png", tmp);
+    test_check(rc == 0 && same_bytes(p, r), "--from-png (trailing, eta 0.5, fixed code): same bytes",
+               "exit %d: %.300s", rc, err);
+    // a sampler name with its schedule and a different --schedule: an error
+    rc = run("txt2img --sampler 'DPM++ 2M Karras' --schedule exponential --outdir /nonexistent/x", &err);
+    test_check(rc == 2 && strstr(err, "conflicts"), "\"DPM++ 2M Karras\" --schedule exponential: "
+               "usage error", "exit %d: %.300s", rc, err);
+}
+
+static void test_small(void) {
+    printf("-- small ones\n");
+    char args[2048], p[700], params[4096], *err;
+    int rc = run("txt2img -h", &err);
+    test_check(rc == 0, "txt2img -h: the usage, exit 0", "exit %d", rc);
+    rc = run("img2img --init-img tests --outdir /nonexistent/x", &err);
+    const char *line = strstr(err, "sd: "), *first = line ? strstr(line, "tests") : NULL;
+    test_check(rc == 1 && strstr(err, "is a folder") && first && !strstr(first + 5, "tests"),
+               "--init-img FOLDER: 'is a folder', the path once", "exit %d: %.300s", rc, err);
+    rc = run("txt2img --rng foo", &err);
+    test_check(rc == 2 && !strstr(err, "--rng: --rng"), "--rng foo: said once", "%.300s", err);
+    rc = run("compare a b --bogus", &err);
+    test_check(rc == 2, "compare --bogus: usage error, exit 2", "exit %d", rc);
+    rc = run("txt2img --backend nope", &err);
+    char *e2 = strdup(err);
+    run("txt2img --help", &err);
+    FILE *f = fopen(out_path, "rb");
+    char help[16384] = "";
+    size_t n = f ? fread(help, 1, sizeof help - 1, f) : 0;
+    help[n] = 0;
+    if (f) fclose(f);
+    test_check(rc == 2 && strstr(e2, "cuda-emu") && strstr(help, "cuda-emu"),
+               "the backends the error lists are the ones --help lists", "%.300s", e2);
+    free(e2);
+    rc = run("info tools/tiny-model", &err);
+    f = fopen(out_path, "rb");
+    int c = f ? fgetc(f) : EOF;
+    if (f) fclose(f);
+    test_check(rc == 0 && c != '\n' && c != EOF, "sd info DIR: no leading blank line", "exit %d", rc);
+    // Model: the folder's name without its trailing slash
+    snprintf(args, sizeof args, "txt2img --ckpt tools/tiny-model/ --H 64 --W 64 --n_iter 1 "
+             "--n_samples 1 --ddim_steps 1 --skip_grid --outdir %s/slash", tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/slash/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Model: tiny-model,"), "--ckpt DIR/: Model: tiny-model",
+               "%.300s", params);
+    // --dump with two batches: one folder per batch, none overwritten
+    snprintf(args, sizeof args, "txt2img --n_iter 2 --n_samples 1 --ddim_steps 1 --skip_grid "
+             "--dump %s/dump --outdir %s/dumped", tmp, tmp);
+    rc = run(args, &err);
+    char q[700];
+    snprintf(p, sizeof p, "%s/dump/batch000/noise.npy", tmp);
+    snprintf(q, sizeof q, "%s/dump/batch001/noise.npy", tmp);
+    test_check(rc == 0 && exists(p) && exists(q), "--dump with --n_iter 2: batch000/, batch001/",
+               "exit %d: %.300s", rc, err);
+    // CompVis flags
+    snprintf(args, sizeof args, "txt2img --dpm_solver --laion400m --n_iter 1 --n_samples 1 "
+             "--ddim_steps 2 --skip_grid --outdir %s/dpm", tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/dpm/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Sampler: DPM++ 2M,"), "--dpm_solver = DPM++ 2M; "
+               "--laion400m accepted", "exit %d: %.300s", rc, err);
+    // installed: the binary finds the tiny model and the vocabulary beside itself
+    char cmd[4096], cwd[1024];
+    if (!getcwd(cwd, sizeof cwd)) cwd[0] = 0;
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/inst/bin %s/inst/share/ldm.c && cp '%s' %s/inst/bin/sd && "
+             "ln -s '%s/tools/tiny-model' %s/inst/share/ldm.c/tiny-model && "
+             "ln -s '%s/build/vocab' %s/inst/share/ldm.c/vocab && cd / && "
+             "%s/inst/bin/sd txt2img --n_iter 1 --n_samples 1 --ddim_steps 1 --skip_grid "
+             "--outdir %s/inst/out >/dev/null 2>&1", tmp, tmp, sd, tmp, cwd, tmp, cwd, tmp, tmp, tmp);
+    rc = system(cmd);
+    snprintf(p, sizeof p, "%s/inst/out/samples/00000.png", tmp);
+    test_check(rc == 0 && exists(p), "installed sd run from / finds its tiny model and vocabulary",
+               "status %d", rc);
+}
+
+// The cpu backend splits GEMMs into blocks that depend on the matrix, not on
+// the thread count: the same bytes on 1, 2 and 3 threads. 256x256 so that the
+// VAE decoder's convolutions are large enough to run on several threads.
+static void test_threads(void) {
+    printf("-- results independent of --threads\n");
+    char args[2048], p[700], first[700], *err;
+    int rc = 0, same = 1;
+    for (int t = 1; t <= 3 && rc == 0; t++) {
+        snprintf(args, sizeof args, "txt2img --threads %d --H 256 --W 256 --n_iter 1 --n_samples 1 "
+                 "--ddim_steps 2 --skip_grid --outdir %s/threads%d", t, tmp, t);
+        rc = run(args, &err);
+        snprintf(p, sizeof p, "%s/threads%d/samples/00000.png", tmp, t);
+        if (t == 1) snprintf(first, sizeof first, "%s", p);
+        else same &= same_bytes(first, p);
+    }
+    test_check(rc == 0 && same, "--threads 1, 2, 3: the same image bytes", "exit %d, same %d: %.300s",
+               rc, same, err);
+}
+
+static void test_compare_empty(void) {
+    printf("-- sd compare on empty folders\n");
+    char args[2048], a[600], b[600], *err;
+    snprintf(a, sizeof a, "%s/empty_a", tmp);
+    snprintf(b, sizeof b, "%s/empty_b", tmp);
+    mkdir(a, 0777);
+    mkdir(b, 0777);
+    snprintf(args, sizeof args, "compare %s %s", a, b);
+    int rc = run(args, &err);
+    test_check(rc == 1 && strstr(err, "no .npy files") && !strstr(err, "runtime error"),
+               "compare EMPTY EMPTY: one clean error", "exit %d: %.300s", rc, err);
+}
+
+int main(void) {
+    const char *b = getenv("LDM_SD");
+    if (b) snprintf(sd, sizeof sd, "%s", b);
+    else snprintf(sd, sizeof sd, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
+    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd))
+        return test_summary();
+    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_cli_ux_XXXXXX");
+    if (!mkdtemp(tmp)) { test_check(0, "mkdtemp", "%s", ""); return test_summary(); }
+    snprintf(out_path, sizeof out_path, "%s/stdout", tmp);
+    snprintf(err_path, sizeof err_path, "%s/stderr", tmp);
+    test_limits();
+    test_overwrite();
+    test_compare_empty();
+    test_progress();
+    test_batches();
+    test_small();
+    test_threads();
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);
+    return test_summary();
+}
