@@ -357,6 +357,30 @@ static void test_threads(void) {
                rc, same, err);
 }
 
+// Weight residency changes memory, not pixels: the tiny model (fp16) as
+// stored, widened to fp32, and in low-memory mode give the same bytes; an
+// unknown --weights value is a usage error.
+static void test_weights(void) {
+    printf("-- --weights and --low-memory: the same image bytes\n");
+    static const char *modes[] = {"", "--weights f32", "--low-memory", "--weights auto --low-memory"};
+    char args[2048], p[700], first[700], *err = "";
+    int rc = 0, same = 1;
+    for (int m = 0; m < 4 && rc == 0; m++) {
+        snprintf(args, sizeof args, "txt2img %s --n_iter 1 --n_samples 1 --ddim_steps 3 --skip_grid "
+                 "--outdir %s/weights%d", modes[m], tmp, m);
+        rc = run(args, &err);
+        snprintf(p, sizeof p, "%s/weights%d/samples/00000.png", tmp, m);
+        if (m == 0) snprintf(first, sizeof first, "%s", p);
+        else same &= same_bytes(first, p);
+    }
+    test_check(rc == 0 && same, "as stored, --weights f32, --low-memory: the same bytes",
+               "exit %d, same %d: %.300s", rc, same, err);
+    snprintf(args, sizeof args, "txt2img --weights f8 --outdir %s/weights_bad", tmp);
+    rc = run(args, &err);
+    test_check(rc == 2 && strstr(err, "--weights 'f8'"), "--weights f8: usage error naming it",
+               "exit %d: %.300s", rc, err);
+}
+
 static void test_compare_empty(void) {
     printf("-- sd compare on empty folders\n");
     char args[2048], a[600], b[600], *err;
@@ -387,6 +411,7 @@ int main(void) {
     test_batches();
     test_small();
     test_threads();
+    test_weights();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);

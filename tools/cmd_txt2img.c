@@ -96,6 +96,8 @@ static const flag FLAGS[] = {
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
     {"--vae-tiling", F_BOOL, 0, "decode/encode in tiles (less memory)"},
+    {"--weights", F_STR, 0, "auto (as stored: fp16 stays fp16; default) | f32 | f16 (narrow fp32 matrices)"},
+    {"--low-memory", F_BOOL, 0, "weights stay in the mapped file, dropped after each block (same image)"},
     {"--backend", F_STR, 0, "ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)"},
     {"--threads", F_INT, 0, "CPU threads (default: all)"},
     {"--dump", F_STR, 0, "write every named intermediate as DIR/<name>.npy (sd compare)"},
@@ -453,11 +455,20 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
     const struct ldm_ops *ops = sd_backend(&e);
     if (!ops) return sd_fail("%s", ldm_last_error());
     r->verbose = get(o, "--verbose") != NULL;
+    ldm_weights_dtype wd = LDM_WEIGHTS_AUTO;
+    const char *ws = get(o, "--weights");
+    if (ws) {
+        if (!strcmp(ws, "auto")) wd = LDM_WEIGHTS_AUTO;
+        else if (!strcmp(ws, "f32") || !strcmp(ws, "fp32")) wd = LDM_WEIGHTS_F32;
+        else if (!strcmp(ws, "f16") || !strcmp(ws, "fp16")) wd = LDM_WEIGHTS_F16;
+        else return sd_fail("%s: --weights '%s': expected auto, f32 or f16", cmd, ws), 2;
+    }
     r->po = (ldm_pipeline_options){.ops = ops, .config_dir = get(o, "--config"),
                                    .vae_path = get(o, "--vae"), .vocab = get(o, "--vocab"),
                                    .vocab_default = env->vocab, .prediction = pred,
                                    .need_encoder = r->img2img, .verbose = r->verbose,
-                                   .embedding_dir = get(o, "--embedding-dir")};
+                                   .embedding_dir = get(o, "--embedding-dir"), .weights = wd,
+                                   .low_memory = get(o, "--low-memory") != NULL};
     r->vae_opt = (ldm_vae_options){.tiling = get(o, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
                                    .budget_mb = env->vae_budget_mb, .verbose = r->verbose};
     r->dump_dir = get(o, "--dump") ? get(o, "--dump") : env->dump_dir;
@@ -627,6 +638,8 @@ static void parameters(char *buf, size_t size, const run_settings *r, const run_
     if (!r->sampling.sampler->uses_sigmas && r->eta != 0)
         n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
     if (r->img2img) n += snprintf(buf + n, size - n, ", Denoising strength: %g", r->strength);
+    if (r->po.weights == LDM_WEIGHTS_F16)   // fp32 weights rounded to fp16 change the pixels
+        n += snprintf(buf + n, size - n, ", Weights: f16");
     if ((size_t)n < size)
         snprintf(buf + n, size - n, ", Batch size: %lld, Batch pos: %lld", batch_size, batch_pos);
     (void)iteration;   // implied by the seed (seed + batch index): a rerun writes the same text
@@ -854,7 +867,7 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos) {
     static const struct { const char *key, *flag; } map[] = {
         {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
         {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
-        {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"},
+        {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"}, {"Weights", "--weights"},
     };
     *pos = 0;
     for (const char *c = kv + 1; *c;) {
