@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ldm/core/error.h"
+#include "ldm/io/npy.h"
 
 static int test_passed_count, test_failed_count;
 
@@ -85,6 +87,21 @@ static inline __attribute__((unused)) char *test_read_file(const char *path, siz
     fclose(fp);
     if (size) *size = buf ? (size_t)n : 0;
     return buf;
+}
+
+// A committed fixture .npy as floats (malloc'ed), *n = its element count.
+// NULL, and a failed check naming the file, when it cannot be read.
+static inline __attribute__((unused)) float *test_load_npy(const char *path, int64_t *n) {
+    float *d;
+    int64_t shape[8];
+    int nd;
+    if (ldm_npy_read_raw(&d, shape, &nd, path) != 0) {
+        test_check(0, path, "%s", ldm_last_error());
+        return NULL;
+    }
+    *n = 1;
+    for (int i = 0; i < nd; i++) *n *= shape[i];
+    return d;
 }
 
 static inline __attribute__((unused)) int test_summary(void) {

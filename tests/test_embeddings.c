@@ -27,16 +27,7 @@
 static float *load(const char *name, const char *suffix, int64_t *n) {
     char path[512];
     snprintf(path, sizeof path, FIX "/%s_%s.npy", name, suffix);
-    float *d;
-    int64_t shape[8];
-    int nd;
-    if (ldm_npy_read_raw(&d, shape, &nd, path) != 0) {
-        test_check(0, path, "%s", ldm_last_error());
-        return NULL;
-    }
-    *n = 1;
-    for (int i = 0; i < nd; i++) *n *= shape[i];
-    return d;
+    return test_load_npy(path, n);
 }
 
 static void check_context(ldm_pipeline *p, const char *label, const char *prompt, const char *name,

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "ldm/core/error.h"
+#include "ldm/core/tensor.h"
 #include "ldm/io/tensorfile.h"
 
 // ---------------------------------------------------------------------------
@@ -52,46 +53,13 @@ int ldm_dtype_size(ldm_dtype t) {
     return 0;
 }
 
-// IEEE 754 binary16 -> binary32, exact for every input.
-//   bits: s eeeee mmmmmmmmmm ; value = (-1)^s * 2^(e-15) * 1.m  (e in 1..30)
-//   e == 0: subnormal 2^-14 * 0.m ; e == 31: inf (m == 0) or NaN (payload kept)
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    uint32_t bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);               // inf / NaN
-    } else if (exp != 0) {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);  // normal: rebias 15 -> 127
-    } else if (man == 0) {
-        bits = sign;                                            // +-0
-    } else {
-        // Subnormal half: normalise the mantissa (the result is a normal float).
-        int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400u));
-        bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-// f16_to_f32 has a loop and branches; checkpoints hold hundreds of millions
+// ldm_f16_to_f32 (ldm/core/tensor.c) has a loop and branches; checkpoints hold hundreds of millions
 // of halves, so the conversion reads a table of all 65536 results instead
-// (256 KB, built once from f16_to_f32, so it is exactly as exact).
+// (256 KB, built once from ldm_f16_to_f32, so it is exactly as exact).
 static float f16_table[65536];
 static pthread_once_t f16_table_once = PTHREAD_ONCE_INIT;
 static void f16_table_init(void) {
-    for (uint32_t h = 0; h < 65536; h++) f16_table[h] = f16_to_f32((uint16_t)h);
-}
-
-// bfloat16 is the top half of a float32: widening is a shift.
-static float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    for (uint32_t h = 0; h < 65536; h++) f16_table[h] = ldm_f16_to_f32((uint16_t)h);
 }
 
 // Little-endian loads from unaligned memory (the mapping has no alignment
@@ -123,7 +91,7 @@ int ldm_entry_to_f32(float *dst, const ldm_tensor_entry *e) {
         for (int64_t i = 0; i < n; i++) dst[i] = f16_table[load_u16(p + 2 * i)];
         return 0;
     case LDM_DTYPE_BF16:
-        for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(load_u16(p + 2 * i));
+        for (int64_t i = 0; i < n; i++) dst[i] = ldm_bf16_to_f32(load_u16(p + 2 * i));
         return 0;
     case LDM_DTYPE_F64:
         for (int64_t i = 0; i < n; i++) {
