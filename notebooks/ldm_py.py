@@ -190,8 +190,8 @@ class VaeFile(C.Structure):  # ldm/model.h ldm_vae_file
 class PipelineOptions(C.Structure):  # ldm/pipeline.h ldm_pipeline_options
     _fields_ = [("ops", C.c_void_p), ("config_dir", C.c_char_p), ("vae_path", C.c_char_p),
                 ("vocab", C.c_char_p), ("vocab_default", C.c_char_p), ("prediction", C.c_int),
-                ("need_encoder", C.c_int), ("verbose", C.c_int), ("weights", C.c_int),
-                ("low_memory", C.c_int)]
+                ("need_encoder", C.c_int), ("embedding_dir", C.c_char_p), ("verbose", C.c_int),
+                ("weights", C.c_int), ("low_memory", C.c_int)]
 
 
 class Schedule_(C.Structure):  # samplers/schedule.h ldm_schedule
@@ -263,7 +263,8 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("height", C.c_int), ("batch", C.c_int), ("sampling", SamplerSettings),
                 ("cfg_scale", C.c_float), ("clip_skip", C.c_int), ("rng", C.POINTER(Rng)),
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
-                ("vae_opt", VaeOptions), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
+                ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
+                ("n_loras", C.c_int), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
                 ("prompts", C.c_void_p)]
 
 
