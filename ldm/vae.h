@@ -141,6 +141,7 @@ typedef struct ldm_vae_options {
 // H and W must be multiples of f. `moments` is a new tensor. 0 / LDM_ERR.
 int ldm_vae_encoder_forward(ldm_tensor *moments, ldm_vae *vae, const ldm_tensor *x);
 // Raw post_quant_conv + decoder: z [B,Z,h,w] (unscaled) -> x [B,Cout,f*h,f*w].
+// `x` is a new tensor. 0 / LDM_ERR.
 int ldm_vae_decoder_forward(ldm_tensor *x, ldm_vae *vae, const ldm_tensor *z);
 
 // Encode pixels x [B,3,H,W] in [-1,1] -> latent [B,Z,H/f,W/f] already multiplied
