@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
 
@@ -102,6 +103,25 @@ static inline __attribute__((unused)) float *test_load_npy(const char *path, int
     *n = 1;
     for (int i = 0; i < nd; i++) *n *= shape[i];
     return d;
+}
+
+// `SD ARGS` through the shell (from the repository root), stdout into
+// out_path, stderr into err_path and *err (its first 16 KiB, a static buffer).
+// The exit status, or 128 + signal when it died of one (a crash).
+static inline __attribute__((unused)) int test_run_cli(const char *sd, const char *args,
+                                                       const char *out_path,
+                                                       const char *err_path, char **err) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
+    int st = system(cmd);
+    FILE *f = fopen(err_path, "rb");
+    static char buf[16384];
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    *err = buf;
+    if (st == -1) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 static inline __attribute__((unused)) int test_summary(void) {

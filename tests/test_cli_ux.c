@@ -32,17 +32,7 @@ static char sd[512], tmp[256], out_path[600], err_path[600];
 // `sd ARGS` (run from the repository root) with stderr into *err; the exit
 // status, or 128 + signal.
 static int run(const char *args, char **err) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
-    int st = system(cmd);
-    FILE *f = fopen(err_path, "rb");
-    static char buf[16384];
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    buf[n] = 0;
-    if (f) fclose(f);
-    *err = buf;
-    if (st == -1) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return test_run_cli(sd, args, out_path, err_path, err);
 }
 
 static int exists(const char *path) { return access(path, F_OK) == 0; }

@@ -199,17 +199,7 @@ done:
 static char sd[512], tmp[256], out_path[600], err_path[600];
 
 static int run(const char *args, char **err) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
-    int st = system(cmd);
-    FILE *f = fopen(err_path, "rb");
-    static char buf[8192];
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    buf[n] = 0;
-    if (f) fclose(f);
-    *err = buf;
-    if (st == -1) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return test_run_cli(sd, args, out_path, err_path, err);
 }
 
 static int exists(const char *dir, const char *name) {
