@@ -55,7 +55,7 @@ class Tensor(C.Structure):  # ldm/core/tensor.h ldm_tensor
 class TensorEntry(C.Structure):  # ldm/io/tensorfile.h ldm_tensor_entry
     _fields_ = [("name", C.c_char_p), ("dtype", C.c_int), ("ndim", C.c_int),
                 ("shape", C.c_int64 * MAX_DIMS), ("numel", C.c_int64),
-                ("data", C.c_void_p), ("nbytes", C.c_uint64)]
+                ("data", C.c_void_p), ("nbytes", C.c_uint64), ("owned", C.c_void_p)]
 
 
 class TensorFile(C.Structure):  # ldm_tensor_file
