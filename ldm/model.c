@@ -391,16 +391,17 @@ static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options
             return ldm_error("%s: has a %s/ folder: %s is not supported (ldm.c runs SD1/SD2)",
                              dir, foreign[i][0], foreign[i][1]);
     }
-    // model_index.json names the pipeline class: anything but SD text-to-image is refused.
+    // model_index.json names the pipeline class: anything but SD text-to-image
+    // and the x4 upscaler (StableDiffusionUpscalePipeline, ldm/upscale.h) is refused.
     char cls[128];
     snprintf(p, sizeof p, "%s/model_index.json", dir);
     int named = read_json_string(p, "_class_name", cls, sizeof cls);
     if (named < 0) return LDM_ERR;
     if (named && (strstr(cls, "StableDiffusion") == NULL || strstr(cls, "XL") ||
                    strstr(cls, "3") || strstr(cls, "Inpaint") || strstr(cls, "Depth") ||
-                   strstr(cls, "Upscale")))
+                   strstr(cls, "LatentUpscale")))
         return ldm_error("%s: model_index.json names the pipeline '%s': not supported "
-                         "(ldm.c runs SD1/SD2 text-to-image)", dir, cls);
+                         "(ldm.c runs SD1/SD2 text-to-image and the x4 upscaler)", dir, cls);
     int r;
     if ((r = read_sub_config(dir, "unet", &m->unet, parse_unet)) < 0) return LDM_ERR;
     m->has_unet = r;
