@@ -9,7 +9,8 @@
  *   SD2  cond_stage_model.model.*                    (OpenCLIP, 1024 wide)
  *   refused, by name: SDXL (conditioner.embedders.*, label_emb), SD3
  *   (joint_blocks), Flux (double_blocks), inpainting (UNet in_channels 9),
- *   depth (5).
+ *   depth (5), the x4 upscaler's single file (its diffusers folder is
+ *   ldm/upscale.h's).
  * Prediction type: SD1 is epsilon. SD2: the 512 "base" model (global_step
  * 875000) is epsilon and the 768 model is v; without a step, the
  * heuristic of ComfyUI's SD2 detection is used: the std of
@@ -453,6 +454,9 @@ static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options
 static int refuse_foreign_keys(const ldm_tensor_file *f, const char *path) {
     static const char *const foreign[][2] = {
         {"conditioner.embedders.", "SDXL (conditioner.embedders.*)"},
+        // before label_emb, which it has too: diffusers' own test for this model
+        {"model.diffusion_model.input_blocks.10.0.skip_connection.",
+         "the x4 upscaler as a single file (`sd upscale` reads its diffusers folder)"},
         {"model.diffusion_model.label_emb.", "SDXL / unCLIP (label_emb)"},
         {"model.diffusion_model.joint_blocks.", "SD3 (MMDiT joint_blocks)"},
         {"joint_blocks.", "SD3 (MMDiT joint_blocks)"},
