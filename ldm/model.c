@@ -784,6 +784,9 @@ int ldm_model_print_summary(const ldm_model *m, void *file) {
         for (int i = 0; i < u->n_levels; i++) fprintf(out, "%s%d", i ? "," : "", u->num_heads[i]);
         fprintf(out, "], %d res/level, context %d, %s proj, sample %d\n", u->layers_per_block,
                 u->cross_attention_dim, u->use_linear_projection ? "linear" : "conv", u->sample_size);
+        if (u->num_class_embeds > 0)   // the x4 upscaler's noise level (ldm/upscale.h)
+            fprintf(out, "unet extras in_channels %d, class embedding of %d labels: an x4 upscaler "
+                    "(sd upscale)\n", u->in_channels, u->num_class_embeds);
     }
     if (m->has_vae)
         fprintf(out, "vae config  channels [%d..%d] x %d levels, latent %d, scale %.5f\n",
