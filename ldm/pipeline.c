@@ -619,7 +619,13 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     ldm_generate_params gl = *g;
     if (ldm_lora_begin(&lora, &p->unet, &p->clip, g->prompt, g->lora_dir, g->loras, g->n_loras))
         return LDM_ERR;
-    gl.prompt = lora.prompt, g = &gl;
+    char *negative = NULL;   // tags in the negative prompt are merged too: they are global
+    if (ldm_lora_take_tags(&negative, &lora, &p->unet, &p->clip, g->negative, g->lora_dir)) {
+        free(negative);
+        ldm_lora_restore(&lora);
+        return LDM_ERR;
+    }
+    gl.prompt = lora.prompt, gl.negative = negative, g = &gl;
     const int64_t f = p->factor, C = p->latent_channels;
     generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
                     .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
@@ -634,5 +640,6 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     free(r.noise); free(r.init); free(r.z);
     free(r.mask); free(r.masked); free(r.unet_in); free(r.sigmas); free(r.timesteps);
     ldm_lora_restore(&lora);   // the original weights, bit for bit
+    free(negative);
     return rc;
 }

@@ -117,8 +117,9 @@ typedef struct ldm_generate_params {
     // gray binarised at 0.5); strength 1 starts from pure noise (diffusers)
     const uint8_t *mask_rgb;
     ldm_vae_options vae_opt;        // tiling
-    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt load DIR/NAME.safetensors;
-    // loras[n_loras] are merged too. Merged for this call only, then restored.
+    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt or the negative prompt
+    // (global: they change the whole model) load DIR/NAME.safetensors; loras[n_loras]
+    // are merged too. Merged for this call only, then restored.
     const char *lora_dir;
     const ldm_lora_spec *loras;
     int n_loras;

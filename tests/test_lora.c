@@ -12,6 +12,9 @@
  *   peft   --lora tiny_peft.safetensors:1 (a spec)
  *   both   <lora:tiny_kohya:0.5> and the PEFT file at 0.7
  *   peft_alpha  PEFT with lora_alpha != r in diffusers' "lora_adapter_metadata"
+ * Tags in the negative prompt are global too (merged, removed from its text):
+ * <lora:tiny_kohya:0.8> as the whole negative prompt gives the kohya run, a
+ * kohya tag in the prompt and a PEFT tag in the negative prompt the "both" run.
  * Then: the weights are restored bit for bit (the same prompt gives the same
  * bytes as before any LoRA), bad files are clear errors that name the key, and
  * the CLI ($LDM_SD, else $LDM_BUILD/sd) takes --lora, --lora-dir, --embedding-dir.
@@ -67,15 +70,15 @@ static float *context(ldm_pipeline *p, const char *prompt, int64_t *n) {
     return h;
 }
 
-static int generate(ldm_pipeline *p, const char *prompt, const ldm_lora_spec *specs, int n,
-                    float *latent) {
+static int generate(ldm_pipeline *p, const char *prompt, const char *negative,
+                    const ldm_lora_spec *specs, int n, float *latent) {
     const ldm_sampler_info *si;
     ldm_sigma_kind sk;
     if (ldm_sampler_parse(&si, &sk, "ddim") != 0) return LDM_ERR;
     ldm_rng rng;
     ldm_rng_init(&rng, LDM_RNG_CPU, 3);
     ldm_generate_params g = {
-        .prompt = prompt, .negative = "", .width = 64, .height = 64, .batch = 1,
+        .prompt = prompt, .negative = negative, .width = 64, .height = 64, .batch = 1,
         .sampling = {.sampler = si, .sigma_kind = sk, .steps = 8, .eta = 0.0f,
                      .conv = LDM_CONVENTIONS_DIFFUSERS},
         .cfg_scale = 5.0f, .clip_skip = 1, .rng = &rng,
@@ -116,11 +119,37 @@ static void test_run(ldm_pipeline *p, const run *r) {
     // the whole run: tags and specs through ldm_generate
     float *got = malloc(n_lat * sizeof *got);
     snprintf(name, sizeof name, "%s final latent [1,4,8,8]", r->name);
-    if (test_check(generate(p, r->prompt, r->specs, r->n_specs, got) == 0, name, "%s", ldm_last_error()))
+    if (test_check(generate(p, r->prompt, "", r->specs, r->n_specs, got) == 0, name, "%s", ldm_last_error()))
         test_close(name, got, lat, n_lat, 1e-3, 0);
     free(got);
 done:
     free(ctx); free(unc); free(lat);
+}
+
+// <lora:...> in the negative prompt: merged for the whole model (both halves
+// of guidance) and removed from the negative text, so the references of runs
+// with an empty negative prompt apply.
+static void test_negative_tags(ldm_pipeline *p) {
+    printf("-- LoRA tags in the negative prompt\n");
+    static const struct { const char *ref, *prompt, *negative; } cases[] = {
+        {"kohya", PROMPT, "<lora:tiny_kohya:0.8>"},
+        {"both", "<lora:tiny_kohya:0.5>" PROMPT, "<lora:tiny_peft:0.7>"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int64_t n_lat = 0;
+        float *lat = load(cases[i].ref, "latent", &n_lat), got[256];
+        char name[160];
+        snprintf(name, sizeof name, "negative '%s' = the %s run: final latent", cases[i].negative,
+                 cases[i].ref);
+        if (lat && test_check(n_lat <= 256 && generate(p, cases[i].prompt, cases[i].negative, NULL,
+                                                       0, got) == 0, name, "%s", ldm_last_error()))
+            test_close(name, got, lat, n_lat, 1e-3, 0);
+        free(lat);
+    }
+    float got[256];
+    test_check(generate(p, PROMPT, "ugly <lora:nothere:1>", NULL, 0, got) != 0 &&
+               strstr(ldm_last_error(), "nothere.safetensors"),
+               "negative prompt: a tag naming no file is an error", "%s", ldm_last_error());
 }
 
 // A LoRA file with one bad key; the error names it and the weights stay as they were.
@@ -185,7 +214,7 @@ int main(void) {
     int64_t n0 = 0, n_none = 0, n1 = 0;
     float *ctx0 = context(&p, PROMPT, &n0), lat0[256], lat1[256];
     float *none = load("none", "context", &n_none);
-    test_check(generate(&p, PROMPT, NULL, 0, lat0) == 0, "generate without LoRA", "%s", ldm_last_error());
+    test_check(generate(&p, PROMPT, "", NULL, 0, lat0) == 0, "generate without LoRA", "%s", ldm_last_error());
     if (ctx0 && none) test_close("no LoRA: context (reference)", ctx0, none, n0, 1e-4, 0);
     ldm_tensor *probe[] = {&p.unet.blocks[0].conv_w, &p.clip.layers[0].q_w, &p.unet.time_w1};
     // raw bytes of three weights as loaded (fp16 of the tiny model, in host memory)
@@ -203,6 +232,7 @@ int main(void) {
         {"peft_alpha", PROMPT, {{FIX "/tiny_peft_alpha.safetensors", 1.0f}}, 1},
     };
     for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) test_run(&p, &RUNS[i]);
+    test_negative_tags(&p);
 
     // the LoRA changes the output, and the originals come back bit for bit
     int64_t nk = 0;
@@ -221,7 +251,7 @@ int main(void) {
         free(lk);
     }
     float *ctx1 = context(&p, PROMPT, &n1);
-    test_check(generate(&p, PROMPT, NULL, 0, lat1) == 0, "generate after LoRA", "%s", ldm_last_error());
+    test_check(generate(&p, PROMPT, "", NULL, 0, lat1) == 0, "generate after LoRA", "%s", ldm_last_error());
     test_check(ctx0 && ctx1 && n0 == n1 && !memcmp(ctx0, ctx1, n0 * sizeof(float)),
                "restored: same context bytes as before any LoRA", "differs");
     test_check(!memcmp(lat0, lat1, sizeof lat0), "restored: same latent bytes as before any LoRA",
