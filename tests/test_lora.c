@@ -15,6 +15,11 @@
  * Tags in the negative prompt are global too (merged, removed from its text):
  * <lora:tiny_kohya:0.8> as the whole negative prompt gives the kohya run, a
  * kohya tag in the prompt and a PEFT tag in the negative prompt the "both" run.
+ * SD2: the tiny SD2 model of tests/fixtures/ckpt (OpenCLIP text tower with
+ * fused in_proj in the CompVis single file sd2.ckpt, and its diffusers folder;
+ * UNet with linear proj_in/out) with a kohya and a PEFT LoRA of its own: the
+ * text encoder's output for fixed ids and one UNet call, against torch
+ * (fixtures_lora.py sd2), in both layouts (no tokenizer vocabulary there).
  * Then: the weights are restored bit for bit (the same prompt gives the same
  * bytes as before any LoRA), bad files are clear errors that name the key, and
  * the CLI ($LDM_SD, else $LDM_BUILD/sd) takes --lora, --lora-dir, --embedding-dir.
@@ -32,6 +37,7 @@
 #include "ldm/io/npy.h"
 #include "ldm/io/tensorfile.h"
 #include "ldm/lora.h"
+#include "ldm/model.h"
 #include "ldm/pipeline.h"
 #include "tests/test.h"
 
@@ -152,6 +158,89 @@ static void test_negative_tags(ldm_pipeline *p) {
                "negative prompt: a tag naming no file is an error", "%s", ldm_last_error());
 }
 
+// SD2: module calls on the tiny SD2 model (its vocabulary has 128 ids, no
+// tokenizer): the text encoder on ckpt/clip_ids.npy and the UNet on sd2_x at
+// t = 500 with the reference context's first row, each LoRA merged, both layouts.
+static void test_sd2_layout(const char *path, const char *config_dir) {
+    printf("-- SD2: %s\n", path);
+    const struct ldm_ops *ops = &ldm_ops_cpu;
+    ldm_model m;
+    ldm_model_options mo = {ops, LDM_PRED_AUTO, config_dir};
+    if (!test_check(ldm_model_open(&m, path, &mo) == 0, path, "%s", ldm_last_error())) return;
+    ldm_clip clip;
+    ldm_unet unet;
+    if (!test_check(ldm_clip_load(&clip, &m.clip_w, &m.clip) == 0, "SD2 text encoder", "%s",
+                    ldm_last_error())) {
+        ldm_model_close(&m);
+        return;
+    }
+    if (!test_check(ldm_unet_load(&unet, &m.unet, &m.unet_w) == 0, "SD2 UNet", "%s", ldm_last_error())) {
+        ldm_clip_free(&clip);
+        ldm_model_close(&m);
+        return;
+    }
+    float *idf = NULL, *x = NULL, *none = NULL;
+    int64_t n_ids = 0, n_x = 0, n_none = 0;
+    idf = test_load_npy("tests/fixtures/ckpt/clip_ids.npy", &n_ids);
+    x = test_load_npy(FIX "/sd2_x.npy", &n_x);
+    none = test_load_npy(FIX "/sd2_none_unet.npy", &n_none);
+    const int B = (int)(n_ids / 77);
+    int32_t ids[4 * 77];
+    for (int64_t i = 0; i < n_ids && i < 4 * 77; i++) ids[i] = (int32_t)idf[i];
+    static const struct { const char *name, *file; float scale; } runs[] = {
+        {"kohya", FIX "/sd2_kohya.safetensors", 0.8f}, {"peft", FIX "/sd2_peft.safetensors", 1.0f},
+    };
+    for (size_t r = 0; idf && x && none && B <= 4 && r < sizeof runs / sizeof *runs; r++) {
+        char name[200];
+        int64_t n_ctx = 0, n_eps = 0;
+        float *ctx = load((const char *[]){"sd2_kohya", "sd2_peft"}[r], "context", &n_ctx);
+        float *eps = load((const char *[]){"sd2_kohya", "sd2_peft"}[r], "unet", &n_eps);
+        ldm_lora_set s;
+        ldm_lora_spec spec = {"", runs[r].scale};
+        snprintf(spec.path, sizeof spec.path, "%s", runs[r].file);
+        snprintf(name, sizeof name, "SD2 %s: merge", runs[r].name);
+        if (ctx && eps && test_check(ldm_lora_begin(&s, &unet, &clip, "", NULL, &spec, 1) == 0, name,
+                                     "%s", ldm_last_error())) {
+            ldm_tensor c = {0}, xt = ldm_tensor_new(ops, LDM_SHAPE(1, 4, 8, 8));
+            ldm_tensor y = ldm_tensor_new(ops, LDM_SHAPE(1, 4, 8, 8));
+            ldm_tensor c0 = ldm_tensor_new(ops, LDM_SHAPE(1, 77, n_ctx / (B * 77)));
+            snprintf(name, sizeof name, "SD2 %s: text encoder [%d,77,D]", runs[r].name, B);
+            if (test_check(ldm_clip_forward(&c, &clip, ids, B, 77, 0) == 0 && c.numel == n_ctx, name,
+                           "%s", ldm_last_error())) {
+                float *got = malloc((size_t)n_ctx * sizeof *got);
+                ldm_tensor_to_host(got, &c);
+                test_close(name, got, ctx, n_ctx, 1e-4, 0);
+                free(got);
+                int64_t n0 = 0;   // the same ids without a LoRA (tests/test_clip.c's reference)
+                float *plain = test_load_npy("tests/fixtures/ckpt/clip_sd2_out.npy", &n0), d = 0;
+                for (int64_t i = 0; plain && i < n0 && i < n_ctx; i++) d = fmaxf(d, fabsf(ctx[i] - plain[i]));
+                snprintf(name, sizeof name, "SD2 %s: the LoRA changes the text encoder output", runs[r].name);
+                test_check(d > 1e-2, name, "max diff %g", d);
+                free(plain);
+            }
+            ldm_tensor_from_host(&xt, x);
+            ldm_tensor_from_host(&c0, ctx);   // the reference's first row: the UNet alone
+            const float t = 500.0f;
+            snprintf(name, sizeof name, "SD2 %s: UNet output [1,4,8,8]", runs[r].name);
+            if (test_check(ldm_unet_forward(&y, &unet, &xt, &t, &c0) == 0, name, "%s", ldm_last_error())) {
+                float got[256], d = 0;
+                ldm_tensor_to_host(got, &y);
+                test_close(name, got, eps, n_eps, 1e-4, 0);
+                for (int64_t i = 0; i < n_eps; i++) d = fmaxf(d, fabsf(eps[i] - none[i]));
+                snprintf(name, sizeof name, "SD2 %s: the LoRA changes the UNet output", runs[r].name);
+                test_check(d > 1e-2, name, "max diff %g", d);
+            }
+            ldm_tensor_free(&c); ldm_tensor_free(&c0); ldm_tensor_free(&xt); ldm_tensor_free(&y);
+            ldm_lora_restore(&s);
+        }
+        free(ctx); free(eps);
+    }
+    free(idf); free(x); free(none);
+    ldm_unet_free(&unet);
+    ldm_clip_free(&clip);
+    ldm_model_close(&m);
+}
+
 // A LoRA file with one bad key; the error names it and the weights stay as they were.
 static void test_bad(ldm_pipeline *p, const char *key, int64_t rows, int64_t cols, const char *expect) {
     char path[256];
@@ -204,6 +293,8 @@ static void test_cli(void) {
 int main(void) {
     test_spec();
     test_cli();
+    test_sd2_layout("tests/fixtures/ckpt/sd2.ckpt", "tests/fixtures/ckpt/sd2");
+    test_sd2_layout("tests/fixtures/ckpt/sd2", NULL);
     ldm_pipeline p;
     ldm_pipeline_options po = {.ops = &ldm_ops_cpu, .prediction = LDM_PRED_EPS};
     if (!test_check(ldm_pipeline_open(&p, LDM_TINY_MODEL_DEFAULT, &po) == 0, "open tiny model",
