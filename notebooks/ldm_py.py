@@ -265,7 +265,7 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("height", C.c_int), ("batch", C.c_int), ("sampling", SamplerSettings),
                 ("cfg_scale", C.c_float), ("clip_skip", C.c_int), ("rng", C.POINTER(Rng)),
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
-                ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
+                ("mask_rgb", C.POINTER(C.c_uint8)), ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
                 ("n_loras", C.c_int), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
                 ("prompts", C.c_void_p)]
 

@@ -78,8 +78,9 @@ int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, floa
 // One sampler run
 
 // Called after step i with x [B,per] after the step and the step's
-// prediction of x_0 (denoised / pred_x0) [B,per].
-typedef void (*ldm_step_fn)(void *ctx, int i, const float *x, const float *denoised);
+// prediction of x_0 (denoised / pred_x0) [B,per]. The callback may change x:
+// the next step starts from it (inpainting blends the kept region back in).
+typedef void (*ldm_step_fn)(void *ctx, int i, float *x, const float *denoised);
 
 // What a sampler file sees: the values of one run, resolved by ldm_sample
 // from the settings (eta's default applied, the steps turned into sigmas or

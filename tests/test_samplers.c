@@ -315,7 +315,7 @@ static int standin(float *out, const float *x_in, const float *t, int64_t N, voi
 
 typedef struct { float *traj; int64_t n; int steps; } traj_ctx;
 
-static void record(void *vctx, int i, const float *x, const float *denoised) {
+static void record(void *vctx, int i, float *x, const float *denoised) {
     traj_ctx *c = vctx;
     if (i < c->steps) memcpy(c->traj + (int64_t)i * c->n, x, (size_t)c->n * sizeof(float));
 }

@@ -1,9 +1,11 @@
 /*
- * tools/cmd_txt2img.c -- `sd txt2img` and `sd img2img`: the command lines of
- * CompVis scripts/txt2img.py and scripts/img2img.py over ldm/pipeline.c.
+ * tools/cmd_txt2img.c -- `sd txt2img`, `sd img2img` and `sd inpaint`: the
+ * command lines of CompVis scripts/txt2img.py and scripts/img2img.py over
+ * ldm/pipeline.c, and inpainting with the same flags plus a mask.
  *
  *   sd txt2img --ckpt MODEL --prompt "a painting of a virus monster playing guitar"
  *   sd img2img --ckpt MODEL --init-img in.png --strength 0.75 --prompt "..."
+ *   sd inpaint --ckpt MODEL --init-img in.png --mask mask.png --prompt "..."
  *
  * Same flags, defaults and output names as the Python scripts
  * (OUTDIR/samples/00000.png numbered from the count of files already there,
@@ -52,28 +54,35 @@ enum { F_STR, F_INT, F_FLOAT, F_BOOL };
 typedef struct flag {
     const char *name;
     int kind;
-    int img2img;            // 0 both, 1 img2img only, -1 txt2img only
+    int img2img;            // 0 all, 1 img2img and inpaint, -1 txt2img only, 2 inpaint only
     const char *help;
 } flag;
+
+enum { MODE_TXT2IMG, MODE_IMG2IMG, MODE_INPAINT };   // the subcommand
+
+static int flag_applies(const flag *f, int mode) {
+    return f->img2img == 0 || (f->img2img == -1 && mode == MODE_TXT2IMG) ||
+           (f->img2img == 1 && mode != MODE_TXT2IMG) || (f->img2img == 2 && mode == MODE_INPAINT);
+}
 
 static const flag FLAGS[] = {
     {"--prompt", F_STR, 0, "the prompt (A1111 weights: (word:1.2) (word) [word] \\( BREAK)"},
     {"--negative-prompt", F_STR, 0, "what to steer away from (default: the empty prompt)"},
-    {"--outdir", F_STR, 0, "output folder (default outputs/txt2img-samples | outputs/img2img-samples)"},
+    {"--outdir", F_STR, 0, "output folder (default outputs/txt2img-samples | img2img-samples | inpaint-samples)"},
     {"--skip_grid", F_BOOL, 0, "do not write the grid"},
     {"--skip_save", F_BOOL, 0, "do not write the individual samples"},
     {"--ddim_steps", F_INT, 0, "sampling steps (50)"},
     {"--plms", F_BOOL, 0, "use the PLMS sampler (CompVis)"},
     {"--fixed_code", F_BOOL, -1, "every batch starts from the same noise (seed, not seed + k)"},
     {"--ddim_eta", F_FLOAT, 0, "DDIM eta (0.0: deterministic)"},
-    {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img)"},
+    {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img and inpaint)"},
     {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512; 64 with the tiny model)"},
     {"--W", F_INT, -1, "image width in pixels, multiple of 8 (512; 64 with the tiny model)"},
     {"--C", F_INT, 0, "latent channels (4; must match the model)"},
     {"--f", F_INT, 0, "downsampling factor (8; must match the model's VAE)"},
-    {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img)"},
+    {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img and inpaint)"},
     {"--n_rows", F_INT, 0, "grid columns (default n_samples)"},
-    {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img, 5.0 img2img)"},
+    {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img and inpaint, 5.0 img2img)"},
     {"--from-file", F_STR, 0, "one prompt per line; n_samples consecutive lines make one batch "
                               "(CompVis)"},
     {"--per-line", F_BOOL, 0, "with --from-file: each line gets a batch of n_samples images"},
@@ -87,8 +96,9 @@ static const flag FLAGS[] = {
                          "(default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")"},
     {"--seed", F_INT, 0, "seed (42)"},
     {"--precision", F_STR, 0, "accepted for compatibility; ldm.c computes in fp32"},
-    {"--init-img", F_STR, 1, "img2img: the initial image (PNG; sides multiples of 8)"},
-    {"--strength", F_FLOAT, 1, "img2img: 0 keeps the image, 1 ignores it (0.75)"},
+    {"--init-img", F_STR, 1, "img2img, inpaint: the initial image (PNG; sides multiples of 8)"},
+    {"--strength", F_FLOAT, 1, "img2img, inpaint: 0 keeps the image, 1 ignores it (0.75; inpaint 1.0)"},
+    {"--mask", F_STR, 2, "inpaint: the mask (PNG of the image's size; white = repaint, gray >= 50%)"},
     {"--sampler", F_STR, 0, "ddim (default), plms, euler, euler_a, heun, dpm2, dpm2_a, lms, "
                             "dpmpp_2s_a, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, ddpm; "
                             "\"DPM++ 2M Karras\" style names work"},
@@ -119,12 +129,19 @@ typedef struct opts {
     const char *loras[LDM_LORA_MAX_SPECS + 1]; int n_loras;   // every --lora, in order
 } opts;
 
-static void usage(FILE *f, int img2img) {
-    fprintf(f, "usage: sd %s [--ckpt MODEL] [flags]\n\n", img2img ? "img2img" : "txt2img");
-    fprintf(f, img2img ? "Image-to-image (SDEdit) as CompVis scripts/img2img.py.\n\n"
-                       : "Text-to-image as CompVis scripts/txt2img.py.\n\n");
+static const char *const MODE_NAMES[] = {"txt2img", "img2img", "inpaint"};
+
+static void usage(FILE *f, int mode) {
+    fprintf(f, "usage: sd %s [--ckpt MODEL] [flags]\n\n", MODE_NAMES[mode]);
+    fprintf(f, mode == MODE_IMG2IMG ? "Image-to-image (SDEdit) as CompVis scripts/img2img.py.\n\n"
+               : mode == MODE_INPAINT
+               ? "Inpainting: repaint the white part of --mask in --init-img, as diffusers'\n"
+                 "StableDiffusionInpaintPipeline: an inpainting model (UNet of 9 input channels)\n"
+                 "sees the mask and the masked image; an ordinary model gets the kept part\n"
+                 "back after every step.\n\n"
+               : "Text-to-image as CompVis scripts/txt2img.py.\n\n");
     for (int i = 0; i < N_FLAGS; i++) {
-        if ((FLAGS[i].img2img == 1 && !img2img) || (FLAGS[i].img2img == -1 && img2img)) continue;
+        if (!flag_applies(&FLAGS[i], mode)) continue;
         fprintf(f, "  %-18s %-2s %s\n", FLAGS[i].name, FLAGS[i].kind == F_BOOL ? "" : "X",
                 FLAGS[i].help);
     }
@@ -132,7 +149,7 @@ static void usage(FILE *f, int img2img) {
 }
 
 // argv -> o. 0, or 2 after printing the problem (exit code of a usage error).
-static int parse_flags(opts *o, int argc, char **argv, int img2img) {
+static int parse_flags(opts *o, int argc, char **argv, int mode) {
     memset(o, 0, sizeof *o);
     for (int i = 1; i < argc; i++) {
         const char *a = !strcmp(argv[i], "-h") ? "--help" : argv[i];
@@ -149,7 +166,7 @@ static int parse_flags(opts *o, int argc, char **argv, int img2img) {
         if (eq) value = eq + 1;
         int hit = -1, nhit = 0;
         for (int k = 0; k < N_FLAGS; k++) {
-            if ((FLAGS[k].img2img == 1 && !img2img) || (FLAGS[k].img2img == -1 && img2img)) continue;
+            if (!flag_applies(&FLAGS[k], mode)) continue;
             if (!strcmp(FLAGS[k].name, name)) { hit = k; nhit = 1; break; }
             if (!strncmp(FLAGS[k].name, name, strlen(name))) { hit = k; nhit++; }
         }
@@ -374,8 +391,9 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
 // flags -> one run's settings, checked before anything is loaded
 
 typedef struct run_settings {
-    int img2img;
-    const char *cmd;                // "txt2img" | "img2img"
+    int img2img;                    // 1: an init image (img2img, inpaint)
+    int inpaint;                    // 1: and a mask (inpaint)
+    const char *cmd;                // "txt2img" | "img2img" | "inpaint"
     const char *ckpt;               // --ckpt, or the tiny model
     int tiny;                       // 1: no --ckpt given
     long long n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
@@ -386,7 +404,7 @@ typedef struct run_settings {
     ldm_vae_options vae_opt;        // --vae-tiling, $LDM_VAE_BUDGET_MB
     const char *dump_dir;           // --dump, else main's $LDM_DUMP (NULL: no dumps); with
                                     // more than one batch, batch k dumps into DIR/batchKKK/
-    const char *init_path, *negative, *outdir;
+    const char *init_path, *mask_path, *negative, *outdir;
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
     int verbose, fixed_code, skip_save, skip_grid;
@@ -489,15 +507,17 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
     r->skip_grid = get(o, "--skip_grid") != NULL || r->skip_grid;
     r->negative = get(o, "--negative-prompt") ? get(o, "--negative-prompt") : "";
     r->outdir = get(o, "--outdir") ? get(o, "--outdir")
+              : r->inpaint ? "outputs/inpaint-samples"
               : r->img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
     return 0;
 }
 
 // argv flags + main's environment -> r. 0, or the exit code after printing the problem.
-static int settings_from_flags(run_settings *r, const opts *o, int img2img, const sd_env *env) {
+static int settings_from_flags(run_settings *r, const opts *o, int mode, const sd_env *env) {
     memset(r, 0, sizeof *r);
-    r->img2img = img2img;
-    const char *cmd = r->cmd = img2img ? "img2img" : "txt2img";
+    const int img2img = r->img2img = mode != MODE_TXT2IMG;
+    r->inpaint = mode == MODE_INPAINT;
+    const char *cmd = r->cmd = MODE_NAMES[mode];
     // no --ckpt: the tiny model the project trained (tools/tiny-model, or
     // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
     r->ckpt = get(o, "--ckpt");
@@ -515,8 +535,8 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
         get_int(o, "--threads", 0, 0, 4096, &r->threads) ||
         get_int(o, "--clip-skip", 1, 1, 64, &r->clip_skip) ||
         get_float(o, "--ddim_eta", 0.0, &r->eta) ||
-        get_float(o, "--scale", img2img ? 5.0 : 7.5, &r->scale) ||
-        get_float(o, "--strength", 0.75, &r->strength))
+        get_float(o, "--scale", mode == MODE_IMG2IMG ? 5.0 : 7.5, &r->scale) ||
+        get_float(o, "--strength", r->inpaint ? 1.0 : 0.75, &r->strength))
         return 2;
     r->sampling.steps = (int)steps;
     if (!img2img && (r->H % 8 || r->W % 8 || r->H < 8 || r->W < 8))
@@ -542,7 +562,11 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
                 cmd, r->ckpt);
     }
     r->init_path = get(o, "--init-img");
-    if (img2img && !r->init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
+    if (img2img && !r->init_path) return sd_fail("%s: --init-img FILE is required", cmd), 2;
+    r->mask_path = get(o, "--mask");
+    if (r->inpaint && !r->mask_path)
+        return sd_fail("inpaint: --mask FILE is required (a PNG of the image's size, white = "
+                       "repaint)"), 2;
     if (sampler_from_flags(&r->sampling, o, cmd, r->eta)) return 2;
     if (o->n_loras > LDM_LORA_MAX_SPECS) return sd_fail("%s: at most %d --lora", cmd, LDM_LORA_MAX_SPECS), 2;
     for (r->lora_dir = get(o, "--lora-dir"); r->n_loras < o->n_loras; r->n_loras++)
@@ -742,7 +766,8 @@ static int plan_names(outputs *out, const run_settings *r) {
 // Every batch of the run (this shard's): each image saved (unless
 // --skip_save) with its parameters and kept for the grid. 0 / 1.
 static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
-                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
+                        const uint8_t *init_rgb, const uint8_t *mask_rgb, const run_info *ri,
+                        progress *prog) {
     const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
     const long long per_it = images_per_iteration(r), nc = n_chunks(r);
     uint8_t *rgb = malloc((size_t)(B * per_img));
@@ -775,7 +800,7 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 .negative = r->negative, .width = (int)r->W, .height = (int)r->H, .batch = (int)n,
                 .sampling = r->sampling, .cfg_scale = (float)r->scale,
                 .clip_skip = (int)r->clip_skip, .rng = &rng, .init_rgb = init_rgb,
-                .strength = r->strength, .vae_opt = r->vae_opt,
+                .strength = r->strength, .mask_rgb = mask_rgb, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
                 .lora_dir = r->lora_dir, .loras = r->loras, .n_loras = r->n_loras,
             };
@@ -936,16 +961,17 @@ static void check_png_model(const png_flags *st, const run_settings *r, const ru
                 st->hash, st->model[0] ? st->model : "?", ri->hash, ri->model_name);
 }
 
-static int run(int argc, char **argv, int img2img, const sd_env *env) {
+static int run(int argc, char **argv, int mode, const sd_env *env) {
     opts o;
-    int e = parse_flags(&o, argc, argv, img2img);
+    int e = parse_flags(&o, argc, argv, mode);
     if (e) return e;
-    if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
+    if (get(&o, "--help")) { usage(stdout, mode); return 0; }
     static png_flags from_png;
     long long png_pos = -1;
-    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos, img2img))) return e;
+    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos, mode != MODE_TXT2IMG))) return e;
     run_settings r;
-    if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
+    if ((e = settings_from_flags(&r, &o, mode, env))) return e;
+    const int img2img = r.img2img;
     if (png_pos >= 0) {
         if (png_pos >= r.n_samples)
             return sd_fail("%s: --from-png: Batch pos %lld is outside the batch of %lld",
@@ -962,18 +988,18 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
 
     // init image (img2img): its own size, as CompVis load_img (which also
     // resizes to multiples of 64; here the sides must already be multiples of 8)
-    ldm_image init = {0};
+    ldm_image init = {0}, mask = {0};
     outputs out = {0};
     ldm_pipeline p;
     int rc = 1, opened = 0;
     if (img2img) {
         if (ldm_png_read(&init, r.init_path) != LDM_OK) {
-            sd_fail("img2img: --init-img %s", ldm_last_error());   // the message names the file
+            sd_fail("%s: --init-img %s", r.cmd, ldm_last_error());   // the message names the file
             goto done;
         }
         if (init.width % 8 || init.height % 8) {
-            sd_fail("img2img: --init-img %s is %dx%d: width and height must be multiples of 8 "
-                    "(crop or resize it)", r.init_path, init.width, init.height);
+            sd_fail("%s: --init-img %s is %dx%d: width and height must be multiples of 8 "
+                    "(crop or resize it)", r.cmd, r.init_path, init.width, init.height);
             goto done;
         }
         r.H = init.height;
@@ -982,6 +1008,17 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
             rc = 2;
             goto done;
         }
+    }
+    // the mask (inpaint): any PNG mode, exactly the image's size (never resized)
+    if (r.inpaint && ldm_png_read(&mask, r.mask_path) != LDM_OK) {
+        sd_fail("inpaint: --mask %s", ldm_last_error());
+        goto done;
+    }
+    if (r.inpaint && (mask.width != init.width || mask.height != init.height)) {
+        sd_fail("inpaint: --mask %s is %dx%d but --init-img %s is %dx%d: the mask must have the "
+                "image's size", r.mask_path, mask.width, mask.height, r.init_path, init.width,
+                init.height);
+        goto done;
     }
     if (outputs_open(&out, &r) || check_before_sampling(&r) || plan_names(&out, &r)) goto done;
 
@@ -1001,7 +1038,8 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     run_info ri;
     run_info_fill(&ri, &r, &p);
     if (png_pos >= 0) check_png_model(&from_png, &r, &ri, get(&o, "--from-png"));
-    if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, &ri, &prog)) goto done;
+    if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, r.inpaint ? mask.rgb : NULL, &ri, &prog))
+        goto done;
     if (!r.skip_grid && write_grid(&r, &ri, out.all, out.n_all, r.prompts[0], &out.grid_count))
         goto done;
     fprintf(stderr, "Your samples are ready and waiting for you here: \n%s \n\nEnjoy.\n", r.outdir);
@@ -1014,13 +1052,15 @@ done:
     free(out.all);
     if (opened) ldm_pipeline_close(&p);
     ldm_image_free(&init);
+    ldm_image_free(&mask);
     for (int i = 0; i < r.n_prompts; i++) free(r.prompts[i]);
     free(r.prompts);
     return rc;
 }
 
-int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 0, env); }
-int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 1, env); }
+int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_TXT2IMG, env); }
+int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_IMG2IMG, env); }
+int cmd_inpaint(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_INPAINT, env); }
 
 // `sd png-info FILE`: print the text chunks of a PNG (the "parameters" first).
 int cmd_png_info(int argc, char **argv, const sd_env *env) {
