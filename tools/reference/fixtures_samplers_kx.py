@@ -17,10 +17,15 @@ fixtures_samplers.py (defined identically in tests/test_samplers.c):
     from the paper's update (no registry package has it): denoise with the
     guided D_l = D_u + l (D_c - D_u), renoise with the unconditional D_u, on
     k-diffusion's CompVisDenoiser and sigmas. Guidance scale l = 0.6 (scale=).
+  - res_multistep / er_sde: written here from the papers' updates (Zhang et
+    al. 2023; Cui et al. 2023, phi(sigma) = sigma (e^{sigma^0.3} + 10), S_1
+    and S_2 by the 200-point left sum); er_sde's noise: torch.randn draws
+    seeded RUN_SEED. A second transcription, not a registry reference:
+    tests/test_analytic.c checks them against mathematics.
 
 Reads tests/fixtures/samplers/x_T.npy (written by fixtures_samplers.py);
 writes tests/fixtures/samplers/kx_*.npy and sampler_cases_kx.txt (the line
-format of sampler_cases.txt).
+format of sampler_cases.txt; extra: traj=STEPS,nfe=CALLS[,rtol=R] or scale=S).
 """
 import os
 
@@ -53,19 +58,20 @@ class Inner(torch.nn.Module):
 
 
 den = K.external.CompVisDenoiser(Inner())
+vden = K.external.CompVisVDenoiser(Inner())   # the stand-in's output read as v
 noise = torch.from_numpy(np.load(os.path.join(OUT, "x_T.npy")))
 conds = torch.tensor([1.0 + 0.5 * b for b in range(B)])
 
 
-def both(x, sigma, scale):
+def both(x, sigma, scale, d=den):
     """(guided D, unconditional D): rows [uncond, cond], D_u + scale (D_c - D_u)."""
-    out = den(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([torch.zeros(B), conds]))
+    out = d(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([torch.zeros(B), conds]))
     u, c = out.chunk(2)
     return u + (c - u) * scale, u
 
 
-def model(x, sigma):
-    return both(x, sigma, CFG_SCALE)[0]
+def model(x, sigma, d=den):
+    return both(x, sigma, CFG_SCALE, d)[0]
 
 
 def sigmas_for(sched, steps):
@@ -74,6 +80,13 @@ def sigmas_for(sched, steps):
 
 
 lines = []
+# dpm_adaptive's step ends come from its error estimate E, the size of x_low -
+# x_high: on the first steps E ~ 1e-5, the float32 rounding noise of |x| ~ 30,
+# so two float32 implementations place those step ends ~1e-4 of h apart and x
+# there differs by its slope (sigma eps ~ 30) times that: measured up to
+# 1.1e-5 of |x| (v prediction), 3e-6 (eps), where the other samplers stay below
+# 1.3e-6. Its trajectories are held to 3e-5 instead of 1e-5.
+ADAPTIVE_RTOL = 3e-5
 
 
 def save(file, traj):
@@ -81,10 +94,12 @@ def save(file, traj):
 
 
 # --- DPM-Solver: k-diffusion
-for name, sched, steps, eta in [("dpm_fast", "default", 10, 0.0), ("dpm_fast", "default", 12, 0.0),
-                                ("dpm_fast", "karras", 20, 0.0), ("dpm_fast", "default", 11, 1.0),
-                                ("dpm_adaptive", "default", 10, 0.0),
-                                ("dpm_adaptive", "karras", 20, 1.0)]:
+for name, sched, steps, eta, pred in [
+        ("dpm_fast", "default", 10, 0.0, "eps"), ("dpm_fast", "default", 12, 0.0, "eps"),
+        ("dpm_fast", "karras", 20, 0.0, "eps"), ("dpm_fast", "default", 11, 1.0, "eps"),
+        ("dpm_adaptive", "default", 10, 0.0, "eps"),
+        ("dpm_adaptive", "default", 10, 0.0, "v"),       # one rejected attempt
+        ("dpm_adaptive", "karras", 20, 1.0, "eps")]:      # four rejected attempts
     sigmas = sigmas_for(sched, steps)
     smin = float(sigmas[-1]) if sigmas[-1] > 0 else float(sigmas[-2])
     smax = float(sigmas[0])
@@ -92,7 +107,7 @@ for name, sched, steps, eta in [("dpm_fast", "default", 10, 0.0), ("dpm_fast", "
 
     def counted(x, sigma):
         calls[0] += 1
-        return model(x, sigma)
+        return model(x, sigma, vden if pred == "v" else den)
 
     torch.manual_seed(RUN_SEED)
     ns = lambda s, sn: torch.randn(SHAPE)
@@ -116,10 +131,10 @@ for name, sched, steps, eta in [("dpm_fast", "default", 10, 0.0), ("dpm_fast", "
         assert info["nfe"] == calls[0] and info["n_accept"] == len(traj), info
         print(name, sched, steps, "eta", eta, info)
     assert torch.equal(traj[-1], x)
-    file = f"kx_{name}_{sched}_{steps}{'_eta1' if eta else ''}.npy"
+    file = f"kx_{name}_{sched}_{steps}{'_eta1' if eta else ''}{'_v' if pred == 'v' else ''}.npy"
     save(file, traj)
-    lines.append(f"{file} {name} {sched} {steps} {eta:g} 1 eps 0 compvis {RUN_SEED} "
-                 f"traj={len(traj)},nfe={calls[0]}")
+    lines.append(f"{file} {name} {sched} {steps} {eta:g} 1 {pred} 0 compvis {RUN_SEED} "
+                 f"traj={len(traj)},nfe={calls[0]}" + (f",rtol={ADAPTIVE_RTOL:g}" if name == "dpm_adaptive" else ""))
 
 
 # --- CFG++ (Chung et al. 2024), from the paper's update
@@ -157,8 +172,67 @@ for name, fn in [("euler_cfgpp", euler_cfgpp), ("dpmpp_2m_cfgpp", dpmpp_2m_cfgpp
         lines.append(f"{file} {name} {sched} {steps} -1 1 eps 0 compvis {RUN_SEED} "
                      f"scale={CFGPP_SCALE:g}")
 
+
+
+# --- RES multistep (Zhang et al. 2023) and ER-SDE (Cui et al. 2023), from the
+# papers' updates (samplers/res_multistep.c, er_sde.c say them); guidance 5
+def res_multistep(x, sigmas, traj):
+    old = None
+    for i in range(len(sigmas) - 1):
+        d = model(x, sigmas[i] * torch.ones(B))
+        if old is None or sigmas[i + 1] == 0:
+            x = d + sigmas[i + 1] / sigmas[i] * (x - d)    # e^-h x + (1 - e^-h) D
+        else:
+            h = (sigmas[i] / sigmas[i + 1]).double().log()
+            r = (sigmas[i - 1] / sigmas[i]).double().log() / h
+            phi1 = torch.expm1(-h) / -h
+            phi2 = (phi1 - 1) / -h
+            x = torch.exp(-h).float() * x + (h * phi1).float() * d + (h * phi2 / r).float() * (d - old)
+        old = d
+        traj.append(x.clone())
+    return x
+
+
+def er_sde(x, sigmas, traj, eta=1.0):
+    phi = lambda s: s * (torch.exp(s ** 0.3) + 10)   # the paper's noise scale function
+    sg = sigmas.double()
+    old = old_d1 = None
+    for i in range(len(sigmas) - 1):
+        d = model(x, sigmas[i] * torch.ones(B))
+        if sigmas[i + 1] == 0:
+            x = d
+        else:
+            s, t = sg[i], sg[i + 1]
+            r = phi(t) / phi(s)
+            x = r.float() * x + (1 - r).float() * d
+            if i >= 1:
+                step = (s - t) / 200
+                at = t + torch.arange(200, dtype=torch.float64) * step   # left Riemann sum
+                s1, s2 = (step / phi(at)).sum(), (step * (at - s) / phi(at)).sum()
+                d1 = (d - old) / (s - sg[i - 1]).float()
+                x = x + (t - s + s1 * phi(t)).float() * d1
+                if i >= 2:
+                    d2 = (d1 - old_d1) / ((s - sg[i - 2]) / 2).float()
+                    x = x + ((t - s) ** 2 / 2 + s2 * phi(t)).float() * d2
+                old_d1 = d1
+            x = x + (eta * (t * t - r * r * s * s).clamp(min=0).sqrt()).float() * torch.randn(SHAPE)
+        old = d
+        traj.append(x.clone())
+    return x
+
+
+for name, fn in [("res_multistep", res_multistep), ("er_sde", er_sde)]:
+    for sched, steps in [("default", 10), ("karras", 20)]:
+        traj = []
+        torch.manual_seed(RUN_SEED)
+        sig = sigmas_for(sched, steps)
+        fn(noise * sig[0], sig, traj)
+        file = f"kx_{name}_{sched}_{steps}.npy"
+        save(file, traj)
+        lines.append(f"{file} {name} {sched} {steps} -1 1 eps 0 compvis {RUN_SEED} -")
+
 with open(os.path.join(OUT, "sampler_cases_kx.txt"), "w") as f:
     f.write("# file sampler schedule steps eta cfg pred compvis precision seed extra "
-            "(tools/reference/fixtures_samplers_kx.py; extra: traj=STEPS,nfe=CALLS or scale=S)\n")
+            "(tools/reference/fixtures_samplers_kx.py; extra: traj=STEPS,nfe=CALLS[,rtol=R] or scale=S)\n")
     f.write("\n".join(lines) + "\n")
 print("wrote", len(lines), "cases")
