@@ -53,12 +53,11 @@ static const float *run_model(ldm_denoiser *d, float tval) {
     for (int64_t k = 0; k < N; k++) d->t[k] = tval;
     d->nfe++;
     if (d->fn(d->out, d->x_in, d->t, N, d->ctx) != LDM_OK) return NULL;
-    if (!d->cfg) return d->out;
-    float s = d->cfg_scale;  // rows [uncond, cond]: c <- u + s (c - u)   (Ho & Salimans 2022 eq. 6)
-    float *guided = d->out + B * per;
-    for (int64_t i = 0; i < B * per; i++) {
-        float u = d->out[i], c = guided[i];
-        guided[i] = u + s * (c - u);
+    float *guided = d->out;
+    if (d->cfg) {  // rows [uncond, cond]: out = u + s (c - u)   (Ho & Salimans 2022 eq. 6)
+        float s = d->cfg_scale;
+        guided = d->out + B * per;  // the cond rows become the guided ones
+        for (int64_t i = 0; i < B * per; i++) guided[i] = d->out[i] + s * (guided[i] - d->out[i]);
     }
     return guided;
 }
