@@ -35,7 +35,9 @@
  * (k-diffusion's defaults) scales h by f = 1 + atan((1/(E + 1e-8))^(1/3) - 1)
  * and accepts when f >= 0.81. The number of steps is decided by the error,
  * not by c->n (which only picks sigma_min); the callback runs once per
- * ACCEPTED step, and dn->nfe counts every attempt's 3 evaluations.
+ * ACCEPTED step, and dn->nfe counts every attempt's 3 evaluations. A
+ * non-finite error (a model returning NaN) stops the run with an error
+ * instead of shrinking h forever.
  *
  * eta > 0 (both): the ancestral split of each step (get_ancestral_step) ends
  * the deterministic step at sigma_down and adds sigma_up n; then the
@@ -195,6 +197,10 @@ static int propose(step_control *p, double error) {
     return factor >= p->accept_safety;
 }
 
+// A guard, not a setting: with a finite error every rejection shrinks h by
+// at least 1 + atan(-1) = 0.21, so a real run accepts long before this.
+#define DPM_ADAPTIVE_MAX_ATTEMPTS 100000
+
 int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c) {
     const double rtol = 0.05, atol = 0.0078, h_init = 0.05;
     const int order = 3;
@@ -210,7 +216,7 @@ int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c) {
     float t = -logf(smax);
     step_control pid = {.h = h_init, .exponent = 1.0 / (c->eta > 0 ? 1.5 : order),
                         .accept_safety = 0.81};
-    int rc = LDM_OK, accepted = 0;
+    int rc = LDM_OK, accepted = 0, attempts = 0;
     while (t < t_end - 1e-5f) {
         float t_next = fminf(t_end, (float)(t + pid.h)), t_down = t_next, amp = 0;
         if (c->eta > 0) amp = ancestral(&t_down, t, t_next, t_end, c->eta);
@@ -225,6 +231,12 @@ int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c) {
             sum += e * e;
         }
         double error = sqrt(sum) / sqrt((double)s.n);
+        if (!isfinite(error) || ++attempts > DPM_ADAPTIVE_MAX_ATTEMPTS) {
+            rc = ldm_error("dpm_adaptive: %s at sigma %g after %d accepted steps (the model's "
+                           "output is not finite?)", isfinite(error) ? "no progress" :
+                           "the error estimate is not finite", sigma_of(t), accepted);
+            break;
+        }
         if (!propose(&pid, error)) continue;  // rejected: the same t with a smaller h
         memcpy(x_prev, x_low, (size_t)s.n * sizeof(float));
         memcpy(x, x_high, (size_t)s.n * sizeof(float));

@@ -328,6 +328,13 @@ static int64_t run_direct(float *x, const ldm_analytic *a, const char *name, int
     return nfe;
 }
 
+// ctx: the int64_t floats per row
+static int nan_model(float *out, const float *x_in, const float *t, int64_t N, void *ctx) {
+    (void)x_in; (void)t;
+    for (int64_t k = 0; k < N * *(const int64_t *)ctx; k++) out[k] = NAN;
+    return LDM_OK;
+}
+
 // DPM fast and DPM adaptive end at sigma_min (sigmas[n-1]), not at 0: their
 // error is the RMS difference to the exact ODE solution there. DPM fast with
 // N evaluations takes ~N/3 third-order steps, so error ~ N^-3. DPM adaptive
@@ -367,6 +374,18 @@ static void test_dpm_solver(void) {
     snprintf(name, sizeof name, "dpm_adaptive: RMS error %.2e at sigma_min with %lld evaluations",
              e, (long long)nfe);
     test_check(nfe > 0 && nfe % 3 == 0 && e < 4 * 0.0078, name, "error control rtol 0.05, atol 0.0078");
+    // a model that returns NaN: an error, not an endless search for a step
+    ldm_denoiser dn = {.fn = nan_model, .ctx = (void *)&per, .sched = &SCHED, .B = 1, .per = per};
+    ldm_denoiser_init(&dn);
+    float sig[11];
+    ldm_sigmas_make(sig, LDM_SIGMAS_KARRAS, &SCHED, 10);
+    ldm_sampler_ctx c = {.dn = &dn, .n = 10, .sigmas = sig, .s_tmax = INFINITY, .s_noise = 1};
+    for (int64_t k = 0; k < per; k++) x[k] = noise[k] * sig[0];
+    ldm_clear_error();
+    int rc = ldm_sample_dpm_adaptive(x, &c);
+    test_check(rc == LDM_ERR && strstr(ldm_last_error(), "not finite"),
+               "dpm_adaptive stops with an error on a NaN model", "rc %d, \"%s\"", rc, ldm_last_error());
+    ldm_denoiser_free(&dn);
     free(noise); free(x); free(y);
 }
 
