@@ -216,7 +216,7 @@ class Denoiser(C.Structure):  # samplers/sampler.h ldm_denoiser
     _fields_ = [("fn", MODEL_FN), ("ctx", C.c_void_p), ("prediction", C.c_int), ("cfg", C.c_int),
                 ("cfg_scale", C.c_float), ("sched", C.POINTER(Schedule_)),
                 ("B", C.c_int64), ("per", C.c_int64), ("x_in", f32p), ("out", f32p),
-                ("t", f32p), ("nfe", C.c_int64)]
+                ("t", f32p), ("uncond", f32p), ("nfe", C.c_int64)]
 
 
 class SamplerInfo(C.Structure):  # ldm_sampler_info

@@ -28,8 +28,9 @@ int ldm_denoiser_init(ldm_denoiser *d) {
     d->x_in = malloc((size_t)(N * d->per) * sizeof(float));
     d->out = malloc((size_t)(N * d->per) * sizeof(float));
     d->t = malloc((size_t)N * sizeof(float));
+    d->uncond = malloc((size_t)(d->B * d->per) * sizeof(float));
     d->nfe = 0;
-    if (!d->x_in || !d->out || !d->t) {
+    if (!d->x_in || !d->out || !d->t || !d->uncond) {
         ldm_denoiser_free(d);
         return ldm_error("denoiser: out of memory for %lld x %lld floats", (long long)N,
                          (long long)d->per);
@@ -38,57 +39,76 @@ int ldm_denoiser_init(ldm_denoiser *d) {
 }
 
 void ldm_denoiser_free(ldm_denoiser *d) {
-    free(d->x_in); free(d->out); free(d->t);
-    d->x_in = d->out = d->t = NULL;
+    free(d->x_in); free(d->out); free(d->t); free(d->uncond);
+    d->x_in = d->out = d->t = d->uncond = NULL;
 }
 
-// out [B,per] <- model(x_in, t) with guidance: x_in/t are written for the
-// first B rows by the caller; the guided result lands in d->out[0..B*per).
-static int run_model(ldm_denoiser *d, float tval) {
+// The model on x_in/t (the caller writes the first B rows of x_in) with
+// guidance: returns the guided output [B,per] (the cond rows of d->out,
+// overwritten), and leaves the unconditional rows' raw output at d->out
+// (the same pointer without guidance). NULL on a model failure.
+static const float *run_model(ldm_denoiser *d, float tval) {
     int64_t B = d->B, per = d->per, N = d->cfg ? 2 * B : B;
     if (d->cfg) memcpy(d->x_in + B * per, d->x_in, (size_t)(B * per) * sizeof(float));
     for (int64_t k = 0; k < N; k++) d->t[k] = tval;
     d->nfe++;
-    if (d->fn(d->out, d->x_in, d->t, N, d->ctx) != LDM_OK) return LDM_ERR;
+    if (d->fn(d->out, d->x_in, d->t, N, d->ctx) != LDM_OK) return NULL;
+    float *guided = d->out;
     if (d->cfg) {  // rows [uncond, cond]: out = u + s (c - u)   (Ho & Salimans 2022 eq. 6)
         float s = d->cfg_scale;
-        for (int64_t i = 0; i < B * per; i++) {
-            float u = d->out[i], c = d->out[B * per + i];
-            d->out[i] = u + s * (c - u);
-        }
+        guided = d->out + B * per;  // the cond rows become the guided ones
+        for (int64_t i = 0; i < B * per; i++) guided[i] = d->out[i] + s * (guided[i] - d->out[i]);
     }
-    return LDM_OK;
+    return guided;
+}
+
+// eps [n] <- the network output `out` read as eps (v converted at timestep t)
+static void out_to_eps(float *eps, const ldm_denoiser *d, const float *out, const float *x,
+                       float t, int64_t n) {
+    if (d->prediction == LDM_PRED_V) {
+        int ti = (int)t;
+        if (ti < 0) ti = 0;
+        if (ti > d->sched->T - 1) ti = d->sched->T - 1;
+        ldm_eps_from_v(eps, out, x, d->sched->alphas_cumprod[ti], n);
+    } else {
+        memcpy(eps, out, (size_t)n * sizeof(float));
+    }
 }
 
 int ldm_denoiser_eps(ldm_denoiser *d, float *eps, const float *x, float t) {
     int64_t n = d->B * d->per;
     memcpy(d->x_in, x, (size_t)n * sizeof(float));
-    if (run_model(d, t) != LDM_OK) return LDM_ERR;
-    if (d->prediction == LDM_PRED_V) {
-        int ti = (int)t;
-        if (ti < 0) ti = 0;
-        if (ti > d->sched->T - 1) ti = d->sched->T - 1;
-        ldm_eps_from_v(eps, d->out, x, d->sched->alphas_cumprod[ti], n);
-    } else {
-        memcpy(eps, d->out, (size_t)n * sizeof(float));
-    }
+    const float *guided = run_model(d, t);
+    if (!guided) return LDM_ERR;
+    out_to_eps(eps, d, guided, x, t, n);
+    if (d->cfg) out_to_eps(d->uncond, d, d->out, x, t, n);
+    else memcpy(d->uncond, eps, (size_t)n * sizeof(float));
     return LDM_OK;
+}
+
+// denoised [n] <- the network output `out` at sigma through the
+// CompVisDenoiser / CompVisVDenoiser scalings, float32 as k-diffusion
+static void out_to_denoised(float *denoised, const ldm_denoiser *d, const float *out,
+                            const float *x, float sigma, int64_t n) {
+    if (d->prediction == LDM_PRED_V) {
+        float c_skip = 1.0f / (sigma * sigma + 1.0f);
+        float c_out = -sigma / sqrtf(sigma * sigma + 1.0f);
+        for (int64_t i = 0; i < n; i++) denoised[i] = out[i] * c_out + x[i] * c_skip;
+    } else {
+        float c_out = -sigma;
+        for (int64_t i = 0; i < n; i++) denoised[i] = x[i] + out[i] * c_out;
+    }
 }
 
 int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, float sigma) {
     int64_t n = d->B * d->per;
-    // get_scalings, float32 as k-diffusion
-    float c_in = 1.0f / sqrtf(sigma * sigma + 1.0f);
+    float c_in = 1.0f / sqrtf(sigma * sigma + 1.0f);  // get_scalings
     for (int64_t i = 0; i < n; i++) d->x_in[i] = x[i] * c_in;
-    if (run_model(d, ldm_sigma_to_t(d->sched, sigma)) != LDM_OK) return LDM_ERR;
-    if (d->prediction == LDM_PRED_V) {
-        float c_skip = 1.0f / (sigma * sigma + 1.0f);
-        float c_out = -sigma / sqrtf(sigma * sigma + 1.0f);
-        for (int64_t i = 0; i < n; i++) denoised[i] = d->out[i] * c_out + x[i] * c_skip;
-    } else {
-        float c_out = -sigma;
-        for (int64_t i = 0; i < n; i++) denoised[i] = x[i] + d->out[i] * c_out;
-    }
+    const float *guided = run_model(d, ldm_sigma_to_t(d->sched, sigma));
+    if (!guided) return LDM_ERR;
+    out_to_denoised(denoised, d, guided, x, sigma, n);
+    if (d->cfg) out_to_denoised(d->uncond, d, d->out, x, sigma, n);
+    else memcpy(d->uncond, denoised, (size_t)n * sizeof(float));
     return LDM_OK;
 }
 
@@ -147,6 +167,13 @@ const ldm_sampler_info ldm_samplers[] = {
     {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
     {"dpmpp_3m_sde", "DPM++ 3M SDE", ldm_sample_dpmpp_3m_sde, 1, 1.0f},
     {"dpmpp_3m", "DPM++ 3M", ldm_sample_dpmpp_3m_sde, 1, 0.0f},
+    // DPM-Solver, RES, ER-SDE, CFG++ (docs/06-samplers.md, "More samplers")
+    {"dpm_fast", "DPM fast", ldm_sample_dpm_fast, 1, 0.0f},
+    {"dpm_adaptive", "DPM adaptive", ldm_sample_dpm_adaptive, 1, 0.0f},
+    {"res_multistep", "RES multistep", ldm_sample_res_multistep, 1, 0.0f},
+    {"er_sde", "ER-SDE", ldm_sample_er_sde, 1, 1.0f},
+    {"euler_cfgpp", "Euler CFG++", ldm_sample_euler_cfgpp, 1, 0.0f},
+    {"dpmpp_2m_cfgpp", "DPM++ 2M CFG++", ldm_sample_dpmpp_2m_cfgpp, 1, 0.0f},
 };
 const int ldm_sampler_count = (int)(sizeof ldm_samplers / sizeof ldm_samplers[0]);
 
@@ -191,6 +218,9 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         // we use plain per-step draws for all of them (dpmpp_sde.c)
         {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
         {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
+        // A1111 "k_dpm_ad"; ComfyUI's CFG++ names
+        {"dpm_ad", "dpm_adaptive"}, {"euler_cfg_pp", "euler_cfgpp"},
+        {"dpmpp_2m_cfg_pp", "dpmpp_2m_cfgpp"},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (!strcmp(key, aliases[i].alias)) key = aliases[i].name;

@@ -57,6 +57,9 @@ typedef struct ldm_denoiser {
     float *x_in;                  // [N,per]
     float *out;                   // [N,per]
     float *t;                     // [N]
+    float *uncond;                // [B,per] the unconditional prediction of the last call, in
+                                  // the form that call returned (eps or denoised); a copy of
+                                  // the result when cfg is off. CFG++ renoises with it.
     int64_t nfe;                  // model evaluations so far (one per fn call)
 } ldm_denoiser;
 
@@ -119,6 +122,12 @@ int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
 int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
+int ldm_sample_dpm_fast(float *x, ldm_sampler_ctx *c);     // samplers/dpm_solver.c (n = model evaluations)
+int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c); // samplers/dpm_solver.c (steps: error control)
+int ldm_sample_res_multistep(float *x, ldm_sampler_ctx *c); // samplers/res_multistep.c
+int ldm_sample_er_sde(float *x, ldm_sampler_ctx *c);       // samplers/er_sde.c
+int ldm_sample_euler_cfgpp(float *x, ldm_sampler_ctx *c);  // samplers/euler_cfgpp.c (guidance 0..1)
+int ldm_sample_dpmpp_2m_cfgpp(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_cfgpp.c (guidance 0..1)
 
 // ---------------------------------------------------------------------------
 // Helpers the sampler files share (samplers/sampler.c)
