@@ -147,6 +147,12 @@ const ldm_sampler_info ldm_samplers[] = {
     {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
     {"dpmpp_3m_sde", "DPM++ 3M SDE", ldm_sample_dpmpp_3m_sde, 1, 1.0f},
     {"dpmpp_3m", "DPM++ 3M", ldm_sample_dpmpp_3m_sde, 1, 0.0f},
+    {"unipc", "UniPC", ldm_sample_unipc, 0, 0.0f},
+    {"unipc_bh1", "UniPC BH1", ldm_sample_unipc_bh1, 0, 0.0f},
+    {"deis", "DEIS", ldm_sample_deis, 0, 0.0f},
+    {"ipndm", "iPNDM", ldm_sample_ipndm, 1, 0.0f},
+    {"ipndm_v", "iPNDM V", ldm_sample_ipndm_v, 1, 0.0f},
+    {"ddim_trailing", "DDIM Trailing", ldm_sample_ddim, 0, 0.0f},   // DDIM on "trailing" timesteps
 };
 const int ldm_sampler_count = (int)(sizeof ldm_samplers / sizeof ldm_samplers[0]);
 
@@ -191,6 +197,8 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         // we use plain per-step draws for all of them (dpmpp_sde.c)
         {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
         {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
+        // ComfyUI's uni_pc is the bh1 variant, uni_pc_bh2 the bh2 one
+        {"uni_pc", "unipc_bh1"}, {"uni_pc_bh2", "unipc"}, {"unipc_bh2", "unipc"},
     };
     for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
         if (!strcmp(key, aliases[i].alias)) key = aliases[i].name;
@@ -263,9 +271,15 @@ const ldm_conventions LDM_CONVENTIONS_DIFFUSERS = {
 // ---------------------------------------------------------------------------
 // the whole run
 
+// The timestep spacing a discrete sampler walks: the conventions' one, except
+// for ddim_trailing, whose name fixes it.
+static ldm_spacing sampler_spacing(const ldm_sampler_settings *s) {
+    return strcmp(s->sampler->name, "ddim_trailing") ? s->conv.spacing : LDM_SPACING_TRAILING;
+}
+
 int ldm_sampler_steps(const ldm_sampler_settings *s, const ldm_schedule *sched) {
     int count = s->sampler->uses_sigmas ? s->steps
-                                        : ldm_timesteps_count(sched, s->conv.spacing, s->steps);
+                                        : ldm_timesteps_count(sched, sampler_spacing(s), s->steps);
     if (count < 1)
         return ldm_error("sampler %s: steps must be >= 1, found %d", s->sampler->label, s->steps);
     return count;
@@ -302,7 +316,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         ts = malloc((size_t)count * sizeof(int));
         int *tb = malloc((size_t)dn->B * sizeof(int));
         if (!ts || !tb) { free(ts); free(tb); return ldm_error("sampler: out of memory"); }
-        ldm_timesteps(ts, sch, s->conv.spacing, s->steps, s->conv.steps_offset);
+        ldm_timesteps(ts, sch, sampler_spacing(s), s->steps, s->conv.steps_offset);
         c.timesteps = ts + start;
         for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
         if (init) ldm_q_sample(x, init, noise, tb, dn->B, dn->per, sch);  // DDPM eq. 4

@@ -118,6 +118,11 @@ int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
 int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
+int ldm_sample_unipc(float *x, ldm_sampler_ctx *c);        // samplers/unipc.c (B(h) = "bh2")
+int ldm_sample_unipc_bh1(float *x, ldm_sampler_ctx *c);    // samplers/unipc.c (B(h) = "bh1")
+int ldm_sample_deis(float *x, ldm_sampler_ctx *c);         // samplers/deis.c
+int ldm_sample_ipndm(float *x, ldm_sampler_ctx *c);        // samplers/ipndm.c
+int ldm_sample_ipndm_v(float *x, ldm_sampler_ctx *c);      // samplers/ipndm.c (variable step)
 
 // ---------------------------------------------------------------------------
 // Helpers the sampler files share (samplers/sampler.c)
