@@ -301,7 +301,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         .n = count - start, .eta = s->eta < 0 ? info->default_eta : s->eta,
         .s_churn = s->s_churn, .s_tmin = 0, .s_tmax = INFINITY, .s_noise = 1,
         .compvis = s->conv.noise_every_step,
-        .callback = run->callback, .callback_ctx = run->callback_ctx,
+        .callback = run->callback, .callback_ctx = run->callback_ctx, .steps = s->steps,
     };
     float *sig = NULL;
     int *ts = NULL;

@@ -98,6 +98,8 @@ typedef struct ldm_sampler_ctx {
     int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
     ldm_step_fn callback;         // optional
     void *callback_ctx;
+    int steps;                    // the steps asked for (ldm_sampler_settings.steps; 0: unknown):
+                                  // diffusers' DDIM steps from t to t - T/steps (ddim.c)
 } ldm_sampler_ctx;
 
 // Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
