@@ -59,7 +59,8 @@ int ldm_sample_deis(float *x, ldm_sampler_ctx *c) {
         float *tmp = eps_1;
         eps_1 = eps; eps = tmp;
         if ((rc = ldm_denoiser_eps(c->dn, eps, x, (float)t)) != LDM_OK) break;
-        int order = (i == 0 || (i + 1 == c->n && c->n < 15)) ? 1 : 2;
+        int total = c->steps > 0 ? c->steps : c->n;   // the whole schedule's length (img2img)
+        int order = (i == 0 || (i + 1 == c->n && total < 15)) ? 1 : 2;
         double C0, C1 = 0;
         if (order == 1) {
             C0 = rho_next - rho_i;
