@@ -230,7 +230,7 @@ class SamplerCtx(C.Structure):  # ldm_sampler_ctx
                 ("timesteps", C.POINTER(C.c_int)), ("eta", C.c_float), ("s_churn", C.c_float),
                 ("s_tmin", C.c_float), ("s_tmax", C.c_float), ("s_noise", C.c_float),
                 ("compvis", C.c_int), ("set_alpha_to_one", C.c_int), ("callback", STEP_FN),
-                ("callback_ctx", C.c_void_p)]
+                ("callback_ctx", C.c_void_p), ("steps", C.c_int)]
 
 
 class Conventions(C.Structure):  # ldm_conventions

@@ -167,6 +167,12 @@ const ldm_sampler_info ldm_samplers[] = {
     {"dpmpp_2m_sde", "DPM++ 2M SDE", ldm_sample_dpmpp_2m_sde, 1, 1.0f},
     {"dpmpp_3m_sde", "DPM++ 3M SDE", ldm_sample_dpmpp_3m_sde, 1, 1.0f},
     {"dpmpp_3m", "DPM++ 3M", ldm_sample_dpmpp_3m_sde, 1, 0.0f},
+    {"unipc", "UniPC", ldm_sample_unipc, 0, 0.0f},
+    {"unipc_bh1", "UniPC BH1", ldm_sample_unipc_bh1, 0, 0.0f},
+    {"deis", "DEIS", ldm_sample_deis, 0, 0.0f},
+    {"ipndm", "iPNDM", ldm_sample_ipndm, 1, 0.0f},
+    {"ipndm_v", "iPNDM V", ldm_sample_ipndm_v, 1, 0.0f},
+    {"ddim_trailing", "DDIM Trailing", ldm_sample_ddim, 0, 0.0f},   // DDIM on "trailing" timesteps
     // DPM-Solver, RES, ER-SDE, CFG++ (docs/06-samplers.md, "More samplers")
     {"dpm_fast", "DPM fast", ldm_sample_dpm_fast, 1, 0.0f},
     {"dpm_adaptive", "DPM adaptive", ldm_sample_dpm_adaptive, 1, 0.0f},
@@ -218,6 +224,8 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         // we use plain per-step draws for all of them (dpmpp_sde.c)
         {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
         {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
+        // ComfyUI's uni_pc is the bh1 variant, uni_pc_bh2 the bh2 one
+        {"uni_pc", "unipc_bh1"}, {"uni_pc_bh2", "unipc"}, {"unipc_bh2", "unipc"},
         // A1111 "k_dpm_ad"; ComfyUI's CFG++ names
         {"dpm_ad", "dpm_adaptive"}, {"euler_cfg_pp", "euler_cfgpp"},
         {"dpmpp_2m_cfg_pp", "dpmpp_2m_cfgpp"},
@@ -293,9 +301,15 @@ const ldm_conventions LDM_CONVENTIONS_DIFFUSERS = {
 // ---------------------------------------------------------------------------
 // the whole run
 
+// The timestep spacing a discrete sampler walks: the conventions' one, except
+// for ddim_trailing, whose name fixes it.
+static ldm_spacing sampler_spacing(const ldm_sampler_settings *s) {
+    return strcmp(s->sampler->name, "ddim_trailing") ? s->conv.spacing : LDM_SPACING_TRAILING;
+}
+
 int ldm_sampler_steps(const ldm_sampler_settings *s, const ldm_schedule *sched) {
     int count = s->sampler->uses_sigmas ? s->steps
-                                        : ldm_timesteps_count(sched, s->conv.spacing, s->steps);
+                                        : ldm_timesteps_count(sched, sampler_spacing(s), s->steps);
     if (count < 1)
         return ldm_error("sampler %s: steps must be >= 1, found %d", s->sampler->label, s->steps);
     return count;
@@ -317,7 +331,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         .n = count - start, .eta = s->eta < 0 ? info->default_eta : s->eta,
         .s_churn = s->s_churn, .s_tmin = 0, .s_tmax = INFINITY, .s_noise = 1,
         .compvis = s->conv.noise_every_step,
-        .callback = run->callback, .callback_ctx = run->callback_ctx,
+        .callback = run->callback, .callback_ctx = run->callback_ctx, .steps = s->steps,
     };
     float *sig = NULL;
     int *ts = NULL;
@@ -332,7 +346,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         ts = malloc((size_t)count * sizeof(int));
         int *tb = malloc((size_t)dn->B * sizeof(int));
         if (!ts || !tb) { free(ts); free(tb); return ldm_error("sampler: out of memory"); }
-        ldm_timesteps(ts, sch, s->conv.spacing, s->steps, s->conv.steps_offset);
+        ldm_timesteps(ts, sch, sampler_spacing(s), s->steps, s->conv.steps_offset);
         c.timesteps = ts + start;
         for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
         if (init) ldm_q_sample(x, init, noise, tb, dn->B, dn->per, sch);  // DDPM eq. 4

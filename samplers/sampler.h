@@ -102,6 +102,8 @@ typedef struct ldm_sampler_ctx {
     int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
     ldm_step_fn callback;         // optional
     void *callback_ctx;
+    int steps;                    // the steps asked for (ldm_sampler_settings.steps; 0: unknown):
+                                  // diffusers' DDIM steps from t to t - T/steps (ddim.c)
 } ldm_sampler_ctx;
 
 // Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
@@ -122,6 +124,11 @@ int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
 int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
+int ldm_sample_unipc(float *x, ldm_sampler_ctx *c);        // samplers/unipc.c (B(h) = "bh2")
+int ldm_sample_unipc_bh1(float *x, ldm_sampler_ctx *c);    // samplers/unipc.c (B(h) = "bh1")
+int ldm_sample_deis(float *x, ldm_sampler_ctx *c);         // samplers/deis.c
+int ldm_sample_ipndm(float *x, ldm_sampler_ctx *c);        // samplers/ipndm.c
+int ldm_sample_ipndm_v(float *x, ldm_sampler_ctx *c);      // samplers/ipndm.c (variable step)
 int ldm_sample_dpm_fast(float *x, ldm_sampler_ctx *c);     // samplers/dpm_solver.c (n = model evaluations)
 int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c); // samplers/dpm_solver.c (steps: error control)
 int ldm_sample_res_multistep(float *x, ldm_sampler_ctx *c); // samplers/res_multistep.c

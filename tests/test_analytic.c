@@ -95,7 +95,8 @@ static void test_model(void) {
 
 static const char *DETERMINISTIC[] = {"ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m",
                                       "dpmpp_3m", "res_multistep", "euler_cfgpp",
-                                      "dpmpp_2m_cfgpp"};
+                                      "dpmpp_2m_cfgpp", "unipc", "unipc_bh1", "deis", "ipndm",
+                                      "ipndm_v", "ddim_trailing"};
 #define N_DET (int)(sizeof DETERMINISTIC / sizeof DETERMINISTIC[0])
 
 // Data = the single point mu (s = 0): D = mu for every input, the ODE slope
@@ -201,6 +202,13 @@ static const order_case ORDERS[] = {
      "4-step Adams-Bashforth weights for EQUAL steps applied to DDIM's uneven sigma steps "
      "(eps times the sigma increment, not eps times dsigma/dt at each node): consistent to "
      "second order only; step counts dividing 1000 keep the timesteps evenly spaced in t"},
+    {"ddim_trailing", 0, 1, 0.2, {100, 125, 200, 250, 500, 1000},
+     "DDIM on trailing timesteps, as ddim above"},
+    {"ipndm", LDM_SIGMAS_KARRAS, 2, 0.15, {50, 70, 100, 150, 200, 300, 0},
+     "the 4-step Adams-Bashforth weights of EQUAL steps on Karras' uneven sigma steps: "
+     "consistent to second order only, as plms (on even steps it is 4th order: test below)"},
+    {"ipndm_v", LDM_SIGMAS_KARRAS, 4, 0.6, {40, 50, 70, 100, 0},
+     "variable-step 4th-order Adams-Bashforth, the same integrator as lms (test below): ~3.6"},
 };
 
 static double fit_slope(const double *logn, const double *loge, int m) {
@@ -238,6 +246,121 @@ static void test_orders(void) {
                  oc->sampler, p, oc->steps[0], oc->steps[m - 1], oc->order, oc->tol);
         test_check(fabs(p - oc->order) <= oc->tol, name, "%s", oc->why);
     }
+    free(noise);
+}
+
+// The multistep samplers on grids that refine evenly. ldm_analytic_sample
+// walks "trailing" integer timesteps to the last one, round(1000/n) - 1: near
+// t = 0 the SD schedule has sigma ~ 0.029 sqrt(t + 1), so its last few
+// integer steps are ~0.3 in log sigma at ANY n, and they cap every discrete
+// sampler near first order there. Here the timesteps are 999, 999 - k, ...,
+// 199 (evenly spaced in t where the schedule is smooth) and the error is
+// taken at t = 199 against the exact flow; the k-diffusion samplers get
+// sigmas evenly spaced from sigma_max to 0.5. x_at [per] <- x after step n-2
+// (the last level > 0) of `name` from noise [per].
+typedef struct { float *at; int64_t per; int i; } capture;
+
+static void capture_step(void *vctx, int i, float *x, const float *denoised) {
+    capture *c = vctx;
+    if (i == c->i) memcpy(c->at, x, (size_t)c->per * sizeof(float));
+}
+
+static int run_grid(float *x_at, const char *name, const ldm_analytic *a, const int *ts,
+                    const float *sig, int n, const float *noise, int64_t per) {
+    ldm_analytic_ctx mc = {a, per};
+    ldm_denoiser dn = {.fn = ldm_analytic_model, .ctx = &mc, .sched = &SCHED, .B = 1, .per = per};
+    ldm_denoiser_init(&dn);
+    ldm_rng rng;
+    ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+    capture cc = {x_at, per, n - 2};
+    ldm_sampler_ctx c = {.dn = &dn, .rng = &rng, .n = n, .timesteps = ts, .sigmas = sig,
+                         .s_tmax = INFINITY, .s_noise = 1, .set_alpha_to_one = 1,
+                         .callback = capture_step, .callback_ctx = &cc};
+    float *x = malloc((size_t)per * sizeof(float));
+    for (int64_t k = 0; k < per; k++) x[k] = ts ? noise[k] : noise[k] * sig[0];
+    int rc = sampler(name)->fn(x, &c);
+    free(x);
+    ldm_denoiser_free(&dn);
+    return rc;
+}
+
+static void test_orders_even_grids(void) {
+    static const struct { const char *name; double order, tol; int lo, hi; const char *why; } cases[] = {
+        {"unipc", 3, 0.2, 20, 160, "UniP-2 + UniC-2: order 2 + 1 (Zhao et al. 2023, Theorem 3.1); "
+         "past 200 steps the float32 floor (~5e-7) is reached"},
+        {"unipc_bh1", 3, 0.2, 20, 160, "the same with B(h) = h"},
+        {"deis", 2, 0.15, 20, 800, "second-order polynomial extrapolation of eps in log rho"},
+        {"ipndm", 4, 0.6, 200, 800, "4-step Adams-Bashforth, exact weights on even steps; "
+         "even sigma steps are coarse near sigma = 0.5 where the flow bends, so the slope is "
+         "still rising (3.1 over 100..200, 3.6 over 400..800)"},
+    };
+    static const int counts[] = {10, 20, 40, 50, 80, 100, 160, 200, 400, 800};
+    ldm_analytic a = mixture();
+    const int64_t per = 256;
+    float *noise = randn(per, 0), *x = malloc((size_t)per * sizeof(float));
+    double *y0 = malloc((size_t)per * sizeof(double)), *y = malloc((size_t)per * sizeof(double));
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int discrete = !sampler(cases[c].name)->uses_sigmas;
+        double s0 = discrete ? ldm_analytic_sigma_of_t(&SCHED, 999) : SCHED.sigmas[999];
+        double s1 = discrete ? ldm_analytic_sigma_of_t(&SCHED, 199) : 0.5;
+        for (int64_t k = 0; k < per; k++) y0[k] = noise[k] * (discrete ? sqrt(1 + s0 * s0) : s0);
+        ldm_analytic_flow(&a, y, y0, per, s0, s1);
+        double logn[10], loge[10];
+        int m = 0, rc = LDM_OK;
+        for (size_t j = 0; j < sizeof counts / sizeof counts[0]; j++) {
+            int steps = counts[j], n = steps + 1;   // n - 1 steps from the first level to the last > 0
+            if (steps < cases[c].lo || steps > cases[c].hi) continue;
+            int *ts = malloc((size_t)n * sizeof(int));
+            float *sig = malloc((size_t)(n + 1) * sizeof(float));
+            for (int i = 0; i < n; i++) {
+                ts[i] = 999 - i * (800 / steps);
+                sig[i] = (float)(s0 + (s1 - s0) * i / steps);
+            }
+            sig[n] = 0;
+            rc = run_grid(x, cases[c].name, &a, discrete ? ts : NULL, discrete ? NULL : sig, n,
+                          noise, per);
+            free(ts); free(sig);
+            if (rc != LDM_OK) break;
+            double e = 0, scale = discrete ? sqrt(1 + s1 * s1) : 1;   // x = y / scale
+            for (int64_t k = 0; k < per; k++) e += (x[k] * scale - y[k]) * (x[k] * scale - y[k]);
+            logn[m] = log(steps);
+            loge[m++] = log(sqrt(e / per));
+        }
+        double p = rc == LDM_OK ? fit_slope(logn, loge, m) : NAN;
+        char name[160];
+        snprintf(name, sizeof name, "order of %s on even %s: %.2f over %d..%d steps (theory %g +- %g)",
+                 cases[c].name, discrete ? "timesteps 999..199" : "sigmas 14.6..0.5", p,
+                 cases[c].lo, cases[c].hi, cases[c].order, cases[c].tol);
+        test_check(fabs(p - cases[c].order) <= cases[c].tol, name, "%s", cases[c].why);
+    }
+    free(noise); free(x); free(y0); free(y);
+}
+
+// ipndm_v's weights are the Lagrange integrals of lms (k-diffusion's LMS,
+// tested against it in tests/test_samplers.c): on Karras sigmas the two
+// trajectories agree up to the last level > 0 (they differ only in the final
+// step to 0: lms extrapolates, ipndm_v returns D). On evenly spaced sigmas
+// ipndm_v's weights are ipndm's fixed ones. Tolerance 1e-5 of max |x|: the
+// same arithmetic in a different order (~1e-7 a step).
+static void test_ipndm_v_is_lms(void) {
+    ldm_analytic a = mixture();
+    const int64_t per = 256;
+    const int n = 30;
+    float *noise = randn(per, 0), *x[4], sig[n + 1];
+    ldm_sigmas_karras(sig, n, SCHED.sigmas[0], SCHED.sigmas[999], 7.0);
+    static const char *names[4] = {"ipndm_v", "lms", "ipndm_v", "ipndm"};
+    for (int k = 0; k < 4; k++) {
+        if (k == 2)
+            for (int i = 0; i < n; i++) sig[i] = (float)(SCHED.sigmas[999] + (0.5 - SCHED.sigmas[999]) * i / (n - 1));
+        x[k] = malloc((size_t)per * sizeof(float));
+        run_grid(x[k], names[k], &a, NULL, sig, n, noise, per);
+    }
+    double scale = 0;
+    for (int64_t j = 0; j < per; j++) scale = fmax(scale, fabs(x[1][j]));
+    test_close("ipndm_v equals lms on 30 Karras sigmas (up to the last level > 0)", x[0], x[1],
+               per, 0, 1e-5 * scale);
+    test_close("ipndm_v equals ipndm on 30 evenly spaced sigmas", x[2], x[3], per, 0, 1e-5 * scale);
+    for (int k = 0; k < 4; k++) free(x[k]);
     free(noise);
 }
 
@@ -285,7 +408,8 @@ static void test_nfe(void) {
         {"heun", 19}, {"dpm2", 19}, {"dpm2_a", 19}, {"lms", 10}, {"dpmpp_2s_a", 19},
         {"dpmpp_2m", 10}, {"dpmpp_sde", 19}, {"dpmpp_2m_sde", 10}, {"dpmpp_3m_sde", 10},
         {"dpmpp_3m", 10}, {"dpm_fast", 10}, {"res_multistep", 10}, {"er_sde", 10},
-        {"euler_cfgpp", 10}, {"dpmpp_2m_cfgpp", 10},
+        {"euler_cfgpp", 10}, {"dpmpp_2m_cfgpp", 10}, {"unipc", 10}, {"unipc_bh1", 10},
+        {"deis", 10}, {"ipndm", 10}, {"ipndm_v", 10}, {"ddim_trailing", 10},
         // dpm_adaptive: as many as its error control asks (test 8)
     };
     ldm_analytic a = mixture();
@@ -495,6 +619,8 @@ int main(void) {
     test_ddim_is_euler();
     printf("-- orders of convergence\n");
     test_orders();
+    test_orders_even_grids();
+    test_ipndm_v_is_lms();
     printf("-- distributions (ancestral / SDE samplers)\n");
     test_distribution();
     printf("-- model evaluations\n");

@@ -381,6 +381,7 @@ static void test_sampler_cases(const char *manifest) {
         if (!strcmp(sched, "karras")) o.sigma_kind = LDM_SIGMAS_KARRAS;
         if (!strcmp(sched, "exponential")) o.sigma_kind = LDM_SIGMAS_EXPONENTIAL;
         if (!strcmp(sched, "uniform")) o.conv.spacing = LDM_SPACING_UNIFORM;
+        if (!strcmp(sched, "trailing")) o.conv.spacing = LDM_SPACING_TRAILING;
         int64_t ni;
         float *init = start ? load("init.npy", &ni) : NULL;
         int count = traj_len ? traj_len : ldm_sampler_steps(&o, &s) - start;
@@ -607,6 +608,7 @@ int main(void) {
     test_sampler_cases("sampler_cases.txt");
     test_sampler_cases("sampler_cases_3m.txt");
     test_sampler_cases("sampler_cases_kx.txt");
+    test_sampler_cases("sampler_cases_multistep.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
     return test_summary();

@@ -100,9 +100,10 @@ static const flag FLAGS[] = {
     {"--strength", F_FLOAT, 1, "img2img, inpaint: 0 keeps the image, 1 ignores it (0.75; inpaint 1.0)"},
     {"--mask", F_STR, 2, "inpaint: the mask (PNG of the image's size; white = repaint, gray >= 50%)"},
     {"--sampler", F_STR, 0, "ddim (default), plms, euler, euler_a, heun, dpm2, dpm2_a, lms, "
-                            "dpmpp_2s_a, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, ddpm; "
+                            "dpmpp_2s_a, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, ddpm, "
+                            "unipc, unipc_bh1, deis, ipndm, ipndm_v, ddim_trailing; "
                             "\"DPM++ 2M Karras\" style names work"},
-    {"--schedule", F_STR, 0, "k samplers: default|karras|exponential; ddim/plms: "
+    {"--schedule", F_STR, 0, "k samplers: default|karras|exponential; ddim/plms/unipc/deis: "
                              "uniform (CompVis, default)|leading|trailing|linspace"},
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
