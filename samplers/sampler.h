@@ -107,6 +107,8 @@ typedef int (*ldm_sampler_fn)(float *x, ldm_sampler_ctx *c);
 int ldm_sample_ddpm(float *x, ldm_sampler_ctx *c);         // samplers/ddpm.c
 int ldm_sample_ddim(float *x, ldm_sampler_ctx *c);         // samplers/ddim.c
 int ldm_sample_plms(float *x, ldm_sampler_ctx *c);         // samplers/plms.c
+int ldm_sample_lcm(float *x, ldm_sampler_ctx *c);          // samplers/lcm.c (timesteps: LDM_SPACING_LCM)
+int ldm_sample_tcd(float *x, ldm_sampler_ctx *c);          // samplers/tcd.c (eta = TCD's gamma)
 int ldm_sample_euler(float *x, ldm_sampler_ctx *c);        // samplers/euler.c
 int ldm_sample_euler_a(float *x, ldm_sampler_ctx *c);      // samplers/euler_a.c
 int ldm_sample_heun(float *x, ldm_sampler_ctx *c);         // samplers/heun.c
@@ -150,13 +152,21 @@ typedef enum {
     LDM_SIGMAS_KL_OPTIMAL = 5,   // even in atan(sigma)
     LDM_SIGMAS_AYS = 6,          // Align Your Steps SD 1.5, log-linear to n
     LDM_SIGMAS_BETA = 7,         // Beta(0.6, 0.6) quantiles between sigma_max and sigma_min
+    LDM_SIGMAS_GITS = 8,         // GITS SD 1.5 (Chen et al. 2024), log-linear to n
+    LDM_SIGMAS_SMOOTHSTEP = 9,   // t = round(999 smoothstep(1 - i/n)) (stable-diffusion.cpp)
 } ldm_sigma_kind;
+#define LDM_SIGMAS_COUNT 10      // kinds 0 .. LDM_SIGMAS_COUNT-1
 
 // sigmas [n+1] <- the schedule `kind` for n steps on s (last 0).
 void ldm_sigmas_make(float *sigmas, ldm_sigma_kind kind, const ldm_schedule *s, int n);
 // "karras", "exponential", "default" / "normal", "sgm_uniform", "simple",
-// "kl_optimal", "ays" / "align_your_steps", "beta" (case-insensitive). 0 / LDM_ERR.
+// "kl_optimal", "ays" / "align_your_steps", "beta", "gits", "smoothstep"
+// (case-insensitive; ' ', '-', '_' alike). 0 / LDM_ERR.
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name);
+// The name of a kind as ldm_sigma_kind_parse reads it ("karras"), and as
+// the sampler-name suffix A1111 labels use (" Karras"; "" for the default).
+const char *ldm_sigma_kind_name(ldm_sigma_kind kind);
+const char *ldm_sigma_kind_label(ldm_sigma_kind kind);
 
 typedef struct ldm_sampler_info {
     const char *name;      // "euler_a"
@@ -173,7 +183,8 @@ extern const int ldm_sampler_count;
 // "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
 // Case-insensitive; spaces, '-' and '_' are equivalent. A suffix selects the
 // sigma schedule: " Karras", " Exponential", " SGM Uniform", " Simple",
-// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " Normal". 0 / LDM_ERR (lists names).
+// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " GITS", " Smoothstep",
+// " Normal". 0 / LDM_ERR (lists names).
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------

@@ -261,6 +261,39 @@ static void test_spacings(void) {
                "%d of %d cases differ", bad, cases);
 }
 
+// LCM / TCD timesteps for every step count 1..50 against diffusers'
+// LCMScheduler.set_timesteps (lcm_timesteps.txt, fixtures_samplers_lcm.py);
+// 51 steps must be refused (the model knows 50 timesteps).
+static void test_lcm_timesteps(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    FILE *f = fopen(FIX "lcm_timesteps.txt", "r");
+    if (!test_check(f != NULL, "lcm_timesteps.txt", "missing (run `make fixtures`)")) return;
+    char line[1024];
+    int bad = 0, cases = 0;
+    while (fgets(line, sizeof line, f)) {
+        int n, off = 0, ts[64];
+        if (line[0] == '#' || sscanf(line, "%d%n", &n, &off) != 1 || n < 1 || n > 50) continue;
+        int count = ldm_timesteps(ts, &s, LDM_SPACING_LCM, n, 0), ok = count == n;
+        char *p = line + off;
+        for (int i = 0; ok && i < n; i++) {
+            int used = 0, want;
+            ok = sscanf(p, "%d%n", &want, &used) == 1 && ts[i] == want;
+            p += used;
+        }
+        if (!ok) printf("  lcm timesteps n=%d differ (first %d)\n", n, count > 0 ? ts[0] : -1);
+        bad += !ok;
+        cases++;
+    }
+    fclose(f);
+    test_check(bad == 0 && cases == 50, "LCM/TCD timesteps n = 1..50 (exact)", "%d of %d differ",
+               bad, cases);
+    int ts[64];
+    test_check(ldm_timesteps(ts, &s, LDM_SPACING_LCM, 51, 0) == LDM_ERR &&
+                   strstr(ldm_last_error(), "at most 50"),
+               "LCM timesteps: 51 steps refused", "%s", ldm_last_error());
+}
+
 static void test_forward(void) {
     ldm_schedule s;
     ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
@@ -351,6 +384,8 @@ static void test_sampler_cases(const char *manifest) {
                    &steps, &eta, &cfg, pred, &compvis, prec, &seed, extra) < 10)
             continue;
         float churn = 0;
+        int T = 1000;
+        sscanf(extra, "T=%d", &T);          // training timesteps (LCM cases: 100)
         sscanf(extra, "start=%d", &start);  // img2img: start step, init from init.npy
         sscanf(extra, "churn=%f", &churn);  // Karras churn for Euler/Heun/DPM2
         int64_t n;
@@ -359,7 +394,7 @@ static void test_sampler_cases(const char *manifest) {
         ldm_schedule s;
         ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR,
                           strcmp(prec, "diffusers") ? LDM_SCHED_COMPVIS : LDM_SCHED_DIFFUSERS,
-                          0.00085, 0.012, 1000);
+                          0.00085, 0.012, T);
         standin_ctx sc = {B, per, cfg, -1};
         ldm_denoiser dn = {.fn = standin, .ctx = &sc, .prediction = strcmp(pred, "v") ? LDM_PRED_EPS : LDM_PRED_V,
                            .cfg = cfg, .cfg_scale = 5.0f, .sched = &s, .B = B, .per = per};
@@ -593,11 +628,13 @@ int main(void) {
     printf("-- schedule\n");
     test_schedule();
     test_spacings();
+    test_lcm_timesteps();
     test_sigmas_extra();
     test_forward();
     printf("-- samplers\n");
     test_sampler_cases("sampler_cases.txt");
     test_sampler_cases("sampler_cases_3m.txt");
+    test_sampler_cases("sampler_cases_lcm.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
     return test_summary();
