@@ -554,7 +554,7 @@ static void test_ddim_eta1_is_ddpm(void) {
     free(x[0]); free(x[1]); free(noise);
 }
 
-// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta) against
+// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta, gits, smoothstep) against
 // tools/reference/fixtures_samplers_schedules.py (beta: on diffusers' float32
 // schedule, as its fixture comes from diffusers' EulerDiscreteScheduler). Tolerance 1e-6 relative to
 // sigma_max, as the Karras / exponential schedules above: the same float32
@@ -589,7 +589,7 @@ static void test_sigmas_extra(void) {
     fclose(f);
     // every schedule at n = 1..100 and every 45th up to 1000: positive, finite,
     // non-increasing (1e-6 slack for float rounding), and the final 0
-    for (int k = 0; k <= LDM_SIGMAS_BETA; k++) {
+    for (int k = 0; k < LDM_SIGMAS_COUNT; k++) {
         int bad = 0, bad_n = 0;
         static float sig[1001];
         for (int n2 = 1; n2 <= 1000; n2 += n2 < 100 ? 1 : 45) {
@@ -610,6 +610,7 @@ static void test_sigmas_extra(void) {
         {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
         {"DPM++ 2M Beta", LDM_SIGMAS_BETA},
         {"DPM++ 3M SDE Karras", LDM_SIGMAS_KARRAS}, {"dpmpp_3m_sde_gpu_exponential", LDM_SIGMAS_EXPONENTIAL},
+        {"Euler GITS", LDM_SIGMAS_GITS}, {"dpmpp_2m_smoothstep", LDM_SIGMAS_SMOOTHSTEP},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const ldm_sampler_info *info;
@@ -618,6 +619,13 @@ static void test_sigmas_extra(void) {
         snprintf(name, sizeof name, "parse \"%s\"", names[i].name);
         test_check(ldm_sampler_parse(&info, &k, names[i].name) == LDM_OK && k == names[i].kind,
                    name, "kind %d, %s", (int)k, ldm_last_error());
+    }
+    // every kind's name parses back to it (the CLI's --schedule and --help use them)
+    for (int k = 0; k < LDM_SIGMAS_COUNT; k++) {
+        ldm_sigma_kind got = (ldm_sigma_kind)-1;
+        test_check(ldm_sigma_kind_parse(&got, ldm_sigma_kind_name((ldm_sigma_kind)k)) == LDM_OK &&
+                       got == (ldm_sigma_kind)k,
+                   "sigma kind name round trip", "kind %d (%s)", k, ldm_sigma_kind_name((ldm_sigma_kind)k));
     }
 }
 
