@@ -157,7 +157,7 @@ with open(os.path.join(OUT, "sigmas_extra.txt"), "w") as f:
     f.write("# kind n sigma_0 .. sigma_n (tools/reference/fixtures_samplers_schedules.py)\n")
     for kind, fn in [("sgm_uniform", sgm_uniform), ("simple", simple), ("kl_optimal", kl_optimal),
                      ("ays", ays), ("beta", beta), ("gits", gits), ("smoothstep", smoothstep)]:
-        for n in ((1, 2, 4, 10, 19, 20, 21, 25, 50) if kind == "gits" else
+        for n in (tuple(range(1, 26)) + (50,) if kind == "gits" else
                   (1, 3, 4, 10, 20, 25, 50, 100) if kind == "smoothstep" else (4, 10, 20, 25, 50)):
             s = fn(n).to(torch.float32).numpy()
             f.write(f"{kind} {n} " + " ".join(f"{v:.9g}" for v in s) + "\n")
