@@ -265,7 +265,7 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
                 ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
                 ("n_loras", C.c_int), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
-                ("prompts", C.c_void_p)]
+                ("prompts", C.c_void_p), ("nfe", C.POINTER(C.c_int64))]
 
 
 # Every mirror, by its C name (layout_check.c prints the same list).
