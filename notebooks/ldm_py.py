@@ -228,7 +228,7 @@ class SamplerCtx(C.Structure):  # ldm_sampler_ctx
                 ("timesteps", C.POINTER(C.c_int)), ("eta", C.c_float), ("s_churn", C.c_float),
                 ("s_tmin", C.c_float), ("s_tmax", C.c_float), ("s_noise", C.c_float),
                 ("compvis", C.c_int), ("set_alpha_to_one", C.c_int), ("callback", STEP_FN),
-                ("callback_ctx", C.c_void_p)]
+                ("callback_ctx", C.c_void_p), ("brownian", C.c_void_p)]
 
 
 class Conventions(C.Structure):  # ldm_conventions
@@ -238,7 +238,8 @@ class Conventions(C.Structure):  # ldm_conventions
 
 class SamplerSettings(C.Structure):  # ldm_sampler_settings
     _fields_ = [("sampler", C.POINTER(SamplerInfo)), ("sigma_kind", C.c_int), ("steps", C.c_int),
-                ("eta", C.c_float), ("s_churn", C.c_float), ("conv", Conventions)]
+                ("eta", C.c_float), ("s_churn", C.c_float), ("conv", Conventions),
+                ("sde_noise", C.c_int)]
 
 
 class SampleRun(C.Structure):  # ldm_sample_run

@@ -99,6 +99,18 @@ void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise) {
     ldm_rng_randn_batch(c->rng, c->per_sample_noise, noise, c->dn->B, c->dn->per);
 }
 
+void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next) {
+    if (c->brownian) ldm_brownian_noise(c->brownian, noise, sigma, sigma_next);
+    else ldm_sampler_noise(c, noise);
+}
+
+int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name) {
+    if (name && (!strcmp(name, "per-step") || !strcmp(name, "per_step"))) *kind = LDM_SDE_NOISE_PER_STEP;
+    else if (name && !strcmp(name, "brownian")) *kind = LDM_SDE_NOISE_BROWNIAN;
+    else return ldm_error("SDE noise \"%s\": expected per-step or brownian", name ? name : "(null)");
+    return LDM_OK;
+}
+
 float ldm_sampler_churn(ldm_sampler_ctx *c, int i, float *x, float *eps) {
     const float *sig = c->sigmas;
     int64_t n = c->dn->B * c->dn->per;
@@ -320,11 +332,23 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
     };
     float *sig = NULL;
     int *ts = NULL;
+    ldm_brownian bt = {0};
     if (info->uses_sigmas) {   // k-diffusion: sigmas [count+1], descending, last 0
         sig = malloc((size_t)(count + 1) * sizeof(float));
         if (!sig) return ldm_error("sampler: out of memory");
         ldm_sigmas_make(sig, s->sigma_kind, sch, count);
         c.sigmas = sig + start;
+        if (s->sde_noise == LDM_SDE_NOISE_BROWNIAN) {
+            // one path on [0, T], T the power of two above every sigma: fixed by
+            // the model, not by the step count or the schedule
+            double T = 1;
+            while (T < sig[0] || T < sch->sigmas[sch->T - 1]) T *= 2;
+            if (ldm_brownian_init(&bt, run->rng, run->per_sample_noise, dn->B, dn->per, T) != LDM_OK) {
+                free(sig);
+                return LDM_ERR;
+            }
+            c.brownian = &bt;
+        }
         for (int64_t i = 0; i < n; i++)   // x = x0 + sigma n (txt2img: x0 = 0)
             x[i] = (init ? init[i] : 0.0f) + noise[i] * sig[start];
     } else {                   // DDPM/DDIM/PLMS: timesteps [count], descending
@@ -339,6 +363,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         free(tb);
     }
     int rc = info->fn(x, &c);
+    if (c.brownian) ldm_brownian_free(&bt);
     free(sig);
     free(ts);
     return rc;

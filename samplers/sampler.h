@@ -98,6 +98,8 @@ typedef struct ldm_sampler_ctx {
     int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
     ldm_step_fn callback;         // optional
     void *callback_ctx;
+    ldm_brownian *brownian;       // SDE samplers' noise: a Brownian path (--sde-noise brownian),
+                                  // NULL: per-step draws from rng (ldm_sampler_noise_sde)
 } ldm_sampler_ctx;
 
 // Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
@@ -126,6 +128,11 @@ int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_
 
 // noise [B,per] <- the next draw, as torch.randn_like(x) on the run's generator(s).
 void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
+// noise [B,per] <- the SDE samplers' noise for a step from sigma to sigma_next:
+// the Brownian increment (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|
+// of c->brownian (k-diffusion's BrownianTreeNoiseSampler semantics, our own
+// tree: rng.h), or, without one, the next draw (ldm_sampler_noise).
+void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next);
 // Karras et al. 2022 Algorithm 2 "churn" at step i (Euler, Heun, DPM2):
 // gamma = min(s_churn/n, sqrt2 - 1) inside [s_tmin, s_tmax]; draws noise [B,per]
 // into eps every step (as k-diffusion does, even when gamma = 0), adds
@@ -208,6 +215,15 @@ extern const ldm_conventions LDM_CONVENTIONS_DIFFUSERS;  // leading, offset 1, n
 // ---------------------------------------------------------------------------
 // The whole run in one call (what the pipeline uses)
 
+// The noise of the SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde):
+typedef enum {
+    LDM_SDE_NOISE_PER_STEP = 0,   // a fresh draw from the run's generator per step (default)
+    LDM_SDE_NOISE_BROWNIAN = 1,   // increments of one Brownian path per seed (rng.h ldm_brownian):
+                                  // a step's noise depends on its interval only, not the step count
+} ldm_sde_noise;
+// "per-step" / "brownian". 0 / LDM_ERR.
+int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name);
+
 // What the user chose: the one settings struct, from the command line to
 // ldm_sample (the pipeline holds it in ldm_generate_params.sampling).
 typedef struct ldm_sampler_settings {
@@ -217,6 +233,7 @@ typedef struct ldm_sampler_settings {
     float eta;                        // noise amount; < 0: the sampler's default_eta
     float s_churn;                    // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
     ldm_conventions conv;             // spacing, steps_offset, CompVis noise draws, uint8 rounding
+    ldm_sde_noise sde_noise;          // the SDE samplers' noise: per-step draws or a Brownian path
 } ldm_sampler_settings;
 
 // The number of schedule entries the sampler walks for s->steps: s->steps for

@@ -434,6 +434,7 @@ static void test_schedules_nfe(void) {
         {"--sampler lcm --ddim_steps 51", "at most 50"},
         {"--sampler tcd --ddim_eta 1.5", "gamma"},
         {"--schedule sideways", "expected a sigma schedule"},
+        {"--sampler dpmpp_sde --sde-noise tree", "per-step or brownian"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "txt2img %s --outdir %s/never", bad[i].args, tmp);
@@ -475,6 +476,23 @@ static void test_schedules_nfe(void) {
     snprintf(q, sizeof q, "%s/tcd_rerun/samples/00000.png", tmp);
     test_check(tcd_ok && rc == 0 && same_bytes(p, q),
                "--sampler tcd --ddim_eta 0: gamma recorded, --from-png same bytes",
+               "exit %d: %.200s | %.300s", rc, params, err);
+    // --sde-noise brownian: recorded, reruns, and not the per-step image
+    snprintf(args, sizeof args, "txt2img --sampler dpmpp_2m_sde --sde-noise brownian %s "
+             "--outdir %s/brownian", common, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/brownian/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    int br_ok = rc == 0 && strstr(params, "SDE noise: brownian");
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/brownian_rerun", p, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/brownian_rerun/samples/00000.png", tmp);
+    br_ok &= rc == 0 && same_bytes(p, q);
+    snprintf(args, sizeof args, "txt2img --sampler dpmpp_2m_sde %s --outdir %s/perstep", common, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/perstep/samples/00000.png", tmp);
+    test_check(br_ok && rc == 0 && !same_bytes(p, q),
+               "--sde-noise brownian: recorded, --from-png same bytes, differs from per-step",
                "exit %d: %.200s | %.300s", rc, params, err);
 }
 

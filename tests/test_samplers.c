@@ -14,6 +14,7 @@
 
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
+#include "samplers/analytic.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "samplers/schedule.h"
@@ -629,6 +630,134 @@ static void test_sigmas_extra(void) {
     }
 }
 
+// --sde-noise brownian (rng.h ldm_brownian): our own Brownian tree, tested
+// against the theory it must satisfy, as torchsde's bits are not reproduced.
+// Every element of every seed's tree is its own path: 8 seeds x 4096
+// elements = 32768 independent paths. For each, increments over disjoint
+// intervals (dyadic or not, tiny or long) must be N(0, length) and
+// uncorrelated: mean within 5 standard errors, variance within 5 standard
+// errors (sqrt(2/N) relative), correlations within 5/sqrt(N).
+static void test_brownian_theory(void) {
+    enum { SEEDS = 8, PER = 4096, N = SEEDS * PER, IV = 5 };
+    static const double iv[IV][2] = {{0.0, 0.0291675}, {0.0291675, 0.3}, {0.3, 1.7},
+                                     {1.7, 5.2}, {9.0, 14.6146}};
+    ldm_rng rngs[SEEDS];
+    for (int b = 0; b < SEEDS; b++) ldm_rng_init(&rngs[b], LDM_RNG_CPU, 1000 + (uint64_t)b);
+    ldm_brownian bt;
+    if (!test_check(ldm_brownian_init(&bt, rngs, 1, SEEDS, PER, 16.0) == LDM_OK, "brownian init",
+                    "%s", ldm_last_error()))
+        return;
+    double *w0 = malloc(sizeof(double) * N), *w1 = malloc(sizeof(double) * N);
+    float *inc[IV];
+    for (int j = 0; j < IV; j++) {
+        inc[j] = malloc(sizeof(float) * N);
+        ldm_brownian_at(&bt, w0, iv[j][0]);
+        ldm_brownian_at(&bt, w1, iv[j][1]);
+        for (int e = 0; e < N; e++) inc[j][e] = (float)(w1[e] - w0[e]);
+    }
+    int ok_mean = 1, ok_var = 1, ok_corr = 1;
+    double worst_var = 0, worst_corr = 0;
+    for (int j = 0; j < IV; j++) {
+        double L = iv[j][1] - iv[j][0], m = 0, v = 0;
+        for (int e = 0; e < N; e++) m += inc[j][e];
+        m /= N;
+        for (int e = 0; e < N; e++) v += (inc[j][e] - m) * (inc[j][e] - m);
+        v /= N - 1;
+        ok_mean &= fabs(m) < 5 * sqrt(L / N);
+        double rel = fabs(v / L - 1);
+        if (rel > worst_var) worst_var = rel;
+        ok_var &= rel < 5 * sqrt(2.0 / N);
+        for (int k = j + 1; k < IV; k++) {
+            double c = 0, vk = 0, vj = 0;
+            for (int e = 0; e < N; e++)
+                c += inc[j][e] * inc[k][e], vj += inc[j][e] * inc[j][e], vk += inc[k][e] * inc[k][e];
+            double r = c / sqrt(vj * vk);
+            if (fabs(r) > worst_corr) worst_corr = fabs(r);
+            ok_corr &= fabs(r) < 5 / sqrt((double)N);
+        }
+    }
+    printf("  brownian: %d paths, variance/length within %.1e, |correlation| of disjoint "
+           "increments <= %.1e (5 sigma: %.1e, %.1e)\n", N, worst_var, worst_corr,
+           5 * sqrt(2.0 / N), 5 / sqrt((double)N));
+    test_check(ok_mean, "brownian increments: mean 0", "%s", "a mean is off by > 5 standard errors");
+    test_check(ok_var, "brownian increments: variance = interval length", "worst %.3e", worst_var);
+    test_check(ok_corr, "brownian increments over disjoint intervals uncorrelated", "worst %.3e",
+               worst_corr);
+    // the normalised noise of a step is N(0, 1), and the same interval asked
+    // again, after other points, gives the same numbers (order-independent)
+    float *n1 = malloc(sizeof(float) * N), *n2 = malloc(sizeof(float) * N);
+    ldm_brownian_noise(&bt, n1, 3.3, 2.1);
+    double v = 0;
+    for (int e = 0; e < N; e++) v += (double)n1[e] * n1[e];
+    v /= N;
+    ldm_brownian_noise(&bt, n2, 14.0, 0.5);
+    ldm_brownian_noise(&bt, n2, 3.3, 2.1);
+    test_check(fabs(v - 1) < 5 * sqrt(2.0 / N) && !memcmp(n1, n2, sizeof(float) * N),
+               "brownian step noise: N(0,1), the same whenever asked", "variance %.4f", v);
+    // a sample's path depends on its own seed only: batch of 2 vs batch of 1
+    ldm_brownian one;
+    ldm_brownian_init(&one, rngs + 1, 1, 1, PER, 16.0);
+    ldm_brownian_noise(&one, n2, 3.3, 2.1);
+    test_check(!memcmp(n1 + PER, n2, sizeof(float) * PER),
+               "brownian: sample 1's noise is the same alone (per-sample seeds)", "%s", "differs");
+    ldm_brownian_free(&one);
+    free(n1); free(n2);
+    for (int j = 0; j < IV; j++) free(inc[j]);
+    free(w0); free(w1);
+    ldm_brownian_free(&bt);
+}
+
+// What the Brownian path is for: an SDE sampler at 20 and at 40 steps sees
+// the same noise path, so its two results are close; with per-step draws
+// they are two unrelated samples. DPM++ 2M SDE (eta 1), DPM++ SDE and
+// DPM++ 3M SDE on the analytic mixture model (samplers/analytic.h), 4 seeds:
+// RMS(x_20 - x_40) with the Brownian path must be under a third of the
+// per-step one.
+static void test_brownian_step_counts(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    ldm_analytic a = {.K = 2, .w = {0.5, 0.5}, .mu = {-1.0, 1.0}, .s = {0.3, 0.3}, .sched = &s};
+    enum { PER = 512 };
+    ldm_analytic_ctx mc = {&a, PER};
+    static const char *names[] = {"dpmpp_2m_sde", "dpmpp_sde", "dpmpp_3m_sde"};
+    for (int si = 0; si < 3; si++) {
+        const ldm_sampler_info *info;
+        ldm_sigma_kind sk;
+        ldm_sampler_parse(&info, &sk, names[si]);
+        double dist[2] = {0, 0};   // [per-step, brownian]
+        for (int seed = 0; seed < 4; seed++) {
+            float noise[PER], x[2][PER];
+            ldm_rng nr;
+            ldm_rng_init(&nr, LDM_RNG_CPU, 500 + (uint64_t)seed);
+            ldm_rng_randn(&nr, noise, PER);
+            for (int kind = 0; kind < 2; kind++) {
+                for (int r = 0; r < 2; r++) {
+                    ldm_denoiser dn = {.fn = ldm_analytic_model, .ctx = &mc, .sched = &s, .B = 1,
+                                       .per = PER};
+                    ldm_denoiser_init(&dn);
+                    ldm_sampler_settings o = {.sampler = info, .sigma_kind = LDM_SIGMAS_KARRAS,
+                                              .steps = r ? 40 : 20, .eta = -1,
+                                              .conv = LDM_CONVENTIONS_DIFFUSERS,
+                                              .sde_noise = kind ? LDM_SDE_NOISE_BROWNIAN
+                                                                : LDM_SDE_NOISE_PER_STEP};
+                    ldm_rng rng;
+                    ldm_rng_init(&rng, LDM_RNG_CPU, 900 + (uint64_t)seed);
+                    ldm_sample_run run = {.noise = noise, .rng = &rng};
+                    ldm_sample(x[r], &o, &run, &dn);
+                    ldm_denoiser_free(&dn);
+                }
+                double d = 0;
+                for (int e = 0; e < PER; e++) d += (x[0][e] - x[1][e]) * (x[0][e] - x[1][e]);
+                dist[kind] += sqrt(d / PER) / 4;
+            }
+        }
+        char name[128];
+        snprintf(name, sizeof name, "%s: 20 vs 40 steps closer with the Brownian path", names[si]);
+        printf("  %s: RMS(x_20 - x_40) per-step %.4f, brownian %.4f\n", names[si], dist[0], dist[1]);
+        test_check(dist[1] < dist[0] / 3, name, "per-step %.4f, brownian %.4f", dist[0], dist[1]);
+    }
+}
+
 int main(void) {
     printf("-- rng\n");
     test_rng_cpu();
@@ -645,5 +774,8 @@ int main(void) {
     test_sampler_cases("sampler_cases_lcm.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
+    printf("-- brownian noise\n");
+    test_brownian_theory();
+    test_brownian_step_counts();
     return test_summary();
 }

@@ -97,6 +97,9 @@ static const flag FLAGS[] = {
     {"--schedule", F_STR, 0, "k samplers: " SIGMA_SCHEDULES "; ddim/plms/ddpm: "
                              "uniform (CompVis, default)|leading|trailing|linspace"},
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
+    {"--sde-noise", F_STR, 0, "SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde): per-step "
+                              "(default) | brownian (one Brownian path per seed: close images "
+                              "at different step counts)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
     {"--vae-tiling", F_BOOL, 0, "decode/encode in tiles (less memory)"},
     {"--weights", F_STR, 0, "auto (as stored: fp16 stays fp16; default) | f32 | f16 (narrow fp32 matrices)"},
@@ -455,6 +458,8 @@ static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char
     if (!strcmp(s->sampler->name, "plms") && eta != 0) return sd_fail("%s: PLMS needs --ddim_eta 0", cmd), 2;
     if (!strcmp(s->sampler->name, "tcd") && eta > 1)
         return sd_fail("%s: --ddim_eta %g: TCD's gamma must be in [0, 1]", cmd, eta), 2;
+    if (get(o, "--sde-noise") && ldm_sde_noise_parse(&s->sde_noise, get(o, "--sde-noise")))
+        return sd_fail("%s: --sde-noise: %s", cmd, ldm_last_error()), 2;
     // --ddim_eta is for the discrete samplers; without it, each one's default
     // (TCD: gamma 0.3; DDIM, PLMS: 0)
     s->eta = discrete && get(o, "--ddim_eta") ? (float)eta : -1.0f;
@@ -664,6 +669,8 @@ static void parameters(char *buf, size_t size, const run_settings *r, const run_
         n += snprintf(buf + n, size - n, ", Schedule type: %s", names[r->sampling.conv.spacing]);
     }
     if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
+    if (r->sampling.sde_noise == LDM_SDE_NOISE_BROWNIAN)
+        n += snprintf(buf + n, size - n, ", SDE noise: brownian");
     const ldm_sampler_info *si = r->sampling.sampler;   // eta: recorded when not the sampler's default
     if (!si->uses_sigmas && r->sampling.eta >= 0 && r->sampling.eta != si->default_eta)
         n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
@@ -902,6 +909,7 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos) {
         {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
         {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
         {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"}, {"Weights", "--weights"},
+        {"SDE noise", "--sde-noise"},
     };
     *pos = 0;
     for (const char *c = kv + 1; *c;) {
