@@ -278,6 +278,17 @@ $(BUILD)/sampler_study: docs/figures/sampler_study.c $(BUILD)/libldm.a
 sampler-study: $(BUILD)/sampler_study $(NB_PY)
 	$(BUILD)/sampler_study docs/figures/sampler-study.tsv
 	$(NB_PY) docs/figures/plot_sampler_study.py docs/figures/sampler-study.tsv docs/figures/sampler-study.png
+# `make sampler-study-tiny`: the same lab on the trained tiny model: every
+# sampler at 3..200 steps against a 1000-step DPM++ 2M solve of the same
+# prompts and noise (docs/figures/sampler_study_tiny.c ->
+# docs/figures/sampler-study-tiny.tsv, drawn into sampler-study-tiny.png).
+# A few minutes of CPU.
+.PHONY: sampler-study-tiny
+$(BUILD)/sampler_study_tiny: docs/figures/sampler_study_tiny.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
+sampler-study-tiny: $(BUILD)/sampler_study_tiny $(NB_PY) $(VOCAB)
+	$(BUILD)/sampler_study_tiny docs/figures/sampler-study-tiny.tsv
+	$(NB_PY) docs/figures/plot_sampler_study_tiny.py docs/figures/sampler-study-tiny.tsv docs/figures/sampler-study-tiny.png
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)
@@ -341,6 +352,7 @@ help:
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
+	@echo "make sampler-study-tiny  the same lab on the trained tiny model (docs/06)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
