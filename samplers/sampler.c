@@ -337,6 +337,15 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         sig = malloc((size_t)(count + 1) * sizeof(float));
         if (!sig) return ldm_error("sampler: out of memory");
         ldm_sigmas_make(sig, s->sigma_kind, sch, count);
+        for (int i = 0; i + 1 < count; i++)   // a zero-length step: multistep updates divide by it
+            if (!(sig[i + 1] < sig[i])) {
+                float at = sig[i];
+                free(sig);
+                return ldm_error("sampler %s: the %s sigma schedule repeats sigma %g at %d steps "
+                                 "(steps %d and %d): a step of zero length; use fewer steps",
+                                 info->label, ldm_sigma_kind_name(s->sigma_kind), at, count, i,
+                                 i + 1);
+            }
         c.sigmas = sig + start;
         if (s->sde_noise == LDM_SDE_NOISE_BROWNIAN) {
             // one path on [0, T], T the power of two above every sigma: fixed by

@@ -604,6 +604,29 @@ static void test_sigmas_extra(void) {
         snprintf(name, sizeof name, "sigma schedule %d: descending, > 0, final 0 for n = 1..1000", k);
         test_check(bad == 0, name, "%d step counts fail, the first n = %d", bad, bad_n);
     }
+    // smoothstep repeats timesteps at many steps (t = 999 twice from n = 78): ldm_sample
+    // refuses a zero-length step instead of dividing by it (DPM++ 2M would give NaN)
+    {
+        standin_ctx sc = {1, 16, 0, -1};
+        ldm_denoiser dn = {.fn = standin, .ctx = &sc, .sched = &s, .B = 1, .per = 16};
+        ldm_denoiser_init(&dn);
+        const ldm_sampler_info *info;
+        ldm_sigma_kind sk;
+        ldm_sampler_parse(&info, &sk, "dpmpp_2m");
+        float noise[16] = {0}, x[16];
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+        ldm_sample_run run = {.noise = noise, .rng = &rng};
+        ldm_sampler_settings o = {.sampler = info, .sigma_kind = LDM_SIGMAS_SMOOTHSTEP, .steps = 100,
+                                  .eta = -1, .conv = LDM_CONVENTIONS_DIFFUSERS};
+        test_check(ldm_sample(x, &o, &run, &dn) == LDM_ERR && strstr(ldm_last_error(), "repeats"),
+                   "smoothstep at 100 steps: a repeated sigma refused", "%s", ldm_last_error());
+        o.steps = 77;
+        int ok = ldm_sample(x, &o, &run, &dn) == LDM_OK;
+        for (int i = 0; i < 16; i++) ok &= isfinite(x[i]);
+        test_check(ok, "smoothstep at 77 steps runs DPM++ 2M (finite)", "%s", ldm_last_error());
+        ldm_denoiser_free(&dn);
+    }
     // the names users type select them, as " Karras" does
     static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
         {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
