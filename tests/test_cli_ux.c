@@ -558,6 +558,7 @@ static void test_schedules_nfe(void) {
         {"--sampler tcd --ddim_eta 1.5", "gamma"},
         {"--schedule sideways", "expected a sigma schedule"},
         {"--sampler dpmpp_sde --sde-noise tree", "per-step or brownian"},
+        {"--sampler dpmpp_2m --schedule smoothstep --ddim_steps 100", "repeats a sigma"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "txt2img %s --outdir %s/never", bad[i].args, tmp);

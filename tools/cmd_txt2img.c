@@ -440,6 +440,17 @@ static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char
                            "--schedule %s (give one of them)", cmd, sname, sched), 2;
         s->sigma_kind = kind;
     }
+    if (!discrete) {   // a repeated sigma (smoothstep above 77 steps) fails in ldm_sample: say it now
+        static ldm_schedule sd_sched;   // the repeats depend on the timesteps, not on the betas
+        static float sig[1001];
+        ldm_schedule_init_sd(&sd_sched);
+        ldm_sigmas_make(sig, s->sigma_kind, &sd_sched, s->steps);
+        for (int i = 0; i + 1 < s->steps; i++)
+            if (!(sig[i + 1] < sig[i]))
+                return sd_fail("%s: --ddim_steps %d: the %s schedule repeats a sigma at this many "
+                               "steps (a step of zero length); use fewer steps", cmd, s->steps,
+                               ldm_sigma_kind_name(s->sigma_kind)), 2;
+    }
     int lcm = !strcmp(s->sampler->name, "lcm") || !strcmp(s->sampler->name, "tcd");
     if (lcm && s->steps > LDM_LCM_ORIGINAL_STEPS)
         return sd_fail("%s: --ddim_steps %d: %s samples from the %d timesteps it was distilled on, "
