@@ -215,6 +215,7 @@ typedef struct generation {
     int *timesteps;           //    ... or timesteps [count] (DDPM/DDIM/PLMS)
     float *z;                 // 3. sample: the latent z_0 [B,per], then 4. decoded
     int step;                 // sampler step being computed (dump prefix "stepNNN/")
+    const ldm_denoiser *dn;   // during sampling: its nfe counts the model evaluations
     double t_step;            // start of the current step (progress)
 } generation;
 
@@ -288,6 +289,7 @@ static void step_fn(void *vctx, int i, float *x, const float *denoised) {
     ldm_dump_host(x, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/latent", i);
     if (denoised) ldm_dump_host(denoised, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/denoised", i);
     double t = now_seconds();
+    if (r->g->nfe) *r->g->nfe = r->dn->nfe;
     if (r->g->progress)
         r->g->progress(r->g->progress_ctx, "sample", i + 1, r->run_steps, t - r->t_step);
     r->t_step = t;
@@ -507,6 +509,8 @@ static int sample(generation *r) {
     ldm_denoiser dn = {.fn = unet_fn, .ctx = r, .prediction = p->model.prediction, .cfg = r->cfg,
                        .cfg_scale = g->cfg_scale, .sched = &p->sched, .B = r->B, .per = r->per};
     if (ldm_denoiser_init(&dn) != LDM_OK) return LDM_ERR;
+    r->dn = &dn;
+    if (g->nfe) *g->nfe = 0;
     int rc = LDM_OK;
     if (r->run_steps > 0) {
         // inpainting at strength 1 starts from pure noise (diffusers is_strength_max)
@@ -520,6 +524,8 @@ static int sample(generation *r) {
     } else {
         memcpy(r->z, r->init, (size_t)(r->B * r->per) * sizeof(float));   // strength 0
     }
+    if (g->nfe) *g->nfe = dn.nfe;
+    r->dn = NULL;
     ldm_denoiser_free(&dn);
     ldm_tensor_free(&r->context);           // the UNet's inputs are no longer needed,
     ldm_model_release_pages(&p->model);   // nor its mapped weights, before the VAE's peak

@@ -127,6 +127,9 @@ typedef struct ldm_generate_params {
     void *progress_ctx;
     const char *const *prompts;     // [batch] one prompt per image (CompVis --from-file
                                     // batches); NULL: `prompt` for every image
+    int64_t *nfe;                   // optional out: the model evaluations (UNet calls with
+                                    // guidance folded in: ldm_denoiser.nfe) so far, set before
+                                    // each progress call and at the end; NULL: not reported
 } ldm_generate_params;
 
 // Checks params without running anything (sizes, steps, strength, sampler).

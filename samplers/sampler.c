@@ -119,6 +119,18 @@ void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise) {
     ldm_rng_randn_batch(c->rng, c->per_sample_noise, noise, c->dn->B, c->dn->per);
 }
 
+void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next) {
+    if (c->brownian) ldm_brownian_noise(c->brownian, noise, sigma, sigma_next);
+    else ldm_sampler_noise(c, noise);
+}
+
+int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name) {
+    if (name && (!strcmp(name, "per-step") || !strcmp(name, "per_step"))) *kind = LDM_SDE_NOISE_PER_STEP;
+    else if (name && !strcmp(name, "brownian")) *kind = LDM_SDE_NOISE_BROWNIAN;
+    else return ldm_error("SDE noise \"%s\": expected per-step or brownian", name ? name : "(null)");
+    return LDM_OK;
+}
+
 float ldm_sampler_churn(ldm_sampler_ctx *c, int i, float *x, float *eps) {
     const float *sig = c->sigmas;
     int64_t n = c->dn->B * c->dn->per;
@@ -155,6 +167,8 @@ const ldm_sampler_info ldm_samplers[] = {
     {"ddpm", "DDPM", ldm_sample_ddpm, 0, 1.0f},
     {"ddim", "DDIM", ldm_sample_ddim, 0, 0.0f},
     {"plms", "PLMS", ldm_sample_plms, 0, 0.0f},
+    {"lcm", "LCM", ldm_sample_lcm, 0, 0.0f},
+    {"tcd", "TCD", ldm_sample_tcd, 0, 0.3f},
     {"euler", "Euler", ldm_sample_euler, 1, 0.0f},
     {"euler_a", "Euler a", ldm_sample_euler_a, 1, 1.0f},
     {"heun", "Heun", ldm_sample_heun, 1, 0.0f},
@@ -213,6 +227,8 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
     else if (ends_with(s, "_kl_optimal")) *sigmas = LDM_SIGMAS_KL_OPTIMAL;
     else if (ends_with(s, "_align_your_steps") || ends_with(s, "_ays")) *sigmas = LDM_SIGMAS_AYS;
     else if (ends_with(s, "_beta")) *sigmas = LDM_SIGMAS_BETA;
+    else if (ends_with(s, "_gits")) *sigmas = LDM_SIGMAS_GITS;
+    else if (ends_with(s, "_smoothstep")) *sigmas = LDM_SIGMAS_SMOOTHSTEP;
     else if (ends_with(s, "_normal")) *sigmas = LDM_SIGMAS_DEFAULT;
     const char *key = s;
     if (!strncmp(key, "k_", 2)) key += 2;  // "k_euler_a", "k_lms" (older CLI names)
@@ -249,7 +265,8 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
     }
     return ldm_error("unknown sampler \"%s\": expected one of %s (optionally with a sigma "
                      "schedule suffix: \" Karras\", \" Exponential\", \" SGM Uniform\", \" Simple\", "
-                     "\" KL Optimal\", \" AYS\", \" Beta\")", name ? name : "(null)", list);
+                     "\" KL Optimal\", \" AYS\", \" Beta\", \" GITS\", \" Smoothstep\")",
+                     name ? name : "(null)", list);
 }
 
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name) {
@@ -259,13 +276,27 @@ int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name) {
         {"sgm_uniform", LDM_SIGMAS_SGM_UNIFORM}, {"simple", LDM_SIGMAS_SIMPLE},
         {"kl_optimal", LDM_SIGMAS_KL_OPTIMAL}, {"ays", LDM_SIGMAS_AYS},
         {"align_your_steps", LDM_SIGMAS_AYS}, {"beta", LDM_SIGMAS_BETA},
+        {"gits", LDM_SIGMAS_GITS}, {"smoothstep", LDM_SIGMAS_SMOOTHSTEP},
     };
     char s[64];
     normalise_name(s, sizeof s, name ? name : "");
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) { *kind = names[i].kind; return LDM_OK; }
     return ldm_error("sigma schedule \"%s\": expected default, normal, karras, exponential, "
-                     "sgm_uniform, simple, kl_optimal, ays or beta", name ? name : "(null)");
+                     "sgm_uniform, simple, kl_optimal, ays, beta, gits or smoothstep",
+                     name ? name : "(null)");
+}
+
+static const char *const sigma_names[LDM_SIGMAS_COUNT][2] = {
+    {"default", ""}, {"karras", " Karras"}, {"exponential", " Exponential"},
+    {"sgm_uniform", " SGM Uniform"}, {"simple", " Simple"}, {"kl_optimal", " KL Optimal"},
+    {"ays", " AYS"}, {"beta", " Beta"}, {"gits", " GITS"}, {"smoothstep", " Smoothstep"},
+};
+const char *ldm_sigma_kind_name(ldm_sigma_kind kind) {
+    return kind >= 0 && kind < LDM_SIGMAS_COUNT ? sigma_names[kind][0] : "?";
+}
+const char *ldm_sigma_kind_label(ldm_sigma_kind kind) {
+    return kind >= 0 && kind < LDM_SIGMAS_COUNT ? sigma_names[kind][1] : "";
 }
 
 void ldm_sigmas_make(float *sig, ldm_sigma_kind kind, const ldm_schedule *sch, int n) {
@@ -278,6 +309,8 @@ void ldm_sigmas_make(float *sig, ldm_sigma_kind kind, const ldm_schedule *sch, i
     case LDM_SIGMAS_KL_OPTIMAL: ldm_sigmas_kl_optimal(sig, n, smin, smax); break;
     case LDM_SIGMAS_AYS: ldm_sigmas_ays(sig, n); break;
     case LDM_SIGMAS_BETA: ldm_sigmas_beta(sig, n, smin, smax, 0.6, 0.6); break;
+    case LDM_SIGMAS_GITS: ldm_sigmas_gits(sig, sch, n); break;
+    case LDM_SIGMAS_SMOOTHSTEP: ldm_sigmas_smoothstep(sig, sch, n); break;
     default: ldm_sigmas_default(sig, sch, n); break;
     }
 }
@@ -302,14 +335,18 @@ const ldm_conventions LDM_CONVENTIONS_DIFFUSERS = {
 // the whole run
 
 // The timestep spacing a discrete sampler walks: the conventions' one, except
-// for ddim_trailing, whose name fixes it.
-static ldm_spacing sampler_spacing(const ldm_sampler_settings *s) {
-    return strcmp(s->sampler->name, "ddim_trailing") ? s->conv.spacing : LDM_SPACING_TRAILING;
+// for ddim_trailing, whose name fixes it, and LCM and TCD, which sample from
+// the 50 timesteps they were distilled on.
+static ldm_spacing spacing_of(const ldm_sampler_settings *s) {
+    if (s->sampler->fn == ldm_sample_lcm || s->sampler->fn == ldm_sample_tcd) return LDM_SPACING_LCM;
+    if (!strcmp(s->sampler->name, "ddim_trailing")) return LDM_SPACING_TRAILING;
+    return s->conv.spacing;
 }
 
 int ldm_sampler_steps(const ldm_sampler_settings *s, const ldm_schedule *sched) {
     int count = s->sampler->uses_sigmas ? s->steps
-                                        : ldm_timesteps_count(sched, sampler_spacing(s), s->steps);
+                                        : ldm_timesteps_count(sched, spacing_of(s), s->steps);
+    if (count < 1 && !s->sampler->uses_sigmas) return LDM_ERR;   // the spacing said why
     if (count < 1)
         return ldm_error("sampler %s: steps must be >= 1, found %d", s->sampler->label, s->steps);
     return count;
@@ -335,18 +372,39 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
     };
     float *sig = NULL;
     int *ts = NULL;
+    ldm_brownian bt = {0};
     if (info->uses_sigmas) {   // k-diffusion: sigmas [count+1], descending, last 0
         sig = malloc((size_t)(count + 1) * sizeof(float));
         if (!sig) return ldm_error("sampler: out of memory");
         ldm_sigmas_make(sig, s->sigma_kind, sch, count);
+        for (int i = 0; i + 1 < count; i++)   // a zero-length step: multistep updates divide by it
+            if (!(sig[i + 1] < sig[i])) {
+                float at = sig[i];
+                free(sig);
+                return ldm_error("sampler %s: the %s sigma schedule repeats sigma %g at %d steps "
+                                 "(steps %d and %d): a step of zero length; use fewer steps",
+                                 info->label, ldm_sigma_kind_name(s->sigma_kind), at, count, i,
+                                 i + 1);
+            }
         c.sigmas = sig + start;
+        if (s->sde_noise == LDM_SDE_NOISE_BROWNIAN) {
+            // one path on [0, T], T the power of two above every sigma: fixed by
+            // the model, not by the step count or the schedule
+            double T = 1;
+            while (T < sig[0] || T < sch->sigmas[sch->T - 1]) T *= 2;
+            if (ldm_brownian_init(&bt, run->rng, run->per_sample_noise, dn->B, dn->per, T) != LDM_OK) {
+                free(sig);
+                return LDM_ERR;
+            }
+            c.brownian = &bt;
+        }
         for (int64_t i = 0; i < n; i++)   // x = x0 + sigma n (txt2img: x0 = 0)
             x[i] = (init ? init[i] : 0.0f) + noise[i] * sig[start];
     } else {                   // DDPM/DDIM/PLMS: timesteps [count], descending
         ts = malloc((size_t)count * sizeof(int));
         int *tb = malloc((size_t)dn->B * sizeof(int));
         if (!ts || !tb) { free(ts); free(tb); return ldm_error("sampler: out of memory"); }
-        ldm_timesteps(ts, sch, sampler_spacing(s), s->steps, s->conv.steps_offset);
+        ldm_timesteps(ts, sch, spacing_of(s), s->steps, s->conv.steps_offset);
         c.timesteps = ts + start;
         for (int64_t b = 0; b < dn->B; b++) tb[b] = ts[start];
         if (init) ldm_q_sample(x, init, noise, tb, dn->B, dn->per, sch);  // DDPM eq. 4
@@ -354,6 +412,7 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
         free(tb);
     }
     int rc = info->fn(x, &c);
+    if (c.brownian) ldm_brownian_free(&bt);
     free(sig);
     free(ts);
     return rc;

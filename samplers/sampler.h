@@ -104,6 +104,8 @@ typedef struct ldm_sampler_ctx {
     void *callback_ctx;
     int steps;                    // the steps asked for (ldm_sampler_settings.steps; 0: unknown):
                                   // diffusers' DDIM steps from t to t - T/steps (ddim.c)
+    ldm_brownian *brownian;       // SDE samplers' noise: a Brownian path (--sde-noise brownian),
+                                  // NULL: per-step draws from rng (ldm_sampler_noise_sde)
 } ldm_sampler_ctx;
 
 // Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
@@ -113,6 +115,8 @@ typedef int (*ldm_sampler_fn)(float *x, ldm_sampler_ctx *c);
 int ldm_sample_ddpm(float *x, ldm_sampler_ctx *c);         // samplers/ddpm.c
 int ldm_sample_ddim(float *x, ldm_sampler_ctx *c);         // samplers/ddim.c
 int ldm_sample_plms(float *x, ldm_sampler_ctx *c);         // samplers/plms.c
+int ldm_sample_lcm(float *x, ldm_sampler_ctx *c);          // samplers/lcm.c (timesteps: LDM_SPACING_LCM)
+int ldm_sample_tcd(float *x, ldm_sampler_ctx *c);          // samplers/tcd.c (eta = TCD's gamma)
 int ldm_sample_euler(float *x, ldm_sampler_ctx *c);        // samplers/euler.c
 int ldm_sample_euler_a(float *x, ldm_sampler_ctx *c);      // samplers/euler_a.c
 int ldm_sample_heun(float *x, ldm_sampler_ctx *c);         // samplers/heun.c
@@ -141,6 +145,11 @@ int ldm_sample_dpmpp_2m_cfgpp(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2
 
 // noise [B,per] <- the next draw, as torch.randn_like(x) on the run's generator(s).
 void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
+// noise [B,per] <- the SDE samplers' noise for a step from sigma to sigma_next:
+// the Brownian increment (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|
+// of c->brownian (k-diffusion's BrownianTreeNoiseSampler semantics, our own
+// tree: rng.h), or, without one, the next draw (ldm_sampler_noise).
+void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next);
 // Karras et al. 2022 Algorithm 2 "churn" at step i (Euler, Heun, DPM2):
 // gamma = min(s_churn/n, sqrt2 - 1) inside [s_tmin, s_tmax]; draws noise [B,per]
 // into eps every step (as k-diffusion does, even when gamma = 0), adds
@@ -167,13 +176,21 @@ typedef enum {
     LDM_SIGMAS_KL_OPTIMAL = 5,   // even in atan(sigma)
     LDM_SIGMAS_AYS = 6,          // Align Your Steps SD 1.5, log-linear to n
     LDM_SIGMAS_BETA = 7,         // Beta(0.6, 0.6) quantiles between sigma_max and sigma_min
+    LDM_SIGMAS_GITS = 8,         // GITS SD 1.5 (Chen et al. 2024), log-linear to n
+    LDM_SIGMAS_SMOOTHSTEP = 9,   // t = round(999 smoothstep(1 - i/n)) (stable-diffusion.cpp)
 } ldm_sigma_kind;
+#define LDM_SIGMAS_COUNT 10      // kinds 0 .. LDM_SIGMAS_COUNT-1
 
 // sigmas [n+1] <- the schedule `kind` for n steps on s (last 0).
 void ldm_sigmas_make(float *sigmas, ldm_sigma_kind kind, const ldm_schedule *s, int n);
 // "karras", "exponential", "default" / "normal", "sgm_uniform", "simple",
-// "kl_optimal", "ays" / "align_your_steps", "beta" (case-insensitive). 0 / LDM_ERR.
+// "kl_optimal", "ays" / "align_your_steps", "beta", "gits", "smoothstep"
+// (case-insensitive; ' ', '-', '_' alike). 0 / LDM_ERR.
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name);
+// The name of a kind as ldm_sigma_kind_parse reads it ("karras"), and as
+// the sampler-name suffix A1111 labels use (" Karras"; "" for the default).
+const char *ldm_sigma_kind_name(ldm_sigma_kind kind);
+const char *ldm_sigma_kind_label(ldm_sigma_kind kind);
 
 typedef struct ldm_sampler_info {
     const char *name;      // "euler_a"
@@ -190,7 +207,8 @@ extern const int ldm_sampler_count;
 // "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
 // Case-insensitive; spaces, '-' and '_' are equivalent. A suffix selects the
 // sigma schedule: " Karras", " Exponential", " SGM Uniform", " Simple",
-// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " Normal". 0 / LDM_ERR (lists names).
+// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " GITS", " Smoothstep",
+// " Normal". 0 / LDM_ERR (lists names).
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------
@@ -214,6 +232,15 @@ extern const ldm_conventions LDM_CONVENTIONS_DIFFUSERS;  // leading, offset 1, n
 // ---------------------------------------------------------------------------
 // The whole run in one call (what the pipeline uses)
 
+// The noise of the SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde):
+typedef enum {
+    LDM_SDE_NOISE_PER_STEP = 0,   // a fresh draw from the run's generator per step (default)
+    LDM_SDE_NOISE_BROWNIAN = 1,   // increments of one Brownian path per seed (rng.h ldm_brownian):
+                                  // a step's noise depends on its interval only, not the step count
+} ldm_sde_noise;
+// "per-step" / "brownian". 0 / LDM_ERR.
+int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name);
+
 // What the user chose: the one settings struct, from the command line to
 // ldm_sample (the pipeline holds it in ldm_generate_params.sampling).
 typedef struct ldm_sampler_settings {
@@ -223,6 +250,7 @@ typedef struct ldm_sampler_settings {
     float eta;                        // noise amount; < 0: the sampler's default_eta
     float s_churn;                    // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
     ldm_conventions conv;             // spacing, steps_offset, CompVis noise draws, uint8 rounding
+    ldm_sde_noise sde_noise;          // the SDE samplers' noise: per-step draws or a Brownian path
 } ldm_sampler_settings;
 
 // The number of schedule entries the sampler walks for s->steps: s->steps for
