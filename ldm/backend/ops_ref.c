@@ -381,40 +381,15 @@ void ldm_ref_conv2d_backward(float *dx, float *dw, float *db, const float *dout,
         }
 }
 
-// The normalisation backward shared by group and layer norm, for one set of
-// n values xs normalised together (xhat = (x - mean) * rstd), each value i
-// scaled by gamma of its channel i / per (gamma NULL = 1):
-//   g_i = dout_i * gamma_c                                  (dL/dxhat_i)
-//   dx_i += rstd * (g_i - mean_j(g_j) - xhat_i * mean_j(g_j xhat_j))
-// The two means are what the mean and the variance of the set pass back: each
-// x_j moves the mean (which every xhat_i subtracts) and the variance (which
-// every xhat_i divides by).
-static void norm_backward_set(float *dx, const float *dout, const float *xs,
-                              const float *gamma, int64_t c0, int64_t n, int64_t per,
-                              float eps) {
-    double mean = 0, var = 0;
-    for (int64_t i = 0; i < n; i++) mean += xs[i];
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (xs[i] - mean) * (xs[i] - mean);
-    var /= (double)n;
-    double rstd = 1.0 / sqrt(var + eps);
-    double mean_g = 0, mean_gx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double g = dout[i] * (gamma ? gamma[c0 + i / per] : 1.0);
-        mean_g += g;
-        mean_gx += g * (xs[i] - mean) * rstd;
-    }
-    mean_g /= (double)n;
-    mean_gx /= (double)n;
-    for (int64_t i = 0; i < n; i++) {
-        double g = dout[i] * (gamma ? gamma[c0 + i / per] : 1.0);
-        double xhat = (xs[i] - mean) * rstd;
-        dx[i] += (float)(rstd * (g - mean_g - xhat * mean_gx));
-    }
-}
-
-// x[B,C,S] in G groups: dx per group (norm_backward_set), and per channel
-//   dgamma[c] += sum_{b,s} dout[b,c,s] * xhat[b,c,s],  dbeta[c] += sum_{b,s} dout[b,c,s]
+// x[B,C,S] in G groups of n = (C/G)*S values, each normalised by its own
+// statistics: xhat = (x - mean) * rstd, rstd = 1/sqrt(var + eps), then
+// out = xhat * gamma[c] + beta[c]. Per group, with g_i = dout_i * gamma[c_i]
+// (= dL/dxhat_i):
+//   dx_i      += rstd * (g_i - mean_j(g_j) - xhat_i * mean_j(g_j xhat_j))
+// The two means are what the mean and the variance pass back: every x_j moves
+// the mean (which each xhat_i subtracts) and the variance (which each divides by).
+// Per channel, over the batch and the positions:
+//   dgamma[c] += sum_{b,s} dout[b,c,s] * xhat[b,c,s],   dbeta[c] += sum_{b,s} dout[b,c,s]
 void ldm_ref_group_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dout,
                                  const float *x, const float *gamma,
                                  int64_t B, int64_t C, int64_t S, int64_t G, float eps) {
@@ -423,27 +398,45 @@ void ldm_ref_group_norm_backward(float *dx, float *dgamma, float *dbeta, const f
         for (int64_t g = 0; g < G; g++) {
             int64_t off = (b * C + g * cg) * S; // the group is contiguous
             const float *xg = x + off, *dg = dout + off;
-            if (dx) norm_backward_set(dx + off, dg, xg, gamma, g * cg, n, S, eps);
-            if (!dgamma && !dbeta) continue;
+            // the forward's statistics
             double mean = 0, var = 0;
             for (int64_t i = 0; i < n; i++) mean += xg[i];
             mean /= (double)n;
             for (int64_t i = 0; i < n; i++) var += (xg[i] - mean) * (xg[i] - mean);
-            double rstd = 1.0 / sqrt(var / (double)n + eps);
+            var /= (double)n;
+            double rstd = 1.0 / sqrt(var + eps);
+            // mean_j(g_j) and mean_j(g_j xhat_j); dgamma, dbeta per channel
+            double mean_g = 0, mean_gx = 0;
             for (int64_t c = 0; c < cg; c++) {
-                double sg = 0, sb = 0;
-                for (int64_t i = 0; i < S; i++) {
-                    sg += dg[c * S + i] * (xg[c * S + i] - mean) * rstd;
-                    sb += dg[c * S + i];
+                int64_t ch = g * cg + c;
+                double ga = gamma ? gamma[ch] : 1.0, sg = 0, sb = 0;
+                for (int64_t i = c * S; i < (c + 1) * S; i++) {
+                    double xhat = (xg[i] - mean) * rstd;
+                    mean_g += dg[i] * ga;
+                    mean_gx += dg[i] * ga * xhat;
+                    sg += dg[i] * xhat;
+                    sb += dg[i];
                 }
-                if (dgamma) dgamma[g * cg + c] += (float)sg;
-                if (dbeta) dbeta[g * cg + c] += (float)sb;
+                if (dgamma) dgamma[ch] += (float)sg;
+                if (dbeta) dbeta[ch] += (float)sb;
+            }
+            mean_g /= (double)n;
+            mean_gx /= (double)n;
+            if (!dx) continue;
+            for (int64_t c = 0; c < cg; c++) {
+                double ga = gamma ? gamma[g * cg + c] : 1.0;
+                for (int64_t i = c * S; i < (c + 1) * S; i++) {
+                    double xhat = (xg[i] - mean) * rstd;
+                    dx[off + i] += (float)(rstd * (dg[i] * ga - mean_g - xhat * mean_gx));
+                }
             }
         }
 }
 
-// x[N,D], each row one set: dx per row, and per feature
-//   dgamma[d] += sum_r dout[r,d] * xhat[r,d],  dbeta[d] += sum_r dout[r,d]
+// x[N,D]: each row normalised by its own statistics, the same backward as
+// group norm's with the row as the group and gamma[d] per feature:
+//   dx[r,d]   += rstd_r * (g_d - mean_j(g_j) - xhat_d * mean_j(g_j xhat_j)),  g = dout[r] * gamma
+//   dgamma[d] += sum_r dout[r,d] * xhat[r,d],   dbeta[d] += sum_r dout[r,d]
 void ldm_ref_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dout,
                                  const float *x, const float *gamma, int64_t N, int64_t D,
                                  float eps) {
@@ -451,16 +444,27 @@ void ldm_ref_layer_norm_backward(float *dx, float *dgamma, float *dbeta, const f
     if (!sg) abort(); // 2 D doubles: only fails when the machine is out of memory
     for (int64_t r = 0; r < N; r++) {
         const float *xr = x + r * D, *gr = dout + r * D;
-        if (dx) norm_backward_set(dx + r * D, gr, xr, gamma, 0, D, 1, eps);
         double mean = 0, var = 0;
         for (int64_t i = 0; i < D; i++) mean += xr[i];
         mean /= (double)D;
         for (int64_t i = 0; i < D; i++) var += (xr[i] - mean) * (xr[i] - mean);
-        double rstd = 1.0 / sqrt(var / (double)D + eps);
+        var /= (double)D;
+        double rstd = 1.0 / sqrt(var + eps);
+        double mean_g = 0, mean_gx = 0;
         for (int64_t d = 0; d < D; d++) {
-            sg[d] += gr[d] * (xr[d] - mean) * rstd;
+            double xhat = (xr[d] - mean) * rstd, g = gr[d] * (gamma ? gamma[d] : 1.0);
+            mean_g += g;
+            mean_gx += g * xhat;
+            sg[d] += gr[d] * xhat;
             sb[d] += gr[d];
         }
+        mean_g /= (double)D;
+        mean_gx /= (double)D;
+        if (dx)
+            for (int64_t d = 0; d < D; d++) {
+                double xhat = (xr[d] - mean) * rstd, g = gr[d] * (gamma ? gamma[d] : 1.0);
+                dx[r * D + d] += (float)(rstd * (g - mean_g - xhat * mean_gx));
+            }
     }
     for (int64_t d = 0; d < D; d++) {
         if (dgamma) dgamma[d] += (float)sg[d];
