@@ -16,8 +16,9 @@ copy to DIR (default build/notebooks); the committed file is not touched.
 --render: execute the cells of make_notebooks.py and write the notebook back
 in place, outputs included, made small and repeatable: every PNG is reduced to
 at most MAX_WIDTH pixels wide and a palette of 256 colours (Pillow), timing
-metadata and the kernel's version strings are left out, execution counts run
-1, 2, 3, ...
+metadata and the kernel's version strings are left out, consecutive prints of
+a cell are one output (however the kernel happened to flush them), execution
+counts run 1, 2, 3, ...
 """
 import argparse
 import base64
@@ -65,6 +66,15 @@ def tidy(nb, meta):
     nb.metadata = meta
     for c in nb.cells:
         c.metadata.pop("execution", None)
+        merged = []          # consecutive prints: one output however the kernel flushed them
+        for o in c.get("outputs", []):
+            if (merged and o.output_type == "stream" and merged[-1].output_type == "stream"
+                    and merged[-1].name == o.name):
+                merged[-1].text += o.text
+            else:
+                merged.append(o)
+        if c.cell_type == "code":
+            c.outputs = merged
         for o in c.get("outputs", []):
             o.get("metadata", {}).pop("image/png", None)
             if "data" in o and "image/png" in o["data"]:
