@@ -12,7 +12,7 @@ What it offers (all arrays are float32 NumPy arrays in PyTorch order):
     lib = load()                                  the shared library
     tok = Tokenizer()                             ldm_tokenizer_* (BPE)
     m = Model(path)                               ldm_model_open + CLIP/UNet/VAE
-    m.encode_prompt("a cat")                      ids -> context [1,77,D]
+    m.encode_prompt(tok, "a red circle on the left")   ids -> context [1,77,D]
     m.unet(x, t, context, hook=fn)                one UNet call (+ every named block)
     m.vae_encode(x) / m.vae_decode(z)             the autoencoder
     shape_scene(...), dataset_scene(i)            images of the tiny model's domain

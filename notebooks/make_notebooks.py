@@ -1010,11 +1010,8 @@ NOTEBOOKS["10-compare-with-pytorch"] = [
     '''),
     SETUP,
     code('''
-    if os.path.exists(os.path.join(ROOT, ".venv-ref")):
-        print("note: .venv-ref exists; `make fixtures` regenerates these PyTorch dumps. "
-              "The committed ones are used here.")
-    else:
-        print("note: no .venv-ref (make reference-env); using the committed PyTorch dumps")
+    # The PyTorch side: the committed dumps (`make fixtures` regenerates them with the
+    # reference venv, `make reference-env`); nothing here needs torch.
 
     def compare(ref, got, order):
         rows = []
@@ -1144,15 +1141,17 @@ NOTEBOOKS["11-toy-training"] = [
     xt_np = np.stack([np.sqrt(ab[t]) * x0 + np.sqrt(1 - ab[t]) * eps0 for t in ts])
     print(f"q_sample, C vs the formula in NumPy: max |diff| = {np.abs(xt_c - xt_np).max():.1e}")
 
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.5))
-    for t in ts:
+    fig, ax = plt.subplots(1, len(ts), figsize=(2.8 * len(ts), 2.9))
+    for a, t in zip(ax, ts):
         xt = S.q_sample(data[:800], L.randn(4, (800, 2)), t)
-        ax[0].scatter(*xt.T, s=1, label=f"t={t}")
-    ax[0].legend(markerscale=5, fontsize=8); ax[0].set_aspect("equal"); ax[0].set_title("x_t for 800 points")
-    ax[1].semilogy(snr); ax[1].axhline(GAMMA, color="gray", ls="--", lw=0.8)
-    ax[1].set_xlabel("t"); ax[1].set_title(f"SNR(t); dashed: γ = {GAMMA:g}")
-    ax[2].plot(w_minsnr); ax[2].set_xlabel("t"); ax[2].set_ylim(0, 1.05)
-    ax[2].set_title(f"min-SNR weight of the ε loss (1 from t = {np.argmax(snr <= GAMMA)} on)")
+        a.scatter(*xt.T, s=1); a.set_aspect("equal"); a.set_xlim(-3.5, 3.5); a.set_ylim(-3.5, 3.5)
+        a.set_title(f"x_t, t = {t}  (SNR {snr[t]:.3g})", fontsize=9)
+    plt.tight_layout(); plt.show()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.2))
+    ax[0].semilogy(snr); ax[0].axhline(GAMMA, color="gray", ls="--", lw=0.8)
+    ax[0].set_xlabel("t"); ax[0].set_title(f"SNR(t); dashed: γ = {GAMMA:g}")
+    ax[1].plot(w_minsnr); ax[1].set_xlabel("t"); ax[1].set_ylim(0, 1.05)
+    ax[1].set_title(f"min-SNR weight of the ε loss (1 from t = {np.argmax(snr <= GAMMA)} on)")
     plt.tight_layout(); plt.show()
     '''),
     md('''
