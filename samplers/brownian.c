@@ -118,9 +118,12 @@ int ldm_brownian_init(ldm_brownian *bt, const ldm_rng *rngs, int per_sample, int
     bt->proto = rngs[0];
     bt->t0 = sigma_min, bt->t1 = sigma_max;
     bt->start = ldm_round6(bt->t0), bt->end = ldm_round6(bt->t1);
+    // halving [start, end] reaches cells of one grid step (1e-6) after
+    // log2((end - start) 1e6) levels (SD's [0.029, 14.6]: 24)
+    bt->depth = 2 + (int)ceil(log2(fmax(bt->end - bt->start, 1e-6) * 1e6));
     bt->seeds = malloc((size_t)trees * sizeof *bt->seeds);
     bt->w_root = malloc((size_t)(B * per) * sizeof(float));
-    bt->levels = malloc((size_t)(2 * LDM_BROWNIAN_MAX_DEPTH * len) * sizeof(float));
+    bt->levels = malloc((size_t)(2 * bt->depth * len) * sizeof(float));
     bt->z = malloc((size_t)len * sizeof(float));
     if (!bt->seeds || !bt->w_root || !bt->levels || !bt->z) {
         ldm_brownian_free(bt);
@@ -156,7 +159,7 @@ typedef struct walk {
 static void walk_node(walk *wk, const float *w, double a, double b, uint64_t key, int depth,
                       double qa, double qb) {
     const int64_t len = wk->len;
-    if ((qa == a && qb == b) || depth >= LDM_BROWNIAN_MAX_DEPTH) {   // a node of the cover
+    if ((qa == a && qb == b) || depth >= wk->bt->depth) {   // a node of the cover
         for (int64_t e = 0; e < len; e++) wk->acc[e] = wk->first ? w[e] : wk->acc[e] + w[e];
         wk->first = 0;
         return;

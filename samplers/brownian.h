@@ -65,13 +65,11 @@ typedef struct ldm_brownian {
     double t0, t1;                // the interval asked for (sigma_min, sigma_max as given)
     double start, end;            // ... rounded to the grid: the root node
     float *w_root;                // [B*per] each tree's increment over [t0, t1]
-    float *levels;                // scratch: [2*LDM_BROWNIAN_MAX_DEPTH, tree length]
+    int depth;                    // the deepest a walk goes (the grid's depth + 2)
+    float *levels;                // scratch: [2*depth, tree length]
     float *z;                     // scratch: one node's normals [tree length]
 } ldm_brownian;
 
-// Depth limit of the walk: the grid of 1e-6 over [t0, t1] has depth
-// log2((t1 - t0) 1e6) + 1 (SD's [0.029, 14.6]: 24).
-#define LDM_BROWNIAN_MAX_DEPTH 60
 
 // Trees over [sigma_min, sigma_max] (BrownianTreeNoiseSampler(x, sigma_min,
 // sigma_max, seed)): entropy rngs[0].seed (one tree) or rngs[b].seed (one per
