@@ -15,7 +15,8 @@ against numpy, torchsde and k-diffusion.
       sample_dpmpp_3m_sde with k-diffusion's BrownianTreeNoiseSampler, on the
       stand-in denoiser, noise and guidance of fixtures_samplers.py:
       seed = RUN_SEED passed to the sampler (as ComfyUI does), a list of seeds
-      (as A1111 does), and one run with no noise sampler at all, k-diffusion's
+      (as A1111 does), img2img (the tree spans the sigmas left), and one run
+      with no noise sampler at all, k-diffusion's
       own default, whose seed is torch.randint(0, 2**63 - 1) on the global
       generator after torch.manual_seed(RUN_SEED) (recorded in the manifest as
       the run's seed) -> k_brownian_*.npy + sampler_cases_brownian.txt.
@@ -197,9 +198,13 @@ if CAP == "avx2":
             ("dpmpp_2m_sde", "default", 10, "seed"), ("dpmpp_2m_sde", "karras", 20, "seed"),
             ("dpmpp_3m_sde", "default", 10, "seed"), ("dpmpp_3m_sde", "karras", 20, "seed"),
             ("dpmpp_2m_sde", "karras", 12, "persample"), ("dpmpp_sde", "karras", 8, "persample"),
-            ("dpmpp_2m_sde", "default", 10, "default")]:
+            ("dpmpp_2m_sde", "default", 10, "default"), ("dpmpp_sde", "default", 20, "img2img")]:
         sigmas = sigmas_of(sched, steps)
         x = noise * sigmas[0]
+        if mode == "img2img":   # strength 0.6 of 20 steps: the last 12 sigmas, the tree over them
+            init = torch.from_numpy(np.load(os.path.join(OUT, "init.npy")))
+            sigmas = sigmas[8:]
+            x = init + noise * sigmas[0]
         traj = []
         cb = lambda d: traj.append(d["x"].clone()) if d["i"] > 0 else None
         sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
@@ -216,6 +221,8 @@ if CAP == "avx2":
             x = samplers[name](model, x, sigmas, disable=True, callback=cb, noise_sampler=ns)
             if mode == "persample":
                 extra = "brownian,persample"
+            if mode == "img2img":
+                extra = "start=8,brownian"
         traj.append(x.clone())
         file = f"k_brownian_{name}_{sched}_{steps}" + ("" if mode == "seed" else "_" + mode) + ".npy"
         np.save(os.path.join(OUT, file), torch.stack(traj).numpy().astype(np.float32))
