@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
     test_check(bad_ok == bad_n, "is_bad (ftfy.badness) exact on every probe", "%d of %d agree", bad_ok, bad_n);
 
     // The fast path: intact prompts, full cleaning vs fix_encoding alone (ASCII / not bad -> nothing to do).
-    {
+    if (n_intact > 0) {
         ldm_u32str u = {0}, out = {0};
         int reps = 200;
         double t_clean = 0, t_enc = 0;

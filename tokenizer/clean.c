@@ -464,7 +464,9 @@ static int mj_class_cmp(const void *key, const void *elem) {
 
 // The ftfy classes (MJ_* bits) of one code point; 0 for MJ_NONE.
 static uint32_t mj_class(uint32_t c) {
-    if (c < 0x80) return c == ' ' ? MJ_UTF8_CONT : 0;
+    if (c < LDM_MOJIBAKE_LOW) return ldm_mojibake_low[c];
+    // Most scripts (and MJ_NONE) hold no class member (tokenizer/gen_mojibake.py checks it).
+    if (c < 0x2000 || (c >= 0x2600 && c < 0xF800) || c > 0xFFFD) return 0;
     const ldm_mojibake_class *e = bsearch(&c, ldm_mojibake_classes, (size_t)ldm_mojibake_classes_count,
                                           sizeof *e, mj_class_cmp);
     return e ? e->mask : 0;
@@ -475,7 +477,10 @@ static int py_is_word(uint32_t c) {
     return c != MJ_NONE && bsearch(&c, ldm_word_ranges, (size_t)ldm_word_ranges_count, sizeof(ldm_cp_range),
                                    cp_range_cmp) != NULL;
 }
-static int py_is_space(uint32_t c) { return c != MJ_NONE && ldm_py_isspace(c); }
+static int py_is_space(uint32_t c) {
+    if (c < 0x80) return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
+    return c != MJ_NONE && ldm_py_isspace(c);
+}
 static int is_ascii_alpha(uint32_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 static int is_ascii_lower(uint32_t c) { return c >= 'a' && c <= 'z'; }
 
@@ -486,13 +491,42 @@ static int one_of(uint32_t c, const uint32_t *set, size_t n) {
 }
 #define ONE_OF(c, ...) one_of((c), (const uint32_t[]){__VA_ARGS__}, sizeof((const uint32_t[]){__VA_ARGS__}) / 4)
 
+// The first characters of BADNESS_RE's alternatives that name characters
+// (rather than classes): Â Ã Î Ð × Ø Ù à √ ≈ ‚ в В Г Р С β Β Γ Ξ Ο ā.
+static int particular_lead(uint32_t c) {
+    switch (c) {
+    case 0xC2: case 0xC3: case 0xCE: case 0xD0: case 0xD7: case 0xD8: case 0xD9: case 0xE0: case 0x221A:
+    case 0x2248: case 0x201A: case 0x432: case 0x412: case 0x413: case 0x420: case 0x421: case 0x3B2:
+    case 0x392: case 0x393: case 0x39E: case 0x39F: case 0x101:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 // ftfy.badness.BADNESS_RE: does one of its alternatives match at position i?
-// Each line below is one alternative, in ftfy's order (the comments give
-// the regex, with the class names of MOJIBAKE_CATEGORIES).
+// Each line below is one alternative, in ftfy's order except that the few
+// starting with an ASCII character come before those starting with one
+// particular character (only whether any matches counts); the comments
+// give the regex, with the class names of MOJIBAKE_CATEGORIES.
 static int badness_at(const uint32_t *t, size_t n, size_t i) {
+    // Every alternative starts with a character of some class (all the
+    // single characters named below have one), or with an ASCII letter,
+    // . , ? ! or whitespace followed by whitespace or a non-ASCII character;
+    // the only one open to other non-ASCII characters is \s[upper_acc][currency].
+    // Most text is decided here.
+    uint32_t m0 = mj_class(t[i]);
+    if (t[i] < 0x80) {
+        uint32_t a = t[i], b = i + 1 < n ? t[i + 1] : MJ_NONE;
+        if (!is_ascii_alpha(a) && a != '.' && a != ',' && a != '?' && a != '!' && !py_is_space(a)) return 0;
+        if (b == MJ_NONE || (b < 0x80 && !py_is_space(b))) return 0;
+    } else if (m0 == 0) {
+        return i + 2 < n && (mj_class(t[i + 1]) & MJ_UPPER_ACC) && (mj_class(t[i + 2]) & MJ_CURRENCY) &&
+               py_is_space(t[i]);
+    }
     uint32_t c[6];
     for (int k = 0; k < 6; k++) c[k] = i + (size_t)k < n ? t[i + (size_t)k] : MJ_NONE;
-    uint32_t m0 = mj_class(c[0]), m1 = mj_class(c[1]), m2 = mj_class(c[2]);
+    uint32_t m1 = mj_class(c[1]), m2 = mj_class(c[2]);
     const uint32_t acc = MJ_LOWER_ACC | MJ_UPPER_ACC;
     const uint32_t g = acc | MJ_BOX | MJ_START | MJ_END | MJ_CURRENCY | MJ_NUMERIC | MJ_LAW;
 
@@ -516,6 +550,17 @@ static int badness_at(const uint32_t *t, size_t n, size_t i) {
     if ((m0 & acc) && (m1 & (MJ_START | MJ_END)) && py_is_word(c[2])) return 1;        // ... \w
     if ((c[0] == 0x152 || c[0] == 0x153) && c[1] != MJ_NONE && !is_ascii_alpha(c[1])) return 1; // [Œœ][^A-Za-z]
     if ((m0 & MJ_UPPER_ACC) && c[1] == 0xB0) return 1;                                  // [upper_acc]°
+    // [a-z]\s?[ÃÂ][ ]
+    if (is_ascii_lower(c[0]) && ((ONE_OF(c[1], 0xC3, 0xC2) && c[2] == ' ') ||
+                                 (py_is_space(c[1]) && ONE_OF(c[2], 0xC3, 0xC2) && c[3] == ' ')))
+        return 1;
+    if (i == 0 && ONE_OF(c[0], 0xC3, 0xC2) && c[1] == ' ') return 1; // ^[ÃÂ][ ]
+    // [a-z.,?! end]Â[ start end]
+    if ((is_ascii_lower(c[0]) || ONE_OF(c[0], '.', ',', '?', '!') || (m0 & MJ_END)) && c[1] == 0xC2 &&
+        (c[2] == ' ' || (m2 & (MJ_START | MJ_END))))
+        return 1;
+    // The alternatives left start with one particular character each.
+    if (!particular_lead(c[0])) return 0;
     // [ÂÃÎÐ][€œŠš¢£Ÿž\xa0\xad®©°·» start end –—´]
     if (ONE_OF(c[0], 0xC2, 0xC3, 0xCE, 0xD0) &&
         (ONE_OF(c[1], 0x20AC, 0x153, 0x160, 0x161, 0xA2, 0xA3, 0x178, 0x17E, 0xA0, 0xAD, 0xAE, 0xA9, 0xB0, 0xB7,
@@ -552,15 +597,6 @@ static int badness_at(const uint32_t *t, size_t n, size_t i) {
         c[5] != '\n' && i + 6 < n && (is_ascii_alpha(t[i + 6]) || t[i + 6] == ' '))
         return 1;
     if (c[0] == 0xC3 && (c[1] == 0xA0 || c[1] == 0xA1)) return 1; // Ã[\xa0¡]
-    // [a-z]\s?[ÃÂ][ ]
-    if (is_ascii_lower(c[0]) && ((ONE_OF(c[1], 0xC3, 0xC2) && c[2] == ' ') ||
-                                 (py_is_space(c[1]) && ONE_OF(c[2], 0xC3, 0xC2) && c[3] == ' ')))
-        return 1;
-    if (i == 0 && ONE_OF(c[0], 0xC3, 0xC2) && c[1] == ' ') return 1; // ^[ÃÂ][ ]
-    // [a-z.,?! end]Â[ start end]
-    if ((is_ascii_lower(c[0]) || ONE_OF(c[0], '.', ',', '?', '!') || (m0 & MJ_END)) && c[1] == 0xC2 &&
-        (c[2] == ' ' || (m2 & (MJ_START | MJ_END))))
-        return 1;
     // Windows-1253: β€[™\xa0Ά\xad®°]  and  [ΒΓΞΟ][c1 bad start end currency °][ΒΓΞΟ]
     if (c[0] == 0x3B2 && c[1] == 0x20AC && ONE_OF(c[2], 0x2122, 0xA0, 0x386, 0xAD, 0xAE, 0xB0)) return 1;
     if (ONE_OF(c[0], 0x392, 0x393, 0x39E, 0x39F) &&

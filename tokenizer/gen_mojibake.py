@@ -9,8 +9,9 @@ Three tables:
                         byte the code page leaves undefined stands for the
                         code point of the same number (as in Latin-1), and
                         byte 0x1A stands for U+FFFD.
-  ldm_mojibake_classes  for every code point in one of ftfy's character
-                        classes, a bit mask of its classes: the categories of
+  ldm_mojibake_low,     for every code point in one of ftfy's character
+  ldm_mojibake_classes  classes, a bit mask of its classes (a direct table
+                        below U+0530, a sorted list above): the categories of
                         the badness heuristic (ftfy.badness) and the UTF-8
                         lead / continuation clues (ftfy.chardata.UTF8_CLUES).
                         These classes are ftfy's heuristic, so they are read
@@ -49,6 +50,7 @@ CHARMAPS = [
 BADNESS_CLASSES = ["c1", "bad", "law", "currency", "start_punctuation", "end_punctuation", "numeric",
                    "kaomoji", "upper_accented", "lower_accented", "upper_common", "lower_common", "box",
                    "common"]
+LOW = 0x530  # LDM_MOJIBAKE_LOW: masks below it are a direct table
 UTF8_CLASSES = ["utf8_first_of_2", "utf8_first_of_3", "utf8_first_of_4", "utf8_continuation",
                 "utf8_continuation_strict"]
 
@@ -97,6 +99,9 @@ def main():
     for bit, body in enumerate(bodies):
         for c in class_members(body):
             masks[c] = masks.get(c, 0) | (1 << bit)
+    # clean.c's mj_class skips these ranges without a lookup.
+    assert not any(LOW <= c < 0x2000 or 0x2600 <= c < 0xF800 or c > 0xFFFD for c in masks), "class member in a gap"
+    assert all(c == 0x20 or c >= 0x80 for c in masks), "ASCII class member other than space"
     word = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and re.match(r"\w", chr(c))]
 
     w = sys.stdout.write
@@ -116,8 +121,13 @@ def main():
         w("    }},\n")
     w("};\nconst int ldm_charmaps_count = %d;\n\n" % len(CHARMAPS))
 
+    low = [masks.get(c, 0) for c in range(LOW)]
+    w("const uint32_t ldm_mojibake_low[LDM_MOJIBAKE_LOW] = {\n")
+    for i in range(0, LOW, 8):
+        w("    " + " ".join("0x%05X," % m for m in low[i:i + 8]) + "\n")
+    w("};\n\n")
     w("// Sorted by code point.\nconst ldm_mojibake_class ldm_mojibake_classes[] = {\n")
-    items = sorted(masks.items())
+    items = sorted((c, m) for c, m in masks.items() if c >= LOW)
     for i in range(0, len(items), 4):
         w("    " + " ".join("{0x%04X, 0x%05X}," % kv for kv in items[i:i + 4]) + "\n")
     w("};\nconst int ldm_mojibake_classes_count = %d;\n\n" % len(items))

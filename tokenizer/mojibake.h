@@ -47,11 +47,15 @@ extern const int ldm_charmaps_count;
 #define MJ_UTF8_CONT (1u << 17)        // ... bytes 80..BF, and the space (for U+00A0)
 #define MJ_UTF8_CONT_STRICT (1u << 18) // MJ_UTF8_CONT less space, dashes, quotes, bullet, ellipsis
 
+// The masks of U+0000..U+052F (Latin, Greek, Cyrillic), indexed directly.
+#define LDM_MOJIBAKE_LOW 0x530
+extern const uint32_t ldm_mojibake_low[LDM_MOJIBAKE_LOW];
+
 typedef struct ldm_mojibake_class {
     uint32_t cp, mask;
 } ldm_mojibake_class;
 
-// Every code point with a non-zero mask, sorted by cp.
+// Every code point from U+0530 up with a non-zero mask, sorted by cp.
 extern const ldm_mojibake_class ldm_mojibake_classes[];
 extern const int ldm_mojibake_classes_count;
 
