@@ -144,7 +144,10 @@ int main(int argc, char **argv) {
                    ok_enc ? "ok" : "DIFFERS", ok_ids ? "ok" : "DIFFER");
             show("text    ", text);
             if (!ok_enc) show("ftfy enc", want_enc), show("ours    ", enc ? enc : "(error)");
-            if (!ok_fixed) show("ftfy fix", cJSON_IsString(jf) ? jf->valuestring : ""), show("ours    ", fixed ? fixed : "(error)");
+            if (!ok_fixed) {
+                show("ftfy fix", cJSON_IsString(jf) ? jf->valuestring : "");
+                show("ours    ", fixed ? fixed : "(error)");
+            }
         }
         if (strcmp(cat, "prompts") == 0 && n_intact < 512) intact[n_intact++] = strdup(text);
         free(fixed);
@@ -190,7 +193,8 @@ int main(int argc, char **argv) {
                 t_clean += t1 - t0;
                 t_enc += now() - t1;
             }
-        printf("  info    intact prompts: whole cleaning %.2f us/prompt; fix_encoding alone (its fast path) %.2f us/prompt\n",
+        printf("  info    intact prompts: whole cleaning %.2f us/prompt; fix_encoding alone (its fast path) "
+               "%.2f us/prompt\n",
                1e6 * t_clean / (reps * n_intact), 1e6 * t_enc / (reps * n_intact));
         ldm_u32str_free(&u);
         ldm_u32str_free(&out);
