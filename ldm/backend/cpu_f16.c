@@ -27,6 +27,7 @@
 #include "ldm/backend/ops.h"
 #include "ldm/backend/cpu_f16.h"
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #endif
@@ -37,6 +38,14 @@
 // ---- widening ---------------------------------------------------------------
 
 #ifdef HAVE_X86
+// CPUID leaf 1: F16C, AVX and OSXSAVE (the OS saves the ymm registers). Read
+// through <cpuid.h>, which gcc and clang both have (clang's
+// __builtin_cpu_supports does not know "f16c").
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX) && (c & bit_OSXSAVE);
+}
+
 __attribute__((target("avx,f16c")))
 static void widen_f16c(float *dst, const uint16_t *src, int64_t n) {
     int64_t i = 0;
@@ -57,7 +66,9 @@ static void widen(float *dst, const uint16_t *src, ldm_dtype wt, int64_t n) {
         return;
     }
 #ifdef HAVE_X86
-    if (__builtin_cpu_supports("f16c")) { widen_f16c(dst, src, n); return; }
+    static int f16c = -1;   // racing threads store the same answer
+    if (f16c < 0) f16c = has_f16c();
+    if (f16c) { widen_f16c(dst, src, n); return; }
 #endif
     for (int64_t i = 0; i < n; i++) dst[i] = ldm_f16_to_f32(src[i]);
 }
