@@ -250,13 +250,13 @@ $(NB_PY): notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_PY) -m pip install -q -r notebooks/requirements.txt
 	@touch $@
-notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
+notebooks: $(BUILD)/libldm.so $(BUILD)/sd $(VOCAB) $(NB_PY)
 	@mkdir -p $(BUILD)/nb
 	@$(NB_PY) notebooks/ldm_py.py --layout-c > $(BUILD)/nb/layout_check.c
 	@$(CC) -std=c11 -D_GNU_SOURCE -I. -o $(BUILD)/nb/layout_check $(BUILD)/nb/layout_check.c
 	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
-	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
+	@LDM_LIB=$(abspath $(BUILD)/libldm.so) LDM_SD=$(abspath $(BUILD)/sd) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
 # trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model).
 # `make docs-links`: recompute every docs/ link's #L line anchor (and a
