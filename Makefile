@@ -172,8 +172,10 @@ fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do \
 	    name=$$(basename $$f); mkdir -p build/fuzz/corpus-$$name; \
 	    echo "== $$name for $(FUZZ_SECONDS)s"; \
-	    $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus-$$name \
-	        tests/fuzz/seeds/$$name 2>&1 | tail -n 3 || exit 1; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -artifact_prefix=build/fuzz/$$name- \
+	        build/fuzz/corpus-$$name tests/fuzz/seeds/$$name > build/fuzz/$$name.log 2>&1; \
+	    rc=$$?; tail -n 3 build/fuzz/$$name.log; \
+	    if [ $$rc -ne 0 ]; then echo "$$name failed (exit $$rc): build/fuzz/$$name.log, crash input build/fuzz/$$name-*"; exit 1; fi; \
 	done
 
 # ---- benchmarks (numbers, never asserted) ------------------------------------
