@@ -172,8 +172,10 @@ fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do \
 	    name=$$(basename $$f); mkdir -p build/fuzz/corpus-$$name; \
 	    echo "== $$name for $(FUZZ_SECONDS)s"; \
-	    $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 build/fuzz/corpus-$$name \
-	        tests/fuzz/seeds/$$name 2>&1 | tail -n 3 || exit 1; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -artifact_prefix=build/fuzz/$$name- \
+	        build/fuzz/corpus-$$name tests/fuzz/seeds/$$name > build/fuzz/$$name.log 2>&1; \
+	    rc=$$?; tail -n 3 build/fuzz/$$name.log; \
+	    if [ $$rc -ne 0 ]; then echo "$$name failed (exit $$rc): build/fuzz/$$name.log, crash input build/fuzz/$$name-*"; exit 1; fi; \
 	done
 
 # ---- benchmarks (numbers, never asserted) ------------------------------------
@@ -254,16 +256,16 @@ $(NB_PY): notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_PY) -m pip install -q -r notebooks/requirements.txt
 	@touch $@
-notebooks-layout: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
+notebooks-layout: $(BUILD)/libldm.so $(BUILD)/sd $(VOCAB) $(NB_PY)
 	@mkdir -p $(BUILD)/nb
 	@$(NB_PY) notebooks/ldm_py.py --layout-c > $(BUILD)/nb/layout_check.c
 	@$(CC) -std=c11 -D_GNU_SOURCE -I. -o $(BUILD)/nb/layout_check $(BUILD)/nb/layout_check.c
 	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
 notebooks: notebooks-layout
-	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
+	@LDM_LIB=$(abspath $(BUILD)/libldm.so) LDM_SD=$(abspath $(BUILD)/sd) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
 notebooks-render: notebooks-layout
-	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --render --out $(BUILD)/notebooks
+	@LDM_LIB=$(abspath $(BUILD)/libldm.so) LDM_SD=$(abspath $(BUILD)/sd) $(NB_PY) notebooks/run_notebooks.py --render --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
 # trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model).
 # `make docs-links`: recompute every docs/ link's #L line anchor (and a

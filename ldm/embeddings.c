@@ -45,6 +45,21 @@ static const ldm_tensor_entry *pick(const ldm_tensor_file *f, int64_t D, int *ot
     return NULL;
 }
 
+int ldm_embedding_pick(const ldm_tensor_entry **e, const ldm_tensor_file *f, int64_t D) {
+    int other = 0;
+    *e = pick(f, D, &other);
+    int64_t n = *e ? (*e)->numel / D : 0;
+    if (!*e && other) return LDM_OK;   // another model family's embedding: skipped
+    if (!*e || n < 1 || n > 75) {
+        *e = NULL;
+        return ldm_error("%s: no textual-inversion embedding of width %lld (expected a tensor "
+                         "\"emb_params\", \"clip_l\"/\"clip_h\", A1111's string_to_param \"*\" or a "
+                         "single tensor, [n,%lld] with 1 <= n <= 75)", f->path ? f->path : "embedding",
+                         (long long)D, (long long)D);
+    }
+    return LDM_OK;
+}
+
 // ---------------------------------------------------------------------------
 // 2. A folder -> the grown token-embedding table
 
@@ -90,16 +105,12 @@ int ldm_embeddings_load_dir(ldm_embeddings *emb, ldm_clip *clip, const char *dir
         if (!ldm_is_file(path)) continue;
         ldm_tensor_file f;
         if (ldm_tensor_file_open(&f, path) != LDM_OK) { rc = LDM_ERR; break; }
-        int other = 0;
-        const ldm_tensor_entry *e = pick(&f, D, &other);
+        const ldm_tensor_entry *e = NULL;
+        rc = ldm_embedding_pick(&e, &f, D);
         int64_t n = e ? e->numel / D : 0;
-        if (!e && other) {
+        if (rc == LDM_OK && !e) {
             emb->n_skipped++;
-        } else if (!e || n < 1 || n > 75) {
-            rc = ldm_error("%s: no textual-inversion embedding of width %lld (expected a tensor "
-                           "\"emb_params\", \"clip_l\"/\"clip_h\", A1111's string_to_param \"*\" or a "
-                           "single tensor, [n,%lld] with 1 <= n <= 75)", path, (long long)D, (long long)D);
-        } else {
+        } else if (rc == LDM_OK) {
             float *r = realloc(rows, (size_t)((N + n) * D) * sizeof *r);
             ldm_embedding_word *ne = realloc(emb->e, (size_t)(emb->n + 1) * sizeof *ne);
             if (r) rows = r;

@@ -48,6 +48,15 @@ typedef struct ldm_embeddings {
 int ldm_embeddings_load_dir(ldm_embeddings *emb, struct ldm_clip *clip, const char *dir);
 void ldm_embeddings_free(ldm_embeddings *emb);
 
+// The tensor of one embedding file already open or parsed (ldm/io/tensorfile.h)
+// that holds its vectors of width D: *e = [n,D] or [D] (1 <= n <= 75), or
+// *e = NULL when the file holds vectors of another width only (skipped).
+// 0 / LDM_ERR (no embedding in the file; its path named). The step
+// ldm_embeddings_load_dir runs per file; the entry point of tests/fuzz/fuzz_embeddings.c.
+struct ldm_tensor_file;
+struct ldm_tensor_entry;
+int ldm_embedding_pick(const struct ldm_tensor_entry **e, const struct ldm_tensor_file *f, int64_t D);
+
 // The embedding named exactly s[0..len) (ASCII case-insensitive), or NULL.
 const ldm_embedding_word *ldm_embeddings_find(const ldm_embeddings *emb, const char *s, size_t len);
 

@@ -269,20 +269,17 @@ static int merge(ldm_lora_set *s, const target *t, float scale, float alpha_defa
     return rc;
 }
 
-int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, float scale) {
-    ldm_tensor_file f;
-    if (ldm_tensor_file_open(&f, path) != LDM_OK) return LDM_ERR;
+int ldm_lora_apply_file(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const ldm_tensor_file *f,
+                        float scale) {
+    const char *path = f->path ? f->path : "lora";
     table tb = {0};
     float alpha[2];
-    if (peft_alpha(alpha, &f, path) != LDM_OK) {
-        ldm_tensor_file_close(&f);
-        return LDM_ERR;
-    }
+    if (peft_alpha(alpha, f, path) != LDM_OK) return LDM_ERR;
     if (u) add_unet(&tb, u);
     if (c) add_clip(&tb, c);
     int rc = LDM_OK;
-    for (int64_t i = 0; i < f.n_entries && rc == LDM_OK; i++) {
-        const ldm_tensor_entry *e = &f.entries[i];
+    for (int64_t i = 0; i < f->n_entries && rc == LDM_OK; i++) {
+        const ldm_tensor_entry *e = &f->entries[i];
         size_t len = strlen(e->name);
         int role = -1;
         size_t mlen = 0;
@@ -324,6 +321,13 @@ int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, 
     if (rc == LDM_OK && n == 0) rc = ldm_error("%s: no LoRA tensors in this file", path);
     if (rc == LDM_OK) s->n_files++;
     free(tb.t);
+    return rc;
+}
+
+int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, float scale) {
+    ldm_tensor_file f;
+    if (ldm_tensor_file_open(&f, path) != LDM_OK) return LDM_ERR;
+    int rc = ldm_lora_apply_file(s, u, c, &f, scale);
     ldm_tensor_file_close(&f);
     return rc;
 }

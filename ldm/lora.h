@@ -68,6 +68,13 @@ int ldm_lora_spec_parse(ldm_lora_spec *spec, const char *s);
 // layers already merged stay merged until ldm_lora_restore).
 int ldm_lora_apply(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *path, float scale);
 
+// The same for a tensor file already open or parsed (ldm/io/tensorfile.h; its
+// path names it in messages): the part ldm_lora_apply runs after opening the
+// file, also the entry point of tests/fuzz/fuzz_lora.c.
+struct ldm_tensor_file;
+int ldm_lora_apply_file(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const struct ldm_tensor_file *f,
+                        float scale);
+
 // Put every touched weight back to its original bytes and empty s (also frees s->prompt).
 void ldm_lora_restore(ldm_lora_set *s);
 

@@ -82,6 +82,14 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
     p->latent_channels = p->vae.cfg.latent_channels;
     // an inpainting UNet takes [z, mask, E(masked image)]: 2C+1 channels, returns C
     p->inpaint_unet = m->unet.in_channels == 2 * p->latent_channels + 1;
+    if (m->unet.in_channels == p->latent_channels + 3 && m->unet.num_class_embeds > 0) {
+        // the latent and the low-res RGB image, a noise-level class embedding
+        ldm_error("%s: an x4 upscaler (its UNet takes the latent and a low-res image, %d + 3 "
+                  "channels, and a noise level): use `sd upscale --ckpt %s --init-img LOW.png`",
+                  ckpt, p->latent_channels, ckpt);
+        ldm_vae_free(&p->vae);
+        goto fail_unet;
+    }
     if ((p->latent_channels != m->unet.in_channels && !p->inpaint_unet) ||
         m->unet.out_channels != p->latent_channels) {
         ldm_error("%s: the VAE has %d latent channels but the UNet takes %d and returns %d "

@@ -1370,6 +1370,197 @@ def build(name):
     return nb
 
 
+# ---------------------------------------------------------------------------
+NOTEBOOKS["13-concat-conditioning"] = [
+    md('''
+    # 13 — Conditioning by concatenation: inpainting and the x4 upscaler
+
+    Chapter: [docs/13-concat-conditioning.md](../docs/13-concat-conditioning.md) · paper: LDM
+    (Rombach et al. 2022) Sec. 3.3 (conditioning by concatenation), 4.4 (super-resolution),
+    4.5 (inpainting); Ho et al. 2021 (noise conditioning augmentation).
+
+    Two models take their image condition as extra UNet *input channels*:
+    the inpainting UNet sees `[x_t (4) | m (1) | E(x ⊙ (1 − M)) (4)]` = 9 channels, the
+    x4 upscaler `[z_t (4) | x_n (3)]` = 7 channels plus the noise level n as a class label.
+    This notebook runs `sd inpaint` and `sd upscale` with `--dump`, reads the tensors the C
+    pipeline built, and checks each against the equation computed here in NumPy.
+
+    > **About the pictures.** Both models here are the *random-weight* test models of
+    > `tests/fixtures/inpaint/model` (9-channel UNet) and `tests/fixtures/upscale/model`
+    > (7-channel UNet, f=4 VAE), made only to check the code against diffusers. Their
+    > outputs are **not meaningful images**: what is meaningful is how the inputs are
+    > assembled — the mask, the masked image, their latents, the noised low-res image —
+    > and that the C tensors equal the equations. Point `INPAINT_MODEL` / `UPSCALE_MODEL`
+    > at real diffusers folders (SD inpainting, stable-diffusion-x4-upscaler) for pictures.
+    '''),
+    code('''
+    # Setup: ldm_py for the dumps and the schedules; build/sd for the two pipelines (run `make` first).
+    import os, sys, subprocess, tempfile
+    ROOT = os.path.abspath("")
+    while not os.path.exists(os.path.join(ROOT, "notebooks", "ldm_py.py")):
+        ROOT = os.path.dirname(ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+    os.chdir(ROOT)
+    import numpy as np
+    import matplotlib.pyplot as plt
+    import ldm_py as L
+    L.load()
+    SD = os.environ.get("LDM_SD", os.path.join(ROOT, "build", "sd"))
+    assert os.path.exists(SD), f"{SD}: build it first (make)"
+    INPAINT_MODEL = os.environ.get("LDM_INPAINT_MODEL", "tests/fixtures/inpaint/model")
+    UPSCALE_MODEL = os.environ.get("LDM_UPSCALE_MODEL", "tests/fixtures/upscale/model")
+    WORK = tempfile.mkdtemp(prefix="ldm-nb13-")
+
+    def sd(*args, dump):
+        """Run `sd ARGS --dump DIR`; {name: array} of every intermediate it dumped."""
+        d = os.path.join(WORK, dump)
+        subprocess.run([SD, *args, "--dump", d], check=True, capture_output=True)
+        return L.read_dump_dir(d)
+    '''),
+    md('''
+    ## 1. Inpainting: the mask, the masked image, their latents
+
+    `sd inpaint` on the 9-channel model, 2 DDIM steps, strength 1. The dumps hold the latent
+    mask `m` [1,1,h,w], the masked-image latent [1,4,h,w], the start noise, and per step the
+    UNet input `unet_in` [2B,9,h,w] (guidance rows: unconditional, conditional).
+    '''),
+    code('''
+    init_png, mask_png = "tests/fixtures/pipeline/init.png", "tests/fixtures/inpaint/mask.png"
+    d9 = sd("inpaint", "--ckpt", INPAINT_MODEL, "--init-img", init_png, "--mask", mask_png,
+            "--prompt", "a red apple", "--ddim_steps", "2", "--n_samples", "1", "--seed", "3",
+            "--outdir", os.path.join(WORK, "inpaint-out"), dump="inpaint9")
+    for k in ("mask", "masked_latent", "noise", "step000/unet_in"):
+        print(f"{k:18s} {d9[k].shape}")
+    '''),
+    md('''
+    The mask as the pipeline reads it: gray L = (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16,
+    M = [L/255 ≥ 0.5] at full size (1 = repaint), m[i,j] = M[8i, 8j] at latent size. The
+    masked image sets the repainted pixels to 0 (mid-gray in [−1, 1]).
+    '''),
+    code('''
+    img = plt.imread(init_png)[..., :3]                    # [64,64,3] in [0,1]
+    rgb = np.round(plt.imread(mask_png)[..., :3] * 255).astype(np.uint32)
+    Lum = (19595 * rgb[..., 0] + 38470 * rgb[..., 1] + 7471 * rgb[..., 2] + 2**15) >> 16
+    M = (Lum / 255.0 >= 0.5).astype(np.float32)            # [H,W], 1 = repaint
+    m = M[::8, ::8]                                        # [h,w]: nearest at factor 8
+    print("the C latent mask equals M[8i, 8j]:", np.array_equal(d9["mask"][0, 0], m))
+    x = 2 * img - 1
+    masked = x * (1 - M)[..., None]                        # x ⊙ (1 − M)
+    fig, ax = plt.subplots(1, 4, figsize=(13, 3.4))
+    ax[0].imshow(img); ax[0].set_title("init image x")
+    ax[1].imshow(M, cmap="gray"); ax[1].set_title("mask M (white = repaint)")
+    ax[2].imshow(masked / 2 + 0.5); ax[2].set_title("x ⊙ (1 − M)")
+    ax[3].imshow(d9["mask"][0, 0], cmap="gray"); ax[3].set_title("m: latent mask [8,8]")
+    for a in ax: a.axis("off")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## 2. The 9-channel UNet input
+
+    `unet_in` row by row is the concatenation of the sampler's latent (scaled by c_in; DDIM's
+    c_in is 1, and at strength 1 step 0's latent is the start noise), the latent mask and the
+    masked-image latent — the same mask and masked latent for both guidance rows. The
+    channel images below are random-model tensors: look at *where* the mask sits, not at
+    what the latents "show".
+    '''),
+    code('''
+    u = d9["step000/unet_in"]                              # [2B,9,h,w]: rows [uncond, cond]
+    print("channels 0-3 = x_t (strength 1: the start noise):", np.array_equal(u[1, :4], d9["noise"][0]))
+    print("channel 4    = m:", np.array_equal(u[1, 4], m))
+    print("channels 5-8 = E(x ⊙ (1 − M)) · scaling_factor:", np.array_equal(u[1, 5:], d9["masked_latent"][0]))
+    print("both guidance rows carry the same m and masked latent:", np.array_equal(u[0, 4:], u[1, 4:]))
+    names = ["x_t 0", "x_t 1", "x_t 2", "x_t 3", "m", "E(masked) 0", "E(masked) 1", "E(masked) 2", "E(masked) 3"]
+    fig, ax = plt.subplots(1, 9, figsize=(18, 2.4))
+    for c in range(9):
+        ax[c].imshow(u[1, c], cmap="gray" if c == 4 else "RdBu_r")
+        ax[c].set_title(names[c], fontsize=9); ax[c].axis("off")
+    plt.suptitle("inpainting UNet input at step 0, conditional row: [x_t | m | E(x ⊙ (1 − M))]")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## 3. An ordinary model: blending the known region back
+
+    A 4-channel model (here the random tiny model of `tests/fixtures/pipeline`) knows nothing
+    of the mask; after each sampler step the kept region (m = 0) is replaced by the init
+    latent z₀ noised to the level the next step starts at, with the run's start noise n:
+    x ← (1 − m)·(√ᾱ z₀ + √(1 − ᾱ) n) + m·x. DDIM with 4 steps walks t = 751, 501, 251, 1
+    (leading spacing, offset 1), so after step i the level is t[i+1]; after the last, z₀ itself.
+    '''),
+    code('''
+    d4 = sd("inpaint", "--ckpt", "tests/fixtures/pipeline/model", "--init-img", init_png, "--mask", mask_png,
+            "--prompt", "a red apple", "--ddim_steps", "4", "--n_samples", "1", "--seed", "3",
+            "--outdir", os.path.join(WORK, "blend-out"), dump="blend4")
+    S = L.Schedule()
+    ts = S.timesteps(4, "leading", 1)
+    z0, n, m4 = d4["init_latent"][0], d4["noise"][0], d4["mask"][0, 0]
+    for i in range(3):
+        ab = S.alphas_cumprod[ts[i + 1]]
+        known = np.sqrt(ab) * z0 + np.sqrt(1 - ab) * n
+        err = np.abs((d4[f"step{i:03d}/latent"][0] - known) * (1 - m4)).max()
+        print(f"after step {i}: kept region vs q(z0, n; t={ts[i + 1]}): max |diff| = {err:.1e}")
+    print("final latent, kept region = z0 exactly:", np.array_equal(d4["latent"][0] * (1 - m4), z0 * (1 - m4)))
+    '''),
+    md('''
+    ## 4. The upscaler: the noise-augmented low-res input
+
+    `sd upscale` (1 DDIM step is enough to see the inputs) at several `--noise_level`s n.
+    Its first generator draw is ε [1,3,h,w]; the low-res image x in [−1, 1] becomes
+    x_n = √ᾱ_n x + √(1 − ᾱ_n) ε with the low-res schedule (scaled linear 1e-4 … 0.02, its own
+    `low_res_scheduler/`). Recomputed here from `L.randn` (the same CPU generator) and
+    compared with the C dump `low_res_noisy`. Note n = 0 still adds noise of std
+    √(1 − ᾱ₀) = √β₀ = 0.01.
+    '''),
+    code('''
+    low_png = "tests/fixtures/upscale/low_ddim.png"
+    low = plt.imread(low_png)[..., :3]                     # [16,16,3]
+    levels = [0, 20, 100, 200, 350]
+    runs = {lv: sd("upscale", "--ckpt", UPSCALE_MODEL, "--init-img", low_png, "--steps", "1",
+                   "--noise_level", str(lv), "--seed", "42", "--out", os.path.join(WORK, f"up{lv}.png"),
+                   dump=f"up{lv}") for lv in levels}
+    lowres = L.Schedule("scaled_linear", 1e-4, 0.02)
+    x = (2 * low - 1).transpose(2, 0, 1)[None]             # [1,3,16,16]
+    e = L.randn(42, (1, 3, 16, 16))                        # the generator's first draw
+    for lv in levels:
+        ab = lowres.alphas_cumprod[lv]
+        ref = np.sqrt(ab) * x + np.sqrt(1 - ab) * e
+        err = np.abs(runs[lv]["low_res_noisy"] - ref).max()
+        print(f"n={lv:3d}: √ᾱ={np.sqrt(ab):.3f}  √(1−ᾱ)={np.sqrt(1 - ab):.3f}  max |C − NumPy| = {err:.1e}")
+    fig, ax = plt.subplots(1, len(levels) + 1, figsize=(3 * (len(levels) + 1), 3.3))
+    ax[0].imshow(low); ax[0].set_title("low-res x (16×16)")
+    for a, lv in zip(ax[1:], levels):
+        a.imshow(np.clip(runs[lv]["low_res_noisy"][0].transpose(1, 2, 0) / 2 + 0.5, 0, 1))
+        a.set_title(f"x_n, noise level {lv}")
+    for a in ax: a.axis("off")
+    plt.suptitle("noise conditioning augmentation q(x_n | x) = N(√ᾱ_n x, (1 − ᾱ_n) I)")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## 5. The 7-channel input and the noise level as a class label
+
+    `unet_in` is `[z_t (4) | x_n (3)]`; the same x_n for every step and row. The UNet is
+    told n through its class embedding: row n of a [1000, Temb] table, added to the time
+    embedding (dump `unet.class_embedding`, one row per batch row). With random weights the
+    rows are random vectors, so their distances below say only that each level gets its own
+    row; a trained upscaler's table is what makes "n = 20" mean "trust the input".
+    '''),
+    code('''
+    u7 = runs[20]["step000/unet_in"]                       # [2B,7,h,w]
+    print("unet_in", u7.shape, "= [z_t (4) | x_n (3)]")
+    print("channels 4-6 = x_n:", np.array_equal(u7[1, 4:], runs[20]["low_res_noisy"][0]))
+    print("channels 0-3 = z_T · c_in (DDIM: 1):", np.array_equal(u7[1, :4], runs[20]["noise"][0]))
+    cemb = {lv: runs[lv]["step000/unet.class_embedding"][0] for lv in levels}   # [Temb]
+    dist = np.array([[np.linalg.norm(cemb[a] - cemb[b]) for b in levels] for a in levels])
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+    ax[0].plot(lowres.alphas_cumprod[:351] ** 0.5, label="√ᾱ_n (signal)")
+    ax[0].plot((1 - lowres.alphas_cumprod[:351]) ** 0.5, label="√(1 − ᾱ_n) (noise)")
+    ax[0].set_xlabel("noise level n"); ax[0].legend(); ax[0].set_title("low-res schedule up to max_noise_level 350")
+    im = ax[1].imshow(dist)
+    ax[1].set_xticks(range(len(levels)), levels); ax[1].set_yticks(range(len(levels)), levels)
+    ax[1].set_title("‖E[a] − E[b]‖, class-embedding rows (random table)"); plt.colorbar(im, ax=ax[1])
+    plt.tight_layout(); plt.show()
+    '''),
+]
+
 def main():
     for name in NOTEBOOKS:
         path = os.path.join(HERE, name + ".ipynb")

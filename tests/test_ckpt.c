@@ -151,6 +151,39 @@ static void test_lightning_extras(void) {
     if (rc == 0) ldm_tensor_file_close(&f);
 }
 
+// An expanded view (stride 0) asking for far more elements than its storage
+// holds (found by fuzz_pickle: 150 bytes of pickle made the reader allocate
+// and fill gigabytes). bad/noncontiguous.ckpt's shape (2,2) and stride (1,2)
+// are patched in place (same length; the reader does not check CRCs) to
+// shape (16384,16384), stride (0,0): 1 GiB of copies of one float. Refused
+// with a message before any allocation; a small expand still loads (test_views).
+static void test_expanded_view(void) {
+    FILE *fp = fopen(FIX "bad/noncontiguous.ckpt", "rb");
+    if (!test_check(fp != NULL, "open noncontiguous.ckpt", "missing")) return;
+    uint8_t buf[4096];
+    size_t n = fread(buf, 1, sizeof buf, fp);
+    fclose(fp);
+    // (J 2 J 2 t (J 1 J 2 t : the shape and stride tuples as tensor_pickle writes them
+    static const uint8_t from[] = {'J', 2, 0, 0, 0, 'J', 2, 0, 0, 0, 't', '(',
+                                   'J', 1, 0, 0, 0, 'J', 2, 0, 0, 0, 't'};
+    static const uint8_t to[] = {'J', 0, 0x40, 0, 0, 'J', 0, 0x40, 0, 0, 't', '(',
+                                 'J', 0, 0, 0, 0, 'J', 0, 0, 0, 0, 't'};
+    uint8_t *at = memmem(buf, n, from, sizeof from);
+    if (!test_check(at != NULL, "noncontiguous.ckpt holds shape (2,2) stride (1,2)", "not found"))
+        return;
+    memcpy(at, to, sizeof to);
+    uint8_t *copy = malloc(n);   // exact size
+    memcpy(copy, buf, n);
+    ldm_tensor_file f;
+    ldm_clear_error();
+    int rc = ldm_ckpt_parse(&f, copy, n, "expanded.ckpt");
+    if (rc == 0) ldm_tensor_file_close(&f);
+    test_check(rc != 0 && strstr(ldm_last_error(), "[16384,16384]") &&
+               strstr(ldm_last_error(), "expanded view"),
+               "an expanded view of 1 GiB from 4 floats is refused", "rc %d: %s", rc, ldm_last_error());
+    free(copy);
+}
+
 // Every prefix length and single-byte corruption of a valid archive: must
 // either load or fail with a message, never crash or read out of bounds.
 static void test_mutations(void) {
@@ -387,6 +420,7 @@ int main(void) {
     test_bad_corpus();
     test_lightning_extras();
     test_views();
+    test_expanded_view();
     test_mutations();
     printf("== one model, every layout (SD1)\n");
     test_layouts(FIX "sd1", FIX "sd1.safetensors", 0);

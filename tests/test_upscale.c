@@ -19,6 +19,7 @@
  * (a text-to-image model is refused by ldm_upscaler_open, the upscaler by
  * ldm_pipeline_open) and the CLI: `sd upscale` writes the library's image.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,87 @@ static void test_config(void) {
                "refused", "%s", "");
 }
 
+// Mean |a-b| relative to max|b|: the measure of tests/test_vae.c for tiled
+// vs untiled decodes (a smooth, not exact, match).
+static double mean_rel(const float *a, const float *b, int64_t n) {
+    double s = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        s += fabs((double)a[i] - b[i]);
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return s / (double)n / (m > 0 ? m : 1);
+}
+
+// Tiled decoding with the upscaler's f=4 VAE: the ddim fixture latent
+// [1,4,16,16] decoded whole and in 8x8-latent tiles (overlap 2: a 3x3 plan,
+// 32x32-pixel tiles) agree within tests/test_vae.c's tiled-vs-untiled bound
+// (mean |d| / max|ref| <= 0.15: GroupNorm statistics and the mid attention are
+// per tile by design); the untiled decode is checked against diffusers through
+// the pixels of test_case. AUTO under a budget below the untiled estimate
+// takes the same tiles; above it, the untiled decode.
+static void test_tiling(ldm_upscaler *u) {
+    printf("-- tiled decoding (f=4 VAE)\n");
+    int64_t n = 0;
+    float *lat = test_load_npy(FIX "ddim_latent.npy", &n);
+    if (!test_check(lat && n == 4 * 16 * 16, "ddim latent [1,4,16,16]", "%lld values", (long long)n)) {
+        free(lat);
+        return;
+    }
+    ldm_vae *vae = &u->p.vae;
+    ldm_tensor z = ldm_tensor_new(vae->ops, LDM_SHAPE(1, 4, 16, 16));
+    ldm_tensor_from_host(&z, lat);
+    const int64_t n_px = 3 * 64 * 64;
+    const int64_t est = ldm_vae_decode_bytes(&vae->cfg, 1, 16, 16);
+    ldm_vae_options off = {.tiling = LDM_VAE_TILE_OFF};
+    ldm_vae_options on = {.tiling = LDM_VAE_TILE_ON, .tile_latent = 8, .overlap_latent = 2};
+    ldm_vae_options low = {.tiling = LDM_VAE_TILE_AUTO, .budget_mb = 1, .tile_latent = 8,
+                           .overlap_latent = 2};
+    ldm_vae_options high = {.tiling = LDM_VAE_TILE_AUTO, .budget_mb = 4096, .tile_latent = 8,
+                            .overlap_latent = 2};
+    ldm_tensor img[4];
+    const ldm_vae_options *opts[4] = {&off, &on, &low, &high};
+    float *h[4] = {0};
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        ok &= ldm_vae_decode(&img[i], vae, &z, opts[i]) == 0 && img[i].numel == n_px;
+        if (!ok) break;
+        h[i] = malloc((size_t)n_px * sizeof(float));
+        ldm_tensor_to_host(h[i], &img[i]);
+        ldm_tensor_free(&img[i]);
+    }
+    if (test_check(ok, "decode [1,4,16,16] -> [1,3,64,64], untiled, tiled, auto", "%s",
+                   ldm_last_error())) {
+        double e = mean_rel(h[1], h[0], n_px), worst = 0;
+        for (int64_t i = 0; i < n_px; i++) worst = fmax(worst, fabs((double)h[1][i] - h[0][i]));
+        test_check(e <= 0.15, "tiled vs untiled decode (mean |d| / max|ref| <= 0.15)", "%.4f", e);
+        printf("          tiled (3x3 tiles of 8x8 latent) vs untiled: mean |d| / max |ref| = "
+               "%.4f, max |d| = %.4f\n", e, worst);
+        test_check(e > 0, "tiled decode differs from untiled (the tiles ran)", "%g", e);
+        // 1 MiB: below the estimate when it exceeds 1 MiB (then AUTO tiles)
+        int tiles_low = est > ((int64_t)1 << 20);
+        test_check(!memcmp(h[2], tiles_low ? h[1] : h[0], (size_t)n_px * sizeof(float)),
+                   "auto, 1 MiB budget: the decode the estimate asks for", "estimate %lld bytes",
+                   (long long)est);
+        test_check(!memcmp(h[3], h[0], (size_t)n_px * sizeof(float)),
+                   "auto, 4096 MiB budget: untiled", "differs");
+        printf("          untiled estimate at 16x16: %.2f MiB\n", est / 1048576.0);
+    }
+    // The real upscaler's VAE (block_out_channels 128, 256, 512) on a 512x512
+    // input: a 2048x2048 output whose untiled decode exceeds the default budget.
+    ldm_vae_config big = vae->cfg;
+    big.block_out_channels[0] = 128, big.block_out_channels[1] = 256, big.block_out_channels[2] = 512;
+    big.layers_per_block = 2, big.norm_num_groups = 32;
+    const int64_t est_big = ldm_vae_decode_bytes(&big, 1, 512, 512);
+    test_check(est_big > ((int64_t)4096 << 20), "x4 upscaler VAE at 512x512 -> 2048x2048: untiled "
+               "estimate above the 4096 MiB default budget (auto tiles)", "%.0f MiB",
+               est_big / 1048576.0);
+    printf("          x4 upscaler VAE, 2048x2048 output: untiled estimate %.0f MiB\n",
+           est_big / 1048576.0);
+    for (int i = 0; i < 4; i++) free(h[i]);
+    ldm_tensor_free(&z);
+    free(lat);
+}
+
 // Each pipeline refuses the other's model, saying what it is.
 static void test_wrong_models(void) {
     ldm_upscaler u;
@@ -169,8 +251,9 @@ static void test_wrong_models(void) {
                strstr(ldm_last_error(), "not an x4 upscaler"),
                "a text-to-image model refused by the upscaler", "%s", ldm_last_error());
     ldm_pipeline p;
-    test_check(ldm_pipeline_open(&p, FIX "model", &po) != 0, "the upscaler refused by txt2img",
-               "%s", ldm_last_error());
+    test_check(ldm_pipeline_open(&p, FIX "model", &po) != 0 && strstr(ldm_last_error(), "x4 upscaler") &&
+               strstr(ldm_last_error(), "sd upscale"),
+               "the upscaler refused by txt2img, pointing to sd upscale", "%s", ldm_last_error());
     printf("          %s\n", ldm_last_error());
 }
 
@@ -205,6 +288,38 @@ static void test_cli(void) {
     test_check(rc == 1 && strstr(err, "already exists"), "sd upscale never overwrites",
                "exit %d: %s", rc, err);
     unlink(png);
+
+    // a 72x72 input (a 72x72 latent, 288x288 output): --vae-tiling decodes in
+    // tiles of 64 latent pixels; without it, $LDM_VAE_BUDGET_MB=1 (below the
+    // untiled estimate) makes the automatic choice tile too, and the default
+    // budget does not
+    char low[600];
+    snprintf(low, sizeof low, "%s/low72.png", tmp);
+    uint8_t *px = malloc(72 * 72 * 3);
+    for (int i = 0; i < 72 * 72 * 3; i++) px[i] = (uint8_t)(i * 7 % 251);
+    ldm_image li = {.width = 72, .height = 72, .rgb = px};
+    test_check(ldm_png_write(low, &li, 0, NULL, NULL, 1) == 0, "write a 72x72 input", "%s",
+               ldm_last_error());
+    free(px);
+    static const struct { const char *flag, *budget, *expect, *name; } T[] = {
+        {"--vae-tiling", NULL, "vae: tiled 2x2 tiles", "sd upscale --vae-tiling: 2x2 tiles"},
+        {"", "1", "vae: tiled", "sd upscale, $LDM_VAE_BUDGET_MB=1: tiled automatically"},
+        {"", NULL, "vae: untiled decode", "sd upscale, default budget: untiled"},
+    };
+    for (int i = 0; i < 3; i++) {
+        if (T[i].budget) setenv("LDM_VAE_BUDGET_MB", T[i].budget, 1);
+        else unsetenv("LDM_VAE_BUDGET_MB");
+        snprintf(args, sizeof args, "upscale --ckpt " FIX "model --init-img '%s' --steps 1 "
+                 "--seed 1 --verbose %s --out '%s'", low, T[i].flag, png);
+        rc = test_run_cli(sd, args, out_path, err_path, &err);
+        ldm_image big = {0};
+        test_check(rc == 0 && strstr(err, T[i].expect) && ldm_png_read(&big, png) == 0 &&
+                   big.width == 288 && big.height == 288, T[i].name, "exit %d: %s", rc, err);
+        ldm_image_free(&big);
+        unlink(png);
+    }
+    unsetenv("LDM_VAE_BUDGET_MB");
+    unlink(low);
     unlink(out_path);
     unlink(err_path);
     rmdir(tmp);
@@ -220,6 +335,7 @@ int main(void) {
                u.p.vae.cfg.scaling_factor, ldm_prediction_name(u.p.model.prediction));
         for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) test_case(&u, &CASES[i]);
         test_checks(&u);
+        test_tiling(&u);
         ldm_upscaler_close(&u);
     }
     test_wrong_models();

@@ -54,7 +54,8 @@ static const flag FLAGS[] = {
     {"--out", NULL, F_STR, "write the image to FILE (one image)"},
     {"--outdir", NULL, F_STR, "output folder (default outputs/upscale-samples)"},
     {"--overwrite", "--force", F_BOOL, "replace an existing --out file"},
-    {"--vae-tiling", NULL, F_BOOL, "decode in tiles (less memory for large outputs)"},
+    {"--vae-tiling", NULL, F_BOOL, "decode in tiles (less memory for large outputs; without it, "
+                                   "tiles when the untiled decode would exceed $LDM_VAE_BUDGET_MB, 4096)"},
     {"--vocab", NULL, F_STR, "CLIP BPE vocabulary (default: the model's tokenizer/ or build/vocab)"},
     {"--backend", NULL, F_STR, "ref | cpu | cuda | cuda-emu (default $LDM_BACKEND or cpu)"},
     {"--dump", NULL, F_STR, "write every named intermediate as DIR/<name>.npy"},
@@ -238,7 +239,7 @@ int cmd_upscale(int argc, char **argv, const sd_env *env_in) {
                      .conv = LDM_CONVENTIONS_DIFFUSERS},
         .cfg_scale = (float)scale, .rng = &rng,
         .vae_opt = {.tiling = get(val, "--vae-tiling") ? LDM_VAE_TILE_ON : LDM_VAE_TILE_AUTO,
-                    .budget_mb = env.vae_budget_mb},
+                    .budget_mb = env.vae_budget_mb, .verbose = get(val, "--verbose") != NULL},
     };
     if (ldm_upscale_check(&u, &g) != LDM_OK) {
         sd_fail("upscale: %s", ldm_last_error());

@@ -890,6 +890,19 @@ static int tensor_entry(ldm_tensor_entry *e, const pv *t, const char *name, cons
                          (long long)reach, st->s, (long long)st->numel);
     }
     int es = ldm_dtype_size(st->dtype);
+    // A view may repeat storage elements (stride 0: torch's expand), so its
+    // copy can outgrow the file. Bounded: one with more elements than its
+    // storage and over 256 MiB is refused, so that a few bytes of pickle
+    // cannot ask for gigabytes.
+    const uint64_t copy_bytes = (uint64_t)numel * (uint64_t)es;
+    if (!contiguous && numel > st->numel && copy_bytes > ((uint64_t)256 << 20)) {
+        char s1[128], s2[128];
+        return ldm_error("%s: tensor '%s' %s (stride %s) repeats the %lld elements of storage '%s' "
+                         "into %lld: its copy would take %.0f MiB (an expanded view over 256 MiB "
+                         "is refused)", path, name, ldm_shape_str(s1, sizeof s1, t->shape, t->ndim),
+                         ldm_shape_str(s2, sizeof s2, t->stride, t->ndim), (long long)st->numel,
+                         st->s, (long long)numel, copy_bytes / 1048576.0);
+    }
     memset(e, 0, sizeof *e);
     e->name = strdup(name);
     if (!e->name) return ldm_error("%s: out of memory", path);

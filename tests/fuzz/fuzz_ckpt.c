@@ -25,7 +25,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (ldm_ckpt_parse(&f, buf, size, "fuzz.ckpt") == 0) {
         for (int64_t i = 0; i < f.n_entries; i++) {
             const ldm_tensor_entry *e = &f.entries[i];
-            if (e->data < buf || e->data + e->nbytes > buf + size) abort();  // inside the file
+            // inside the file, or a strided view's own contiguous copy
+            if (e->owned ? e->data != e->owned : (e->data < buf || e->data + e->nbytes > buf + size))
+                abort();
             if (e->numel > (1 << 20)) continue;
             float *out = malloc((size_t)(e->numel ? e->numel : 1) * sizeof(float));
             if (out && ldm_entry_to_f32(out, e) != 0) abort();
