@@ -127,7 +127,7 @@ def main():
     p.add_argument("--shape", default="bar", choices=list(dataset.NEW_SHAPES))
     p.add_argument("--n-new", type=int, default=2000, help="new-shape scenes")
     p.add_argument("--n-base", type=int, default=2000, help="base scenes (dataset seed 1)")
-    p.add_argument("--base-frac", type=float, default=0.25, help="share of every batch from the base set")
+    p.add_argument("--base-frac", type=float, default=0.5, help="share of every batch from the base set")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--alpha", type=float, default=4.0)
     p.add_argument("--no-text", action="store_true", help="adapt the UNet only")
