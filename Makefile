@@ -304,30 +304,53 @@ exercises-check: $(VOCAB)
 	@docs/exercises/run.sh --check-all
 
 # ---- the embedded tiny model (tools/train/, tools/tiny-model/) -------------------
-# `make demo`: build, then draw the default prompts (English and Japanese) with
-# the committed tiny model (64x64, DDIM 20 steps, guidance 5) into outputs/demo/.
+# `make demo`: build, then draw with the committed tiny model (64x64, DDIM 20
+# steps, guidance 5) into outputs/demo/: the default prompts (English and
+# Japanese), a prompt of a shape it never learned ("bar") without and with its
+# LoRA (tools/tiny-model/lora/bar.safetensors), and an inpainting of a test
+# image by the 9-channel variant (tools/tiny-model-inpaint).
 # `make train-tiny`: retrain it from scratch in PyTorch (.venv-ref), seeded:
 # procedural dataset -> autoencoder -> latents -> text-conditioned UNet ->
 # fp16 diffusers folder in TINY_OUT with loss_curves.png and training.json.
 # TINY_OUT=tools/tiny-model replaces the committed model; TINY_ARGS adds flags
 # of tools/train/train_tiny.py (e.g. TINY_ARGS="--unet-steps 6000 --resume").
-.PHONY: demo train-tiny
+# `make train-lora` / `make train-inpaint`: the LoRA and the inpainting variant
+# from the committed model (a few CPU minutes each) into build/ (LORA_OUT,
+# INPAINT_OUT; point them at tools/... to replace the committed ones).
+.PHONY: demo train-tiny train-lora train-inpaint
 TINY_MODEL := tools/tiny-model
 TINY_OUT   ?= build/tiny-model
 TINY_ARGS  ?=
+LORA_OUT   ?= build/tiny-lora/bar.safetensors
+INPAINT_OUT ?= build/tiny-model-inpaint
 DEMO_EN    := a red circle on the left
 DEMO_JA    := 右に青い四角
+DEMO_BAR   := a red bar in the center
+DEMO_INPAINT := a red circle to the right of a blue square
+DEMO_FLAGS := --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1
 demo: $(BUILD)/sd $(VOCAB)
-	@rm -rf outputs/demo/en outputs/demo/ja    # sd numbers its files on from existing ones
+	@rm -rf outputs/demo/en outputs/demo/ja outputs/demo/lora-off outputs/demo/lora-on outputs/demo/inpaint
 	@mkdir -p outputs/demo
-	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_EN)" --H 64 --W 64 \
-	    --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1 --outdir outputs/demo/en
-	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_JA)" --H 64 --W 64 \
-	    --ddim_steps 20 --scale 5 --n_samples 4 --n_iter 1 --seed 1 --outdir outputs/demo/ja
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_EN)" --H 64 --W 64 $(DEMO_FLAGS) --outdir outputs/demo/en
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_JA)" --H 64 --W 64 $(DEMO_FLAGS) --outdir outputs/demo/ja
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_BAR)" --H 64 --W 64 $(DEMO_FLAGS) --outdir outputs/demo/lora-off
+	$(BUILD)/sd txt2img --ckpt $(TINY_MODEL) --prompt "$(DEMO_BAR) <lora:bar:1>" --lora-dir $(TINY_MODEL)/lora \
+	    --H 64 --W 64 $(DEMO_FLAGS) --outdir outputs/demo/lora-on
+	$(BUILD)/sd inpaint --ckpt tools/tiny-model-inpaint --init-img tests/fixtures/tiny/inpaint_0_init.png \
+	    --mask tests/fixtures/tiny/inpaint_0_mask.png --prompt "$(DEMO_INPAINT)" $(DEMO_FLAGS) \
+	    --outdir outputs/demo/inpaint
 	@echo "demo: \"$(DEMO_EN)\" -> outputs/demo/en/grid-0000.png (samples in outputs/demo/en/samples/)"
 	@echo "demo: \"$(DEMO_JA)\" -> outputs/demo/ja/grid-0000.png (samples in outputs/demo/ja/samples/)"
+	@echo "demo: \"$(DEMO_BAR)\", a shape the model never saw -> outputs/demo/lora-off/grid-0000.png"
+	@echo "demo: the same with <lora:bar:1> (tools/tiny-model/lora/bar.safetensors) -> outputs/demo/lora-on/grid-0000.png"
+	@echo "demo: inpainting tests/fixtures/tiny/inpaint_0_init.png where inpaint_0_mask.png is white,"
+	@echo "      \"$(DEMO_INPAINT)\" (tools/tiny-model-inpaint) -> outputs/demo/inpaint/grid-0000.png"
 train-tiny: $(REF_PY)
 	nice $(REF_PY) tools/train/train_tiny.py --work build/tiny-train --out $(TINY_OUT) $(TINY_ARGS)
+train-lora: $(REF_PY)
+	nice $(REF_PY) tools/train/train_lora.py --model $(TINY_MODEL) --out $(LORA_OUT)
+train-inpaint: $(REF_PY)
+	nice $(REF_PY) tools/train/train_inpaint.py --model $(TINY_MODEL) --out $(INPAINT_OUT)
 
 # `make install PREFIX=DIR` (default /usr/local): DIR/bin/sd, and beside it the
 # data it finds relative to itself (/proc/self/exe), so it runs from any folder:
@@ -366,6 +389,8 @@ help:
 	@echo "make notebooks-render  execute every notebook and save it with its outputs (commit them)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
-	@echo "make demo       draw the demo prompts with the embedded tiny model into outputs/demo/"
+	@echo "make demo       draw the demo prompts with the embedded tiny model, its LoRA and its inpainting variant into outputs/demo/"
 	@echo "make train-tiny retrain the tiny model (PyTorch, CPU; TINY_OUT=$(TINY_OUT))"
+	@echo "make train-lora the tiny model's bar LoRA (PyTorch, CPU; LORA_OUT=$(LORA_OUT))"
+	@echo "make train-inpaint its 9-channel inpainting variant (INPAINT_OUT=$(INPAINT_OUT))"
 	@echo "make clean      remove build/"

@@ -12,6 +12,7 @@ Scene contents (all choices uniform unless noted):
   objects     1 (60%) or 2 (40%)
   colour      red green blue yellow purple orange
   shape       circle square triangle
+              (bar, star: NEW_SHAPES, only in make_new_shape_scene)
   size        small (r=7) | medium (r=10) | big (r=14) px "radius"
               (two-object scenes: small or medium only)
   position    one object: left | right | top | bottom | center
@@ -48,6 +49,7 @@ scenes, so a prompt that does not name one asks for a white background.
 
 Run as a script to write a contact sheet: python tools/train/dataset.py out.png
 """
+import math
 import sys
 
 import numpy as np
@@ -64,6 +66,15 @@ COLOURS = {  # name: (RGB, Japanese)
     "orange": ((245, 140, 30), "オレンジの"),
 }
 SHAPES = {"circle": "丸", "square": "四角", "triangle": "三角"}
+# Shapes the tiny model never saw: only the LoRA's training set draws them
+# (make_new_shape_scene; tools/train/train_lora.py). Kept out of SHAPES so the
+# base dataset stays what it was for every seed. The bar is what the LoRA
+# teaches; the star is kept as the shape the tiny autoencoder cannot draw (its
+# 8x8 latent, trained on convex shapes, fills the points in: see
+# tools/train/evaluate_extras.py --calibrate).
+NEW_SHAPES = {"bar": "棒", "star": "星"}
+BAR_HALF = (1.4, 0.4)  # half length, half thickness of the horizontal bar (x r)
+STAR_INNER = 0.45  # inner / outer radius of the five-pointed star
 SIZES = {"small": (7, "小さい"), "medium": (10, ""), "big": (14, "大きい")}
 BACKGROUNDS = {  # name: (RGB, Japanese, probability)
     "white": ((255, 255, 255), "白", 0.6),
@@ -130,13 +141,30 @@ def make_scene(seed, index):
     return dict(bg=bg, say_bg=bool(say_bg), place=None, relation=rel, objects=[oa, ob])
 
 
+def make_new_shape_scene(seed, index, shape="bar"):
+    """Scene `index` of the new-shape set `seed`: one `shape` (a NEW_SHAPES
+    name), with colour, size, place and background drawn as a one-object
+    scene of make_scene. Its own generator stream ([seed, index, 1]), so it
+    never repeats a base scene."""
+    rng = np.random.default_rng([seed, index, 1])
+    bgs = list(BACKGROUNDS)
+    bg = bgs[int(rng.choice(len(bgs), p=[BACKGROUNDS[b][2] for b in bgs]))]
+    say_bg = bg != "white" or rng.random() < 0.3
+    place = _pick(rng, list(PLACES))
+    x, y = PLACES[place][:2]
+    x += int(rng.integers(-JITTER, JITTER + 1))
+    y += int(rng.integers(-JITTER, JITTER + 1))
+    obj = dict(colour=_pick(rng, list(COLOURS)), shape=shape, size=_pick(rng, list(SIZES)), x=x, y=y)
+    return dict(bg=bg, say_bg=bool(say_bg), place=place, relation=None, objects=[obj])
+
+
 def _object_en(o):
     words = ([] if o["size"] == "medium" else [o["size"]]) + [o["colour"], o["shape"]]
     return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
 
 
 def _object_ja(o):
-    return SIZES[o["size"]][1] + COLOURS[o["colour"]][1] + SHAPES[o["shape"]]
+    return SIZES[o["size"]][1] + COLOURS[o["colour"]][1] + {**SHAPES, **NEW_SHAPES}[o["shape"]]
 
 
 def caption_en(s):
@@ -170,9 +198,20 @@ def _draw_object(draw, o):
     elif o["shape"] == "square":
         h = int(round(0.9 * r))
         draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=col)
-    else:  # upward triangle, centroid at (cx, cy)
+    elif o["shape"] == "triangle":  # upward triangle, centroid at (cx, cy)
         draw.polygon([(cx, cy - 1.15 * r), (cx - 1.15 * r, cy + 0.85 * r),
                       (cx + 1.15 * r, cy + 0.85 * r)], fill=col)
+    elif o["shape"] == "bar":  # horizontal bar, 3.5 : 1
+        hx, hy = BAR_HALF[0] * r, BAR_HALF[1] * r
+        draw.rectangle([cx - hx, cy - hy, cx + hx, cy + hy], fill=col)
+    else:  # star: five points, one up, outer radius 1.25 r (as tall as the triangle)
+        outer = 1.25 * r
+        pts = []
+        for k in range(10):
+            rad = outer if k % 2 == 0 else STAR_INNER * outer
+            ang = math.pi * k / 5
+            pts.append((cx + rad * math.sin(ang), cy - rad * math.cos(ang)))
+        draw.polygon(pts, fill=col)
 
 
 def render(s):
@@ -185,9 +224,11 @@ def render(s):
     return np.asarray(img.resize((SIZE, SIZE), Image.BOX), dtype=np.uint8)
 
 
-def make_dataset(seed, n):
-    """n scenes: images uint8 [n,64,64,3], English and Japanese caption lists, scenes."""
-    scenes = [make_scene(seed, i) for i in range(n)]
+def make_dataset(seed, n, new_shape=None):
+    """n scenes: images uint8 [n,64,64,3], English and Japanese caption lists,
+    scenes. new_shape ("bar"): the scenes of make_new_shape_scene instead."""
+    scenes = [make_scene(seed, i) if new_shape is None else make_new_shape_scene(seed, i, new_shape)
+              for i in range(n)]
     images = np.stack([render(s) for s in scenes])
     return images, [caption_en(s) for s in scenes], [caption_ja(s) for s in scenes], scenes
 
