@@ -278,6 +278,18 @@ $(BUILD)/sampler_study: docs/figures/sampler_study.c $(BUILD)/libldm.a
 sampler-study: $(BUILD)/sampler_study $(NB_PY)
 	$(BUILD)/sampler_study docs/figures/sampler-study.tsv
 	$(NB_PY) docs/figures/plot_sampler_study.py docs/figures/sampler-study.tsv docs/figures/sampler-study.png
+# `make figures-unet`: the UNet and transformer-block figures of docs/05-unet.md
+# from the shapes the library reports (docs/figures/unet_shapes.c: the block
+# table of SD1 and of the tiny model walked with its skip stack, the tiny
+# model's walk checked against a real forward pass -> unet-shapes.tsv,
+# transformer-shapes.tsv), drawn by plot_unet.py into unet-sd1.png,
+# unet-tiny.png and transformer-block.png. A few seconds of CPU.
+.PHONY: figures-unet
+$(BUILD)/unet_shapes: docs/figures/unet_shapes.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
+figures-unet: $(BUILD)/unet_shapes $(NB_PY)
+	$(BUILD)/unet_shapes docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv
+	$(NB_PY) docs/figures/plot_unet.py docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv docs/figures
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)
@@ -341,6 +353,7 @@ help:
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
+	@echo "make figures-unet  the UNet / transformer-block figures with their shapes (docs/05)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
