@@ -258,14 +258,15 @@ notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
-# trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model).
+# trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model; and
+# those of `make figures-unet`).
 # `make docs-links`: recompute every docs/ link's #L line anchor (and a
 # "file.c:NN" link text) from the symbol its title names, after code moved.
 .PHONY: docs-links
 docs-links:
 	python3 tools/docs_links.py --fix
 .PHONY: docs-figures
-docs-figures: $(BUILD)/libldm.so $(NB_PY)
+docs-figures: $(BUILD)/libldm.so $(NB_PY) figures-unet
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_sampling.py
 # `make sampler-study`: the convergence lab of docs/06-samplers.md: every sampler
