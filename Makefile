@@ -291,6 +291,17 @@ $(BUILD)/unet_shapes: docs/figures/unet_shapes.c $(BUILD)/libldm.a
 figures-unet: $(BUILD)/unet_shapes $(NB_PY)
 	$(BUILD)/unet_shapes docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv
 	$(NB_PY) docs/figures/plot_unet.py docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv docs/figures
+# `make sampler-study-tiny`: the same lab on the trained tiny model: every
+# sampler at 3..200 steps against a 1000-step DPM++ 2M solve of the same
+# prompts and noise (docs/figures/sampler_study_tiny.c ->
+# docs/figures/sampler-study-tiny.tsv, drawn into sampler-study-tiny.png).
+# A few minutes of CPU.
+.PHONY: sampler-study-tiny
+$(BUILD)/sampler_study_tiny: docs/figures/sampler_study_tiny.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
+sampler-study-tiny: $(BUILD)/sampler_study_tiny $(NB_PY) $(VOCAB)
+	$(BUILD)/sampler_study_tiny docs/figures/sampler-study-tiny.tsv
+	$(NB_PY) docs/figures/plot_sampler_study_tiny.py docs/figures/sampler-study-tiny.tsv docs/figures/sampler-study-tiny.png
 exercise-%: $(VOCAB)
 	@docs/exercises/run.sh $* $(if $(SOLUTION),--solution)
 exercises-check: $(VOCAB)
@@ -355,6 +366,7 @@ help:
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
 	@echo "make figures-unet  the UNet / transformer-block figures with their shapes (docs/05)"
+	@echo "make sampler-study-tiny  the same lab on the trained tiny model (docs/06)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"

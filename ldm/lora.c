@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ldm/backend/ops.h"
 #include "ldm/core/error.h"
 #include "ldm/io/fs.h"
 #include "ldm/io/json.h"

@@ -9,7 +9,8 @@
  *   SD2  cond_stage_model.model.*                    (OpenCLIP, 1024 wide)
  *   refused, by name: SDXL (conditioner.embedders.*, label_emb), SD3
  *   (joint_blocks), Flux (double_blocks), inpainting (UNet in_channels 9),
- *   depth (5).
+ *   depth (5), the x4 upscaler's single file (its diffusers folder is
+ *   ldm/upscale.h's).
  * Prediction type: SD1 is epsilon. SD2: the 512 "base" model (global_step
  * 875000) is epsilon and the 768 model is v; without a step, the
  * heuristic of ComfyUI's SD2 detection is used: the std of
@@ -391,16 +392,17 @@ static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options
             return ldm_error("%s: has a %s/ folder: %s is not supported (ldm.c runs SD1/SD2)",
                              dir, foreign[i][0], foreign[i][1]);
     }
-    // model_index.json names the pipeline class: anything but SD text-to-image is refused.
+    // model_index.json names the pipeline class: anything but SD text-to-image
+    // and the x4 upscaler (StableDiffusionUpscalePipeline, ldm/upscale.h) is refused.
     char cls[128];
     snprintf(p, sizeof p, "%s/model_index.json", dir);
     int named = read_json_string(p, "_class_name", cls, sizeof cls);
     if (named < 0) return LDM_ERR;
     if (named && (strstr(cls, "StableDiffusion") == NULL || strstr(cls, "XL") ||
                    strstr(cls, "3") || strstr(cls, "Inpaint") || strstr(cls, "Depth") ||
-                   strstr(cls, "Upscale")))
+                   strstr(cls, "LatentUpscale")))
         return ldm_error("%s: model_index.json names the pipeline '%s': not supported "
-                         "(ldm.c runs SD1/SD2 text-to-image)", dir, cls);
+                         "(ldm.c runs SD1/SD2 text-to-image and the x4 upscaler)", dir, cls);
     int r;
     if ((r = read_sub_config(dir, "unet", &m->unet, parse_unet)) < 0) return LDM_ERR;
     m->has_unet = r;
@@ -452,6 +454,9 @@ static int open_diffusers(ldm_model *m, const char *dir, const ldm_model_options
 static int refuse_foreign_keys(const ldm_tensor_file *f, const char *path) {
     static const char *const foreign[][2] = {
         {"conditioner.embedders.", "SDXL (conditioner.embedders.*)"},
+        // before label_emb, which it has too: diffusers' own test for this model
+        {"model.diffusion_model.input_blocks.10.0.skip_connection.",
+         "the x4 upscaler as a single file (`sd upscale` reads its diffusers folder)"},
         {"model.diffusion_model.label_emb.", "SDXL / unCLIP (label_emb)"},
         {"model.diffusion_model.joint_blocks.", "SD3 (MMDiT joint_blocks)"},
         {"joint_blocks.", "SD3 (MMDiT joint_blocks)"},
@@ -779,6 +784,9 @@ int ldm_model_print_summary(const ldm_model *m, void *file) {
         for (int i = 0; i < u->n_levels; i++) fprintf(out, "%s%d", i ? "," : "", u->num_heads[i]);
         fprintf(out, "], %d res/level, context %d, %s proj, sample %d\n", u->layers_per_block,
                 u->cross_attention_dim, u->use_linear_projection ? "linear" : "conv", u->sample_size);
+        if (u->num_class_embeds > 0)   // the x4 upscaler's noise level (ldm/upscale.h)
+            fprintf(out, "unet extras in_channels %d, class embedding of %d labels: an x4 upscaler "
+                    "(sd upscale)\n", u->in_channels, u->num_class_embeds);
     }
     if (m->has_vae)
         fprintf(out, "vae config  channels [%d..%d] x %d levels, latent %d, scale %.5f\n",

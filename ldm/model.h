@@ -14,7 +14,8 @@
  * tensors by diffusers name, whatever the layout.
  *
  * Left out: SDXL (two text encoders, add_embedding), SD3/Flux (MMDiT),
- * inpainting/depth UNets (in_channels != 4). Each is named in the error. LoRA
+ * inpainting/depth UNets (in_channels != 4; the x4 upscaler's 7 channels are
+ * run by ldm/upscale.h). Each is named in the error. LoRA
  * files are merged into the loaded weights by ldm/lora.h.
  */
 #ifndef LDM_MODEL_H
@@ -53,6 +54,13 @@ typedef struct ldm_unet_config {
     int flip_sin_to_cos;                      // 1: timestep embedding is [cos, sin]
     int freq_shift;                           // 0
     int time_embed_dim;                       // 4*block_out_channels[0] = 1280
+    // x4 upscaler (stabilityai/stable-diffusion-x4-upscaler) extras; 0 in SD1/SD2:
+    int num_class_embeds;                     // class_embedding table rows (upscaler: 1000 noise
+                                              // levels); 0: no class embedding
+    // only_cross_attention[i]: the transformers of level i (down order) attend
+    // to the context in attn1 too, no self-attention (upscaler: [1,1,1,0])
+    int only_cross_attention[LDM_MAX_LEVELS];
+    int mid_only_cross_attention;             // the same for the mid block (upscaler: 0)
 } ldm_unet_config;
 
 // ---- VAE: diffusers AutoencoderKL config.json --------------------------------

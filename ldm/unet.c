@@ -28,7 +28,12 @@
  * chunks of at most 32 MiB, so no temporary grows with the square of the
  * image size.
  *
- * Left out: SDXL added conditioning, class embeddings, dual cross-attention,
+ * The x4 upscaler's two extras are here too: the class embedding (a table
+ * row per noise level, added to the time embedding) and only_cross_attention
+ * (attn1 attends to the context instead of the image tokens).
+ *
+ * Left out: SDXL added conditioning, class embeddings other than a table
+ * (class_embed_type "timestep"/"projection"/...), dual cross-attention,
  * "scale_shift" time embedding norm, per-block lists of transformer depth,
  * latents whose sides are not multiples of 2^(levels-1) (diffusers then
  * passes an explicit upsample size; CompVis fails).
@@ -184,9 +189,10 @@ static int attn_forward(ldm_unet *u, ldm_tensor *out, const ldm_tensor *xq,
 
 // BasicTransformerBlock, in place on the tokens x [B,S,D]; context [B,T,Dc]:
 //   x += attn1(LN1(x));  x += attn2(LN2(x), context);  x += FF(LN3(x))
+//   only_cross (x4 upscaler): x += attn1(LN1(x), context) -- two cross-attentions
 //   FF(y) = ff.net.2( a * GELU(gate) ),  [a | gate] = ff.net.0.proj(y)   (GEGLU)
 static int tblock_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx,
-                          const ldm_unet_tblock *tb, int heads) {
+                          const ldm_unet_tblock *tb, int heads, int only_cross) {
     int64_t B = x->shape[0], S = x->shape[1], D = x->shape[2], N = B * S;
     int64_t F2 = tb->ff1_w.shape[0], F = F2 / 2;
     int64_t R = FF_CHUNK_FLOATS / F2 < 1 ? 1 : FF_CHUNK_FLOATS / F2;   // FF rows per chunk
@@ -194,9 +200,9 @@ static int tblock_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx,
     ldm_tensor n, a, f2, f;
     size_t m = ldm_arena_mark(&u->arena);
     if (ACT(u, &n, B, S, D) || ACT(u, &a, B, S, D)) return LDM_ERR;
-    // self-attention
+    // self-attention (only_cross: a first cross-attention to the context)
     ldm_layer_norm(&n, x, &tb->norm1_w, &tb->norm1_b, 1e-5f);
-    if (attn_forward(u, &a, &n, &n, &tb->attn1, heads)) return LDM_ERR;
+    if (attn_forward(u, &a, &n, only_cross ? ctx : &n, &tb->attn1, heads)) return LDM_ERR;
     ldm_add(x, x, &a);
     // cross-attention to the context
     ldm_layer_norm(&n, x, &tb->norm2_w, &tb->norm2_b, 1e-5f);
@@ -249,7 +255,8 @@ static int transformer_forward(ldm_unet *u, ldm_tensor *x, const ldm_tensor *ctx
     }
     ldm_arena_release(&u->arena, mg);                                  // g, p
     for (int k = 0; k < tr->depth; k++)
-        if (tblock_forward(u, &tok, ctx, &tr->blocks[k], tr->heads)) return LDM_ERR;
+        if (tblock_forward(u, &tok, ctx, &tr->blocks[k], tr->heads, tr->only_cross))
+            return LDM_ERR;
     if (ACT(u, &o, B, C, H, W)) return LDM_ERR;                        // o [B,C,H,W]
     if (!tr->linear) {
         // [B,S,D] -> [B,D,S] = [B,D,H,W], then proj_out 1x1 conv D -> C
@@ -348,6 +355,7 @@ int ldm_unet_build(ldm_unet *u, const ldm_unet_config *cfg) {
             if (cfg->down_attn[i]) {
                 b = row(u, LDM_UNET_ATTN, i, ch, ch, "down_blocks.%d.attentions.%d", i, j);
                 b->heads = cfg->num_heads[i];
+                b->tr.only_cross = cfg->only_cross_attention[i];
             }
             b->push = 1, skips[sp++] = ch;
         }
@@ -362,6 +370,7 @@ int ldm_unet_build(ldm_unet *u, const ldm_unet_config *cfg) {
     if (cfg->mid_attn) {
         b = row(u, LDM_UNET_ATTN, n - 1, ch, ch, "mid_block.attentions.0");
         b->heads = cfg->num_heads[n - 1];
+        b->tr.only_cross = cfg->mid_only_cross_attention;
     }
     b = row(u, LDM_UNET_RES, n - 1, ch, ch, "mid_block.resnets.1");
     snprintf(b->group, sizeof b->group, "mid_block");
@@ -376,6 +385,7 @@ int ldm_unet_build(ldm_unet *u, const ldm_unet_config *cfg) {
             if (cfg->up_attn[i]) {
                 b = row(u, LDM_UNET_ATTN, lvl, ch, ch, "up_blocks.%d.attentions.%d", i, j);
                 b->heads = cfg->num_heads[lvl];
+                b->tr.only_cross = cfg->only_cross_attention[lvl];   // diffusers: the reversed list
             }
         }
         if (i < n - 1)
@@ -449,6 +459,11 @@ static int block_forward(ldm_unet *u, ldm_unet_block *b, ldm_tensor *y, ldm_tens
 
 int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
                      const ldm_tensor *ctx) {
+    return ldm_unet_forward_class(out, u, x, t, NULL, ctx);
+}
+
+int ldm_unet_forward_class(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
+                           const int *labels, const ldm_tensor *ctx) {
     const ldm_unet_config *c = &u->cfg;
     char s1[96], s2[96];
     if (!u->blocks || !u->time_w1.data)
@@ -478,6 +493,13 @@ int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const fl
                          "'%s'", u->ops->name);
     for (int64_t b = 0; b < B; b++)
         if (!isfinite(t[b])) return ldm_error("unet: timestep %lld is not finite", (long long)b);
+    if (c->num_class_embeds > 0 && !labels)
+        return ldm_error("unet: this UNet has a class embedding (num_class_embeds %d, e.g. the "
+                         "x4 upscaler's noise level): class labels are required",
+                         c->num_class_embeds);
+    for (int64_t b = 0; labels && b < B; b++)
+        if (labels[b] < 0 || labels[b] >= c->num_class_embeds)
+            return ldm_error("unet: class label %d outside [0, %d)", labels[b], c->num_class_embeds);
 
     u->flops = 0;
     ldm_arena *A = &u->arena;
@@ -499,6 +521,20 @@ int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const fl
     ldm_silu(&semb, &semb);
     linear(u, &emb, &semb, &u->time_w2, &u->time_b2);
     emit(u, &emb, "time_embedding");
+    if (labels && c->num_class_embeds > 0) {
+        // emb += class_embedding[label]: one table row per batch element  [B,Temb]
+        ldm_tensor cemb;
+        int32_t *ids = malloc((size_t)B * sizeof *ids);
+        if (!ids || ACT(u, &cemb, B, u->temb)) {
+            free(ids);
+            return ldm_error("unet: out of memory");
+        }
+        for (int64_t b = 0; b < B; b++) ids[b] = labels[b];
+        ldm_embedding(&cemb, &u->class_w, ids, B);
+        free(ids);
+        ldm_add(&emb, &emb, &cemb);
+        emit(u, &cemb, "class_embedding");
+    }
     ldm_silu(&semb, &emb);
     ldm_arena_release(A, m);
 
@@ -655,7 +691,7 @@ static int load_block(ldm_unet *u, ldm_weights *w, ldm_unet_block *b) {
             LOAD(&tb->norm3_w, tp, "norm3.weight", D);
             LOAD(&tb->norm3_b, tp, "norm3.bias", D);
             snprintf(q, sizeof q, "%s.attn1", tp);
-            if (load_attn(u, w, &tb->attn1, q, D, D)) return LDM_ERR;
+            if (load_attn(u, w, &tb->attn1, q, D, tr->only_cross ? Dc : D)) return LDM_ERR;
             snprintf(q, sizeof q, "%s.attn2", tp);
             if (load_attn(u, w, &tb->attn2, q, D, Dc)) return LDM_ERR;
             LOAD(&tb->ff1_w, tp, "ff.net.0.proj.weight", 8 * D, D);
@@ -682,6 +718,14 @@ static int load_all(ldm_unet *u, const ldm_unet_config *cfg, ldm_weights *w,
             load1(u, w, &u->time_w2, "time_embedding.linear_2", "weight", LDM_SHAPE(T, T)) ||
             load1(u, w, &u->time_b2, "time_embedding.linear_2", "bias", LDM_SHAPE(T)))
             break;
+        // a lookup table, so fp32 whatever the file stores (like CLIP's token embedding)
+        int64_t NC = cfg->num_class_embeds;
+        if (NC > 0 && (w ? ldm_weights_load_f32(&u->class_w, w, "class_embedding.weight",
+                                                 LDM_SHAPE(NC, T))
+                         : random_tensor(u, &u->class_w, "class_embedding.weight",
+                                         LDM_SHAPE(NC, T))))
+            break;
+        u->n_params += u->class_w.numel;
         int k = 0;
         while (k < u->n_blocks && load_block(u, w, &u->blocks[k]) == 0) k++;
         if (k == u->n_blocks) rc = 0;
@@ -714,8 +758,8 @@ static void free_attn(ldm_unet_attn *a) {
 }
 
 void ldm_unet_free(ldm_unet *u) {
-    ldm_tensor *top[] = {&u->time_w1, &u->time_b1, &u->time_w2, &u->time_b2};
-    for (int i = 0; i < 4; i++) ldm_tensor_free(top[i]);
+    ldm_tensor *top[] = {&u->time_w1, &u->time_b1, &u->time_w2, &u->time_b2, &u->class_w};
+    for (int i = 0; i < 5; i++) ldm_tensor_free(top[i]);
     for (int k = 0; k < u->n_blocks; k++) {
         ldm_unet_block *b = &u->blocks[k];
         ldm_unet_resblock *r = &b->res;
@@ -754,7 +798,7 @@ void ldm_unet_free(ldm_unet *u) {
 static int check_sd_family(const cJSON *o, const char *path) {
     static const char *must_be_null[] = {
         "class_embed_type", "addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
-        "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act", "num_class_embeds",
+        "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act",
         "reverse_transformer_layers_per_block", "cross_attention_norm", "num_attention_heads",
         "projection_class_embeddings_input_dim", "addition_time_embed_dim"};
     for (size_t i = 0; i < sizeof must_be_null / sizeof *must_be_null; i++) {
@@ -765,8 +809,7 @@ static int check_sd_family(const cJSON *o, const char *path) {
                              must_be_null[i]);
     }
     static const char *must_be_false[] = {"dual_cross_attention", "center_input_sample",
-                                          "class_embeddings_concat", "resnet_skip_time_act",
-                                          "mid_block_only_cross_attention"};
+                                          "class_embeddings_concat", "resnet_skip_time_act"};
     for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++) {
         int b = 0;
         if (ldm_json_bool(o, must_be_false[i], 0, &b, path)) return LDM_ERR;
@@ -793,13 +836,6 @@ static int check_sd_family(const cJSON *o, const char *path) {
     if (ros != 1.0f)
         return ldm_error("%s: \"resnet_out_scale_factor\" = %g is not supported (expected 1)",
                          path, ros);
-    const cJSON *oca = cJSON_GetObjectItemCaseSensitive(o, "only_cross_attention");
-    if (oca && cJSON_IsTrue(oca)) return ldm_error("%s: \"only_cross_attention\" is not supported", path);
-    if (oca && cJSON_IsArray(oca)) {
-        const cJSON *e;
-        cJSON_ArrayForEach(e, oca) if (cJSON_IsTrue(e))
-            return ldm_error("%s: \"only_cross_attention\" is not supported", path);
-    }
     return 0;
 }
 
@@ -836,6 +872,37 @@ static int parse_levels(ldm_unet_config *c, const cJSON *o, const char *path) {
     return 0;
 }
 
+// The x4 upscaler's fields: "num_class_embeds" (null or an int: a table of
+// that many class embeddings, class_embed_type being null), and
+// "only_cross_attention" (a bool or one per level; the mid block follows a
+// bool unless "mid_block_only_cross_attention" says otherwise, as diffusers).
+static int parse_upscaler_fields(ldm_unet_config *c, const cJSON *o, const char *path) {
+    const int n = c->n_levels;
+    const cJSON *nce = cJSON_GetObjectItemCaseSensitive(o, "num_class_embeds");
+    if (nce && !cJSON_IsNull(nce) &&
+        (ldm_json_int(o, "num_class_embeds", 0, &c->num_class_embeds, path) ||
+         c->num_class_embeds < 1 || c->num_class_embeds > 100000))
+        return ldm_error("%s: \"num_class_embeds\" must be null or an int in 1..100000", path);
+    const cJSON *oca = cJSON_GetObjectItemCaseSensitive(o, "only_cross_attention");
+    int all = 0;
+    if (cJSON_IsArray(oca)) {
+        if (cJSON_GetArraySize(oca) != n)
+            return ldm_error("%s: \"only_cross_attention\" has %d entries for %d levels", path,
+                             cJSON_GetArraySize(oca), n);
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = cJSON_GetArrayItem(oca, i);
+            if (!cJSON_IsBool(e))
+                return ldm_error("%s: \"only_cross_attention\"[%d] must be true or false", path, i);
+            c->only_cross_attention[i] = cJSON_IsTrue(e);
+        }
+    } else {
+        if (ldm_json_bool(o, "only_cross_attention", 0, &all, path)) return LDM_ERR;
+        for (int i = 0; i < n; i++) c->only_cross_attention[i] = all;
+    }
+    return ldm_json_bool(o, "mid_block_only_cross_attention", all, &c->mid_only_cross_attention,
+                         path);
+}
+
 static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
     memset(c, 0, sizeof *c);
     if (check_sd_family(o, path) || parse_levels(c, o, path)) return LDM_ERR;
@@ -861,7 +928,8 @@ static int parse(ldm_unet_config *c, const cJSON *o, const char *path) {
     if (ldm_json_float(o, "norm_eps", 1e-5f, &c->norm_eps, path)) return LDM_ERR;
     if (!(c->norm_eps > 0)) return ldm_error("%s: \"norm_eps\" must be a positive number", path);
     if (ldm_json_int(o, "time_embedding_dim", 4 * c->block_out_channels[0], &c->time_embed_dim,
-                     path))
+                     path) ||
+        parse_upscaler_fields(c, o, path))
         return LDM_ERR;
     // The diffusers naming quirk: without num_attention_heads (always absent in
     // SD configs), "attention_head_dim" is the NUMBER OF HEADS of each level

@@ -18,7 +18,11 @@
  * (ldm/io/weights.c maps them for CompVis files) and dumps (ldm/io/dump.h) are
  * written as "unet.<name>".
  *
- * Left out: SDXL's added conditioning, class embeddings, inpainting-specific
+ * Class labels: a config with num_class_embeds (the x4 upscaler) has a table
+ * class_embedding [num_class_embeds,Temb]; row label[b] is added to the time
+ * embedding before the ResBlocks see it (ldm_unet_forward_class).
+ *
+ * Left out: SDXL's added conditioning, other class embedding types, inpainting-specific
  * handling beyond in_channels, transformer depth per block given as a list,
  * latents whose sides are not a multiple of 2^(levels-1).
  */
@@ -68,6 +72,8 @@ typedef struct ldm_unet_transformer {
     ldm_tensor proj_in_w, proj_in_b;   // [D,C,1,1] or [D,C]; [D]
     ldm_unet_tblock *blocks;           // [depth] transformer_blocks.k
     ldm_tensor proj_out_w, proj_out_b; // [C,D,1,1] or [C,D]; [C]
+    int only_cross;                    // 1: attn1 takes keys/values from the context too
+                                       // (diffusers only_cross_attention; the x4 upscaler)
 } ldm_unet_transformer;
 
 // Skips pushed on the down path: conv_in, each level's ResBlocks and its downsampler.
@@ -107,6 +113,8 @@ typedef struct ldm_unet {
     int temb;                      // time embedding width: 4*C0 (1280 for SD)
     ldm_tensor time_w1, time_b1;   // time_embedding.linear_1 [Temb,C0], [Temb]
     ldm_tensor time_w2, time_b2;   // time_embedding.linear_2 [Temb,Temb], [Temb]
+    ldm_tensor class_w;            // class_embedding.weight [num_class_embeds,Temb]; data NULL
+                                   // without one (the x4 upscaler's noise-level embedding)
     ldm_unet_block *blocks;        // [n_blocks], the table
     int n_blocks;
     int64_t n_params;
@@ -142,6 +150,12 @@ void ldm_unet_free(ldm_unet *u);
 // 0 / LDM_ERR on shapes that do not fit the model or out of memory.
 int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
                      const ldm_tensor *context);
+// The same with class labels [B] (host ints in [0, num_class_embeds)): the time
+// embedding becomes emb(t) + class_embedding[labels[b]] (diffusers
+// class_embed_type None). Required when the config has num_class_embeds
+// (labels NULL is then an error); ldm_unet_forward passes NULL.
+int ldm_unet_forward_class(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
+                           const int *labels, const ldm_tensor *context);
 
 // Sinusoidal timestep embedding on the host, as diffusers get_timestep_embedding
 // in float32: t[B] -> out[B,dim]; flip_sin_to_cos gives [cos | sin].

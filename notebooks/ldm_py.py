@@ -55,7 +55,7 @@ class Tensor(C.Structure):  # ldm/core/tensor.h ldm_tensor
 class TensorEntry(C.Structure):  # ldm/io/tensorfile.h ldm_tensor_entry
     _fields_ = [("name", C.c_char_p), ("dtype", C.c_int), ("ndim", C.c_int),
                 ("shape", C.c_int64 * MAX_DIMS), ("numel", C.c_int64),
-                ("data", C.c_void_p), ("nbytes", C.c_uint64)]
+                ("data", C.c_void_p), ("nbytes", C.c_uint64), ("owned", C.c_void_p)]
 
 
 class TensorFile(C.Structure):  # ldm_tensor_file
@@ -83,7 +83,9 @@ class UnetConfig(C.Structure):  # ldm/model.h ldm_unet_config
                 ("transformer_layers_per_block", C.c_int), ("cross_attention_dim", C.c_int),
                 ("use_linear_projection", C.c_int), ("upcast_attention", C.c_int),
                 ("norm_num_groups", C.c_int), ("norm_eps", C.c_float),
-                ("flip_sin_to_cos", C.c_int), ("freq_shift", C.c_int), ("time_embed_dim", C.c_int)]
+                ("flip_sin_to_cos", C.c_int), ("freq_shift", C.c_int), ("time_embed_dim", C.c_int),
+                ("num_class_embeds", C.c_int), ("only_cross_attention", LV),
+                ("mid_only_cross_attention", C.c_int)]
 
 
 class VaeConfig(C.Structure):  # ldm_vae_config
@@ -145,7 +147,7 @@ class UnetTransformer(C.Structure):  # ldm_unet_transformer
     _fields_ = [("c", C.c_int), ("d", C.c_int), ("heads", C.c_int), ("depth", C.c_int),
                 ("linear", C.c_int), ("norm_w", Tensor), ("norm_b", Tensor),
                 ("proj_in_w", Tensor), ("proj_in_b", Tensor), ("blocks", C.POINTER(UnetTBlock)),
-                ("proj_out_w", Tensor), ("proj_out_b", Tensor)]
+                ("proj_out_w", Tensor), ("proj_out_b", Tensor), ("only_cross", C.c_int)]
 
 
 UNET_KINDS = ["conv_in", "res", "attn", "down", "up", "out"]  # ldm_unet_kind
@@ -166,7 +168,7 @@ HOOK_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_char_p, C.POINTER(Tensor))
 class UnetStruct(C.Structure):  # ldm_unet
     _fields_ = [("cfg", UnetConfig), ("ops", C.c_void_p), ("temb", C.c_int),
                 ("time_w1", Tensor), ("time_b1", Tensor), ("time_w2", Tensor), ("time_b2", Tensor),
-                ("blocks", C.POINTER(UnetBlock)), ("n_blocks", C.c_int), ("n_params", C.c_int64),
+                ("class_w", Tensor), ("blocks", C.POINTER(UnetBlock)), ("n_blocks", C.c_int), ("n_params", C.c_int64),
                 ("arena", Arena), ("flops", C.c_double),
                 ("hook", HOOK_FN), ("hook_ctx", C.c_void_p), ("release_file", C.c_void_p)]
 

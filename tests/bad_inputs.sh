@@ -93,6 +93,30 @@ case_ 1 img2img --init-img tests $O
 case_ 1 img2img --init-img "$T/truncated.png" $O
 case_ 1 img2img --init-img README.md $O
 case_ 1 img2img --init-img tests/fixtures/io/png_rgb8.png $O
+# ---- upscale: flags (exit 2), then files, the model and its limits (exit 1)
+UM=tests/fixtures/upscale/model
+UL=tests/fixtures/upscale/low_ddim.png
+case_ 2 upscale --ckpt $UM $O
+case_ 2 upscale --init-img $UL $O
+case_ 2 upscale --ckpt $UM --init-img $UL --bogus $O
+case_ 2 upscale --ckpt $UM --init-img $UL --noise_level -1 $O
+case_ 2 upscale --ckpt $UM --init-img $UL --noise_level x $O
+case_ 2 upscale --ckpt $UM --init-img $UL --steps 0 $O
+case_ 2 upscale --ckpt $UM --init-img $UL --scale nan $O
+case_ 2 upscale --ckpt $UM --init-img $UL --sampler nope $O
+case_ 2 upscale --ckpt $UM --init-img $UL --n_samples 2 --out "$T/out/x.png"
+case_ 2 upscale --ckpt $UM --init-img $UL 'a cat' $O
+case_ 1 upscale --ckpt $UM --init-img /nonexistent.png $O
+case_ 1 upscale --ckpt $UM --init-img tests $O
+case_ 1 upscale --ckpt $UM --init-img "$T/truncated.png" $O
+case_ 1 upscale --ckpt $UM --init-img README.md $O
+case_ 1 upscale --ckpt $UM --init-img tests/fixtures/io/png_rgb8.png $O
+case_ 1 upscale --ckpt $UM --init-img $UL --out "$T/out"
+case_ 1 upscale --ckpt $UM --init-img $UL --outdir README.md
+case_ 1 upscale --ckpt /nonexistent --init-img $UL $O
+case_ 1 upscale --ckpt README.md --init-img $UL $O
+case_ 1 upscale --ckpt tests/fixtures/pipeline/model --init-img $UL $O
+case_ 1 upscale --ckpt $UM --init-img $UL --noise_level 351 --steps 1 $O
 # ---- the other subcommands
 case_ 2 vae-encode
 case_ 1 vae-encode /nonexistent.png "$T/out/x.npy"

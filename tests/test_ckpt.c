@@ -15,6 +15,7 @@
  *     (which would create the file ldm_pwned_by_ckpt) must never run.
  *   - truncations and byte flips of a valid .ckpt: rejected or loaded, never
  *     a crash (run under `make check` for ASan/UBSan).
+ *   - views.ckpt: strided views of shared storages, equal to torch.load's.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,46 @@
 
 #define FIX "tests/fixtures/ckpt/"
 #define SENTINEL "ldm_pwned_by_ckpt"
+
+// ---------------------------------------------------------------------------
+// strided views: torch.save keeps a transpose / step slice / expand as a view
+// of a shared storage; every tensor must load as torch.load gives it
+// (tools/reference/fixtures_ckpt_views.py: views_expected.safetensors holds
+// torch.load's values made contiguous, under the same names).
+
+static void test_views(void) {
+    printf("-- strided views of shared storages (views.ckpt vs torch.load)\n");
+    ldm_tensor_file f, ref, bad;
+    if (!test_check(ldm_tensor_file_open(&ref, FIX "views_expected.safetensors") == 0,
+                    "views_expected.safetensors opens", "%s", ldm_last_error()))
+        return;
+    int opened = test_check(ldm_tensor_file_open(&f, FIX "views.ckpt") == 0, "views.ckpt opens",
+                            "%s", ldm_last_error());
+    int bad_opened = test_check(ldm_tensor_file_open(&bad, FIX "bad/noncontiguous.ckpt") == 0,
+                                "bad/noncontiguous.ckpt (stride (1,2)) loads", "%s", ldm_last_error());
+    for (int64_t i = 0; i < ref.n_entries; i++) {
+        const ldm_tensor_entry *want = &ref.entries[i];
+        int is_bad = !strncmp(want->name, "bad_noncontiguous.", 18);
+        if (is_bad ? !bad_opened : !opened) continue;
+        const ldm_tensor_entry *got = ldm_tensor_file_find(is_bad ? &bad : &f, is_bad ? want->name + 18 : want->name);
+        char name[200];
+        snprintf(name, sizeof name, "%s: shape, dtype and bytes as torch.load", want->name);
+        int same = got && got->ndim == want->ndim && got->dtype == want->dtype &&
+                   got->nbytes == want->nbytes &&
+                   !memcmp(got->shape, want->shape, sizeof got->shape[0] * (size_t)got->ndim) &&
+                   !memcmp(got->data, want->data, want->nbytes);
+        test_check(same, name, "%s", got ? "values differ" : "missing");
+    }
+    if (opened) {
+        const ldm_tensor_entry *t = ldm_tensor_file_find(&f, "transpose"),
+                               *c = ldm_tensor_file_find(&f, "contiguous");
+        test_check(t && c && t->owned && !c->owned, "a view is gathered, a contiguous tensor "
+                   "points into the mapping", "%s", "");
+        ldm_tensor_file_close(&f);
+    }
+    if (bad_opened) ldm_tensor_file_close(&bad);
+    ldm_tensor_file_close(&ref);
+}
 
 // ---------------------------------------------------------------------------
 // the hostile corpus
@@ -51,7 +92,7 @@ static void test_bad_corpus(void) {
         {"shape_past_storage", "shape disagrees with the storage"},
         {"offset_past_storage", "shape disagrees with the storage"},
         {"huge_shape", "shape overflows"},
-        {"noncontiguous", "not contiguous"},
+        {"strided_past_storage", "reaches element 4 but storage '0' holds 4"},
         {"deflated", "deflate-compressed"},
         {"truncated_half", "truncated"},
         {"truncated_tail", "truncated"},
@@ -346,6 +387,7 @@ int main(void) {
     printf("== hostile and broken .ckpt files\n");
     test_bad_corpus();
     test_lightning_extras();
+    test_views();
     test_mutations();
     printf("== one model, every layout (SD1)\n");
     test_layouts(FIX "sd1", FIX "sd1.safetensors", 0);

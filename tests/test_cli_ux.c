@@ -7,16 +7,22 @@
  *   overwrite   no subcommand replaces an existing file without --overwrite
  *               (or --force); an output that is also the input is refused
  *   bad input   sd compare on two empty folders, --outdir "": clean errors
- *   progress    "step k/n" counts the steps that run, ETA never negative
+ *   progress    "step k/n" counts the steps that run, ETA never negative; on a
+ *               terminal (a pseudo-terminal here) one bar redrawn in place that
+ *               stays on screen, full, when the stage ends
  *   batches     --from-file batches n_samples lines (CompVis), --per-line,
  *               batch k seeded seed + k, --shard I/N = one run byte for byte,
- *               --from-png reruns one image alone with the same bytes
+ *               --from-png reruns one image alone with the same bytes (txt2img
+ *               and img2img), warns when the model is not the one it names
  *   small       -h, messages said once, one exit code convention, Model: name,
  *               --dump per batch, CompVis flags, an installed sd finds its data
  *   threads     the same bytes on 1, 2 and 3 threads
  *   (the long list of bad invocations is tests/bad_inputs.sh)
  */
+#define _XOPEN_SOURCE 700   // posix_openpt, grantpt, unlockpt, ptsname
+#define _DEFAULT_SOURCE
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +154,65 @@ static void test_progress(void) {
                "exit %d: %.400s", rc, err);
 }
 
+// `sd ARGS` with stderr on a pseudo-terminal, as a user at a terminal sees
+// it (isatty(2) is true in sd); stdout to /dev/null. Everything written to the
+// terminal into buf (NUL-terminated); the exit status, or -1.
+static int run_on_tty(const char *args, char *buf, size_t size) {
+    buf[0] = 0;
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0 || grantpt(master) || unlockpt(master)) return -1;
+    const char *slave_name = ptsname(master);
+    pid_t pid = slave_name ? fork() : -1;
+    if (pid < 0) { close(master); return -1; }
+    if (pid == 0) {
+        setsid();
+        int slave = open(slave_name, O_RDWR);
+        int null = open("/dev/null", O_WRONLY);
+        if (slave < 0 || null < 0) _exit(127);
+        dup2(null, 1);
+        dup2(slave, 2);
+        close(master);
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "exec '%s' %s", sd, args);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    size_t n = 0;
+    for (;;) {   // until the child closes the terminal (EIO on Linux)
+        ssize_t r = read(master, buf + n, size - 1 - n);
+        if (r <= 0) break;
+        n += (size_t)r;
+        if (n + 1 >= size) n = 0;   // keep the tail only: the end is what matters
+    }
+    buf[n] = 0;
+    close(master);
+    int st;
+    if (waitpid(pid, &st, 0) != pid) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_progress_tty(void) {
+    printf("-- progress on a terminal: one bar, redrawn, left on screen\n");
+    char args[1024];
+    static char out[65536];
+    snprintf(args, sizeof args, "txt2img --ddim_steps 3 --n_iter 1 --n_samples 1 --skip_grid "
+             "--skip_save --outdir %s/progress_tty", tmp);
+    int rc = run_on_tty(args, out, sizeof out);
+    // the terminal turns "\n" into "\r\n"; the bar is redrawn with "\r ESC[K"
+    const char *full = strstr(out, "[####################] step 4/4");
+    int redraws = 0;
+    for (const char *c = out; (c = strstr(c, "\r\033[K")); c++) redraws++;
+    const char *after = full ? full + strcspn(full, "\r\n") : NULL;
+    test_check(rc == 0 && full && redraws >= 4 && strstr(out, "step 1/4") &&
+               !strstr(out, "ETA -"), "bar redrawn in place up to [####################] step 4/4",
+               "exit %d, %d redraws: %.600s", rc, redraws, out);
+    // "stays visible": the full bar's line ends with a newline, and nothing
+    // erases it afterwards (no "\r ESC[K" before that newline)
+    test_check(after && (!strncmp(after, "\r\n", 2) || after[0] == '\n'),
+               "the finished bar ends its line (stays on screen)", "%.200s",
+               after ? after : "(no full bar)");
+}
+
 // The "parameters" text of a PNG ("" when none), into buf.
 static void png_params(const char *path, char *buf, size_t size) {
     ldm_image im = {0};
@@ -253,6 +318,64 @@ static void test_batches(void) {
     rc = run(args, &err);
     snprintf(r, sizeof r, "%s/rerun2/samples/00000.png", tmp);
     test_check(rc == 0 && same_bytes(p, r), "--from-png (trailing, eta 0.5, fixed code): same bytes",
+               "exit %d: %.300s", rc, err);
+    // --from-png with another model: a warning naming both hashes, still the run
+    char fake[700], text[4096];
+    snprintf(fake, sizeof fake, "%s/other_model.png", tmp);
+    ldm_image im = {0};
+    if (ldm_png_read(&im, p) == 0) {
+        char *h = strstr(params, "Model hash: ");
+        snprintf(text, sizeof text, "%s", params);
+        if (h) memcpy(text + (h - params) + 12, "0badc0de", 8);
+        const char *keys[] = {"parameters"}, *vals[] = {text};
+        ldm_png_write(fake, &im, 1, keys, vals, 0);
+        ldm_image_free(&im);
+    }
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/rerun3", fake, tmp);
+    rc = run(args, &err);
+    snprintf(r, sizeof r, "%s/rerun3/samples/00000.png", tmp);
+    test_check(rc == 0 && strstr(err, "warning") && strstr(err, "0badc0de") && exists(r),
+               "--from-png made with another model hash: a warning naming it, then the image",
+               "exit %d: %.300s", rc, err);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/rerun4", p, tmp);
+    rc = run(args, &err);
+    test_check(rc == 0 && !strstr(err, "warning"), "--from-png with its own model: no warning",
+               "exit %d: %.300s", rc, err);
+    // img2img --from-png: the same init image gives the same bytes; another
+    // command's PNG or another init size is a usage error, before any output
+    char init[700], i2i[300];
+    snprintf(init, sizeof init, "%s/samples/00000.png", one);
+    snprintf(i2i, sizeof i2i, "%s/i2i", tmp);
+    snprintf(args, sizeof args, "img2img --init-img %s --ddim_steps 4 --strength 0.6 --skip_grid "
+             "--outdir %s", init, i2i);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/samples/00001.png", i2i);
+    png_params(p, params, sizeof params);
+    snprintf(args, sizeof args, "img2img --from-png %s --init-img %s --outdir %s/i2i_rerun", p,
+             init, tmp);
+    int rc2 = run(args, &err);
+    snprintf(r, sizeof r, "%s/i2i_rerun/samples/00000.png", tmp);
+    test_check(rc == 0 && rc2 == 0 && strstr(params, "Denoising strength: 0.6") && same_bytes(p, r),
+               "img2img --from-png reruns image 1 alone: same bytes", "exit %d/%d: %.300s", rc,
+               rc2, err);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/wrong_cmd", p, tmp);
+    rc = run(args, &err);
+    snprintf(r, sizeof r, "%s/wrong_cmd", tmp);
+    test_check(rc == 2 && strstr(err, "made by img2img") && !exists(r),
+               "txt2img --from-png of an img2img image: usage error naming img2img",
+               "exit %d: %.300s", rc, err);
+    char wide[700];
+    snprintf(wide, sizeof wide, "%s/wide.png", tmp);
+    static uint8_t grey[128 * 64 * 3];
+    memset(grey, 128, sizeof grey);
+    ldm_image wide_im = {.width = 128, .height = 64, .rgb = grey};
+    ldm_png_write(wide, &wide_im, 0, NULL, NULL, 0);
+    snprintf(args, sizeof args, "img2img --from-png %s --init-img %s --outdir %s/wrong_size", p,
+             wide, tmp);
+    rc = run(args, &err);
+    snprintf(r, sizeof r, "%s/wrong_size", tmp);
+    test_check(rc == 2 && strstr(err, "64x64") && !exists(r),
+               "img2img --from-png with an init image of another size: usage error",
                "exit %d: %.300s", rc, err);
     // a sampler name with its schedule and a different --schedule: an error
     rc = run("txt2img --sampler 'DPM++ 2M Karras' --schedule exponential --outdir /nonexistent/x", &err);
@@ -398,6 +521,7 @@ int main(void) {
     test_overwrite();
     test_compare_empty();
     test_progress();
+    test_progress_tty();
     test_batches();
     test_small();
     test_threads();

@@ -733,14 +733,20 @@ static int starts_with(const uint32_t *t, size_t n, size_t i, const char *lit, i
 }
 
 // Length (in code points) of the piece starting at i; 0 = skip one character.
-// *special = the special token id when the piece is one. A special literal
-// matched only case-insensitively ("<ſtart_of_text>") is one piece for BPE,
-// not the special token (open_clip's cache holds only the exact strings).
+// *special = the special token id when the piece is one. Both spellings of
+// the start/end tokens are special: OpenAI CLIP's "<|startoftext|>" /
+// "<|endoftext|>" (its simple_tokenizer, and HF CLIPTokenizer, which the SD1
+// pipelines use) and open_clip's "<start_of_text>" / "<end_of_text>" (SD2).
+// They are matched in the cleaned, lower-cased text, as OpenAI's pattern
+// does. A literal matched only case-insensitively ("<ſtart_of_text>") is one
+// piece for BPE, not the special token (the cache holds only the exact strings).
 static size_t next_piece(const ldm_tokenizer *t, const uint32_t *s, size_t n, size_t i, int *special) {
     int exact;
     *special = -1;
     if (starts_with(s, n, i, "<start_of_text>", &exact)) { if (exact) *special = t->sot; return 15; }
     if (starts_with(s, n, i, "<end_of_text>", &exact)) { if (exact) *special = t->eot; return 13; }
+    if (starts_with(s, n, i, "<|startoftext|>", &exact)) { if (exact) *special = t->sot; return 15; }
+    if (starts_with(s, n, i, "<|endoftext|>", &exact)) { if (exact) *special = t->eot; return 13; }
     if (s[i] == '\'' && i + 1 < n) {
         uint32_t c = s[i + 1];
         if (c == 's' || c == 0x017F || c == 't' || c == 'm' || c == 'd') return 2;

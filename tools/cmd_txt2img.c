@@ -78,7 +78,8 @@ static const flag FLAGS[] = {
                               "(CompVis)"},
     {"--per-line", F_BOOL, 0, "with --from-file: each line gets a batch of n_samples images"},
     {"--shard", F_STR, 0, "I/N: run batches k with k % N == I only (N copies = one run; no grid)"},
-    {"--from-png", F_STR, -1, "rerun the image a PNG's parameters describe (other flags override)"},
+    {"--from-png", F_STR, 0, "rerun the image a PNG's parameters describe (other flags override; "
+                             "img2img: give the same --init-img)"},
     {"--dpm_solver", F_BOOL, 0, "CompVis: the DPM-Solver sampler = --sampler dpmpp_2m"},
     {"--laion400m", F_BOOL, 0, "CompVis: the LAION-400M model; here only a --ckpt says which model"},
     {"--config", F_STR, 0, "diffusers-style folder of configs for a non-standard single file"},
@@ -837,7 +838,11 @@ static int check_before_sampling(const run_settings *r) {
 // --from-png FILE: the flags its "parameters" text names (parameters()), for
 // every flag not given on the command line; *pos <- its Batch pos. The values
 // live in `store` until the run ends. 0, or the exit code after printing.
-typedef struct png_flags { char v[20][8192]; int n; } png_flags;
+typedef struct png_flags {
+    char v[20][8192]; int n;
+    char hash[16], model[256];      // the PNG's "Model hash" and "Model" ("" when absent)
+    long long W, H;                 // its "Size" (0 when absent): img2img checks the init image
+} png_flags;
 
 static void set_flag(opts *o, png_flags *st, const char *name, const char *value, int len) {
     for (int k = 0; k < N_FLAGS; k++)
@@ -847,9 +852,9 @@ static void set_flag(opts *o, png_flags *st, const char *name, const char *value
         }
 }
 
-static int flags_from_png(opts *o, png_flags *st, long long *pos) {
-    const char *path = get(o, "--from-png");
-    if (get(o, "--from-file")) return sd_fail("txt2img: give --from-png or --from-file, not both"), 2;
+static int flags_from_png(opts *o, png_flags *st, long long *pos, int img2img) {
+    const char *path = get(o, "--from-png"), *cmd = img2img ? "img2img" : "txt2img";
+    if (get(o, "--from-file")) return sd_fail("%s: give --from-png or --from-file, not both", cmd), 2;
     ldm_image img = {0};
     if (ldm_png_read(&img, path) != LDM_OK) return sd_fail("--from-png %s", ldm_last_error()), 1;
     const char *text = NULL;
@@ -868,8 +873,10 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos) {
         {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
         {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
         {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"}, {"Weights", "--weights"},
+        {"Denoising strength", "--strength"},
     };
     *pos = 0;
+    int from_img2img = 0;
     for (const char *c = kv + 1; *c;) {
         const char *end = strstr(c, ", ");
         if (!end) end = c + strcspn(c, "\n");
@@ -882,8 +889,17 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos) {
                     set_flag(o, st, map[m].flag, v, vlen);
             if (klen == 4 && !strncmp(c, "Size", 4)) {
                 const char *x = memchr(v, 'x', (size_t)vlen);
-                if (x) set_flag(o, st, "--W", v, (int)(x - v)), set_flag(o, st, "--H", x + 1, (int)(v + vlen - x - 1));
+                if (x) {
+                    st->W = atoll(v), st->H = atoll(x + 1);
+                    if (!img2img)   // img2img: the size is the init image's
+                        set_flag(o, st, "--W", v, (int)(x - v)), set_flag(o, st, "--H", x + 1, (int)(v + vlen - x - 1));
+                }
             }
+            if (klen == 10 && !strncmp(c, "Model hash", 10))
+                snprintf(st->hash, sizeof st->hash, "%.*s", vlen, v);
+            if (klen == 5 && !strncmp(c, "Model", 5))
+                snprintf(st->model, sizeof st->model, "%.*s", vlen, v);
+            if (klen == 18 && !strncmp(c, "Denoising strength", 18)) from_img2img = 1;
             if (klen == 3 && !strncmp(c, "RNG", 3)) set_flag(o, st, "--rng", vlen == 3 && !strncmp(v, "CPU", 3) ? "cpu" : "cuda", -1);
             if (klen == 9 && !strncmp(c, "Batch pos", 9)) *pos = atoll(v);
         }
@@ -891,8 +907,33 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos) {
         c = end + 2;
     }
     ldm_image_free(&img);
+    if (from_img2img != img2img)   // the text says which command made it
+        return sd_fail("%s: --from-png %s was made by %s: rerun it with `sd %s --from-png %s%s`",
+                       cmd, path, from_img2img ? "img2img" : "txt2img",
+                       from_img2img ? "img2img" : "txt2img", path,
+                       from_img2img ? " --init-img THE_SAME_INIT.png" : ""), 2;
     set_flag(o, st, "--n_iter", "1", -1);
     return 0;
+}
+
+// --from-png: what can still make the rerun differ, said before the sampling.
+// A different init image size is an error (the parameters cannot describe
+// this run); a different model (its A1111 hash) is a warning: the rerun is
+// then a new image, which may be what the user wants.
+static int check_png_size(const png_flags *st, const run_settings *r, const char *path) {
+    if (r->img2img && st->W > 0 && (st->W != r->W || st->H != r->H))
+        return sd_fail("img2img: --from-png %s: its image was %lldx%lld but --init-img %s is "
+                       "%lldx%lld (give the init image it was made from)", path, st->W, st->H,
+                       r->init_path, r->W, r->H), 2;
+    return 0;
+}
+
+static void check_png_model(const png_flags *st, const run_settings *r, const run_info *ri,
+                            const char *path) {
+    if (st->hash[0] && strcmp(st->hash, ri->hash))
+        fprintf(stderr, "%s: warning: --from-png %s was made with model hash %s (Model: %s); "
+                "this model's hash is %s (%s): the image will not be the same\n", r->cmd, path,
+                st->hash, st->model[0] ? st->model : "?", ri->hash, ri->model_name);
 }
 
 static int run(int argc, char **argv, int img2img, const sd_env *env) {
@@ -902,13 +943,13 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
     static png_flags from_png;
     long long png_pos = -1;
-    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos))) return e;
+    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos, img2img))) return e;
     run_settings r;
     if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
     if (png_pos >= 0) {
         if (png_pos >= r.n_samples)
-            return sd_fail("txt2img: --from-png: Batch pos %lld is outside the batch of %lld",
-                           png_pos, r.n_samples), 2;
+            return sd_fail("%s: --from-png: Batch pos %lld is outside the batch of %lld",
+                           r.cmd, png_pos, r.n_samples), 2;
         r.only_pos = png_pos;
         r.skip_grid = 1;
         r.n_iter = 1;
@@ -937,6 +978,10 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
         }
         r.H = init.height;
         r.W = init.width;
+        if (png_pos >= 0 && check_png_size(&from_png, &r, get(&o, "--from-png"))) {
+            rc = 2;
+            goto done;
+        }
     }
     if (outputs_open(&out, &r) || check_before_sampling(&r) || plan_names(&out, &r)) goto done;
 
@@ -955,6 +1000,7 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     // ---- the images, then the grid
     run_info ri;
     run_info_fill(&ri, &r, &p);
+    if (png_pos >= 0) check_png_model(&from_png, &r, &ri, get(&o, "--from-png"));
     if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, &ri, &prog)) goto done;
     if (!r.skip_grid && write_grid(&r, &ri, out.all, out.n_all, r.prompts[0], &out.grid_count))
         goto done;

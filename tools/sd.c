@@ -34,6 +34,7 @@ static const sd_command commands[] = {
     {"txt2img", cmd_txt2img, "text -> images (CompVis scripts/txt2img.py flags and outputs)"},
     {"img2img", cmd_img2img, "image + text -> images (CompVis scripts/img2img.py, --strength)"},
     {"png-info", cmd_png_info, "print the generation parameters stored in a PNG"},
+    {"upscale", cmd_upscale, "low-res image + text -> a 4x larger image (the SD x4 upscaler)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 

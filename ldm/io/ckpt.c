@@ -25,8 +25,12 @@
  *
  * Limits: every length and offset is bounds-checked in 64 bits; the value
  * stack, mark stack and memo are bounded by the pickle size; tensor rank
- * <= LDM_MAX_DIMS; tensors must be contiguous (stride check) and lie inside
- * their storage; each storage entry must have exactly numel*itemsize bytes.
+ * <= LDM_MAX_DIMS; every element a tensor's (offset, shape, stride) reaches
+ * must lie inside its storage; each storage entry must have exactly
+ * numel*itemsize bytes. A tensor that is a strided view (a transpose, a
+ * slice with a step, an expand: torch.save keeps the view and its shared
+ * storage) is gathered into a contiguous copy, as torch.load would give it;
+ * contiguous tensors point into the mapping.
  *
  * Leaves out: deflate-compressed zips (torch never writes them: error),
  * the legacy pre-1.6 non-zip format (error), big-endian archives (error),
@@ -841,10 +845,28 @@ static int entry_name_cmp(const void *a, const void *b) {
     return strcmp(((const ldm_tensor_entry *)a)->name, ((const ldm_tensor_entry *)b)->name);
 }
 
-// One tensor record -> a file entry pointing into the storage bytes.
+// dst [numel] <- the strided view (offset, shape, stride) of storage src,
+// row-major: element (i_0..i_{n-1}) is src[offset + sum_d i_d stride_d].
+static void gather_view(uint8_t *dst, const uint8_t *src, const pv *t, int es) {
+    int64_t idx[LDM_MAX_DIMS] = {0}, at = t->i;   // the multi-index and its storage element
+    for (int64_t k = 0;; k++) {
+        memcpy(dst + k * es, src + at * es, (size_t)es);
+        int d = t->ndim - 1;  // odometer: bump the last index, carry leftwards
+        while (d >= 0 && ++idx[d] == t->shape[d]) {
+            at -= (t->shape[d] - 1) * t->stride[d];
+            idx[d--] = 0;
+        }
+        if (d < 0) return;
+        at += t->stride[d];
+    }
+}
+
+// One tensor record -> a file entry pointing into the storage bytes (a
+// contiguous copy for a strided view).
 static int tensor_entry(ldm_tensor_entry *e, const pv *t, const char *name, const char *path) {
     const pv *st = t->storage;
-    int64_t numel = 1, expect = 1;
+    int64_t numel = 1, expect = 1, reach = t->i;   // reach: the furthest element touched
+    int contiguous = 1;
     for (int d = t->ndim - 1; d >= 0; d--) {
         if (t->shape[d] != 0 && numel > INT64_MAX / t->shape[d])
             return ldm_error("%s: tensor '%s': shape overflows", path, name);
@@ -852,22 +874,22 @@ static int tensor_entry(ldm_tensor_entry *e, const pv *t, const char *name, cons
     }
     // Contiguous (row-major) strides; size-1 dims may carry any stride.
     for (int d = t->ndim - 1; d >= 0 && numel > 0; d--) {
-        if (t->shape[d] != 1 && t->stride[d] != expect) {
-            char s1[128], s2[128];
-            return ldm_error("%s: tensor '%s' is not contiguous (shape %s, stride %s): save it "
-                             "with .contiguous() or as safetensors", path, name,
-                             ldm_shape_str(s1, sizeof s1, t->shape, t->ndim),
-                             ldm_shape_str(s2, sizeof s2, t->stride, t->ndim));
-        }
+        if (t->shape[d] != 1 && t->stride[d] != expect) contiguous = 0;
         expect *= t->shape[d];
+        int64_t span = t->shape[d] - 1;
+        if (span > 0 && t->stride[d] > (INT64_MAX - reach) / span)
+            return ldm_error("%s: tensor '%s': strides overflow", path, name);
+        reach += span * t->stride[d];
     }
-    if (numel > 0 && (t->i > st->numel || numel > st->numel - t->i)) {
-        char s1[128];
-        return ldm_error("%s: tensor '%s' %s at offset %lld needs %lld elements but storage '%s' "
-                         "holds %lld: shape disagrees with the storage", path, name,
-                         ldm_shape_str(s1, sizeof s1, t->shape, t->ndim), (long long)t->i,
-                         (long long)numel, st->s, (long long)st->numel);
+    if (numel > 0 && reach >= st->numel) {
+        char s1[128], s2[128];
+        return ldm_error("%s: tensor '%s' %s (stride %s) at offset %lld reaches element %lld but "
+                         "storage '%s' holds %lld: shape disagrees with the storage", path, name,
+                         ldm_shape_str(s1, sizeof s1, t->shape, t->ndim),
+                         ldm_shape_str(s2, sizeof s2, t->stride, t->ndim), (long long)t->i,
+                         (long long)reach, st->s, (long long)st->numel);
     }
+    int es = ldm_dtype_size(st->dtype);
     memset(e, 0, sizeof *e);
     e->name = strdup(name);
     if (!e->name) return ldm_error("%s: out of memory", path);
@@ -875,8 +897,15 @@ static int tensor_entry(ldm_tensor_entry *e, const pv *t, const char *name, cons
     e->ndim = t->ndim;
     memcpy(e->shape, t->shape, sizeof e->shape);
     e->numel = numel;
-    e->data = st->data + (numel > 0 ? (uint64_t)t->i * (uint64_t)ldm_dtype_size(st->dtype) : 0);
-    e->nbytes = (uint64_t)numel * (uint64_t)ldm_dtype_size(st->dtype);
+    e->nbytes = (uint64_t)numel * (uint64_t)es;
+    if (contiguous || numel == 0) {
+        e->data = st->data + (numel > 0 ? (uint64_t)t->i * (uint64_t)es : 0);
+        return 0;
+    }
+    e->owned = malloc(e->nbytes);
+    if (!e->owned) return ldm_error("%s: tensor '%s': out of memory for its contiguous copy", path, name);
+    gather_view(e->owned, st->data, t, es);
+    e->data = e->owned;
     return 0;
 }
 

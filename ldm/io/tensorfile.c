@@ -181,7 +181,10 @@ int ldm_tensor_file_open(ldm_tensor_file *f, const char *path) {
 
 void ldm_tensor_file_close(ldm_tensor_file *f) {
     if (!f) return;
-    for (int64_t i = 0; i < f->n_entries; i++) free(f->entries[i].name);
+    for (int64_t i = 0; i < f->n_entries; i++) {
+        free(f->entries[i].name);
+        free(f->entries[i].owned);
+    }
     free(f->entries);
     for (int i = 0; i < f->n_meta; i++) {
         free(f->meta_keys[i]);

@@ -25,8 +25,10 @@ typedef struct ldm_tensor_entry {
     int ndim;
     int64_t shape[LDM_MAX_DIMS];
     int64_t numel;
-    const uint8_t *data;         // numel * dtype size bytes inside the mapping
+    const uint8_t *data;         // numel * dtype size bytes inside the mapping (or = owned)
     uint64_t nbytes;
+    uint8_t *owned;              // NULL, or a malloc'ed contiguous copy of a strided
+                                 // .ckpt view (freed by ldm_tensor_file_close)
 } ldm_tensor_entry;
 
 typedef struct ldm_tensor_file {

@@ -5,7 +5,9 @@ Writes tests/fixtures/tokenizer/corpus.jsonl, one JSON object per line:
   cat   which part of the corpus it comes from
   ids   open_clip.tokenizer._tokenizer.encode(text): the OpenAI CLIP
         simple_tokenizer algorithm with ftfy (SD1 reference behaviour), no
-        start/end token, no truncation
+        start/end token, no truncation -- with OpenAI's special literals
+        "<|startoftext|>" / "<|endoftext|>" added to open_clip's own
+        "<start_of_text>" / "<end_of_text>" (see special_tokenizer below)
   sd2   open_clip.tokenize(text)[0] (SD2 conditioning form, pad 0) with the
         trailing zero padding removed (the test pads back to 77)
   hf    only when HF transformers' CLIPTokenizer (padding="max_length",
@@ -25,6 +27,7 @@ counted: mojibake repair is out of scope for the C tokenizer.
 
 Run with the reference venv: .venv-ref/bin/python tools/reference/fixtures_tokenizer.py
 """
+import copy
 import hashlib
 import json
 import os
@@ -42,6 +45,23 @@ SOT, EOT = 49406, 49407
 NEWER_LN = regex.compile(r"[\p{L}\p{N}]")
 
 tok = oct._tokenizer
+
+
+def special_tokenizer():
+    """open_clip's tokenizer that also knows OpenAI CLIP's special literals.
+
+    OpenAI's simple_tokenizer (and HF CLIPTokenizer, which the SD1 pipelines
+    use) turn "<|startoftext|>" / "<|endoftext|>" in a prompt into the start /
+    end ids; open_clip knows only its own spellings "<start_of_text>" /
+    "<end_of_text>". ldm.c takes both spellings as special. (open_clip's
+    additional_special_tokens cannot express this: it joins the literals
+    into its pattern unescaped, and '|' then splits them.)"""
+    ref = copy.copy(tok)
+    ref.encoder = dict(tok.encoder, **{"<|startoftext|>": SOT, "<|endoftext|>": EOT})
+    ref.cache = {t: t for t in ("<start_of_text>", "<end_of_text>", "<|startoftext|>", "<|endoftext|>")}
+    ref.pat = regex.compile(r"<start_of_text>|<end_of_text>|<\|startoftext\|>|<\|endoftext\|>|"
+                            + tok.pat.pattern.split("|", 2)[2], regex.IGNORECASE)
+    return ref
 
 
 def sd1_form(ids):
@@ -102,6 +122,7 @@ BASE = [
     "c1 \x80 \x85 \x91quote\x92 \x9f",
     "İstanbul ISTANBUL ıi ß ẞ ǅ ﬀ Ǆ K Å Ω",
     "<start_of_text> <end_of_text> <|startoftext|> <|endoftext|>",
+    "a<|startoftext|>cat x <|endoftext|>y <|ENDOFTEXT|> <|\u017ftartoftext|> <|startoftext|",
     "a" * 300,
     "supercalifragilisticexpialidocious pneumonoultramicroscopicsilicovolcanoconiosis",
     # edge cases of the reference's regex / lower() / NFC
@@ -234,12 +255,15 @@ def main():
         n_random += 1
 
     hf = hf_tokenizer()
+    stok = special_tokenizer()
     os.makedirs(OUT, exist_ok=True)
     n_hf_diff = n_hf_diff_clean = 0
     with open(os.path.join(OUT, "corpus.jsonl"), "w", encoding="utf-8") as f:
         for cat, text in prompts:
-            ids = tok.encode(text)
+            ids = stok.encode(text)
             sd2 = open_clip.tokenize(text)[0].tolist()
+            if ids != tok.encode(text):   # a special literal: open_clip.tokenize's form from ids
+                sd2 = ([SOT] + ids)[:76] + [EOT]
             while sd2 and sd2[-1] == 0:
                 sd2.pop()
             rec = {"cat": cat, "text": text, "ids": ids, "sd2": sd2}
