@@ -393,13 +393,11 @@ static int from_tag(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *tag, 
     return ldm_error("prompt: <lora:%s>: no %s/%s.safetensors (nor .ckpt, .pt)", name, dir, name);
 }
 
-int ldm_lora_begin(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *prompt,
-                   const char *lora_dir, const ldm_lora_spec *specs, int n) {
-    memset(s, 0, sizeof *s);
-    const char *p = prompt ? prompt : "";
-    s->prompt = malloc(strlen(p) + 1);
-    if (!s->prompt) return ldm_error("lora: out of memory");
-    char *o = s->prompt;
+// Copy text to out (room for strlen(text) + 1) without its <lora:...> tags,
+// merging each tag's file into u / c as it goes. 0 / LDM_ERR.
+static int take_tags(char *out, ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *text,
+                     const char *lora_dir) {
+    const char *p = text;
     int rc = LDM_OK;
     while (*p && rc == LDM_OK) {
         const char *end;
@@ -407,10 +405,25 @@ int ldm_lora_begin(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *prompt
             rc = from_tag(s, u, c, p + 1, (size_t)(end - p - 1), lora_dir);
             p = end + 1;
         } else {
-            *o++ = *p++;
+            *out++ = *p++;
         }
     }
-    *o = 0;
+    *out = 0;
+    return rc;
+}
+
+int ldm_lora_take_tags(char **cleaned, ldm_lora_set *s, ldm_unet *u, ldm_clip *c,
+                       const char *text, const char *lora_dir) {
+    const char *t = text ? text : "";
+    *cleaned = malloc(strlen(t) + 1);
+    if (!*cleaned) return ldm_error("lora: out of memory");
+    return take_tags(*cleaned, s, u, c, t, lora_dir);
+}
+
+int ldm_lora_begin(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *prompt,
+                   const char *lora_dir, const ldm_lora_spec *specs, int n) {
+    memset(s, 0, sizeof *s);
+    int rc = ldm_lora_take_tags(&s->prompt, s, u, c, prompt, lora_dir);
     for (int i = 0; i < n && rc == LDM_OK; i++)
         rc = ldm_lora_apply(s, u, c, specs[i].path, specs[i].scale);
     if (rc != LDM_OK) {

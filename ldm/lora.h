@@ -79,4 +79,12 @@ void ldm_lora_restore(ldm_lora_set *s);
 int ldm_lora_begin(ldm_lora_set *s, ldm_unet *u, ldm_clip *c, const char *prompt,
                    const char *lora_dir, const ldm_lora_spec *specs, int n);
 
+// The same for more text once s has begun (the negative prompt: a tag is
+// global, it changes the model for both halves of guidance, as A1111 treats
+// extra networks): *cleaned (malloc'ed, the caller frees it) <- text without
+// its tags, each tag's file merged into s. 0 / LDM_ERR (*cleaned may be set;
+// the layers merged stay merged until ldm_lora_restore).
+int ldm_lora_take_tags(char **cleaned, ldm_lora_set *s, ldm_unet *u, ldm_clip *c,
+                       const char *text, const char *lora_dir);
+
 #endif

@@ -472,8 +472,8 @@ static int refuse_foreign_keys(const ldm_tensor_file *f, const char *path) {
 
 // Which components a single file holds and its family, from its keys: the
 // text encoder's names (OpenAI CLIP: SD1, OpenCLIP: SD2), else the UNet's
-// context width. A UNet must take 4 input channels (inpainting 9, depth 5
-// are named). -> m->has_*, m->family, *sd2_text (an OpenCLIP encoder), *cin
+// context width. A UNet must take 4 input channels, or 9 (inpainting:
+// [z, mask, E(masked image)]); depth's 5 and others are named. -> m->has_*, m->family, *sd2_text (an OpenCLIP encoder), *cin
 // (the UNet's first conv, or NULL).
 static int detect_single(ldm_model *m, const ldm_tensor_file *f, const char *path,
                          int *sd2_text, const ldm_tensor_entry **cin) {
@@ -491,11 +491,10 @@ static int detect_single(ldm_model *m, const ldm_tensor_file *f, const char *pat
                          "and no cond_stage_model.* text encoder keys", path);
     }
     const ldm_tensor_entry *c = *cin;
-    if (c && c->ndim == 4 && c->shape[1] != 4)
+    if (c && c->ndim == 4 && c->shape[1] != 4 && c->shape[1] != 9)
         return ldm_error("%s: UNet with %lld input channels: %s is not supported (SD1/SD2 "
-                         "text-to-image UNets have 4)", path, (long long)c->shape[1],
-                         c->shape[1] == 9 ? "an inpainting model" : c->shape[1] == 5
-                         ? "a depth-conditioned model" : "this architecture");
+                         "UNets have 4, inpainting UNets 9)", path, (long long)c->shape[1],
+                         c->shape[1] == 5 ? "a depth-conditioned model" : "this architecture");
     const ldm_tensor_entry *ctx = ldm_tensor_file_find(
         f, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
     m->family = sd2 || (!sd1 && ctx && ctx->ndim == 2 && ctx->shape[1] == 1024) ? LDM_FAMILY_SD2
@@ -564,6 +563,7 @@ static int open_single(ldm_model *m, const char *path, const ldm_model_options *
                 read_sub_config(cfg, "text_encoder", &m->clip, parse_clip) < 0))
         return LDM_ERR;
     if (m->has_text && clip_from_tensors(&m->clip, f, sd2, cfg != NULL, path)) return LDM_ERR;
+    if (cin && cin->ndim == 4) m->unet.in_channels = (int)cin->shape[1];   // 4, inpainting 9
     if (cin && cin->ndim == 4 && cin->shape[0] != m->unet.block_out_channels[0])
         return ldm_error("%s: UNet width %lld differs from the SD preset %d: pass a diffusers "
                          "config folder for this model (--config DIR)", path,

@@ -14,8 +14,9 @@
  * tensors by diffusers name, whatever the layout.
  *
  * Left out: SDXL (two text encoders, add_embedding), SD3/Flux (MMDiT),
- * inpainting/depth UNets (in_channels != 4; the x4 upscaler's 7 channels are
- * run by ldm/upscale.h). Each is named in the error. LoRA
+ * depth UNets (in_channels 5). Each is named in the error. Inpainting UNets
+ * (in_channels 9, from conv_in's shape in a single file) load as any other;
+ * the x4 upscaler's 7 channels are run by ldm/upscale.h. LoRA
  * files are merged into the loaded weights by ldm/lora.h.
  */
 #ifndef LDM_MODEL_H

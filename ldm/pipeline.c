@@ -4,11 +4,11 @@
  * condition, initial latent, sample, decode.
  *
  * Mirrors CompVis scripts/txt2img.py + img2img.py (guidance batch order,
- * strength), diffusers StableDiffusion(Img2Img)Pipeline (the numerical
- * reference of tests/test_pipeline.c) and AUTOMATIC1111's "pad
- * prompt/negative prompt to the same length" (sd_hijack_clip pad_cond; the
- * prompt syntax itself is ldm/prompt.c).
- * Leaves out: inpainting, embeddings, prompt scheduling, hires fix.
+ * strength), diffusers StableDiffusion(Img2Img|Inpaint)Pipeline (the numerical
+ * reference of tests/test_pipeline.c and tests/test_inpaint.c) and
+ * AUTOMATIC1111's "pad prompt/negative prompt to the same length"
+ * (sd_hijack_clip pad_cond; the prompt syntax itself is ldm/prompt.c).
+ * Leaves out: prompt scheduling, hires fix.
  *
  * Order of this file: 1. loading, 2. prompt -> context, 3. what a generation
  * holds and the UNet behind the sampler, 4. the four stages, 5. generate.
@@ -80,10 +80,14 @@ int ldm_pipeline_open(ldm_pipeline *p, const char *ckpt, const ldm_pipeline_opti
     }
     p->factor = 1 << (p->vae.cfg.n_levels - 1);
     p->latent_channels = p->vae.cfg.latent_channels;
-    if (p->latent_channels != m->unet.in_channels || m->unet.in_channels != m->unet.out_channels) {
+    // an inpainting UNet takes [z, mask, E(masked image)]: 2C+1 channels, returns C
+    p->inpaint_unet = m->unet.in_channels == 2 * p->latent_channels + 1;
+    if ((p->latent_channels != m->unet.in_channels && !p->inpaint_unet) ||
+        m->unet.out_channels != p->latent_channels) {
         ldm_error("%s: the VAE has %d latent channels but the UNet takes %d and returns %d "
-                  "(inpainting/depth UNets are not supported)", ckpt, p->latent_channels,
-                  m->unet.in_channels, m->unet.out_channels);
+                  "(expected %d or, inpainting, %d in; depth UNets are not supported)", ckpt,
+                  p->latent_channels, m->unet.in_channels, m->unet.out_channels,
+                  p->latent_channels, 2 * p->latent_channels + 1);
         ldm_vae_free(&p->vae);
         goto fail_unet;
     }
@@ -202,8 +206,16 @@ typedef struct generation {
     float *init;              //    img2img: z_0 = E(x) [B,per]; NULL for txt2img
     int start_step;           //    img2img: first schedule entry run; txt2img 0
     int run_steps;            //    sampler steps that run (0: strength 0 keeps the init latent)
+    int count;                //    schedule entries of the whole run (ldm_sampler_steps)
+    // inpainting (g->mask_rgb), docs/07-pipeline.md "Inpainting"
+    float *mask;              //    m [h*w] at latent size, 1 = repaint (inpaint_mask)
+    float *masked;            //    inpainting UNet: E(x * (1 - M)) [B,per], the kept pixels' latent
+    float *unet_in;           //    inpainting UNet: its input [N, 2C+1, h, w] (unet_fn)
+    float *sigmas;            //    4-channel blending: the run's sigmas [count+1] (k samplers)
+    int *timesteps;           //    ... or timesteps [count] (DDPM/DDIM/PLMS)
     float *z;                 // 3. sample: the latent z_0 [B,per], then 4. decoded
     int step;                 // sampler step being computed (dump prefix "stepNNN/")
+    const ldm_denoiser *dn;   // during sampling: its nfe counts the model evaluations
     double t_step;            // start of the current step (progress)
 } generation;
 
@@ -215,10 +227,21 @@ static int unet_fn(float *out, const float *x_in, const float *t, int64_t N, voi
     char prefix[32];
     snprintf(prefix, sizeof prefix, "step%03d/", r->step);
     ldm_dump_set_prefix(prefix);
-    ldm_tensor x = ldm_tensor_new(p->ops, LDM_SHAPE(N, r->C, r->h, r->w));
+    const int64_t cin = p->model.unet.in_channels;   // C, or 2C+1 for an inpainting UNet
+    ldm_tensor x = ldm_tensor_new(p->ops, LDM_SHAPE(N, cin, r->h, r->w));
     ldm_tensor y = ldm_tensor_new(p->ops, LDM_SHAPE(N, r->C, r->h, r->w));
     int rc = LDM_ERR;
     if (!x.data || !y.data) goto done;
+    if (p->inpaint_unet) {   // row n: [x_in[n] (C), m (1), E(masked)[image of row n] (C)]
+        const int64_t hw = r->h * r->w, row = cin * hw;
+        for (int64_t n = 0; n < N; n++) {
+            float *dst = r->unet_in + n * row;
+            memcpy(dst, x_in + n * r->per, (size_t)r->per * sizeof(float));
+            memcpy(dst + r->per, r->mask, (size_t)hw * sizeof(float));
+            memcpy(dst + r->per + hw, r->masked + (n % r->B) * r->per, (size_t)r->per * sizeof(float));
+        }
+        x_in = r->unet_in;
+    }
     ldm_tensor_from_host(&x, x_in);
     ldm_dump(&x, "unet_in");
     if (ldm_unet_forward(&y, &p->unet, &x, t, &r->context) != LDM_OK) goto done;
@@ -232,12 +255,41 @@ done:
     return rc;
 }
 
-// After sampler step i: x and the step's prediction of x_0 [B,per], dumped; progress.
-static void step_fn(void *vctx, int i, const float *x, const float *denoised) {
+// Inpainting with an ordinary (C-channel) UNet, after sampler step i: the
+// kept region (m = 0) goes back to the init latent noised to the level the
+// sampler has reached, the repainted one (m = 1) keeps the sample:
+//   x = (1 - m) q(z_0, n; level i+1) + m x      (the last step: q = z_0 itself)
+// q is the sampler's own forward process with the start noise n: z_0 + sigma n
+// (k-diffusion samplers), sqrt(abar_t) z_0 + sqrt(1 - abar_t) n (DDPM eq. 4).
+static void blend_known(generation *r, int i, float *x) {
+    const int next = r->start_step + i + 1;   // the schedule entry the next step starts at
+    const int64_t hw = r->h * r->w;
+    for (int64_t b = 0; b < r->B; b++) {
+        const float *z0 = r->init + b * r->per, *n = r->noise + b * r->per;
+        double sa = 1, sb = 0;                // z_t = sa z_0 + sb n
+        if (next < r->count && r->sigmas) {
+            sb = r->sigmas[next];
+        } else if (next < r->count) {
+            double abar = r->p->sched.alphas_cumprod[r->timesteps[next]];
+            sa = sqrt(abar), sb = sqrt(1 - abar);
+        }
+        for (int64_t k = 0; k < r->per; k++) {
+            float m = r->mask[k % hw];
+            float known = (float)(sa * z0[k] + sb * n[k]);
+            x[b * r->per + k] = (1 - m) * known + m * x[b * r->per + k];
+        }
+    }
+}
+
+// After sampler step i: x and the step's prediction of x_0 [B,per], dumped
+// (after inpainting's blend); progress.
+static void step_fn(void *vctx, int i, float *x, const float *denoised) {
     generation *r = vctx;
+    if (r->mask && !r->p->inpaint_unet) blend_known(r, i, x);
     ldm_dump_host(x, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/latent", i);
     if (denoised) ldm_dump_host(denoised, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/denoised", i);
     double t = now_seconds();
+    if (r->g->nfe) *r->g->nfe = r->dn->nfe;
     if (r->g->progress)
         r->g->progress(r->g->progress_ctx, "sample", i + 1, r->run_steps, t - r->t_step);
     r->t_step = t;
@@ -301,44 +353,121 @@ done:
     return rc;
 }
 
-// img2img: z_0 [B,per] = E(x) * scaling_factor, the VAE posterior sampled with
-// noise [B,C,h,w] in one draw from the run's generator (LDM eq. 25; CompVis
-// encodes the repeated batch). `noise` is scratch for that draw.
-static int encode_image(generation *r, float *noise) {
+// z0 [B,per] <- E(px) * scaling_factor for pixels px [3,H,W] in [-1,1]: the
+// VAE posterior sampled (LDM eq. 25) with `draws` rows of noise from the run's
+// generator, B (CompVis img2img encodes the repeated batch) or 1 (diffusers'
+// inpainting encodes one image and repeats its latent). `noise` [B,per] is
+// scratch for the draw.
+static int encode_pixels(float *z0, generation *r, const float *px, int64_t draws, float *noise) {
     ldm_pipeline *p = r->p;
-    const ldm_generate_params *g = r->g;
-    const int64_t H = g->height, W = g->width;
+    const int64_t H = r->g->height, W = r->g->width;
     ldm_tensor x = ldm_tensor_new(p->ops, LDM_SHAPE(1, 3, H, W)), moments = {0};
-    float *px = malloc((size_t)(3 * H * W) * sizeof(float)), *m = NULL;
+    float *m = NULL;
     int rc = LDM_ERR;
-    if (!x.data || !px) { ldm_error("out of memory"); goto done; }
-    ldm_pixels_to_unit(px, g->init_rgb, H, W);   // 2 p/255 - 1
+    if (!x.data) goto done;
     ldm_tensor_from_host(&x, px);
     if (ldm_vae_encoder_forward(&moments, &p->vae, &x) != LDM_OK) goto done;
     m = malloc((size_t)moments.numel * sizeof(float));
-    r->init = malloc((size_t)(r->B * r->per) * sizeof(float));
-    if (!m || !r->init) { ldm_error("out of memory"); goto done; }
+    if (!m) { ldm_error("out of memory"); goto done; }
     ldm_tensor_to_host(m, &moments);
-    ldm_rng_randn_batch(g->rng, 0, noise, r->B, r->per);
+    ldm_rng_randn_batch(r->g->rng, 0, noise, draws, r->per);
     for (int64_t b = 0; b < r->B; b++) {
-        float *z0 = r->init + b * r->per;
-        ldm_vae_posterior(z0, m, noise + b * r->per, 1, r->C, r->h * r->w);   // LDM eq. 25
-        for (int64_t i = 0; i < r->per; i++) z0[i] *= p->vae.cfg.scaling_factor;
+        float *z = z0 + b * r->per;
+        ldm_vae_posterior(z, m, noise + (b % draws) * r->per, 1, r->C, r->h * r->w);   // LDM eq. 25
+        for (int64_t i = 0; i < r->per; i++) z[i] *= p->vae.cfg.scaling_factor;
     }
-    ldm_dump_host(r->init, LDM_SHAPE(r->B, r->C, r->h, r->w), "init_latent");
     rc = LDM_OK;
 done:
     ldm_tensor_free(&x);
     ldm_tensor_free(&moments);
-    free(px);
     free(m);
     return rc;
+}
+
+// img2img and inpainting: z_0 [B,per] = E(x) * scaling_factor of the init image
+// (encode_pixels with `draws` rows of noise).
+static int encode_image(generation *r, int64_t draws, float *noise) {
+    const int64_t H = r->g->height, W = r->g->width;
+    float *px = malloc((size_t)(3 * H * W) * sizeof(float));
+    r->init = malloc((size_t)(r->B * r->per) * sizeof(float));
+    if (!px || !r->init) { free(px); return ldm_error("out of memory"); }
+    ldm_pixels_to_unit(px, r->g->init_rgb, H, W);   // 2 p/255 - 1
+    int rc = encode_pixels(r->init, r, px, draws, noise);
+    free(px);
+    if (rc == LDM_OK) ldm_dump_host(r->init, LDM_SHAPE(r->B, r->C, r->h, r->w), "init_latent");
+    return rc;
+}
+
+// Inpainting's mask, as diffusers prepares it (VaeImageProcessor with
+// do_convert_grayscale and do_binarize, then the pipeline's nearest resize):
+// gray L = (19595 R + 38470 G + 7471 B + 2^15) >> 16 (PIL's ITU-R 601 luma),
+// M = [L/255 >= 0.5] at full size [H,W] (1 = repaint), m [h,w] = M[f i, f j]
+// (nearest to the latent size). M [H*W] and r->mask are malloc'ed.
+static int inpaint_mask(float **M, generation *r) {
+    const int64_t H = r->g->height, W = r->g->width, f = r->p->factor;
+    *M = malloc((size_t)(H * W) * sizeof(float));
+    r->mask = malloc((size_t)(r->h * r->w) * sizeof(float));
+    if (!*M || !r->mask) return ldm_error("out of memory");
+    for (int64_t i = 0; i < H * W; i++) {
+        const uint8_t *c = r->g->mask_rgb + 3 * i;
+        uint32_t L = (19595u * c[0] + 38470u * c[1] + 7471u * c[2] + 0x8000u) >> 16;
+        (*M)[i] = L / 255.0f >= 0.5f ? 1.0f : 0.0f;
+    }
+    for (int64_t i = 0; i < r->h; i++)
+        for (int64_t j = 0; j < r->w; j++) r->mask[i * r->w + j] = (*M)[(f * i) * W + f * j];
+    ldm_dump_host(r->mask, LDM_SHAPE(1, 1, r->h, r->w), "mask");
+    return LDM_OK;
+}
+
+// Inpainting's conditioning, after the start noise (the generator's next draw):
+// the masked image x * (M < 0.5) (repainted pixels set to 0, mid-gray) encoded
+// once, E(.) * scaling_factor -> r->masked [B,per] for an inpainting UNet. An
+// ordinary UNet does not use it; its draw is still taken, so that the sampler's
+// noise is the same as diffusers'.
+static int masked_image_latent(generation *r, const float *M, float *noise) {
+    const int64_t H = r->g->height, W = r->g->width;
+    if (!r->p->inpaint_unet) {
+        ldm_rng_randn_batch(r->g->rng, 0, noise, 1, r->per);
+        return LDM_OK;
+    }
+    float *px = malloc((size_t)(3 * H * W) * sizeof(float));
+    r->masked = malloc((size_t)(r->B * r->per) * sizeof(float));
+    const int64_t rows = (r->cfg ? 2 : 1) * r->B, cin = r->p->model.unet.in_channels;
+    r->unet_in = malloc((size_t)(rows * cin * r->h * r->w) * sizeof(float));
+    if (!px || !r->masked || !r->unet_in) { free(px); return ldm_error("out of memory"); }
+    ldm_pixels_to_unit(px, r->g->init_rgb, H, W);
+    for (int64_t c = 0; c < 3; c++)
+        for (int64_t i = 0; i < H * W; i++) px[c * H * W + i] *= M[i] < 0.5f ? 1.0f : 0.0f;
+    int rc = encode_pixels(r->masked, r, px, 1, noise);
+    free(px);
+    if (rc == LDM_OK) ldm_dump_host(r->masked, LDM_SHAPE(r->B, r->C, r->h, r->w), "masked_latent");
+    return rc;
+}
+
+// 4-channel inpainting: the run's schedule, for blend_known's noise levels
+// (the same sigmas / timesteps ldm_sample walks).
+static int blend_schedule(generation *r) {
+    const ldm_sampler_settings *s = &r->g->sampling;
+    if (s->sampler->uses_sigmas) {
+        r->sigmas = malloc((size_t)(r->count + 1) * sizeof(float));
+        if (!r->sigmas) return ldm_error("out of memory");
+        ldm_sigmas_make(r->sigmas, s->sigma_kind, &r->p->sched, r->count);
+        return LDM_OK;
+    }
+    r->timesteps = malloc((size_t)r->count * sizeof(int));
+    if (!r->timesteps) return ldm_error("out of memory");
+    return ldm_timesteps(r->timesteps, &r->p->sched, s->conv.spacing, s->steps,
+                         s->conv.steps_offset) < 0 ? LDM_ERR : LDM_OK;
 }
 
 // Stage 2, initial latent: z_T ~ N(0,I) [B,per] from the run's generator.
 // img2img first encodes the image (the generator's first draw, as CompVis and
 // diffusers) and starts int(strength * steps) entries before the end of the
 // schedule (CompVis img2img.py t_enc); the sampler noises z_0 to that level.
+// Inpainting (diffusers StableDiffusionInpaintPipeline): the image is encoded
+// first when it is needed (strength < 1, or an ordinary UNet that blends it
+// back), then the noise, then the masked image (masked_image_latent); at
+// strength 1 the start is pure noise.
 static int initial_latent(generation *r) {
     const ldm_generate_params *g = r->g;
     r->noise = malloc((size_t)(r->B * r->per) * sizeof(float));
@@ -348,17 +477,27 @@ static int initial_latent(generation *r) {
     // the steps that really run (CompVis "uniform" spacing may hold more than asked)
     int count = ldm_sampler_steps(&g->sampling, &r->p->sched);
     if (count < 0) return LDM_ERR;
-    r->run_steps = count;
+    r->run_steps = r->count = count;
+    const int inpaint = g->mask_rgb != NULL;
     if (g->init_rgb) {
-        if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
-        if (encode_image(r, r->noise) != LDM_OK) return LDM_ERR;
         r->run_steps = (int)(g->strength * g->sampling.steps);
         if (r->run_steps > count) r->run_steps = count;
         r->start_step = count - r->run_steps;
     }
+    if (g->init_rgb && (!inpaint || !r->p->inpaint_unet || g->strength < 1)) {
+        if (g->progress) g->progress(g->progress_ctx, "encode image", -1, 0, 0);
+        if (encode_image(r, inpaint ? 1 : r->B, r->noise) != LDM_OK) return LDM_ERR;
+    }
     ldm_rng_randn_batch(g->rng, 0, r->noise, r->B, r->per);
     ldm_dump_host(r->noise, LDM_SHAPE(r->B, r->C, r->h, r->w), "noise");
-    return LDM_OK;
+    if (!inpaint) return LDM_OK;
+    float *M = NULL, *scratch = malloc((size_t)(r->B * r->per) * sizeof(float));
+    int rc = scratch ? inpaint_mask(&M, r) : ldm_error("out of memory");
+    if (rc == LDM_OK) rc = masked_image_latent(r, M, scratch);
+    if (rc == LDM_OK && !r->p->inpaint_unet) rc = blend_schedule(r);
+    free(M);
+    free(scratch);
+    return rc;
 }
 
 // Stage 3, sample: the reverse process z_T -> z_0 (samplers/sampler.c
@@ -370,16 +509,23 @@ static int sample(generation *r) {
     ldm_denoiser dn = {.fn = unet_fn, .ctx = r, .prediction = p->model.prediction, .cfg = r->cfg,
                        .cfg_scale = g->cfg_scale, .sched = &p->sched, .B = r->B, .per = r->per};
     if (ldm_denoiser_init(&dn) != LDM_OK) return LDM_ERR;
+    r->dn = &dn;
+    if (g->nfe) *g->nfe = 0;
     int rc = LDM_OK;
     if (r->run_steps > 0) {
-        ldm_sample_run run = {.noise = r->noise, .init = r->init, .start_step = r->start_step,
-                              .rng = g->rng, .callback = step_fn, .callback_ctx = r};
+        // inpainting at strength 1 starts from pure noise (diffusers is_strength_max)
+        const int pure_noise = g->mask_rgb && g->strength >= 1;
+        ldm_sample_run run = {.noise = r->noise, .init = pure_noise ? NULL : r->init,
+                              .start_step = r->start_step, .rng = g->rng, .callback = step_fn,
+                              .callback_ctx = r};
         if (g->progress) g->progress(g->progress_ctx, "sample", 0, r->run_steps, 0);
         r->t_step = now_seconds();
         rc = ldm_sample(r->z, &g->sampling, &run, &dn);
     } else {
         memcpy(r->z, r->init, (size_t)(r->B * r->per) * sizeof(float));   // strength 0
     }
+    if (g->nfe) *g->nfe = dn.nfe;
+    r->dn = NULL;
     ldm_denoiser_free(&dn);
     ldm_tensor_free(&r->context);           // the UNet's inputs are no longer needed,
     ldm_model_release_pages(&p->model);   // nor its mapped weights, before the VAE's peak
@@ -464,6 +610,10 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
         if (!(p->vae.parts & LDM_VAE_ENCODER))
             return ldm_error("img2img: the VAE encoder was not loaded (need_encoder)");
     }
+    if (g->mask_rgb && !g->init_rgb) return ldm_error("inpainting: a mask needs an init image");
+    if (p->inpaint_unet && !g->mask_rgb)
+        return ldm_error("this is an inpainting model (its UNet takes %d channels): it needs an "
+                         "image and a mask (sd inpaint)", p->model.unet.in_channels);
     return LDM_OK;
 }
 
@@ -475,7 +625,13 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     ldm_generate_params gl = *g;
     if (ldm_lora_begin(&lora, &p->unet, &p->clip, g->prompt, g->lora_dir, g->loras, g->n_loras))
         return LDM_ERR;
-    gl.prompt = lora.prompt, g = &gl;
+    char *negative = NULL;   // tags in the negative prompt are merged too: they are global
+    if (ldm_lora_take_tags(&negative, &lora, &p->unet, &p->clip, g->negative, g->lora_dir)) {
+        free(negative);
+        ldm_lora_restore(&lora);
+        return LDM_ERR;
+    }
+    gl.prompt = lora.prompt, gl.negative = negative, g = &gl;
     const int64_t f = p->factor, C = p->latent_channels;
     generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
                     .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
@@ -488,6 +644,8 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     ldm_dump_set_prefix(NULL);
     ldm_tensor_free(&r.context);
     free(r.noise); free(r.init); free(r.z);
+    free(r.mask); free(r.masked); free(r.unet_in); free(r.sigmas); free(r.timesteps);
     ldm_lora_restore(&lora);   // the original weights, bit for bit
+    free(negative);
     return rc;
 }

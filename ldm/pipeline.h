@@ -7,20 +7,25 @@
  *                      ids in 77-token chunks --CLIP--> context c [1,77k,D], u [1,77k,D]
  *                      (u padded to c's length or back)
  *   2. initial latent  seed --rng--> noise z_T [B,4,h,w]; img2img: z_0 = E(x) (the VAE
- *                      encoder), noised to the start level, q(z_t | z_0)
+ *                      encoder), noised to the start level, q(z_t | z_0); inpainting
+ *                      also: mask M -> m [1,1,h,w], E(x * (1 - M)) [B,4,h,w]
  *   3. sample          the reverse process: D(x; t) from one UNet batch
- *                      [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w], guided eps = u + s (c - u)
+ *                      [u_0..u_B-1, c_0..c_B-1] [2B,4,h,w], guided eps = u + s (c - u);
+ *                      inpainting UNet input [z, m, E(x * (1 - M))] [2B,9,h,w]; an
+ *                      ordinary UNet gets z back outside the mask after each step
  *   4. decode          D(z_0): latent [B,4,h,w] --VAE decoder--> image [B,3,H,W] in
  *                      [-1,1] --> uint8 RGB
  *
  * Mirrors: CompVis scripts/txt2img.py and scripts/img2img.py (loop, strength,
  * guidance order), diffusers StableDiffusionPipeline / StableDiffusion
- * Img2ImgPipeline (the test reference), AUTOMATIC1111's prompt attention
+ * Img2ImgPipeline / StableDiffusionInpaintPipeline (the test references),
+ * AUTOMATIC1111's prompt attention
  * syntax and 75-token chunking (prompt_parser.parse_prompt_attention,
  * sd_hijack_clip), with "pad prompt/negative prompt to the same length".
  * LoRA files (ldm/lora.h) and textual-inversion embeddings (ldm/embeddings.h)
- * come in through the prompt, as in A1111. Leaves out: inpainting, prompt
+ * come in through the prompt, as in A1111. Leaves out: prompt
  * editing `[from:to:when]` and alternation `[a|b]` (A1111 scheduling syntax),
+ * inpainting's mask blur, "only masked" crop and pixel-space overlay,
  * hires fix, the CompVis watermark and safety checker.
  */
 #ifndef LDM_PIPELINE_H
@@ -74,6 +79,7 @@ typedef struct ldm_pipeline {
     ldm_schedule sched;             // SD schedule (scaled linear, CompVis precision)
     int factor;                     // VAE pixels per latent pixel: 2^(levels-1) (8 for SD)
     int latent_channels;            // 4
+    int inpaint_unet;               // 1: the UNet takes [z, mask, E(masked image)], 2C+1 = 9 channels
     int verbose;
     double load_seconds;
 } ldm_pipeline;
@@ -107,9 +113,13 @@ typedef struct ldm_generate_params {
     // size as width x height; strength in [0,1]: int(strength*steps) steps run.
     const uint8_t *init_rgb;
     double strength;                // double: int(strength * steps) as Python computes it
+    // inpainting (with init_rgb): mask [height][width][3] uint8, white = repaint (its
+    // gray binarised at 0.5); strength 1 starts from pure noise (diffusers)
+    const uint8_t *mask_rgb;
     ldm_vae_options vae_opt;        // tiling
-    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt load DIR/NAME.safetensors;
-    // loras[n_loras] are merged too. Merged for this call only, then restored.
+    // LoRA (ldm/lora.h): <lora:NAME:SCALE> tags in the prompt or the negative prompt
+    // (global: they change the whole model) load DIR/NAME.safetensors; loras[n_loras]
+    // are merged too. Merged for this call only, then restored.
     const char *lora_dir;
     const ldm_lora_spec *loras;
     int n_loras;
@@ -117,6 +127,9 @@ typedef struct ldm_generate_params {
     void *progress_ctx;
     const char *const *prompts;     // [batch] one prompt per image (CompVis --from-file
                                     // batches); NULL: `prompt` for every image
+    int64_t *nfe;                   // optional out: the model evaluations (UNet calls with
+                                    // guidance folded in: ldm_denoiser.nfe) so far, set before
+                                    // each progress call and at the end; NULL: not reported
 } ldm_generate_params;
 
 // Checks params without running anything (sizes, steps, strength, sampler).
@@ -129,8 +142,11 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g);
 // latent_out [B,C,h,w] (may be NULL), rgb_out [B][H][W][3] (may be NULL).
 // The generator is used in this order: (img2img) the VAE posterior noise
 // [B,C,h,w], the initial noise [B,C,h,w], then the sampler's own draws.
+// Inpainting, as diffusers: (strength < 1 or a 4-channel UNet) the image's
+// posterior noise [1,C,h,w], the initial noise [B,C,h,w], the masked image's
+// posterior noise [1,C,h,w], then the sampler's.
 // Dumps (ldm_dump_set_dir): "prompt/text_model.*", "negative/text_model.*",
-// "context", "uncond_context", "init_latent", "noise", "stepNNN/unet_in",
+// "context", "uncond_context", "init_latent", "noise", "mask", "masked_latent", "stepNNN/unet_in",
 // "stepNNN/unet.*" (block dumps of the UNet), "stepNNN/unet_out",
 // "stepNNN/latent", "stepNNN/denoised", "latent", "imageK/vae.*", "imageK/image".
 int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_out,

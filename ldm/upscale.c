@@ -209,7 +209,7 @@ done:
     return rc;
 }
 
-static void step_fn(void *vctx, int i, const float *x, const float *denoised) {
+static void step_fn(void *vctx, int i, float *x, const float *denoised) {
     upscale_run *r = vctx;
     ldm_dump_host(x, LDM_SHAPE(r->B, r->C, r->h, r->w), "step%03d/latent", i);
     if (r->g->progress) r->g->progress(r->g->progress_ctx, "sample", i + 1, r->run_steps, 0);

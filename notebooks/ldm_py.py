@@ -216,7 +216,7 @@ class Denoiser(C.Structure):  # samplers/sampler.h ldm_denoiser
     _fields_ = [("fn", MODEL_FN), ("ctx", C.c_void_p), ("prediction", C.c_int), ("cfg", C.c_int),
                 ("cfg_scale", C.c_float), ("sched", C.POINTER(Schedule_)),
                 ("B", C.c_int64), ("per", C.c_int64), ("x_in", f32p), ("out", f32p),
-                ("t", f32p), ("nfe", C.c_int64)]
+                ("t", f32p), ("uncond", f32p), ("nfe", C.c_int64)]
 
 
 class SamplerInfo(C.Structure):  # ldm_sampler_info
@@ -230,7 +230,7 @@ class SamplerCtx(C.Structure):  # ldm_sampler_ctx
                 ("timesteps", C.POINTER(C.c_int)), ("eta", C.c_float), ("s_churn", C.c_float),
                 ("s_tmin", C.c_float), ("s_tmax", C.c_float), ("s_noise", C.c_float),
                 ("compvis", C.c_int), ("set_alpha_to_one", C.c_int), ("callback", STEP_FN),
-                ("callback_ctx", C.c_void_p)]
+                ("callback_ctx", C.c_void_p), ("steps", C.c_int), ("brownian", C.c_void_p)]
 
 
 class Conventions(C.Structure):  # ldm_conventions
@@ -240,7 +240,8 @@ class Conventions(C.Structure):  # ldm_conventions
 
 class SamplerSettings(C.Structure):  # ldm_sampler_settings
     _fields_ = [("sampler", C.POINTER(SamplerInfo)), ("sigma_kind", C.c_int), ("steps", C.c_int),
-                ("eta", C.c_float), ("s_churn", C.c_float), ("conv", Conventions)]
+                ("eta", C.c_float), ("s_churn", C.c_float), ("conv", Conventions),
+                ("sde_noise", C.c_int)]
 
 
 class SampleRun(C.Structure):  # ldm_sample_run
@@ -265,9 +266,9 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("height", C.c_int), ("batch", C.c_int), ("sampling", SamplerSettings),
                 ("cfg_scale", C.c_float), ("clip_skip", C.c_int), ("rng", C.POINTER(Rng)),
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
-                ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
+                ("mask_rgb", C.POINTER(C.c_uint8)), ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
                 ("n_loras", C.c_int), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
-                ("prompts", C.c_void_p)]
+                ("prompts", C.c_void_p), ("nfe", C.POINTER(C.c_int64))]
 
 
 # Every mirror, by its C name (layout_check.c prints the same list).

@@ -119,7 +119,7 @@ int ldm_analytic_model(float *out, const float *x_in, const float *t, int64_t N,
 
 typedef struct { float *at_last; int64_t per; int i_last; } capture_ctx;
 
-static void capture(void *vctx, int i, const float *x, const float *denoised) {
+static void capture(void *vctx, int i, float *x, const float *denoised) {
     capture_ctx *c = vctx;
     if (i == c->i_last) memcpy(c->at_last, x, (size_t)c->per * sizeof(float));
 }

@@ -12,8 +12,12 @@
  * They differ only in the RNG: CompVis draws z every step, even at eta = 0
  * (c->compvis = 1); diffusers draws only when eta > 0. With the SD spacing
  * ("leading", offset 1 = CompVis "uniform") their timesteps coincide.
- * The previous timestep is the next entry of c->timesteps (diffusers uses
- * t - T/n, the same for leading/uniform spacing).
+ * The previous timestep is t - T/steps (integer division) as in diffusers
+ * when c->steps is known, else the next entry of c->timesteps. For "leading"
+ * and CompVis "uniform" spacing the two are the same; for "trailing" (the
+ * ddim_trailing name) and "linspace" t - T/steps can lie a timestep above the
+ * next entry when steps does not divide T, and the next step then starts from
+ * that level (diffusers' DDIMScheduler.step, kept to give its image).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -30,7 +34,9 @@ int ldm_sample_ddim(float *x, ldm_sampler_ctx *c) {
     double final_abar = c->set_alpha_to_one ? 1.0 : abar[0];
     int rc = LDM_OK;
     for (int i = 0; i < c->n; i++) {
-        int t = c->timesteps[i], prev = i + 1 < c->n ? c->timesteps[i + 1] : -1;
+        int t = c->timesteps[i];
+        int prev = c->steps > 0 ? t - c->dn->sched->T / c->steps
+                                : i + 1 < c->n ? c->timesteps[i + 1] : -1;
         if ((rc = ldm_denoiser_eps(c->dn, eps, x, (float)t)) != LDM_OK) break;
         double a_t = abar[t], a_prev = prev >= 0 ? abar[prev] : final_abar;
         double sigma_t = c->eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)); // eq. 16

@@ -60,7 +60,7 @@ int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c) {
             }
             if (c->eta != 0) {
                 float amp = sig[i + 1] * sqrtf(-expm1f(-2 * h * c->eta)) * c->s_noise;
-                ldm_sampler_noise(c, noise);
+                ldm_sampler_noise_sde(c, noise, sig[i], sig[i + 1]);
                 for (int64_t k = 0; k < n; k++) x[k] = x[k] + noise[k] * amp;
             }
         }

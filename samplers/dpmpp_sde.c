@@ -43,7 +43,7 @@ int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c) {
             float s_ = -logf((float)sd);
             float a1 = expf(-s_) / expf(-t), b1 = expm1f(t - s_);
             for (int64_t k = 0; k < n; k++) x2[k] = a1 * x[k] - b1 * denoised[k];
-            ldm_sampler_noise(c, noise);
+            ldm_sampler_noise_sde(c, noise, sig[i], expf(-s));
             for (int64_t k = 0; k < n; k++) x2[k] += noise[k] * c->s_noise * (float)su;
             if ((rc = ldm_denoiser_denoised(c->dn, denoised2, x2, expf(-s))) != LDM_OK) break;
             // stage 2
@@ -54,7 +54,7 @@ int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c) {
                 float dd = (1 - fac) * denoised[k] + fac * denoised2[k];
                 x[k] = a2 * x[k] - b2 * dd;
             }
-            ldm_sampler_noise(c, noise);
+            ldm_sampler_noise_sde(c, noise, sig[i], sig[i + 1]);
             for (int64_t k = 0; k < n; k++) x[k] += noise[k] * c->s_noise * (float)su;
         }
         if (c->callback) c->callback(c->callback_ctx, i, x, denoised);

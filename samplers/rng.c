@@ -290,3 +290,94 @@ int ldm_rng_parse(ldm_rng_kind *kind, const char *name) {
     return ldm_error("expected \"cpu\" (torch CPU generator) or \"cuda\" (torch CUDA "
                      "Philox), found \"%s\"", name ? name : "(null)");
 }
+
+// ---------------------------------------------------------------------------
+// Brownian tree (rng.h): Levy's midpoint construction, normals from Philox
+
+int ldm_brownian_init(ldm_brownian *bt, const ldm_rng *rngs, int per_sample, int64_t B,
+                      int64_t per, double T) {
+    memset(bt, 0, sizeof *bt);
+    if (B < 1 || per < 1 || !(T > 0))
+        return ldm_error("brownian tree: needs B >= 1, per >= 1, T > 0 (found %lld, %lld, %g)",
+                         (long long)B, (long long)per, T);
+    int64_t n = B * per, k = per_sample ? B : 1;
+    bt->B = B, bt->per = per, bt->per_sample = per_sample, bt->T = T, bt->s_last = -1;
+    bt->seeds = malloc((size_t)k * sizeof *bt->seeds);
+    bt->wa = malloc((size_t)n * sizeof(double));
+    bt->wb = malloc((size_t)n * sizeof(double));
+    bt->w_from = malloc((size_t)n * sizeof(double));
+    bt->w_to = malloc((size_t)n * sizeof(double));
+    bt->w_last = malloc((size_t)n * sizeof(double));
+    if (!bt->seeds || !bt->wa || !bt->wb || !bt->w_from || !bt->w_to || !bt->w_last) {
+        ldm_brownian_free(bt);
+        return ldm_error("brownian tree: out of memory for %lld values", (long long)n);
+    }
+    for (int64_t b = 0; b < k; b++) bt->seeds[b] = rngs[b].seed;
+    return LDM_OK;
+}
+
+void ldm_brownian_free(ldm_brownian *bt) {
+    free(bt->seeds); free(bt->wa); free(bt->wb); free(bt->w_from); free(bt->w_to);
+    free(bt->w_last);
+    memset(bt, 0, sizeof *bt);
+}
+
+// z [count] <- the standard normals of `node` for elements 0..count-1 of one
+// stream: Philox4x32-10(counter = (element/4, node), key = seed), each 32-bit
+// word a uniform (u + 0.5) / 2^32 in (0, 1), pairs through Box-Muller.
+static void node_normals(double *z, int64_t count, uint64_t seed, uint64_t node) {
+    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    for (int64_t j = 0; 4 * j < count; j++) {
+        const uint32_t ctr[4] = {(uint32_t)j, (uint32_t)((uint64_t)j >> 32), (uint32_t)node,
+                                 (uint32_t)(node >> 32)};
+        uint32_t u[4];
+        ldm_philox4x32_10(u, ctr, key);
+        for (int p = 0; p < 2; p++) {
+            double u1 = ((double)u[2 * p] + 0.5) / 4294967296.0;
+            double u2 = ((double)u[2 * p + 1] + 0.5) / 4294967296.0;
+            double r = sqrt(-2.0 * log(u1)), a = 2.0 * M_PI * u2;
+            if (4 * j + 2 * p < count) z[4 * j + 2 * p] = r * cos(a);
+            if (4 * j + 2 * p + 1 < count) z[4 * j + 2 * p + 1] = r * sin(a);
+        }
+    }
+}
+
+// w [n] <- w + scale * z_node over every stream (one per sample, or one for all)
+static void add_node(const ldm_brownian *bt, double *w, double scale, uint64_t node, double *z) {
+    int64_t streams = bt->per_sample ? bt->B : 1, len = bt->per_sample ? bt->per : bt->B * bt->per;
+    for (int64_t b = 0; b < streams; b++) {
+        node_normals(z, len, bt->seeds[b], node);
+        for (int64_t e = 0; e < len; e++) w[b * len + e] += scale * z[e];
+    }
+}
+
+void ldm_brownian_at(ldm_brownian *bt, double *w, double s) {
+    const int64_t n = bt->B * bt->per;
+    if (s == bt->s_last) { memcpy(w, bt->w_last, (size_t)n * sizeof(double)); return; }
+    double *wa = bt->wa, *wb = bt->wb, *z = w;   // w is scratch for the normals until the end
+    double a = 0, b = bt->T, x = s < 0 ? 0 : s > bt->T ? bt->T : s;
+    for (int64_t e = 0; e < n; e++) wa[e] = 0, wb[e] = 0;   // W(0) = 0
+    add_node(bt, wb, sqrt(bt->T), 0, z);                      // W(T) = sqrt(T) z_0
+    uint64_t k = 0;                                           // cell index at depth d
+    for (int d = 0; d < LDM_BROWNIAN_DEPTH && x != a && x != b; d++) {
+        double m = 0.5 * (a + b), half = sqrt(0.25 * (b - a));
+        double *wm = x < m ? wb : wa;   // the end that moves to the midpoint
+        const double *other = x < m ? wa : wb;
+        for (int64_t e = 0; e < n; e++) wm[e] = 0.5 * (wm[e] + other[e]);
+        add_node(bt, wm, half, ((uint64_t)1 << d) + k, z);    // the bridge's midpoint
+        if (x < m) b = m, k = 2 * k;
+        else a = m, k = 2 * k + 1;
+    }
+    double f = b > a ? (x - a) / (b - a) : 0;                 // within the last cell: linear
+    for (int64_t e = 0; e < n; e++) w[e] = wa[e] + f * (wb[e] - wa[e]);
+    memcpy(bt->w_last, w, (size_t)n * sizeof(double));
+    bt->s_last = s;
+}
+
+void ldm_brownian_noise(ldm_brownian *bt, float *noise, double s_from, double s_to) {
+    const int64_t n = bt->B * bt->per;
+    double len = fabs(s_to - s_from), scale = len > 0 ? 1.0 / sqrt(len) : 0.0;
+    ldm_brownian_at(bt, bt->w_from, s_from);
+    ldm_brownian_at(bt, bt->w_to, s_to);   // (kept as w_last: the next step starts here)
+    for (int64_t e = 0; e < n; e++) noise[e] = (float)((bt->w_to[e] - bt->w_from[e]) * scale);
+}

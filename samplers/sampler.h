@@ -57,6 +57,9 @@ typedef struct ldm_denoiser {
     float *x_in;                  // [N,per]
     float *out;                   // [N,per]
     float *t;                     // [N]
+    float *uncond;                // [B,per] the unconditional prediction of the last call, in
+                                  // the form that call returned (eps or denoised); a copy of
+                                  // the result when cfg is off. CFG++ renoises with it.
     int64_t nfe;                  // model evaluations so far (one per fn call)
 } ldm_denoiser;
 
@@ -78,8 +81,9 @@ int ldm_denoiser_denoised(ldm_denoiser *d, float *denoised, const float *x, floa
 // One sampler run
 
 // Called after step i with x [B,per] after the step and the step's
-// prediction of x_0 (denoised / pred_x0) [B,per].
-typedef void (*ldm_step_fn)(void *ctx, int i, const float *x, const float *denoised);
+// prediction of x_0 (denoised / pred_x0) [B,per]. The callback may change x:
+// the next step starts from it (inpainting blends the kept region back in).
+typedef void (*ldm_step_fn)(void *ctx, int i, float *x, const float *denoised);
 
 // What a sampler file sees: the values of one run, resolved by ldm_sample
 // from the settings (eta's default applied, the steps turned into sigmas or
@@ -98,6 +102,10 @@ typedef struct ldm_sampler_ctx {
     int set_alpha_to_one;         // DDIM/PLMS: abar before t=0 is 1 (else abar_0, the SD default)
     ldm_step_fn callback;         // optional
     void *callback_ctx;
+    int steps;                    // the steps asked for (ldm_sampler_settings.steps; 0: unknown):
+                                  // diffusers' DDIM steps from t to t - T/steps (ddim.c)
+    ldm_brownian *brownian;       // SDE samplers' noise: a Brownian path (--sde-noise brownian),
+                                  // NULL: per-step draws from rng (ldm_sampler_noise_sde)
 } ldm_sampler_ctx;
 
 // Every sampler: x [B,per] in: the start (k-diffusion: noise * sigmas[0];
@@ -107,6 +115,8 @@ typedef int (*ldm_sampler_fn)(float *x, ldm_sampler_ctx *c);
 int ldm_sample_ddpm(float *x, ldm_sampler_ctx *c);         // samplers/ddpm.c
 int ldm_sample_ddim(float *x, ldm_sampler_ctx *c);         // samplers/ddim.c
 int ldm_sample_plms(float *x, ldm_sampler_ctx *c);         // samplers/plms.c
+int ldm_sample_lcm(float *x, ldm_sampler_ctx *c);          // samplers/lcm.c (timesteps: LDM_SPACING_LCM)
+int ldm_sample_tcd(float *x, ldm_sampler_ctx *c);          // samplers/tcd.c (eta = TCD's gamma)
 int ldm_sample_euler(float *x, ldm_sampler_ctx *c);        // samplers/euler.c
 int ldm_sample_euler_a(float *x, ldm_sampler_ctx *c);      // samplers/euler_a.c
 int ldm_sample_heun(float *x, ldm_sampler_ctx *c);         // samplers/heun.c
@@ -118,12 +128,28 @@ int ldm_sample_dpmpp_2m(float *x, ldm_sampler_ctx *c);     // samplers/dpmpp_2m.
 int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c);    // samplers/dpmpp_sde.c
 int ldm_sample_dpmpp_2m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_sde.c
 int ldm_sample_dpmpp_3m_sde(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_3m_sde.c (eta 0: DPM++ 3M)
+int ldm_sample_unipc(float *x, ldm_sampler_ctx *c);        // samplers/unipc.c (B(h) = "bh2")
+int ldm_sample_unipc_bh1(float *x, ldm_sampler_ctx *c);    // samplers/unipc.c (B(h) = "bh1")
+int ldm_sample_deis(float *x, ldm_sampler_ctx *c);         // samplers/deis.c
+int ldm_sample_ipndm(float *x, ldm_sampler_ctx *c);        // samplers/ipndm.c
+int ldm_sample_ipndm_v(float *x, ldm_sampler_ctx *c);      // samplers/ipndm.c (variable step)
+int ldm_sample_dpm_fast(float *x, ldm_sampler_ctx *c);     // samplers/dpm_solver.c (n = model evaluations)
+int ldm_sample_dpm_adaptive(float *x, ldm_sampler_ctx *c); // samplers/dpm_solver.c (steps: error control)
+int ldm_sample_res_multistep(float *x, ldm_sampler_ctx *c); // samplers/res_multistep.c
+int ldm_sample_er_sde(float *x, ldm_sampler_ctx *c);       // samplers/er_sde.c
+int ldm_sample_euler_cfgpp(float *x, ldm_sampler_ctx *c);  // samplers/euler_cfgpp.c (guidance 0..1)
+int ldm_sample_dpmpp_2m_cfgpp(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2m_cfgpp.c (guidance 0..1)
 
 // ---------------------------------------------------------------------------
 // Helpers the sampler files share (samplers/sampler.c)
 
 // noise [B,per] <- the next draw, as torch.randn_like(x) on the run's generator(s).
 void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
+// noise [B,per] <- the SDE samplers' noise for a step from sigma to sigma_next:
+// the Brownian increment (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|
+// of c->brownian (k-diffusion's BrownianTreeNoiseSampler semantics, our own
+// tree: rng.h), or, without one, the next draw (ldm_sampler_noise).
+void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next);
 // Karras et al. 2022 Algorithm 2 "churn" at step i (Euler, Heun, DPM2):
 // gamma = min(s_churn/n, sqrt2 - 1) inside [s_tmin, s_tmax]; draws noise [B,per]
 // into eps every step (as k-diffusion does, even when gamma = 0), adds
@@ -150,13 +176,21 @@ typedef enum {
     LDM_SIGMAS_KL_OPTIMAL = 5,   // even in atan(sigma)
     LDM_SIGMAS_AYS = 6,          // Align Your Steps SD 1.5, log-linear to n
     LDM_SIGMAS_BETA = 7,         // Beta(0.6, 0.6) quantiles between sigma_max and sigma_min
+    LDM_SIGMAS_GITS = 8,         // GITS SD 1.5 (Chen et al. 2024), log-linear to n
+    LDM_SIGMAS_SMOOTHSTEP = 9,   // t = round(999 smoothstep(1 - i/n)) (stable-diffusion.cpp)
 } ldm_sigma_kind;
+#define LDM_SIGMAS_COUNT 10      // kinds 0 .. LDM_SIGMAS_COUNT-1
 
 // sigmas [n+1] <- the schedule `kind` for n steps on s (last 0).
 void ldm_sigmas_make(float *sigmas, ldm_sigma_kind kind, const ldm_schedule *s, int n);
 // "karras", "exponential", "default" / "normal", "sgm_uniform", "simple",
-// "kl_optimal", "ays" / "align_your_steps", "beta" (case-insensitive). 0 / LDM_ERR.
+// "kl_optimal", "ays" / "align_your_steps", "beta", "gits", "smoothstep"
+// (case-insensitive; ' ', '-', '_' alike). 0 / LDM_ERR.
 int ldm_sigma_kind_parse(ldm_sigma_kind *kind, const char *name);
+// The name of a kind as ldm_sigma_kind_parse reads it ("karras"), and as
+// the sampler-name suffix A1111 labels use (" Karras"; "" for the default).
+const char *ldm_sigma_kind_name(ldm_sigma_kind kind);
+const char *ldm_sigma_kind_label(ldm_sigma_kind kind);
 
 typedef struct ldm_sampler_info {
     const char *name;      // "euler_a"
@@ -173,7 +207,8 @@ extern const int ldm_sampler_count;
 // "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras", "DPM++ SDE Exponential".
 // Case-insensitive; spaces, '-' and '_' are equivalent. A suffix selects the
 // sigma schedule: " Karras", " Exponential", " SGM Uniform", " Simple",
-// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " Normal". 0 / LDM_ERR (lists names).
+// " KL Optimal", " AYS" / " Align Your Steps", " Beta", " GITS", " Smoothstep",
+// " Normal". 0 / LDM_ERR (lists names).
 int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, const char *name);
 
 // ---------------------------------------------------------------------------
@@ -197,6 +232,15 @@ extern const ldm_conventions LDM_CONVENTIONS_DIFFUSERS;  // leading, offset 1, n
 // ---------------------------------------------------------------------------
 // The whole run in one call (what the pipeline uses)
 
+// The noise of the SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde):
+typedef enum {
+    LDM_SDE_NOISE_PER_STEP = 0,   // a fresh draw from the run's generator per step (default)
+    LDM_SDE_NOISE_BROWNIAN = 1,   // increments of one Brownian path per seed (rng.h ldm_brownian):
+                                  // a step's noise depends on its interval only, not the step count
+} ldm_sde_noise;
+// "per-step" / "brownian". 0 / LDM_ERR.
+int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name);
+
 // What the user chose: the one settings struct, from the command line to
 // ldm_sample (the pipeline holds it in ldm_generate_params.sampling).
 typedef struct ldm_sampler_settings {
@@ -206,6 +250,7 @@ typedef struct ldm_sampler_settings {
     float eta;                        // noise amount; < 0: the sampler's default_eta
     float s_churn;                    // Euler/Heun/DPM2 churn (Karras Algorithm 2), 0 = off
     ldm_conventions conv;             // spacing, steps_offset, CompVis noise draws, uint8 rounding
+    ldm_sde_noise sde_noise;          // the SDE samplers' noise: per-step draws or a Brownian path
 } ldm_sampler_settings;
 
 // The number of schedule entries the sampler walks for s->steps: s->steps for

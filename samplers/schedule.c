@@ -138,8 +138,9 @@ int ldm_spacing_parse(ldm_spacing *sp, const char *name) {
     else if (!strcmp(name, "trailing")) *sp = LDM_SPACING_TRAILING;
     else if (!strcmp(name, "linspace")) *sp = LDM_SPACING_LINSPACE;
     else if (!strcmp(name, "uniform") || !strcmp(name, "compvis")) *sp = LDM_SPACING_UNIFORM;
+    else if (!strcmp(name, "lcm")) *sp = LDM_SPACING_LCM;
     else
-        return ldm_error("timestep spacing: expected leading, trailing, linspace or uniform, "
+        return ldm_error("timestep spacing: expected leading, trailing, linspace, uniform or lcm, "
                          "found \"%s\"", name);
     return LDM_OK;
 }
@@ -147,6 +148,9 @@ int ldm_spacing_parse(ldm_spacing *sp, const char *name) {
 int ldm_timesteps_count(const ldm_schedule *s, ldm_spacing sp, int n) {
     if (n < 1 || n > s->T)
         return ldm_error("steps: expected 1..%d, found %d", s->T, n);
+    if (sp == LDM_SPACING_LCM && (n > LDM_LCM_ORIGINAL_STEPS || s->T < LDM_LCM_ORIGINAL_STEPS))
+        return ldm_error("steps: LCM / TCD sample from %d distillation timesteps, so at most %d "
+                         "steps, found %d", LDM_LCM_ORIGINAL_STEPS, LDM_LCM_ORIGINAL_STEPS, n);
     if (sp == LDM_SPACING_UNIFORM) {
         int c = s->T / n;
         return (s->T + c - 1) / c;  // len(range(0, T, c)): more than n when c does not divide T
@@ -172,6 +176,12 @@ int ldm_timesteps(int *out, const ldm_schedule *s, ldm_spacing sp, int n, int st
             double v = n == 1 ? 0.0 : (double)j * ((double)(T - 1) / (n - 1));
             if (n > 1 && j == n - 1) v = T - 1;  // numpy sets the endpoint exactly
             t = (int)nearbyint(v);
+            break;
+        }
+        case LDM_SPACING_LCM: {     // origin k*(1..N) - 1 descending, entries floor(i N / n)
+            int N = LDM_LCM_ORIGINAL_STEPS, k = T / N;
+            int index = (int)floor((double)i * ((double)N / n));  // linspace(0, N, n, endpoint=False)
+            t = (N - index) * k - 1;
             break;
         }
         default:                    // CompVis make_ddim_timesteps("uniform") + 1
@@ -241,6 +251,67 @@ void ldm_sigmas_ays(float *out, int n) {
         int j = (int)x < 9 ? (int)x : 8;
         double w = x - j;
         out[i] = (float)exp((1 - w) * log(ays[j]) + w * log(ays[j + 1]));
+    }
+    out[n] = 0;
+}
+
+// GITS for SD 1.5 (ComfyUI's NOISE_LEVELS[1.20]): row n-2 holds the n+1
+// points of the n-step schedule as indices k of the search grid
+// t = linspace(T-1, 0, 101)[100 - k], i.e. t = 9.99 k: every published sigma
+// is the training schedule's sigma(9.99 k) (to 3e-6; checked in
+// tools/reference/fixtures_samplers_schedules.py).
+static const unsigned char gits_grid[19][21] = {
+    {100, 29, 0},
+    {100, 49, 18, 0},
+    {100, 61, 33, 11, 0},
+    {100, 66, 42, 21, 6, 0},
+    {100, 83, 57, 34, 15, 3, 0},
+    {100, 83, 62, 42, 23, 8, 1, 0},
+    {100, 83, 62, 45, 29, 15, 6, 1, 0},
+    {100, 83, 66, 50, 34, 21, 11, 4, 1, 0},
+    {100, 83, 66, 51, 38, 27, 17, 9, 4, 1, 0},
+    {100, 83, 67, 54, 42, 30, 21, 13, 7, 3, 1, 0},
+    {100, 83, 68, 56, 45, 34, 25, 17, 11, 6, 3, 1, 0},
+    {100, 86, 71, 61, 49, 38, 29, 21, 15, 10, 6, 3, 1, 0},
+    {100, 86, 71, 62, 50, 40, 31, 23, 17, 12, 8, 5, 3, 1, 0},
+    {100, 88, 78, 68, 58, 48, 38, 30, 23, 17, 12, 8, 5, 3, 1, 0},
+    {100, 88, 78, 68, 58, 48, 38, 30, 23, 17, 13, 9, 6, 4, 2, 1, 0},
+    {100, 88, 78, 68, 58, 48, 38, 30, 23, 17, 13, 10, 7, 5, 3, 2, 1, 0},
+    {100, 88, 78, 68, 59, 50, 41, 33, 26, 20, 15, 11, 8, 6, 4, 3, 2, 1, 0},
+    {100, 88, 78, 68, 59, 50, 42, 34, 27, 21, 16, 12, 9, 7, 5, 4, 3, 2, 1, 0},
+    {100, 88, 78, 68, 59, 50, 42, 34, 27, 21, 17, 13, 10, 8, 6, 5, 4, 3, 2, 1, 0},
+};
+
+void ldm_sigmas_gits(float *out, const ldm_schedule *s, int n) {
+    float grid_sigma[21];   // the row's sigmas, from sigma_max down to sigma_min
+    int row = n >= 2 && n <= 20 ? n - 2 : 18, len = row + 3;
+    for (int j = 0; j < len; j++)
+        grid_sigma[j] = ldm_t_to_sigma(s, linspace_f32((float)(s->T - 1), 0.0f, 101,
+                                                       100 - gits_grid[row][j]));
+    if (n >= 2 && n <= 20) {
+        for (int i = 0; i < n; i++) out[i] = grid_sigma[i];
+    } else {   // np.interp of log sigma at n+1 evenly spaced positions over the 21 points
+        for (int i = 0; i < n; i++) {
+            double x = (double)i / n * (len - 1);
+            int j = (int)x < len - 2 ? (int)x : len - 2;
+            double w = x - j;
+            out[i] = (float)exp((1 - w) * log(grid_sigma[j]) + w * log(grid_sigma[j + 1]));
+        }
+    }
+    out[n] = 0;   // the last point, sigma_min, becomes 0: the final step denoises fully
+}
+
+void ldm_sigmas_smoothstep(float *out, const ldm_schedule *s, int n) {
+    const float t_max = (float)(s->T - 1);
+    if (n == 1) {
+        out[0] = ldm_t_to_sigma(s, t_max);
+        out[1] = 0;
+        return;
+    }
+    for (int i = 0; i < n; i++) {   // float32 as the reference
+        float u = 1.0f - (float)i / (float)n;
+        float smooth = u * u * (3.0f - 2.0f * u);   // smoothstep: 0 -> 0, 1 -> 1, flat at both
+        out[i] = ldm_t_to_sigma(s, roundf(smooth * t_max));
     }
     out[n] = 0;
 }

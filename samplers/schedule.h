@@ -68,15 +68,22 @@ typedef enum {
     LDM_SPACING_TRAILING = 1, // round(arange(T, 0, -T/n)) - 1
     LDM_SPACING_LINSPACE = 2, // round(linspace(0, T-1, n))
     LDM_SPACING_UNIFORM = 3,  // CompVis "uniform": range(0, T, T//n) + 1; may give MORE than n
+    LDM_SPACING_LCM = 4,      // LCM / TCD: n of the 50 distillation timesteps (below)
 } ldm_spacing;
 int ldm_spacing_parse(ldm_spacing *sp, const char *name);
 // Number of timesteps ldm_timesteps will write for n requested steps
 // (n for the diffusers spacings, ceil(T / (T//n)) for CompVis uniform), or
-// LDM_ERR when n is out of [1, T]. Callers outside the schedule count through
+// LDM_ERR when n is out of [1, T] (LCM: [1, LDM_LCM_ORIGINAL_STEPS]). Callers outside the schedule count through
 // ldm_sampler_steps (samplers/sampler.h), which asks this for DDPM/DDIM/PLMS.
 int ldm_timesteps_count(const ldm_schedule *s, ldm_spacing sp, int n);
 // out[count] <- timesteps, descending. Returns count or LDM_ERR.
 int ldm_timesteps(int *out, const ldm_schedule *s, ldm_spacing sp, int n, int steps_offset);
+// The timesteps LCM and TCD distil on and sample from (Luo et al. 2023, sec. 4.2
+// "skipping-step" k; diffusers LCMScheduler / TCDScheduler.set_timesteps with
+// original_inference_steps N = 50): k = T/N, the N-point grid k*(1..N) - 1
+// descending [999, 979, ..., 19], and of it the entries at indices
+// floor(j N/n), j = 0..n-1. n in [1, N].
+#define LDM_LCM_ORIGINAL_STEPS 50
 
 // ---- sigma schedules for the k-diffusion samplers: out[n+1], last = 0
 // k-diffusion get_sigmas(n): t = linspace(T-1, 0, n), sigma = t_to_sigma(t).
@@ -105,6 +112,21 @@ void ldm_sigmas_ays(float *out, int n);
 // CDF of the Beta(alpha, beta) distribution (diffusers: alpha = beta = 0.6).
 void ldm_sigmas_beta(float *out, int n, double sigma_min, double sigma_max, double alpha,
                      double beta);
+// "gits" (Chen et al. 2024, "On the Trajectory Regularity of ODE-based
+// Diffusion Sampling", GITS): the paper's dynamic-programming search run on
+// SD 1.5 for 2..20 steps, as ComfyUI's GITSScheduler carries it at its
+// default coefficient 1.20: n+1 points of the grid t = linspace(T-1, 0, 101)
+// from sigma_max to sigma_min, sigma = t_to_sigma(t), the last replaced by 0.
+// Other n (1, > 20): the 20-step list interpolated log-linearly to n+1
+// points (np.interp of log sigma, ComfyUI's loglinear_interp), the last
+// replaced by 0.
+void ldm_sigmas_gits(float *out, const ldm_schedule *s, int n);
+// "smoothstep" (stable-diffusion.cpp's SmoothStepScheduler): for i < n,
+// u = 1 - i/n, t = round(999 u^2 (3 - 2u)) (round half away from zero, in
+// float32), sigma = t_to_sigma(t); n = 1: [sigma(T-1), 0]. The smoothstep
+// u^2 (3 - 2u) is flat at both ends, so steps bunch near sigma_max and near
+// sigma_min; large n repeats training levels there (steps of zero length).
+void ldm_sigmas_smoothstep(float *out, const ldm_schedule *s, int n);
 
 // ---- the forward process and the parametrisations
 // x_t [B,per] = sqrt(abar_t[b]) x0 + sqrt(1 - abar_t[b]) noise        (DDPM eq. 4)

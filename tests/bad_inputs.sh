@@ -117,6 +117,18 @@ case_ 1 upscale --ckpt /nonexistent --init-img $UL $O
 case_ 1 upscale --ckpt README.md --init-img $UL $O
 case_ 1 upscale --ckpt tests/fixtures/pipeline/model --init-img $UL $O
 case_ 1 upscale --ckpt $UM --init-img $UL --noise_level 351 --steps 1 $O
+# ---- inpaint: the mask (missing: usage, exit 2; unreadable or of another size: exit 1)
+M="--init-img tests/fixtures/pipeline/init.png"
+case_ 2 inpaint $M $O
+case_ 2 inpaint --mask tests/fixtures/inpaint/mask.png $O
+case_ 2 inpaint $M --mask tests/fixtures/inpaint/mask.png --strength -0.5 $O
+case_ 2 txt2img --mask tests/fixtures/inpaint/mask.png $O
+case_ 1 inpaint $M --mask /nonexistent.png $O
+case_ 1 inpaint $M --mask tests $O
+case_ 1 inpaint $M --mask "$T/truncated.png" $O
+case_ 1 inpaint $M --mask README.md $O
+case_ 1 inpaint $M --mask tests/fixtures/io/png_rgb8.png $O
+case_ 1 inpaint --init-img /nonexistent.png --mask tests/fixtures/inpaint/mask.png $O
 # ---- the other subcommands
 case_ 2 vae-encode
 case_ 1 vae-encode /nonexistent.png "$T/out/x.npy"

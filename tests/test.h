@@ -111,7 +111,7 @@ static inline __attribute__((unused)) float *test_load_npy(const char *path, int
 static inline __attribute__((unused)) int test_run_cli(const char *sd, const char *args,
                                                        const char *out_path,
                                                        const char *err_path, char **err) {
-    char cmd[4096];
+    char cmd[16384];
     snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>'%s'", sd, args, out_path, err_path);
     int st = system(cmd);
     FILE *f = fopen(err_path, "rb");

@@ -355,7 +355,6 @@ static void test_unsupported(void) {
     if (!test_check(mkdtemp(dir) != NULL, "temporary folder", "mkdtemp failed")) return;
     static const struct { const char *key; int64_t shape[4]; int nd; const char *expect; } cases[] = {
         {"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight", {4}, 1, "SDXL"},
-        {"model.diffusion_model.input_blocks.0.0.weight", {8, 9, 3, 3}, 4, "inpainting"},
         {"model.diffusion_model.input_blocks.0.0.weight", {8, 5, 3, 3}, 4, "depth"},
         {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", {4}, 1, "SD3"},
         {"double_blocks.0.img_attn.qkv.weight", {4}, 1, "Flux"},

@@ -17,6 +17,9 @@
  *   small       -h, messages said once, one exit code convention, Model: name,
  *               --dump per batch, CompVis flags, an installed sd finds its data
  *   threads     the same bytes on 1, 2 and 3 threads
+ *   schedules   --schedule takes every sigma schedule (listed by --help), a
+ *               conflicting one is a usage error; lcm / tcd run; NFE in the
+ *               progress and the PNG parameters, which still rerun (--from-png)
  *   (the long list of bad invocations is tests/bad_inputs.sh)
  */
 #define _XOPEN_SOURCE 700   // posix_openpt, grantpt, unlockpt, ptsname
@@ -31,6 +34,7 @@
 #include <unistd.h>
 #include "ldm/core/error.h"
 #include "ldm/io/image.h"
+#include "samplers/sampler.h"
 #include "tests/test.h"
 
 static char sd[512], tmp[256], out_path[600], err_path[600];
@@ -507,6 +511,115 @@ static void test_compare_empty(void) {
                "compare EMPTY EMPTY: one clean error", "exit %d: %.300s", rc, err);
 }
 
+static void test_schedules_nfe(void) {
+    printf("-- --schedule takes every sigma schedule; NFE reported\n");
+    char args[2048], p[700], q[700], params[4096], *err;
+    const char *common = "--n_iter 1 --n_samples 1 --ddim_steps 3 --skip_grid";
+    int rc = run("txt2img --help", &err);
+    char *help = test_read_file(out_path, NULL);
+    int listed = help != NULL;
+    for (int k = 0; k < LDM_SIGMAS_COUNT && help; k++)
+        listed &= strstr(help, ldm_sigma_kind_name((ldm_sigma_kind)k)) != NULL;
+    test_check(rc == 0 && listed, "txt2img --help lists every sigma schedule", "exit %d: %.600s",
+               rc, help ? help : "(no output)");
+    free(help);
+    int all = 1;
+    for (int k = 0; k < LDM_SIGMAS_COUNT; k++) {
+        const char *name = ldm_sigma_kind_name((ldm_sigma_kind)k);
+        snprintf(args, sizeof args, "txt2img --sampler euler --schedule %s %s --outdir %s/sched_%s",
+                 name, common, tmp, name);
+        rc = run(args, &err);
+        snprintf(p, sizeof p, "%s/sched_%s/samples/00000.png", tmp, name);
+        png_params(p, params, sizeof params);
+        char want[96];
+        snprintf(want, sizeof want, "Sampler: Euler%s,", ldm_sigma_kind_label((ldm_sigma_kind)k));
+        if (rc != 0 || !strstr(params, want)) {
+            all = 0;
+            printf("  --schedule %s: exit %d, parameters %.200s: %.200s\n", name, rc, params, err);
+        }
+    }
+    test_check(all, "--sampler euler --schedule NAME runs for every sigma schedule and records it",
+               "%s", "see above");
+    // the recorded label reruns: gits through --from-png, same bytes
+    snprintf(p, sizeof p, "%s/sched_gits/samples/00000.png", tmp);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/sched_rerun", p, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/sched_rerun/samples/00000.png", tmp);
+    test_check(rc == 0 && same_bytes(p, q), "--from-png of a GITS image: same bytes",
+               "exit %d: %.300s", rc, err);
+    // conflicts and mismatches: usage errors naming the problem
+    static const struct { const char *args, *says; } bad[] = {
+        {"--sampler 'Euler Karras' --schedule gits", "conflicts"},
+        {"--sampler euler_smoothstep --schedule sgm_uniform", "conflicts"},
+        {"--sampler ddim --schedule karras", "timestep spacing"},
+        {"--sampler euler --schedule trailing", "sigma schedule"},
+        {"--sampler lcm --schedule trailing", "takes no --schedule"},
+        {"--sampler lcm --ddim_steps 51", "at most 50"},
+        {"--sampler tcd --ddim_eta 1.5", "gamma"},
+        {"--schedule sideways", "expected a sigma schedule"},
+        {"--sampler dpmpp_sde --sde-noise tree", "per-step or brownian"},
+        {"--sampler dpmpp_2m --schedule smoothstep --ddim_steps 100", "repeats a sigma"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(args, sizeof args, "txt2img %s --outdir %s/never", bad[i].args, tmp);
+        rc = run(args, &err);
+        char name[160];
+        snprintf(name, sizeof name, "%s: usage error (\"%s\")", bad[i].args, bad[i].says);
+        test_check(rc == 2 && strstr(err, bad[i].says), name, "exit %d: %.300s", rc, err);
+    }
+    snprintf(p, sizeof p, "%s/never", tmp);
+    test_check(!exists(p), "no output folder after the usage errors", "%s exists", p);
+    // NFE: Heun takes two evaluations a step except the last (to sigma 0): 3 steps = 5
+    snprintf(args, sizeof args, "txt2img --sampler heun %s --progress --outdir %s/heun", common, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/heun/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Steps: 3, NFE: 5, Sampler: Heun,") &&
+                   strstr(err, "step 3/3  NFE 5"),
+               "Heun 3 steps: NFE 5 in the parameters and the progress", "exit %d: %.200s | %.300s",
+               rc, params, err);
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/heun_rerun", p, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/heun_rerun/samples/00000.png", tmp);
+    test_check(rc == 0 && same_bytes(p, q), "--from-png with an NFE field: same bytes",
+               "exit %d: %.300s", rc, err);
+    // lcm and tcd from the command line; TCD's gamma recorded when not its default
+    snprintf(args, sizeof args, "txt2img --sampler lcm --scale 1.5 %s --outdir %s/lcm", common, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/lcm/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    test_check(rc == 0 && strstr(params, "Steps: 3, NFE: 3, Sampler: LCM,"),
+               "--sampler lcm: 3 steps, 3 evaluations", "exit %d: %.200s | %.300s", rc, params, err);
+    snprintf(args, sizeof args, "txt2img --sampler tcd --ddim_eta 0 %s --outdir %s/tcd", common, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/tcd/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    int tcd_ok = rc == 0 && strstr(params, "Sampler: TCD,") && strstr(params, "Eta: 0,");
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/tcd_rerun", p, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/tcd_rerun/samples/00000.png", tmp);
+    test_check(tcd_ok && rc == 0 && same_bytes(p, q),
+               "--sampler tcd --ddim_eta 0: gamma recorded, --from-png same bytes",
+               "exit %d: %.200s | %.300s", rc, params, err);
+    // --sde-noise brownian: recorded, reruns, and not the per-step image
+    snprintf(args, sizeof args, "txt2img --sampler dpmpp_2m_sde --sde-noise brownian %s "
+             "--outdir %s/brownian", common, tmp);
+    rc = run(args, &err);
+    snprintf(p, sizeof p, "%s/brownian/samples/00000.png", tmp);
+    png_params(p, params, sizeof params);
+    int br_ok = rc == 0 && strstr(params, "SDE noise: brownian");
+    snprintf(args, sizeof args, "txt2img --from-png %s --outdir %s/brownian_rerun", p, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/brownian_rerun/samples/00000.png", tmp);
+    br_ok &= rc == 0 && same_bytes(p, q);
+    snprintf(args, sizeof args, "txt2img --sampler dpmpp_2m_sde %s --outdir %s/perstep", common, tmp);
+    rc = run(args, &err);
+    snprintf(q, sizeof q, "%s/perstep/samples/00000.png", tmp);
+    test_check(br_ok && rc == 0 && !same_bytes(p, q),
+               "--sde-noise brownian: recorded, --from-png same bytes, differs from per-step",
+               "exit %d: %.200s | %.300s", rc, params, err);
+}
+
 int main(void) {
     const char *b = getenv("LDM_SD");
     if (b) snprintf(sd, sizeof sd, "%s", b);
@@ -526,6 +639,7 @@ int main(void) {
     test_small();
     test_threads();
     test_weights();
+    test_schedules_nfe();
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd) != 0) printf("  (could not remove %s)\n", tmp);

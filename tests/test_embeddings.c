@@ -9,6 +9,11 @@
  * CLIPTextModel with the vectors appended to its token embedding, as diffusers'
  * load_textual_inversion does. Tolerance: that of the prompt contexts in
  * tests/test_pipeline.c (1e-4 relative), the same encoder run.
+ * SD2: embeddings of width 32 (.pt, emb_params, clip_h beside clip_l, and an
+ * SD1-width file that is skipped) in the tiny SD2 model of tests/fixtures/ckpt,
+ * both layouts (OpenCLIP token_embedding of the CompVis file, the diffusers
+ * folder); that model has no tokenizer vocabulary, so the ids are built here
+ * from the embeddings' placeholder ids, as fixtures_embeddings.py sd2 builds them.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +23,10 @@
 
 #include "ldm/backend/ops.h"
 #include "ldm/core/error.h"
+#include "ldm/clip.h"
+#include "ldm/embeddings.h"
 #include "ldm/io/npy.h"
+#include "ldm/model.h"
 #include "ldm/pipeline.h"
 #include "tests/test.h"
 
@@ -55,7 +63,62 @@ static const struct { const char *name, *prompt, *negative; } CASES[] = {
     {"break", "Tinystyle BREAK a blue square next to shapey", ""},
 };
 
+// SD2_ROWS of fixtures_embeddings.py: ids below 128, or an embedding's words
+static const char *const SD2_ROWS[2][6] = {
+    {"5", "sd2style", "9", "sd2shape", "17", "sd2wide"},
+    {"sd2wide", "40", "41", "sd2style", "sd2shape", "60"},
+};
+
+static void test_sd2(const char *path, const char *config_dir) {
+    printf("-- SD2: %s\n", path);
+    ldm_model m;
+    ldm_model_options mo = {&ldm_ops_cpu, LDM_PRED_AUTO, config_dir};
+    if (!test_check(ldm_model_open(&m, path, &mo) == 0, path, "%s", ldm_last_error())) return;
+    ldm_clip clip;
+    ldm_embeddings emb = {0};
+    if (!test_check(ldm_clip_load(&clip, &m.clip_w, &m.clip) == 0, "SD2 text encoder", "%s",
+                    ldm_last_error())) {
+        ldm_model_close(&m);
+        return;
+    }
+    if (test_check(ldm_embeddings_load_dir(&emb, &clip, FIX "/sd2") == 0, "SD2 embeddings", "%s",
+                   ldm_last_error())) {
+        test_check(emb.n == 3 && emb.n_skipped == 1 && clip.cfg.vocab_size == emb.base_id + 5,
+                   "SD2: 3 embeddings of width 32 (2+1+2 rows), the 768-wide one skipped",
+                   "%d, %d skipped, vocab %d", emb.n, emb.n_skipped, clip.cfg.vocab_size);
+        int32_t ids[2 * 77] = {0};
+        for (int r = 0; r < 2; r++) {
+            int k = 0;
+            ids[r * 77 + k++] = 126;
+            for (int j = 0; j < 6; j++) {
+                const char *item = SD2_ROWS[r][j];
+                const ldm_embedding_word *w = ldm_embeddings_find(&emb, item, strlen(item));
+                if (w) for (int v = 0; v < w->n; v++) ids[r * 77 + k++] = w->first_id + v;
+                else ids[r * 77 + k++] = atoi(item);
+            }
+            ids[r * 77 + k] = 127;   // then SD2's padding 0
+        }
+        ldm_tensor out;
+        int64_t n = 0;
+        float *ref = load("sd2", "context", &n);
+        if (ref && test_check(ldm_clip_forward(&out, &clip, ids, 2, 77, 0) == 0 && out.numel == n,
+                              "SD2: text encoder with embeddings", "%s", ldm_last_error())) {
+            float *got = malloc((size_t)n * sizeof *got);
+            ldm_tensor_to_host(got, &out);
+            test_close("SD2: context [2,77,32] with embeddings", got, ref, n, 1e-4, 0);
+            free(got);
+            ldm_tensor_free(&out);
+        }
+        free(ref);
+        ldm_embeddings_free(&emb);
+    }
+    ldm_clip_free(&clip);
+    ldm_model_close(&m);
+}
+
 int main(void) {
+    test_sd2("tests/fixtures/ckpt/sd2.ckpt", "tests/fixtures/ckpt/sd2");
+    test_sd2("tests/fixtures/ckpt/sd2", NULL);
     ldm_pipeline p;
     ldm_pipeline_options po = {.ops = &ldm_ops_cpu, .prediction = LDM_PRED_EPS, .embedding_dir = FIX};
     if (!test_check(ldm_pipeline_open(&p, LDM_TINY_MODEL_DEFAULT, &po) == 0, "open with embeddings",

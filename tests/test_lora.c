@@ -12,6 +12,14 @@
  *   peft   --lora tiny_peft.safetensors:1 (a spec)
  *   both   <lora:tiny_kohya:0.5> and the PEFT file at 0.7
  *   peft_alpha  PEFT with lora_alpha != r in diffusers' "lora_adapter_metadata"
+ * Tags in the negative prompt are global too (merged, removed from its text):
+ * <lora:tiny_kohya:0.8> as the whole negative prompt gives the kohya run, a
+ * kohya tag in the prompt and a PEFT tag in the negative prompt the "both" run.
+ * SD2: the tiny SD2 model of tests/fixtures/ckpt (OpenCLIP text tower with
+ * fused in_proj in the CompVis single file sd2.ckpt, and its diffusers folder;
+ * UNet with linear proj_in/out) with a kohya and a PEFT LoRA of its own: the
+ * text encoder's output for fixed ids and one UNet call, against torch
+ * (fixtures_lora.py sd2), in both layouts (no tokenizer vocabulary there).
  * Then: the weights are restored bit for bit (the same prompt gives the same
  * bytes as before any LoRA), bad files are clear errors that name the key, and
  * the CLI ($LDM_SD, else $LDM_BUILD/sd) takes --lora, --lora-dir, --embedding-dir.
@@ -29,6 +37,7 @@
 #include "ldm/io/npy.h"
 #include "ldm/io/tensorfile.h"
 #include "ldm/lora.h"
+#include "ldm/model.h"
 #include "ldm/pipeline.h"
 #include "tests/test.h"
 
@@ -67,15 +76,15 @@ static float *context(ldm_pipeline *p, const char *prompt, int64_t *n) {
     return h;
 }
 
-static int generate(ldm_pipeline *p, const char *prompt, const ldm_lora_spec *specs, int n,
-                    float *latent) {
+static int generate(ldm_pipeline *p, const char *prompt, const char *negative,
+                    const ldm_lora_spec *specs, int n, float *latent) {
     const ldm_sampler_info *si;
     ldm_sigma_kind sk;
     if (ldm_sampler_parse(&si, &sk, "ddim") != 0) return LDM_ERR;
     ldm_rng rng;
     ldm_rng_init(&rng, LDM_RNG_CPU, 3);
     ldm_generate_params g = {
-        .prompt = prompt, .negative = "", .width = 64, .height = 64, .batch = 1,
+        .prompt = prompt, .negative = negative, .width = 64, .height = 64, .batch = 1,
         .sampling = {.sampler = si, .sigma_kind = sk, .steps = 8, .eta = 0.0f,
                      .conv = LDM_CONVENTIONS_DIFFUSERS},
         .cfg_scale = 5.0f, .clip_skip = 1, .rng = &rng,
@@ -116,11 +125,120 @@ static void test_run(ldm_pipeline *p, const run *r) {
     // the whole run: tags and specs through ldm_generate
     float *got = malloc(n_lat * sizeof *got);
     snprintf(name, sizeof name, "%s final latent [1,4,8,8]", r->name);
-    if (test_check(generate(p, r->prompt, r->specs, r->n_specs, got) == 0, name, "%s", ldm_last_error()))
+    if (test_check(generate(p, r->prompt, "", r->specs, r->n_specs, got) == 0, name, "%s", ldm_last_error()))
         test_close(name, got, lat, n_lat, 1e-3, 0);
     free(got);
 done:
     free(ctx); free(unc); free(lat);
+}
+
+// <lora:...> in the negative prompt: merged for the whole model (both halves
+// of guidance) and removed from the negative text, so the references of runs
+// with an empty negative prompt apply.
+static void test_negative_tags(ldm_pipeline *p) {
+    printf("-- LoRA tags in the negative prompt\n");
+    static const struct { const char *ref, *prompt, *negative; } cases[] = {
+        {"kohya", PROMPT, "<lora:tiny_kohya:0.8>"},
+        {"both", "<lora:tiny_kohya:0.5>" PROMPT, "<lora:tiny_peft:0.7>"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int64_t n_lat = 0;
+        float *lat = load(cases[i].ref, "latent", &n_lat), got[256];
+        char name[160];
+        snprintf(name, sizeof name, "negative '%s' = the %s run: final latent", cases[i].negative,
+                 cases[i].ref);
+        if (lat && test_check(n_lat <= 256 && generate(p, cases[i].prompt, cases[i].negative, NULL,
+                                                       0, got) == 0, name, "%s", ldm_last_error()))
+            test_close(name, got, lat, n_lat, 1e-3, 0);
+        free(lat);
+    }
+    float got[256];
+    test_check(generate(p, PROMPT, "ugly <lora:nothere:1>", NULL, 0, got) != 0 &&
+               strstr(ldm_last_error(), "nothere.safetensors"),
+               "negative prompt: a tag naming no file is an error", "%s", ldm_last_error());
+}
+
+// SD2: module calls on the tiny SD2 model (its vocabulary has 128 ids, no
+// tokenizer): the text encoder on ckpt/clip_ids.npy and the UNet on sd2_x at
+// t = 500 with the reference context's first row, each LoRA merged, both layouts.
+static void test_sd2_layout(const char *path, const char *config_dir) {
+    printf("-- SD2: %s\n", path);
+    const struct ldm_ops *ops = &ldm_ops_cpu;
+    ldm_model m;
+    ldm_model_options mo = {ops, LDM_PRED_AUTO, config_dir};
+    if (!test_check(ldm_model_open(&m, path, &mo) == 0, path, "%s", ldm_last_error())) return;
+    ldm_clip clip;
+    ldm_unet unet;
+    if (!test_check(ldm_clip_load(&clip, &m.clip_w, &m.clip) == 0, "SD2 text encoder", "%s",
+                    ldm_last_error())) {
+        ldm_model_close(&m);
+        return;
+    }
+    if (!test_check(ldm_unet_load(&unet, &m.unet, &m.unet_w) == 0, "SD2 UNet", "%s", ldm_last_error())) {
+        ldm_clip_free(&clip);
+        ldm_model_close(&m);
+        return;
+    }
+    float *idf = NULL, *x = NULL, *none = NULL;
+    int64_t n_ids = 0, n_x = 0, n_none = 0;
+    idf = test_load_npy("tests/fixtures/ckpt/clip_ids.npy", &n_ids);
+    x = test_load_npy(FIX "/sd2_x.npy", &n_x);
+    none = test_load_npy(FIX "/sd2_none_unet.npy", &n_none);
+    const int B = (int)(n_ids / 77);
+    int32_t ids[4 * 77];
+    for (int64_t i = 0; i < n_ids && i < 4 * 77; i++) ids[i] = (int32_t)idf[i];
+    static const struct { const char *name, *file; float scale; } runs[] = {
+        {"kohya", FIX "/sd2_kohya.safetensors", 0.8f}, {"peft", FIX "/sd2_peft.safetensors", 1.0f},
+    };
+    for (size_t r = 0; idf && x && none && B <= 4 && r < sizeof runs / sizeof *runs; r++) {
+        char name[200];
+        int64_t n_ctx = 0, n_eps = 0;
+        float *ctx = load((const char *[]){"sd2_kohya", "sd2_peft"}[r], "context", &n_ctx);
+        float *eps = load((const char *[]){"sd2_kohya", "sd2_peft"}[r], "unet", &n_eps);
+        ldm_lora_set s;
+        ldm_lora_spec spec = {"", runs[r].scale};
+        snprintf(spec.path, sizeof spec.path, "%s", runs[r].file);
+        snprintf(name, sizeof name, "SD2 %s: merge", runs[r].name);
+        if (ctx && eps && test_check(ldm_lora_begin(&s, &unet, &clip, "", NULL, &spec, 1) == 0, name,
+                                     "%s", ldm_last_error())) {
+            ldm_tensor c = {0}, xt = ldm_tensor_new(ops, LDM_SHAPE(1, 4, 8, 8));
+            ldm_tensor y = ldm_tensor_new(ops, LDM_SHAPE(1, 4, 8, 8));
+            ldm_tensor c0 = ldm_tensor_new(ops, LDM_SHAPE(1, 77, n_ctx / (B * 77)));
+            snprintf(name, sizeof name, "SD2 %s: text encoder [%d,77,D]", runs[r].name, B);
+            if (test_check(ldm_clip_forward(&c, &clip, ids, B, 77, 0) == 0 && c.numel == n_ctx, name,
+                           "%s", ldm_last_error())) {
+                float *got = malloc((size_t)n_ctx * sizeof *got);
+                ldm_tensor_to_host(got, &c);
+                test_close(name, got, ctx, n_ctx, 1e-4, 0);
+                free(got);
+                int64_t n0 = 0;   // the same ids without a LoRA (tests/test_clip.c's reference)
+                float *plain = test_load_npy("tests/fixtures/ckpt/clip_sd2_out.npy", &n0), d = 0;
+                for (int64_t i = 0; plain && i < n0 && i < n_ctx; i++) d = fmaxf(d, fabsf(ctx[i] - plain[i]));
+                snprintf(name, sizeof name, "SD2 %s: the LoRA changes the text encoder output", runs[r].name);
+                test_check(d > 1e-2, name, "max diff %g", d);
+                free(plain);
+            }
+            ldm_tensor_from_host(&xt, x);
+            ldm_tensor_from_host(&c0, ctx);   // the reference's first row: the UNet alone
+            const float t = 500.0f;
+            snprintf(name, sizeof name, "SD2 %s: UNet output [1,4,8,8]", runs[r].name);
+            if (test_check(ldm_unet_forward(&y, &unet, &xt, &t, &c0) == 0, name, "%s", ldm_last_error())) {
+                float got[256], d = 0;
+                ldm_tensor_to_host(got, &y);
+                test_close(name, got, eps, n_eps, 1e-4, 0);
+                for (int64_t i = 0; i < n_eps; i++) d = fmaxf(d, fabsf(eps[i] - none[i]));
+                snprintf(name, sizeof name, "SD2 %s: the LoRA changes the UNet output", runs[r].name);
+                test_check(d > 1e-2, name, "max diff %g", d);
+            }
+            ldm_tensor_free(&c); ldm_tensor_free(&c0); ldm_tensor_free(&xt); ldm_tensor_free(&y);
+            ldm_lora_restore(&s);
+        }
+        free(ctx); free(eps);
+    }
+    free(idf); free(x); free(none);
+    ldm_unet_free(&unet);
+    ldm_clip_free(&clip);
+    ldm_model_close(&m);
 }
 
 // A LoRA file with one bad key; the error names it and the weights stay as they were.
@@ -175,6 +293,8 @@ static void test_cli(void) {
 int main(void) {
     test_spec();
     test_cli();
+    test_sd2_layout("tests/fixtures/ckpt/sd2.ckpt", "tests/fixtures/ckpt/sd2");
+    test_sd2_layout("tests/fixtures/ckpt/sd2", NULL);
     ldm_pipeline p;
     ldm_pipeline_options po = {.ops = &ldm_ops_cpu, .prediction = LDM_PRED_EPS};
     if (!test_check(ldm_pipeline_open(&p, LDM_TINY_MODEL_DEFAULT, &po) == 0, "open tiny model",
@@ -185,7 +305,7 @@ int main(void) {
     int64_t n0 = 0, n_none = 0, n1 = 0;
     float *ctx0 = context(&p, PROMPT, &n0), lat0[256], lat1[256];
     float *none = load("none", "context", &n_none);
-    test_check(generate(&p, PROMPT, NULL, 0, lat0) == 0, "generate without LoRA", "%s", ldm_last_error());
+    test_check(generate(&p, PROMPT, "", NULL, 0, lat0) == 0, "generate without LoRA", "%s", ldm_last_error());
     if (ctx0 && none) test_close("no LoRA: context (reference)", ctx0, none, n0, 1e-4, 0);
     ldm_tensor *probe[] = {&p.unet.blocks[0].conv_w, &p.clip.layers[0].q_w, &p.unet.time_w1};
     // raw bytes of three weights as loaded (fp16 of the tiny model, in host memory)
@@ -203,6 +323,7 @@ int main(void) {
         {"peft_alpha", PROMPT, {{FIX "/tiny_peft_alpha.safetensors", 1.0f}}, 1},
     };
     for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) test_run(&p, &RUNS[i]);
+    test_negative_tags(&p);
 
     // the LoRA changes the output, and the originals come back bit for bit
     int64_t nk = 0;
@@ -221,7 +342,7 @@ int main(void) {
         free(lk);
     }
     float *ctx1 = context(&p, PROMPT, &n1);
-    test_check(generate(&p, PROMPT, NULL, 0, lat1) == 0, "generate after LoRA", "%s", ldm_last_error());
+    test_check(generate(&p, PROMPT, "", NULL, 0, lat1) == 0, "generate after LoRA", "%s", ldm_last_error());
     test_check(ctx0 && ctx1 && n0 == n1 && !memcmp(ctx0, ctx1, n0 * sizeof(float)),
                "restored: same context bytes as before any LoRA", "differs");
     test_check(!memcmp(lat0, lat1, sizeof lat0), "restored: same latent bytes as before any LoRA",

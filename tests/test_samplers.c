@@ -14,6 +14,7 @@
 
 #include "ldm/core/error.h"
 #include "ldm/io/npy.h"
+#include "samplers/analytic.h"
 #include "samplers/rng.h"
 #include "samplers/sampler.h"
 #include "samplers/schedule.h"
@@ -261,6 +262,39 @@ static void test_spacings(void) {
                "%d of %d cases differ", bad, cases);
 }
 
+// LCM / TCD timesteps for every step count 1..50 against diffusers'
+// LCMScheduler.set_timesteps (lcm_timesteps.txt, fixtures_samplers_lcm.py);
+// 51 steps must be refused (the model knows 50 timesteps).
+static void test_lcm_timesteps(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    FILE *f = fopen(FIX "lcm_timesteps.txt", "r");
+    if (!test_check(f != NULL, "lcm_timesteps.txt", "missing (run `make fixtures`)")) return;
+    char line[1024];
+    int bad = 0, cases = 0;
+    while (fgets(line, sizeof line, f)) {
+        int n, off = 0, ts[64];
+        if (line[0] == '#' || sscanf(line, "%d%n", &n, &off) != 1 || n < 1 || n > 50) continue;
+        int count = ldm_timesteps(ts, &s, LDM_SPACING_LCM, n, 0), ok = count == n;
+        char *p = line + off;
+        for (int i = 0; ok && i < n; i++) {
+            int used = 0, want;
+            ok = sscanf(p, "%d%n", &want, &used) == 1 && ts[i] == want;
+            p += used;
+        }
+        if (!ok) printf("  lcm timesteps n=%d differ (first %d)\n", n, count > 0 ? ts[0] : -1);
+        bad += !ok;
+        cases++;
+    }
+    fclose(f);
+    test_check(bad == 0 && cases == 50, "LCM/TCD timesteps n = 1..50 (exact)", "%d of %d differ",
+               bad, cases);
+    int ts[64];
+    test_check(ldm_timesteps(ts, &s, LDM_SPACING_LCM, 51, 0) == LDM_ERR &&
+                   strstr(ldm_last_error(), "at most 50"),
+               "LCM timesteps: 51 steps refused", "%s", ldm_last_error());
+}
+
 static void test_forward(void) {
     ldm_schedule s;
     ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR, LDM_SCHED_DIFFUSERS, 0.00085, 0.012, 1000);
@@ -315,7 +349,7 @@ static int standin(float *out, const float *x_in, const float *t, int64_t N, voi
 
 typedef struct { float *traj; int64_t n; int steps; } traj_ctx;
 
-static void record(void *vctx, int i, const float *x, const float *denoised) {
+static void record(void *vctx, int i, float *x, const float *denoised) {
     traj_ctx *c = vctx;
     if (i < c->steps) memcpy(c->traj + (int64_t)i * c->n, x, (size_t)c->n * sizeof(float));
 }
@@ -350,19 +384,29 @@ static void test_sampler_cases(const char *manifest) {
             sscanf(line, "%127s %31s %31s %d %f %d %7s %d %15s %llu %31s", file, sampler, sched,
                    &steps, &eta, &cfg, pred, &compvis, prec, &seed, extra) < 10)
             continue;
-        float churn = 0;
+        float churn = 0, scale = 5.0f;
+        int traj_len = 0;
+        long long want_nfe = -1;
+        double rtol = TRAJ_RTOL;
+        int T = 1000;
+        sscanf(extra, "T=%d", &T);          // training timesteps (LCM cases: 100)
         sscanf(extra, "start=%d", &start);  // img2img: start step, init from init.npy
         sscanf(extra, "churn=%f", &churn);  // Karras churn for Euler/Heun/DPM2
+        const char *kv;  // sampler_cases_kx.txt: steps the run reports, model calls, guidance
+        if ((kv = strstr(extra, "traj="))) traj_len = atoi(kv + 5);
+        if ((kv = strstr(extra, "nfe="))) want_nfe = atoll(kv + 4);
+        if ((kv = strstr(extra, "scale="))) scale = strtof(kv + 6, NULL);
+        if ((kv = strstr(extra, "rtol="))) rtol = atof(kv + 5);  // the manifest says why
         int64_t n;
         float *exp = load(file, &n);
         if (!exp) continue;
         ldm_schedule s;
         ldm_schedule_init(&s, LDM_BETA_SCALED_LINEAR,
                           strcmp(prec, "diffusers") ? LDM_SCHED_COMPVIS : LDM_SCHED_DIFFUSERS,
-                          0.00085, 0.012, 1000);
+                          0.00085, 0.012, T);
         standin_ctx sc = {B, per, cfg, -1};
         ldm_denoiser dn = {.fn = standin, .ctx = &sc, .prediction = strcmp(pred, "v") ? LDM_PRED_EPS : LDM_PRED_V,
-                           .cfg = cfg, .cfg_scale = 5.0f, .sched = &s, .B = B, .per = per};
+                           .cfg = cfg, .cfg_scale = scale, .sched = &s, .B = B, .per = per};
         ldm_denoiser_init(&dn);
         const ldm_sampler_info *info;
         ldm_sigma_kind sk;
@@ -373,9 +417,10 @@ static void test_sampler_cases(const char *manifest) {
         if (!strcmp(sched, "karras")) o.sigma_kind = LDM_SIGMAS_KARRAS;
         if (!strcmp(sched, "exponential")) o.sigma_kind = LDM_SIGMAS_EXPONENTIAL;
         if (!strcmp(sched, "uniform")) o.conv.spacing = LDM_SPACING_UNIFORM;
+        if (!strcmp(sched, "trailing")) o.conv.spacing = LDM_SPACING_TRAILING;
         int64_t ni;
         float *init = start ? load("init.npy", &ni) : NULL;
-        int count = ldm_sampler_steps(&o, &s) - start;
+        int count = traj_len ? traj_len : ldm_sampler_steps(&o, &s) - start;
         traj_ctx tc = {malloc((size_t)(count * B * per) * sizeof(float)), B * per, count};
         ldm_rng rng;
         ldm_rng_init(&rng, LDM_RNG_CPU, seed);
@@ -410,11 +455,11 @@ static void test_sampler_cases(const char *manifest) {
             }
             int final_ok = !memcmp(x, tc.traj + (int64_t)(count - 1) * B * per,
                                    (size_t)(B * per) * sizeof(float));
-            int ok = worst <= TRAJ_RTOL && final_ok;
+            int ok = worst <= rtol && final_ok && (want_nfe < 0 || dn.nfe == want_nfe);
             test_passed_count += ok;
             test_failed_count += !ok;
             printf("  %-7s %-48s %2d steps  worst step %2d: max_abs %.3e max_rel %.3e  (tol %.0e)\n",
-                   ok ? "ok" : "NOT OK", name, count, worst_step, worst_abs, worst, TRAJ_RTOL);
+                   ok ? "ok" : "NOT OK", name, count, worst_step, worst_abs, worst, rtol);
         }
         free(x); free(tc.traj); free(exp); free(init);
         ldm_denoiser_free(&dn);
@@ -519,7 +564,7 @@ static void test_ddim_eta1_is_ddpm(void) {
     free(x[0]); free(x[1]); free(noise);
 }
 
-// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta) against
+// The extra sigma schedules (sgm_uniform, simple, kl_optimal, ays, beta, gits, smoothstep) against
 // tools/reference/fixtures_samplers_schedules.py (beta: on diffusers' float32
 // schedule, as its fixture comes from diffusers' EulerDiscreteScheduler). Tolerance 1e-6 relative to
 // sigma_max, as the Karras / exponential schedules above: the same float32
@@ -554,7 +599,7 @@ static void test_sigmas_extra(void) {
     fclose(f);
     // every schedule at n = 1..100 and every 45th up to 1000: positive, finite,
     // non-increasing (1e-6 slack for float rounding), and the final 0
-    for (int k = 0; k <= LDM_SIGMAS_BETA; k++) {
+    for (int k = 0; k < LDM_SIGMAS_COUNT; k++) {
         int bad = 0, bad_n = 0;
         static float sig[1001];
         for (int n2 = 1; n2 <= 1000; n2 += n2 < 100 ? 1 : 45) {
@@ -568,6 +613,29 @@ static void test_sigmas_extra(void) {
         snprintf(name, sizeof name, "sigma schedule %d: descending, > 0, final 0 for n = 1..1000", k);
         test_check(bad == 0, name, "%d step counts fail, the first n = %d", bad, bad_n);
     }
+    // smoothstep repeats timesteps at many steps (t = 999 twice from n = 78): ldm_sample
+    // refuses a zero-length step instead of dividing by it (DPM++ 2M would give NaN)
+    {
+        standin_ctx sc = {1, 16, 0, -1};
+        ldm_denoiser dn = {.fn = standin, .ctx = &sc, .sched = &s, .B = 1, .per = 16};
+        ldm_denoiser_init(&dn);
+        const ldm_sampler_info *info;
+        ldm_sigma_kind sk;
+        ldm_sampler_parse(&info, &sk, "dpmpp_2m");
+        float noise[16] = {0}, x[16];
+        ldm_rng rng;
+        ldm_rng_init(&rng, LDM_RNG_CPU, 1);
+        ldm_sample_run run = {.noise = noise, .rng = &rng};
+        ldm_sampler_settings o = {.sampler = info, .sigma_kind = LDM_SIGMAS_SMOOTHSTEP, .steps = 100,
+                                  .eta = -1, .conv = LDM_CONVENTIONS_DIFFUSERS};
+        test_check(ldm_sample(x, &o, &run, &dn) == LDM_ERR && strstr(ldm_last_error(), "repeats"),
+                   "smoothstep at 100 steps: a repeated sigma refused", "%s", ldm_last_error());
+        o.steps = 77;
+        int ok = ldm_sample(x, &o, &run, &dn) == LDM_OK;
+        for (int i = 0; i < 16; i++) ok &= isfinite(x[i]);
+        test_check(ok, "smoothstep at 77 steps runs DPM++ 2M (finite)", "%s", ldm_last_error());
+        ldm_denoiser_free(&dn);
+    }
     // the names users type select them, as " Karras" does
     static const struct { const char *name; ldm_sigma_kind kind; } names[] = {
         {"DPM++ 2M SGM Uniform", LDM_SIGMAS_SGM_UNIFORM}, {"euler_simple", LDM_SIGMAS_SIMPLE},
@@ -575,6 +643,7 @@ static void test_sigmas_extra(void) {
         {"dpmpp_2m_align_your_steps", LDM_SIGMAS_AYS}, {"Euler Normal", LDM_SIGMAS_DEFAULT},
         {"DPM++ 2M Beta", LDM_SIGMAS_BETA},
         {"DPM++ 3M SDE Karras", LDM_SIGMAS_KARRAS}, {"dpmpp_3m_sde_gpu_exponential", LDM_SIGMAS_EXPONENTIAL},
+        {"Euler GITS", LDM_SIGMAS_GITS}, {"dpmpp_2m_smoothstep", LDM_SIGMAS_SMOOTHSTEP},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         const ldm_sampler_info *info;
@@ -583,6 +652,141 @@ static void test_sigmas_extra(void) {
         snprintf(name, sizeof name, "parse \"%s\"", names[i].name);
         test_check(ldm_sampler_parse(&info, &k, names[i].name) == LDM_OK && k == names[i].kind,
                    name, "kind %d, %s", (int)k, ldm_last_error());
+    }
+    // every kind's name parses back to it (the CLI's --schedule and --help use them)
+    for (int k = 0; k < LDM_SIGMAS_COUNT; k++) {
+        ldm_sigma_kind got = (ldm_sigma_kind)-1;
+        test_check(ldm_sigma_kind_parse(&got, ldm_sigma_kind_name((ldm_sigma_kind)k)) == LDM_OK &&
+                       got == (ldm_sigma_kind)k,
+                   "sigma kind name round trip", "kind %d (%s)", k, ldm_sigma_kind_name((ldm_sigma_kind)k));
+    }
+}
+
+// --sde-noise brownian (rng.h ldm_brownian): our own Brownian tree, tested
+// against the theory it must satisfy, as torchsde's bits are not reproduced.
+// Every element of every seed's tree is its own path: 8 seeds x 4096
+// elements = 32768 independent paths. For each, increments over disjoint
+// intervals (dyadic or not, tiny or long) must be N(0, length) and
+// uncorrelated: mean within 5 standard errors, variance within 5 standard
+// errors (sqrt(2/N) relative), correlations within 5/sqrt(N).
+static void test_brownian_theory(void) {
+    enum { SEEDS = 8, PER = 4096, N = SEEDS * PER, IV = 5 };
+    static const double iv[IV][2] = {{0.0, 0.0291675}, {0.0291675, 0.3}, {0.3, 1.7},
+                                     {1.7, 5.2}, {9.0, 14.6146}};
+    ldm_rng rngs[SEEDS];
+    for (int b = 0; b < SEEDS; b++) ldm_rng_init(&rngs[b], LDM_RNG_CPU, 1000 + (uint64_t)b);
+    ldm_brownian bt;
+    if (!test_check(ldm_brownian_init(&bt, rngs, 1, SEEDS, PER, 16.0) == LDM_OK, "brownian init",
+                    "%s", ldm_last_error()))
+        return;
+    double *w0 = malloc(sizeof(double) * N), *w1 = malloc(sizeof(double) * N);
+    float *inc[IV];
+    for (int j = 0; j < IV; j++) {
+        inc[j] = malloc(sizeof(float) * N);
+        ldm_brownian_at(&bt, w0, iv[j][0]);
+        ldm_brownian_at(&bt, w1, iv[j][1]);
+        for (int e = 0; e < N; e++) inc[j][e] = (float)(w1[e] - w0[e]);
+    }
+    int ok_mean = 1, ok_var = 1, ok_corr = 1;
+    double worst_var = 0, worst_corr = 0;
+    for (int j = 0; j < IV; j++) {
+        double L = iv[j][1] - iv[j][0], m = 0, v = 0;
+        for (int e = 0; e < N; e++) m += inc[j][e];
+        m /= N;
+        for (int e = 0; e < N; e++) v += (inc[j][e] - m) * (inc[j][e] - m);
+        v /= N - 1;
+        ok_mean &= fabs(m) < 5 * sqrt(L / N);
+        double rel = fabs(v / L - 1);
+        if (rel > worst_var) worst_var = rel;
+        ok_var &= rel < 5 * sqrt(2.0 / N);
+        for (int k = j + 1; k < IV; k++) {
+            double c = 0, vk = 0, vj = 0;
+            for (int e = 0; e < N; e++)
+                c += inc[j][e] * inc[k][e], vj += inc[j][e] * inc[j][e], vk += inc[k][e] * inc[k][e];
+            double r = c / sqrt(vj * vk);
+            if (fabs(r) > worst_corr) worst_corr = fabs(r);
+            ok_corr &= fabs(r) < 5 / sqrt((double)N);
+        }
+    }
+    printf("  brownian: %d paths, variance/length within %.1e, |correlation| of disjoint "
+           "increments <= %.1e (5 sigma: %.1e, %.1e)\n", N, worst_var, worst_corr,
+           5 * sqrt(2.0 / N), 5 / sqrt((double)N));
+    test_check(ok_mean, "brownian increments: mean 0", "%s", "a mean is off by > 5 standard errors");
+    test_check(ok_var, "brownian increments: variance = interval length", "worst %.3e", worst_var);
+    test_check(ok_corr, "brownian increments over disjoint intervals uncorrelated", "worst %.3e",
+               worst_corr);
+    // the normalised noise of a step is N(0, 1), and the same interval asked
+    // again, after other points, gives the same numbers (order-independent)
+    float *n1 = malloc(sizeof(float) * N), *n2 = malloc(sizeof(float) * N);
+    ldm_brownian_noise(&bt, n1, 3.3, 2.1);
+    double v = 0;
+    for (int e = 0; e < N; e++) v += (double)n1[e] * n1[e];
+    v /= N;
+    ldm_brownian_noise(&bt, n2, 14.0, 0.5);
+    ldm_brownian_noise(&bt, n2, 3.3, 2.1);
+    test_check(fabs(v - 1) < 5 * sqrt(2.0 / N) && !memcmp(n1, n2, sizeof(float) * N),
+               "brownian step noise: N(0,1), the same whenever asked", "variance %.4f", v);
+    // a sample's path depends on its own seed only: batch of 2 vs batch of 1
+    ldm_brownian one;
+    ldm_brownian_init(&one, rngs + 1, 1, 1, PER, 16.0);
+    ldm_brownian_noise(&one, n2, 3.3, 2.1);
+    test_check(!memcmp(n1 + PER, n2, sizeof(float) * PER),
+               "brownian: sample 1's noise is the same alone (per-sample seeds)", "%s", "differs");
+    ldm_brownian_free(&one);
+    free(n1); free(n2);
+    for (int j = 0; j < IV; j++) free(inc[j]);
+    free(w0); free(w1);
+    ldm_brownian_free(&bt);
+}
+
+// What the Brownian path is for: an SDE sampler at 20 and at 40 steps sees
+// the same noise path, so its two results are close; with per-step draws
+// they are two unrelated samples. DPM++ 2M SDE (eta 1), DPM++ SDE and
+// DPM++ 3M SDE on the analytic mixture model (samplers/analytic.h), 4 seeds:
+// RMS(x_20 - x_40) with the Brownian path must be under a third of the
+// per-step one.
+static void test_brownian_step_counts(void) {
+    ldm_schedule s;
+    ldm_schedule_init_sd(&s);
+    ldm_analytic a = {.K = 2, .w = {0.5, 0.5}, .mu = {-1.0, 1.0}, .s = {0.3, 0.3}, .sched = &s};
+    enum { PER = 512 };
+    ldm_analytic_ctx mc = {&a, PER};
+    static const char *names[] = {"dpmpp_2m_sde", "dpmpp_sde", "dpmpp_3m_sde"};
+    for (int si = 0; si < 3; si++) {
+        const ldm_sampler_info *info;
+        ldm_sigma_kind sk;
+        ldm_sampler_parse(&info, &sk, names[si]);
+        double dist[2] = {0, 0};   // [per-step, brownian]
+        for (int seed = 0; seed < 4; seed++) {
+            float noise[PER], x[2][PER];
+            ldm_rng nr;
+            ldm_rng_init(&nr, LDM_RNG_CPU, 500 + (uint64_t)seed);
+            ldm_rng_randn(&nr, noise, PER);
+            for (int kind = 0; kind < 2; kind++) {
+                for (int r = 0; r < 2; r++) {
+                    ldm_denoiser dn = {.fn = ldm_analytic_model, .ctx = &mc, .sched = &s, .B = 1,
+                                       .per = PER};
+                    ldm_denoiser_init(&dn);
+                    ldm_sampler_settings o = {.sampler = info, .sigma_kind = LDM_SIGMAS_KARRAS,
+                                              .steps = r ? 40 : 20, .eta = -1,
+                                              .conv = LDM_CONVENTIONS_DIFFUSERS,
+                                              .sde_noise = kind ? LDM_SDE_NOISE_BROWNIAN
+                                                                : LDM_SDE_NOISE_PER_STEP};
+                    ldm_rng rng;
+                    ldm_rng_init(&rng, LDM_RNG_CPU, 900 + (uint64_t)seed);
+                    ldm_sample_run run = {.noise = noise, .rng = &rng};
+                    ldm_sample(x[r], &o, &run, &dn);
+                    ldm_denoiser_free(&dn);
+                }
+                double d = 0;
+                for (int e = 0; e < PER; e++) d += (x[0][e] - x[1][e]) * (x[0][e] - x[1][e]);
+                dist[kind] += sqrt(d / PER) / 4;
+            }
+        }
+        char name[128];
+        snprintf(name, sizeof name, "%s: 20 vs 40 steps closer with the Brownian path", names[si]);
+        printf("  %s: RMS(x_20 - x_40) per-step %.4f, brownian %.4f\n", names[si], dist[0], dist[1]);
+        test_check(dist[1] < dist[0] / 3, name, "per-step %.4f, brownian %.4f", dist[0], dist[1]);
     }
 }
 
@@ -593,12 +797,19 @@ int main(void) {
     printf("-- schedule\n");
     test_schedule();
     test_spacings();
+    test_lcm_timesteps();
     test_sigmas_extra();
     test_forward();
     printf("-- samplers\n");
     test_sampler_cases("sampler_cases.txt");
     test_sampler_cases("sampler_cases_3m.txt");
+    test_sampler_cases("sampler_cases_kx.txt");
+    test_sampler_cases("sampler_cases_multistep.txt");
+    test_sampler_cases("sampler_cases_lcm.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
+    printf("-- brownian noise\n");
+    test_brownian_theory();
+    test_brownian_step_counts();
     return test_summary();
 }

@@ -48,6 +48,7 @@ int cmd_unet(int argc, char **argv, const sd_env *env);           // tools/cmd_u
 int cmd_tokenize(int argc, char **argv, const sd_env *env);       // tools/cmd_tokenize.c
 int cmd_txt2img(int argc, char **argv, const sd_env *env);        // tools/cmd_txt2img.c
 int cmd_img2img(int argc, char **argv, const sd_env *env);
+int cmd_inpaint(int argc, char **argv, const sd_env *env);
 int cmd_png_info(int argc, char **argv, const sd_env *env);
 int cmd_upscale(int argc, char **argv, const sd_env *env);        // tools/cmd_upscale.c
 

@@ -1,9 +1,11 @@
 /*
- * tools/cmd_txt2img.c -- `sd txt2img` and `sd img2img`: the command lines of
- * CompVis scripts/txt2img.py and scripts/img2img.py over ldm/pipeline.c.
+ * tools/cmd_txt2img.c -- `sd txt2img`, `sd img2img` and `sd inpaint`: the
+ * command lines of CompVis scripts/txt2img.py and scripts/img2img.py over
+ * ldm/pipeline.c, and inpainting with the same flags plus a mask.
  *
  *   sd txt2img --ckpt MODEL --prompt "a painting of a virus monster playing guitar"
  *   sd img2img --ckpt MODEL --init-img in.png --strength 0.75 --prompt "..."
+ *   sd inpaint --ckpt MODEL --init-img in.png --mask mask.png --prompt "..."
  *
  * Same flags, defaults and output names as the Python scripts
  * (OUTDIR/samples/00000.png numbered from the count of files already there,
@@ -49,31 +51,41 @@
 // flags: name, kind, help. Parsed argparse-style (unique prefixes, --a=b).
 
 enum { F_STR, F_INT, F_FLOAT, F_BOOL };
+// every ldm_sigma_kind by the name ldm_sigma_kind_parse reads (tests/test_cli_ux.c checks)
+#define SIGMA_SCHEDULES "default (normal)|karras|exponential|sgm_uniform|simple|kl_optimal|" \
+                        "ays|beta|gits|smoothstep"
 typedef struct flag {
     const char *name;
     int kind;
-    int img2img;            // 0 both, 1 img2img only, -1 txt2img only
+    int img2img;            // 0 all, 1 img2img and inpaint, -1 txt2img only, 2 inpaint only
     const char *help;
 } flag;
+
+enum { MODE_TXT2IMG, MODE_IMG2IMG, MODE_INPAINT };   // the subcommand
+
+static int flag_applies(const flag *f, int mode) {
+    return f->img2img == 0 || (f->img2img == -1 && mode == MODE_TXT2IMG) ||
+           (f->img2img == 1 && mode != MODE_TXT2IMG) || (f->img2img == 2 && mode == MODE_INPAINT);
+}
 
 static const flag FLAGS[] = {
     {"--prompt", F_STR, 0, "the prompt (A1111 weights: (word:1.2) (word) [word] \\( BREAK)"},
     {"--negative-prompt", F_STR, 0, "what to steer away from (default: the empty prompt)"},
-    {"--outdir", F_STR, 0, "output folder (default outputs/txt2img-samples | outputs/img2img-samples)"},
+    {"--outdir", F_STR, 0, "output folder (default outputs/txt2img-samples | img2img-samples | inpaint-samples)"},
     {"--skip_grid", F_BOOL, 0, "do not write the grid"},
     {"--skip_save", F_BOOL, 0, "do not write the individual samples"},
     {"--ddim_steps", F_INT, 0, "sampling steps (50)"},
     {"--plms", F_BOOL, 0, "use the PLMS sampler (CompVis)"},
     {"--fixed_code", F_BOOL, -1, "every batch starts from the same noise (seed, not seed + k)"},
     {"--ddim_eta", F_FLOAT, 0, "DDIM eta (0.0: deterministic)"},
-    {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img)"},
+    {"--n_iter", F_INT, 0, "iterations (2 txt2img, 1 img2img and inpaint)"},
     {"--H", F_INT, -1, "image height in pixels, multiple of 8 (512; 64 with the tiny model)"},
     {"--W", F_INT, -1, "image width in pixels, multiple of 8 (512; 64 with the tiny model)"},
     {"--C", F_INT, 0, "latent channels (4; must match the model)"},
     {"--f", F_INT, 0, "downsampling factor (8; must match the model's VAE)"},
-    {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img)"},
+    {"--n_samples", F_INT, 0, "images per iteration = batch size (3 txt2img, 2 img2img and inpaint)"},
     {"--n_rows", F_INT, 0, "grid columns (default n_samples)"},
-    {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img, 5.0 img2img)"},
+    {"--scale", F_FLOAT, 0, "classifier-free guidance scale (7.5 txt2img and inpaint, 5.0 img2img)"},
     {"--from-file", F_STR, 0, "one prompt per line; n_samples consecutive lines make one batch "
                               "(CompVis)"},
     {"--per-line", F_BOOL, 0, "with --from-file: each line gets a batch of n_samples images"},
@@ -87,14 +99,20 @@ static const flag FLAGS[] = {
                          "(default: the tiny model, " LDM_TINY_MODEL_DEFAULT ")"},
     {"--seed", F_INT, 0, "seed (42)"},
     {"--precision", F_STR, 0, "accepted for compatibility; ldm.c computes in fp32"},
-    {"--init-img", F_STR, 1, "img2img: the initial image (PNG; sides multiples of 8)"},
-    {"--strength", F_FLOAT, 1, "img2img: 0 keeps the image, 1 ignores it (0.75)"},
+    {"--init-img", F_STR, 1, "img2img, inpaint: the initial image (PNG; sides multiples of 8)"},
+    {"--strength", F_FLOAT, 1, "img2img, inpaint: 0 keeps the image, 1 ignores it (0.75; inpaint 1.0)"},
+    {"--mask", F_STR, 2, "inpaint: the mask (PNG of the image's size; white = repaint, gray >= 50%)"},
     {"--sampler", F_STR, 0, "ddim (default), plms, euler, euler_a, heun, dpm2, dpm2_a, lms, "
-                            "dpmpp_2s_a, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, ddpm; "
+                            "dpmpp_2s_a, dpmpp_2m, dpmpp_sde, dpmpp_2m_sde, ddpm, lcm, tcd, "
+                            "unipc, unipc_bh1, deis, ipndm, ipndm_v, ddim_trailing, dpm_fast, "
+                            "dpm_adaptive, res_multistep, er_sde, euler_cfgpp, dpmpp_2m_cfgpp; "
                             "\"DPM++ 2M Karras\" style names work"},
-    {"--schedule", F_STR, 0, "k samplers: default|karras|exponential; ddim/plms: "
+    {"--schedule", F_STR, 0, "k samplers: " SIGMA_SCHEDULES "; ddim/plms/ddpm/unipc/deis: "
                              "uniform (CompVis, default)|leading|trailing|linspace"},
     {"--rng", F_STR, 0, "cuda (torch CUDA Philox, as CompVis; default) | cpu (torch CPU)"},
+    {"--sde-noise", F_STR, 0, "SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde): per-step "
+                              "(default) | brownian (one Brownian path per seed: close images "
+                              "at different step counts)"},
     {"--vae", F_STR, 0, "replace the model's VAE (file or diffusers folder)"},
     {"--vae-tiling", F_BOOL, 0, "decode/encode in tiles (less memory)"},
     {"--weights", F_STR, 0, "auto (as stored: fp16 stays fp16; default) | f32 | f16 (narrow fp32 matrices)"},
@@ -119,12 +137,19 @@ typedef struct opts {
     const char *loras[LDM_LORA_MAX_SPECS + 1]; int n_loras;   // every --lora, in order
 } opts;
 
-static void usage(FILE *f, int img2img) {
-    fprintf(f, "usage: sd %s [--ckpt MODEL] [flags]\n\n", img2img ? "img2img" : "txt2img");
-    fprintf(f, img2img ? "Image-to-image (SDEdit) as CompVis scripts/img2img.py.\n\n"
-                       : "Text-to-image as CompVis scripts/txt2img.py.\n\n");
+static const char *const MODE_NAMES[] = {"txt2img", "img2img", "inpaint"};
+
+static void usage(FILE *f, int mode) {
+    fprintf(f, "usage: sd %s [--ckpt MODEL] [flags]\n\n", MODE_NAMES[mode]);
+    fprintf(f, mode == MODE_IMG2IMG ? "Image-to-image (SDEdit) as CompVis scripts/img2img.py.\n\n"
+               : mode == MODE_INPAINT
+               ? "Inpainting: repaint the white part of --mask in --init-img, as diffusers'\n"
+                 "StableDiffusionInpaintPipeline: an inpainting model (UNet of 9 input channels)\n"
+                 "sees the mask and the masked image; an ordinary model gets the kept part\n"
+                 "back after every step.\n\n"
+               : "Text-to-image as CompVis scripts/txt2img.py.\n\n");
     for (int i = 0; i < N_FLAGS; i++) {
-        if ((FLAGS[i].img2img == 1 && !img2img) || (FLAGS[i].img2img == -1 && img2img)) continue;
+        if (!flag_applies(&FLAGS[i], mode)) continue;
         fprintf(f, "  %-18s %-2s %s\n", FLAGS[i].name, FLAGS[i].kind == F_BOOL ? "" : "X",
                 FLAGS[i].help);
     }
@@ -132,7 +157,7 @@ static void usage(FILE *f, int img2img) {
 }
 
 // argv -> o. 0, or 2 after printing the problem (exit code of a usage error).
-static int parse_flags(opts *o, int argc, char **argv, int img2img) {
+static int parse_flags(opts *o, int argc, char **argv, int mode) {
     memset(o, 0, sizeof *o);
     for (int i = 1; i < argc; i++) {
         const char *a = !strcmp(argv[i], "-h") ? "--help" : argv[i];
@@ -149,7 +174,7 @@ static int parse_flags(opts *o, int argc, char **argv, int img2img) {
         if (eq) value = eq + 1;
         int hit = -1, nhit = 0;
         for (int k = 0; k < N_FLAGS; k++) {
-            if ((FLAGS[k].img2img == 1 && !img2img) || (FLAGS[k].img2img == -1 && img2img)) continue;
+            if (!flag_applies(&FLAGS[k], mode)) continue;
             if (!strcmp(FLAGS[k].name, name)) { hit = k; nhit = 1; break; }
             if (!strncmp(FLAGS[k].name, name, strlen(name))) { hit = k; nhit++; }
         }
@@ -333,6 +358,7 @@ static uint8_t *make_grid(int *gw, int *gh, uint8_t *const *imgs, int n, int nco
 typedef struct progress {
     int on, tty;
     double t0;              // when the current stage's first step started
+    int64_t nfe;            // model evaluations of the sampling so far (ldm_generate_params.nfe)
 } progress;
 
 static double seconds_now(void) {
@@ -342,9 +368,10 @@ static double seconds_now(void) {
 }
 
 // Stage names (step -1) and sampler steps "step k/n" with the steps that
-// really run (ldm_sampler_steps), the mean time per step so far and the time
-// left at that pace; on a terminal one line redrawn as a bar, which stays on
-// screen when the stage is done.
+// really run (ldm_sampler_steps), the model evaluations so far (NFE: what a
+// step costs depends on the sampler, docs/06-samplers.md), the mean time per
+// step so far and the time left at that pace; on a terminal one line redrawn
+// as a bar, which stays on screen when the stage is done.
 static void on_progress(void *ctx, const char *stage, int step, int n, double sps) {
     progress *p = ctx;
     if (!p->on) return;
@@ -361,11 +388,12 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
         int full = n > 0 ? (int)(20LL * step / n) : 20;
         for (int i = 0; i < 20; i++) bar[i] = i < full ? '#' : '.';
         bar[20] = '\0';
-        fprintf(stderr, "\r\033[K%s [%s] step %d/%d  %.2f s/step  ETA %.0fs", stage, bar, step, n,
-                mean, eta);
+        fprintf(stderr, "\r\033[K%s [%s] step %d/%d  NFE %lld  %.2f s/step  ETA %.0fs", stage, bar,
+                step, n, (long long)p->nfe, mean, eta);
         if (step >= n) fprintf(stderr, "\n");
     } else {
-        fprintf(stderr, "%s: step %d/%d  %.2f s/step  ETA %.0fs\n", stage, step, n, mean, eta);
+        fprintf(stderr, "%s: step %d/%d  NFE %lld  %.2f s/step  ETA %.0fs\n", stage, step, n,
+                (long long)p->nfe, mean, eta);
     }
     (void)sps;
 }
@@ -374,8 +402,9 @@ static void on_progress(void *ctx, const char *stage, int step, int n, double sp
 // flags -> one run's settings, checked before anything is loaded
 
 typedef struct run_settings {
-    int img2img;
-    const char *cmd;                // "txt2img" | "img2img"
+    int img2img;                    // 1: an init image (img2img, inpaint)
+    int inpaint;                    // 1: and a mask (inpaint)
+    const char *cmd;                // "txt2img" | "img2img" | "inpaint"
     const char *ckpt;               // --ckpt, or the tiny model
     int tiny;                       // 1: no --ckpt given
     long long n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
@@ -386,7 +415,7 @@ typedef struct run_settings {
     ldm_vae_options vae_opt;        // --vae-tiling, $LDM_VAE_BUDGET_MB
     const char *dump_dir;           // --dump, else main's $LDM_DUMP (NULL: no dumps); with
                                     // more than one batch, batch k dumps into DIR/batchKKK/
-    const char *init_path, *negative, *outdir;
+    const char *init_path, *mask_path, *negative, *outdir;
     char **prompts;                 // --from-file lines, or --prompt (read_prompts)
     int n_prompts;
     int verbose, fixed_code, skip_save, skip_grid;
@@ -397,15 +426,13 @@ typedef struct run_settings {
 } run_settings;
 
 // The sampler: DDIM (CompVis) unless --plms or --sampler; --schedule picks
-// the sigmas (k samplers) or overrides the conventions' spacing (ddim/plms).
+// the sigmas (k samplers: every ldm_sigma_kind by name) or overrides the
+// conventions' spacing (ddim/plms/ddpm). A sampler name that already names a
+// schedule ("DPM++ 2M Karras") and a different --schedule conflict; LCM and
+// TCD walk their own 50 distillation timesteps and take no --schedule.
 // 0, or 2 after printing the problem.
 static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char *cmd, double eta) {
     const char *sname = get(o, "--sampler"), *sched = get(o, "--schedule");
-    char lower[32];   // "Karras" as A1111's "Schedule type: Karras" writes it
-    if (sched && strlen(sched) < sizeof lower) {
-        for (size_t i = 0; i <= strlen(sched); i++) lower[i] = (char)tolower((unsigned char)sched[i]);
-        sched = lower;
-    }
     if (get(o, "--dpm_solver")) {   // CompVis DPMSolverSampler: DPM-Solver++ 2M multistep
         if (sname || get(o, "--plms"))
             return sd_fail("%s: give one of --dpm_solver, --plms, --sampler", cmd), 2;
@@ -416,21 +443,58 @@ static int sampler_from_flags(ldm_sampler_settings *s, const opts *o, const char
         return sd_fail("%s: --sampler: %s", cmd, ldm_last_error()), 2;
     int discrete = !s->sampler->uses_sigmas;
     s->conv = LDM_CONVENTIONS_COMPVIS;   // the CLI mimics CompVis scripts/txt2img.py
-    if (sched && !discrete && s->sigma_kind != LDM_SIGMAS_DEFAULT && strcmp(sched, "default") &&
-        strcmp(sched, s->sigma_kind == LDM_SIGMAS_KARRAS ? "karras" : "exponential"))
-        return sd_fail("%s: --sampler \"%s\" already names its schedule; it conflicts with "
-                       "--schedule %s (give one of them)", cmd, sname, sched), 2;
-    if (sched && !discrete) {
-        if (!strcmp(sched, "karras")) s->sigma_kind = LDM_SIGMAS_KARRAS;
-        else if (!strcmp(sched, "exponential")) s->sigma_kind = LDM_SIGMAS_EXPONENTIAL;
-        else if (!strcmp(sched, "default")) s->sigma_kind = LDM_SIGMAS_DEFAULT;
-        else return sd_fail("%s: --schedule '%s': %s takes default|karras|exponential", cmd,
-                            sched, s->sampler->label), 2;
-    } else if (sched && ldm_spacing_parse(&s->conv.spacing, sched)) {
-        return sd_fail("%s: --schedule: %s", cmd, ldm_last_error()), 2;
+    ldm_sigma_kind kind;
+    ldm_spacing spacing;
+    int is_kind = sched && ldm_sigma_kind_parse(&kind, sched) == LDM_OK;
+    int is_spacing = sched && !is_kind && ldm_spacing_parse(&spacing, sched) == LDM_OK;
+    if (sched && !is_kind && !is_spacing)
+        return sd_fail("%s: --schedule '%s': expected a sigma schedule (%s) for the k samplers "
+                       "or a timestep spacing (%s) for ddim/plms/ddpm", cmd, sched,
+                       SIGMA_SCHEDULES, "uniform, leading, trailing, linspace"), 2;
+    if (sched && !discrete) {   // a sigma schedule
+        if (!is_kind)
+            return sd_fail("%s: --schedule '%s' is a timestep spacing (ddim/plms/ddpm); %s takes "
+                           "a sigma schedule: %s", cmd, sched, s->sampler->label, SIGMA_SCHEDULES), 2;
+        if (s->sigma_kind != LDM_SIGMAS_DEFAULT && kind != s->sigma_kind)
+            return sd_fail("%s: --sampler \"%s\" already names its schedule; it conflicts with "
+                           "--schedule %s (give one of them)", cmd, sname, sched), 2;
+        s->sigma_kind = kind;
+    }
+    if (!discrete) {   // a repeated sigma (smoothstep above 77 steps) fails in ldm_sample: say it now
+        static ldm_schedule sd_sched;   // the repeats depend on the timesteps, not on the betas
+        static float sig[1001];
+        ldm_schedule_init_sd(&sd_sched);
+        ldm_sigmas_make(sig, s->sigma_kind, &sd_sched, s->steps);
+        for (int i = 0; i + 1 < s->steps; i++)
+            if (!(sig[i + 1] < sig[i]))
+                return sd_fail("%s: --ddim_steps %d: the %s schedule repeats a sigma at this many "
+                               "steps (a step of zero length); use fewer steps", cmd, s->steps,
+                               ldm_sigma_kind_name(s->sigma_kind)), 2;
+    }
+    int lcm = !strcmp(s->sampler->name, "lcm") || !strcmp(s->sampler->name, "tcd");
+    if (lcm && s->steps > LDM_LCM_ORIGINAL_STEPS)
+        return sd_fail("%s: --ddim_steps %d: %s samples from the %d timesteps it was distilled on, "
+                       "so at most %d steps (4-8 is typical)", cmd, s->steps, s->sampler->label,
+                       LDM_LCM_ORIGINAL_STEPS, LDM_LCM_ORIGINAL_STEPS), 2;
+    if (sched && discrete) {
+        if (lcm)
+            return sd_fail("%s: --schedule '%s': %s samples from the %d timesteps it was "
+                           "distilled on and takes no --schedule", cmd, sched, s->sampler->label,
+                           LDM_LCM_ORIGINAL_STEPS), 2;
+        if (!is_spacing || spacing == LDM_SPACING_LCM)
+            return sd_fail("%s: --schedule '%s': %s takes a timestep spacing: uniform (CompVis, "
+                           "default), leading, trailing or linspace (sigma schedules are for the "
+                           "k samplers)", cmd, sched, s->sampler->label), 2;
+        s->conv.spacing = spacing;
     }
     if (!strcmp(s->sampler->name, "plms") && eta != 0) return sd_fail("%s: PLMS needs --ddim_eta 0", cmd), 2;
-    s->eta = discrete ? (float)eta : -1.0f;   // --ddim_eta is for DDIM/PLMS/DDPM only
+    if (!strcmp(s->sampler->name, "tcd") && eta > 1)
+        return sd_fail("%s: --ddim_eta %g: TCD's gamma must be in [0, 1]", cmd, eta), 2;
+    if (get(o, "--sde-noise") && ldm_sde_noise_parse(&s->sde_noise, get(o, "--sde-noise")))
+        return sd_fail("%s: --sde-noise: %s", cmd, ldm_last_error()), 2;
+    // --ddim_eta is for the discrete samplers; without it, each one's default
+    // (TCD: gamma 0.3; DDIM, PLMS: 0)
+    s->eta = discrete && get(o, "--ddim_eta") ? (float)eta : -1.0f;
     return 0;
 }
 
@@ -489,15 +553,17 @@ static int options_from_flags(run_settings *r, const opts *o, const sd_env *env)
     r->skip_grid = get(o, "--skip_grid") != NULL || r->skip_grid;
     r->negative = get(o, "--negative-prompt") ? get(o, "--negative-prompt") : "";
     r->outdir = get(o, "--outdir") ? get(o, "--outdir")
+              : r->inpaint ? "outputs/inpaint-samples"
               : r->img2img ? "outputs/img2img-samples" : "outputs/txt2img-samples";
     return 0;
 }
 
 // argv flags + main's environment -> r. 0, or the exit code after printing the problem.
-static int settings_from_flags(run_settings *r, const opts *o, int img2img, const sd_env *env) {
+static int settings_from_flags(run_settings *r, const opts *o, int mode, const sd_env *env) {
     memset(r, 0, sizeof *r);
-    r->img2img = img2img;
-    const char *cmd = r->cmd = img2img ? "img2img" : "txt2img";
+    const int img2img = r->img2img = mode != MODE_TXT2IMG;
+    r->inpaint = mode == MODE_INPAINT;
+    const char *cmd = r->cmd = MODE_NAMES[mode];
     // no --ckpt: the tiny model the project trained (tools/tiny-model, or
     // $LDM_TINY_MODEL), drawn at the 64x64 it was trained at unless --H/--W say otherwise
     r->ckpt = get(o, "--ckpt");
@@ -515,8 +581,8 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
         get_int(o, "--threads", 0, 0, 4096, &r->threads) ||
         get_int(o, "--clip-skip", 1, 1, 64, &r->clip_skip) ||
         get_float(o, "--ddim_eta", 0.0, &r->eta) ||
-        get_float(o, "--scale", img2img ? 5.0 : 7.5, &r->scale) ||
-        get_float(o, "--strength", 0.75, &r->strength))
+        get_float(o, "--scale", mode == MODE_IMG2IMG ? 5.0 : 7.5, &r->scale) ||
+        get_float(o, "--strength", r->inpaint ? 1.0 : 0.75, &r->strength))
         return 2;
     r->sampling.steps = (int)steps;
     if (!img2img && (r->H % 8 || r->W % 8 || r->H < 8 || r->W < 8))
@@ -542,7 +608,11 @@ static int settings_from_flags(run_settings *r, const opts *o, int img2img, cons
                 cmd, r->ckpt);
     }
     r->init_path = get(o, "--init-img");
-    if (img2img && !r->init_path) return sd_fail("img2img: --init-img FILE is required"), 2;
+    if (img2img && !r->init_path) return sd_fail("%s: --init-img FILE is required", cmd), 2;
+    r->mask_path = get(o, "--mask");
+    if (r->inpaint && !r->mask_path)
+        return sd_fail("inpaint: --mask FILE is required (a PNG of the image's size, white = "
+                       "repaint)"), 2;
     if (sampler_from_flags(&r->sampling, o, cmd, r->eta)) return 2;
     if (o->n_loras > LDM_LORA_MAX_SPECS) return sd_fail("%s: at most %d --lora", cmd, LDM_LORA_MAX_SPECS), 2;
     for (r->lora_dir = get(o, "--lora-dir"); r->n_loras < o->n_loras; r->n_loras++)
@@ -593,9 +663,8 @@ typedef struct run_info {           // what every PNG of the run says about it
 static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipeline *p) {
     const ldm_sampler_settings *s = &r->sampling;
     model_hash(ri->hash, p->model.files[0].path);
-    snprintf(ri->label, sizeof ri->label, "%s%s", s->sampler->label,
-             s->sigma_kind == LDM_SIGMAS_KARRAS ? " Karras"
-             : s->sigma_kind == LDM_SIGMAS_EXPONENTIAL ? " Exponential" : "");
+    snprintf(ri->label, sizeof ri->label, "%s%s", s->sampler->label,   // "DPM++ 2M Karras"
+             s->sampler->uses_sigmas ? ldm_sigma_kind_label(s->sigma_kind) : "");
     // the last path component, trailing slashes dropped ("tools/tiny-model/"
     // -> tiny-model); a checkpoint file loses its format's extension only
     // (v1-5-pruned.safetensors -> v1-5-pruned; the folder sd-v1.5 stays sd-v1.5)
@@ -614,29 +683,34 @@ static void run_info_fill(run_info *ri, const run_settings *r, const ldm_pipelin
     }
 }
 
-// "PROMPT\n[Negative prompt: N\n]Steps: ..., RNG: NV" then, for a sample
+// "PROMPT\n[Negative prompt: N\n]Steps: S, NFE: E, ..., RNG: NV" (NFE: the
+// model evaluations the sampler spent; a reader that does not know the key,
+// --from-png included, skips it) then, for a sample
 // (batch_pos >= 0), everything else that changes its pixels when it is not
 // the default (clip skip, eta, strength, DDIM/PLMS timestep spacing) and its
 // place in its batch: with the batch's seed, size and this position, the
 // parameters rerun this image alone (sd txt2img --from-png). The grid gets
 // the first part only.
 static void parameters(char *buf, size_t size, const run_settings *r, const run_info *ri,
-                       const char *prompt, long long seed, long long batch_size,
+                       const char *prompt, long long seed, long long nfe, long long batch_size,
                        long long batch_pos, long long iteration) {
     const char *neg = r->negative;
     int n = snprintf(buf, size,
-        "%s\n%s%s%sSteps: %d, Sampler: %s, CFG scale: %g, Seed: %lld, "
+        "%s\n%s%s%sSteps: %d, NFE: %lld, Sampler: %s, CFG scale: %g, Seed: %lld, "
         "Size: %lldx%lld, Model hash: %s, Model: %s, RNG: %s",
         prompt, *neg ? "Negative prompt: " : "", neg, *neg ? "\n" : "",
-        r->sampling.steps, ri->label, r->scale, seed, r->W, r->H, ri->hash, ri->model_name,
+        r->sampling.steps, nfe, ri->label, r->scale, seed, r->W, r->H, ri->hash, ri->model_name,
         r->rng_kind == LDM_RNG_CPU ? "CPU" : "NV");
     if (batch_pos < 0 || n < 0 || (size_t)n >= size) return;
     if (!r->sampling.sampler->uses_sigmas && r->sampling.conv.spacing != LDM_SPACING_UNIFORM) {
-        static const char *names[] = {"leading", "trailing", "linspace", "uniform"};
+        static const char *names[] = {"leading", "trailing", "linspace", "uniform", "lcm"};
         n += snprintf(buf + n, size - n, ", Schedule type: %s", names[r->sampling.conv.spacing]);
     }
     if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
-    if (!r->sampling.sampler->uses_sigmas && r->eta != 0)
+    if (r->sampling.sde_noise == LDM_SDE_NOISE_BROWNIAN)
+        n += snprintf(buf + n, size - n, ", SDE noise: brownian");
+    const ldm_sampler_info *si = r->sampling.sampler;   // eta: recorded when not the sampler's default
+    if (!si->uses_sigmas && r->sampling.eta >= 0 && r->sampling.eta != si->default_eta)
         n += snprintf(buf + n, size - n, ", Eta: %g", r->eta);
     if (r->img2img) n += snprintf(buf + n, size - n, ", Denoising strength: %g", r->strength);
     if (r->po.weights == LDM_WEIGHTS_F16)   // fp32 weights rounded to fp16 change the pixels
@@ -662,7 +736,7 @@ static int write_png(const char *dir, const char *fmt, int *index, const uint8_t
 // (default n_samples; more when it would be too tall, grid_columns), with
 // the run's parameters. 0 / 1.
 static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const *all, int n_all,
-                      const char *first_prompt, int *grid_count) {
+                      const char *first_prompt, long long nfe, int *grid_count) {
     int gw, gh;
     int ncol = grid_columns(n_all, r->n_rows > 0 ? (int)r->n_rows : (int)r->n_samples, (int)r->H, (int)r->W);
     if (ncol == 0) return 0;   // warned before sampling (run)
@@ -673,7 +747,7 @@ static int write_grid(const run_settings *r, const run_info *ri, uint8_t *const 
     int np = snprintf(prompts, sizeof prompts, "%s", first_prompt);
     for (int i = 1; i < r->n_prompts && np > 0 && (size_t)np < sizeof prompts; i++)
         np += snprintf(prompts + np, sizeof prompts - np, " | %s", r->prompts[i]);
-    parameters(params, sizeof params, r, ri, prompts, r->seed, r->n_samples, -1, 0);
+    parameters(params, sizeof params, r, ri, prompts, r->seed, nfe, r->n_samples, -1, 0);
     int rc = write_png(r->outdir, "grid-%04d.png", grid_count, grid, gw, gh, params, r->verbose);
     free(grid);
     return rc;
@@ -687,6 +761,7 @@ typedef struct outputs {
     int base_count, grid_count;     // next numbers: as CompVis, the count of files already there
     uint8_t **all;                  // every image of the run [H][W][3], for the grid
     int n_all;
+    long long nfe;                  // the last batch's model evaluations (the grid's NFE)
 } outputs;
 
 // The output folders, before the model is loaded. 0 / 1.
@@ -742,7 +817,8 @@ static int plan_names(outputs *out, const run_settings *r) {
 // Every batch of the run (this shard's): each image saved (unless
 // --skip_save) with its parameters and kept for the grid. 0 / 1.
 static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
-                        const uint8_t *init_rgb, const run_info *ri, progress *prog) {
+                        const uint8_t *init_rgb, const uint8_t *mask_rgb, const run_info *ri,
+                        progress *prog) {
     const int64_t B = r->n_samples, per_img = r->H * r->W * 3;
     const long long per_it = images_per_iteration(r), nc = n_chunks(r);
     uint8_t *rgb = malloc((size_t)(B * per_img));
@@ -775,11 +851,13 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 .negative = r->negative, .width = (int)r->W, .height = (int)r->H, .batch = (int)n,
                 .sampling = r->sampling, .cfg_scale = (float)r->scale,
                 .clip_skip = (int)r->clip_skip, .rng = &rng, .init_rgb = init_rgb,
-                .strength = r->strength, .vae_opt = r->vae_opt,
+                .strength = r->strength, .mask_rgb = mask_rgb, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
                 .lora_dir = r->lora_dir, .loras = r->loras, .n_loras = r->n_loras,
+                .nfe = &prog->nfe,
             };
             if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
+            out->nfe = prog->nfe;
             for (int64_t b = 0; b < n && !rc; b++) {
                 if (r->only_pos >= 0 && b != r->only_pos) continue;
                 uint8_t *img = malloc((size_t)per_img);
@@ -788,7 +866,8 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 out->all[out->n_all++] = img;
                 if (r->skip_save) continue;
                 char params[8192];
-                parameters(params, sizeof params, r, ri, batch_prompts[b], seed, n, (long long)b, it);
+                parameters(params, sizeof params, r, ri, batch_prompts[b], seed, out->nfe, n,
+                           (long long)b, it);
                 if (r->shard_n > 1) {   // fixed names (plan_names checked them)
                     int index = (int)(it * per_it + ci * B + b);
                     rc = write_png(out->sample_dir, "%05d.png", &index, img, (int)r->W, (int)r->H,
@@ -873,7 +952,7 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos, int img2img) {
         {"Steps", "--ddim_steps"}, {"Sampler", "--sampler"}, {"Schedule type", "--schedule"},
         {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
         {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"}, {"Weights", "--weights"},
-        {"Denoising strength", "--strength"},
+        {"SDE noise", "--sde-noise"}, {"Denoising strength", "--strength"},
     };
     *pos = 0;
     int from_img2img = 0;
@@ -936,16 +1015,17 @@ static void check_png_model(const png_flags *st, const run_settings *r, const ru
                 st->hash, st->model[0] ? st->model : "?", ri->hash, ri->model_name);
 }
 
-static int run(int argc, char **argv, int img2img, const sd_env *env) {
+static int run(int argc, char **argv, int mode, const sd_env *env) {
     opts o;
-    int e = parse_flags(&o, argc, argv, img2img);
+    int e = parse_flags(&o, argc, argv, mode);
     if (e) return e;
-    if (get(&o, "--help")) { usage(stdout, img2img); return 0; }
+    if (get(&o, "--help")) { usage(stdout, mode); return 0; }
     static png_flags from_png;
     long long png_pos = -1;
-    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos, img2img))) return e;
+    if (get(&o, "--from-png") && (e = flags_from_png(&o, &from_png, &png_pos, mode != MODE_TXT2IMG))) return e;
     run_settings r;
-    if ((e = settings_from_flags(&r, &o, img2img, env))) return e;
+    if ((e = settings_from_flags(&r, &o, mode, env))) return e;
+    const int img2img = r.img2img;
     if (png_pos >= 0) {
         if (png_pos >= r.n_samples)
             return sd_fail("%s: --from-png: Batch pos %lld is outside the batch of %lld",
@@ -962,18 +1042,18 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
 
     // init image (img2img): its own size, as CompVis load_img (which also
     // resizes to multiples of 64; here the sides must already be multiples of 8)
-    ldm_image init = {0};
+    ldm_image init = {0}, mask = {0};
     outputs out = {0};
     ldm_pipeline p;
     int rc = 1, opened = 0;
     if (img2img) {
         if (ldm_png_read(&init, r.init_path) != LDM_OK) {
-            sd_fail("img2img: --init-img %s", ldm_last_error());   // the message names the file
+            sd_fail("%s: --init-img %s", r.cmd, ldm_last_error());   // the message names the file
             goto done;
         }
         if (init.width % 8 || init.height % 8) {
-            sd_fail("img2img: --init-img %s is %dx%d: width and height must be multiples of 8 "
-                    "(crop or resize it)", r.init_path, init.width, init.height);
+            sd_fail("%s: --init-img %s is %dx%d: width and height must be multiples of 8 "
+                    "(crop or resize it)", r.cmd, r.init_path, init.width, init.height);
             goto done;
         }
         r.H = init.height;
@@ -982,6 +1062,17 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
             rc = 2;
             goto done;
         }
+    }
+    // the mask (inpaint): any PNG mode, exactly the image's size (never resized)
+    if (r.inpaint && ldm_png_read(&mask, r.mask_path) != LDM_OK) {
+        sd_fail("inpaint: --mask %s", ldm_last_error());
+        goto done;
+    }
+    if (r.inpaint && (mask.width != init.width || mask.height != init.height)) {
+        sd_fail("inpaint: --mask %s is %dx%d but --init-img %s is %dx%d: the mask must have the "
+                "image's size", r.mask_path, mask.width, mask.height, r.init_path, init.width,
+                init.height);
+        goto done;
     }
     if (outputs_open(&out, &r) || check_before_sampling(&r) || plan_names(&out, &r)) goto done;
 
@@ -1001,8 +1092,9 @@ static int run(int argc, char **argv, int img2img, const sd_env *env) {
     run_info ri;
     run_info_fill(&ri, &r, &p);
     if (png_pos >= 0) check_png_model(&from_png, &r, &ri, get(&o, "--from-png"));
-    if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, &ri, &prog)) goto done;
-    if (!r.skip_grid && write_grid(&r, &ri, out.all, out.n_all, r.prompts[0], &out.grid_count))
+    if (generate_all(&out, &r, &p, img2img ? init.rgb : NULL, r.inpaint ? mask.rgb : NULL, &ri, &prog))
+        goto done;
+    if (!r.skip_grid && write_grid(&r, &ri, out.all, out.n_all, r.prompts[0], out.nfe, &out.grid_count))
         goto done;
     fprintf(stderr, "Your samples are ready and waiting for you here: \n%s \n\nEnjoy.\n", r.outdir);
     if (r.verbose)
@@ -1014,13 +1106,15 @@ done:
     free(out.all);
     if (opened) ldm_pipeline_close(&p);
     ldm_image_free(&init);
+    ldm_image_free(&mask);
     for (int i = 0; i < r.n_prompts; i++) free(r.prompts[i]);
     free(r.prompts);
     return rc;
 }
 
-int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 0, env); }
-int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, 1, env); }
+int cmd_txt2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_TXT2IMG, env); }
+int cmd_img2img(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_IMG2IMG, env); }
+int cmd_inpaint(int argc, char **argv, const sd_env *env) { return run(argc, argv, MODE_INPAINT, env); }
 
 // `sd png-info FILE`: print the text chunks of a PNG (the "parameters" first).
 int cmd_png_info(int argc, char **argv, const sd_env *env) {

@@ -33,6 +33,7 @@ static const sd_command commands[] = {
     {"tokenize", cmd_tokenize, "prompts on stdin -> CLIP BPE ids (--pieces, --context 77 --pad end|zero)"},
     {"txt2img", cmd_txt2img, "text -> images (CompVis scripts/txt2img.py flags and outputs)"},
     {"img2img", cmd_img2img, "image + text -> images (CompVis scripts/img2img.py, --strength)"},
+    {"inpaint", cmd_inpaint, "image + mask + text -> images (repaint the mask's white part)"},
     {"png-info", cmd_png_info, "print the generation parameters stored in a PNG"},
     {"upscale", cmd_upscale, "low-res image + text -> a 4x larger image (the SD x4 upscaler)"},
 };

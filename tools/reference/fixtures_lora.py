@@ -15,6 +15,17 @@ and the reference run with each merged, made with torch/diffusers:
 Cases: kohya at scale 0.8, peft at scale 1, both together (kohya 0.5 + peft 0.7), and
 peft_alpha at scale 1.
 
+SD2 (`python fixtures_lora.py sd2` makes only these): the tiny SD2 model of
+tests/fixtures/ckpt (sd2/: a 2-layer CLIPTextModel converted from open_clip, the
+penultimate-layer path of sd2.ckpt's 3 resblocks; a UNet with linear proj_in/out,
+as SD2's), which has no tokenizer vocabulary, so the runs are module calls:
+  sd2_kohya.safetensors, sd2_peft.safetensors   the same two kinds of LoRA for it
+  sd2_<name>_context.npy   text encoder output [3,77,32] for ckpt/clip_ids.npy, merged
+  sd2_x.npy                a UNet input [1,4,8,8] (t = 500 for every run)
+  sd2_<name>_unet.npy      the merged UNet's output for sd2_x, t, the first context row
+  sd2_none_unet.npy        the same without a LoRA
+Runs: kohya at 0.8, peft at 1.
+
 The merge W += scale * alpha/r * up @ down is done here in torch on the fp32 model.
 The kohya key -> module mapping is diffusers' own converter
 (diffusers.loaders.lora_conversion_utils, then the PEFT renaming of
@@ -132,6 +143,45 @@ def merge_(models, mods, scale):
             w += (scale * alpha / r) * delta.reshape(w.shape)
 
 
+SD2 = "tests/fixtures/ckpt/sd2"
+SD2_RUNS = {"kohya": ("sd2_kohya", 0.8), "peft": ("sd2_peft", 1.0)}
+
+
+def main_sd2():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+    torch.set_num_threads(1)
+    kw = dict(torch_dtype=torch.float32)
+
+    def load():
+        text = CLIPTextModel.from_pretrained(os.path.join(SD2, "text_encoder"), **kw).eval()
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(SD2, "unet"), **kw).eval()
+        return text, unet
+    text, unet = load()
+    g = torch.Generator().manual_seed(2)
+    save_file(make_kohya(unet, text, g), os.path.join(OUT, "sd2_kohya.safetensors"))
+    save_file(make_peft(unet, text, g), os.path.join(OUT, "sd2_peft.safetensors"))
+    mods = {"sd2_kohya": kohya_to_modules(load_file(os.path.join(OUT, "sd2_kohya.safetensors"))),
+            "sd2_peft": peft_to_modules(load_file(os.path.join(OUT, "sd2_peft.safetensors")))}
+    ids = torch.from_numpy(np.load("tests/fixtures/ckpt/clip_ids.npy").astype(np.int64))
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    np.save(os.path.join(OUT, "sd2_x.npy"), x.numpy())
+
+    def run(text, unet):
+        with torch.no_grad():
+            c = text(input_ids=ids).last_hidden_state
+            return c, unet(x, torch.tensor([500.0]), encoder_hidden_states=c[:1]).sample
+    _, eps = run(text, unet)
+    np.save(os.path.join(OUT, "sd2_none_unet.npy"), eps.numpy().astype(np.float32))
+    for name, (lora, scale) in SD2_RUNS.items():
+        text, unet = load()
+        merge_(dict(unet=unet, text_encoder=text), mods[lora], scale)
+        c, eps = run(text, unet)
+        np.save(os.path.join(OUT, f"sd2_{name}_context.npy"), c.numpy().astype(np.float32))
+        np.save(os.path.join(OUT, f"sd2_{name}_unet.npy"), eps.numpy().astype(np.float32))
+        print(f"sd2_{name}: {len(mods[lora])} layers, |eps| max {eps.abs().max():.3f}")
+
+
 def main():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from open_clip.tokenizer import SimpleTokenizer
@@ -176,4 +226,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if which in ("all", "sd1"):
+        main()
+    if which in ("all", "sd2"):
+        main_sd2()

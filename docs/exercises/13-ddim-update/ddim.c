@@ -9,7 +9,9 @@ int ldm_sample_ddim(float *x, ldm_sampler_ctx *c) {
     double final_abar = c->set_alpha_to_one ? 1.0 : abar[0];
     int rc = LDM_OK;
     for (int i = 0; i < c->n; i++) {
-        int t = c->timesteps[i], prev = i + 1 < c->n ? c->timesteps[i + 1] : -1;
+        int t = c->timesteps[i];   // prev: diffusers' t - T/steps, else the next entry
+        int prev = c->steps > 0 ? t - c->dn->sched->T / c->steps
+                                : i + 1 < c->n ? c->timesteps[i + 1] : -1;
         if ((rc = ldm_denoiser_eps(c->dn, eps, x, (float)t)) != LDM_OK) break;
         double a_t = abar[t], a_prev = prev >= 0 ? abar[prev] : final_abar;
         // TODO: the step from t to prev: x0 <- predicted x_0, x <- x_prev.
