@@ -238,25 +238,32 @@ test-cuda: cuda
 # nbformat, ipykernel from the package registry; no torch), a check that the
 # ctypes mirrors of notebooks/ldm_py.py match the C headers, then every
 # notebooks/NN-*.ipynb executed headlessly on the committed tiny models; fails on
-# any cell error. Executed copies go to build/notebooks/ (the committed ones
-# carry no outputs). Not part of `make test`.
+# any cell error, on a committed notebook whose cells differ from
+# notebooks/make_notebooks.py, or one committed without outputs. Executed copies
+# go to build/notebooks/. Not part of `make test`.
+# `make notebooks-render`: the same, from make_notebooks.py's cells, saving each
+# executed notebook in place with its outputs (the committed notebooks carry
+# their figures, reduced to small PNGs, so a reader needs no venv to see them).
 # `make exercise-N`: build with docs/exercises/NN-*/'s function in place of the
 # project's and run that module's test (SOLUTION=1: the project's own code);
 # `make exercises-check`: every starting point fails and every solution passes.
-.PHONY: notebooks exercises-check
+.PHONY: notebooks notebooks-render notebooks-layout exercises-check
 NB_VENV := build/venv-nb
 NB_PY   := $(NB_VENV)/bin/python
 $(NB_PY): notebooks/requirements.txt
 	python3 -m venv $(NB_VENV)
 	$(NB_PY) -m pip install -q -r notebooks/requirements.txt
 	@touch $@
-notebooks: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
+notebooks-layout: $(BUILD)/libldm.so $(VOCAB) $(NB_PY)
 	@mkdir -p $(BUILD)/nb
 	@$(NB_PY) notebooks/ldm_py.py --layout-c > $(BUILD)/nb/layout_check.c
 	@$(CC) -std=c11 -D_GNU_SOURCE -I. -o $(BUILD)/nb/layout_check $(BUILD)/nb/layout_check.c
 	@$(BUILD)/nb/layout_check > $(BUILD)/nb/layout.json
 	@$(NB_PY) notebooks/ldm_py.py $(BUILD)/nb/layout.json
+notebooks: notebooks-layout
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --out $(BUILD)/notebooks
+notebooks-render: notebooks-layout
+	@LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) notebooks/run_notebooks.py --render --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
 # trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model; and
 # those of `make figures-unet`).
@@ -368,6 +375,7 @@ help:
 	@echo "make figures-unet  the UNet / transformer-block figures with their shapes (docs/05)"
 	@echo "make sampler-study-tiny  the same lab on the trained tiny model (docs/06)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
+	@echo "make notebooks-render  execute every notebook and save it with its outputs (commit them)"
 	@echo "make exercise-N course exercise N against the project's tests (SOLUTION=1: the solution)"
 	@echo "make exercises-check  every exercise: starting point fails, solution passes"
 	@echo "make demo       draw the demo prompts with the embedded tiny model into outputs/demo/"

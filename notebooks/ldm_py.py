@@ -12,9 +12,11 @@ What it offers (all arrays are float32 NumPy arrays in PyTorch order):
     lib = load()                                  the shared library
     tok = Tokenizer()                             ldm_tokenizer_* (BPE)
     m = Model(path)                               ldm_model_open + CLIP/UNet/VAE
-    m.encode_prompt("a cat")                      ids -> context [1,77,D]
+    m.encode_prompt(tok, "a red circle on the left")   ids -> context [1,77,D]
     m.unet(x, t, context, hook=fn)                one UNet call (+ every named block)
     m.vae_encode(x) / m.vae_decode(z)             the autoencoder
+    shape_scene(...), dataset_scene(i)            images of the tiny model's domain
+                                                  (tools/train/dataset.py)
     Schedule()                                    abar, sigmas, q_sample
     sample(name, noise, model_fn, ...)            any sampler of samplers/ in C,
                                                   the network a Python callback
@@ -1054,7 +1056,8 @@ def to_rgb(x):
 
 def test_image(side=64):
     """A photo when matplotlib ships one (Grace Hopper), else a drawn test card:
-    [1,3,side,side] in [-1,1]."""
+    [1,3,side,side] in [-1,1]. Outside the tiny model's domain (flat shapes):
+    for its VAE use shape_scene / dataset_scene."""
     try:
         import matplotlib.cbook as cbook
         import matplotlib.image as mpimg
@@ -1069,6 +1072,38 @@ def test_image(side=64):
         yy, xx = np.mgrid[0:side, 0:side] / side
         im = np.stack([xx, yy, 0.5 + 0.5 * np.sin(12 * np.hypot(xx - .5, yy - .5))], -1)
     return (im.transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32)
+
+
+def shapes_dataset():
+    """tools/train/dataset.py, the generator of the tiny model's training scenes
+    (needs Pillow, which matplotlib brings)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "tiny_dataset", os.path.join(ROOT, "tools", "train", "dataset.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def shape_scene(colour="blue", shape="square", place="right", size="medium", bg="white"):
+    """One scene of the tiny model's own domain, drawn by tools/train/dataset.py's
+    renderer: (image [1,3,64,64] in [-1,1], its English caption). place: left |
+    right | top | bottom | center."""
+    D = shapes_dataset()
+    x, y = D.PLACES[place][:2]
+    s = dict(bg=bg, say_bg=bg != "white", place=place, relation=None,
+             objects=[dict(colour=colour, shape=shape, size=size, x=x, y=y)])
+    im = D.render(s).astype(np.float32) / 255.0
+    return (im.transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32), D.caption_en(s)
+
+
+def dataset_scene(index, seed=0):
+    """Scene `index` of the training set of seed `seed` (tools/train/dataset.py
+    make_scene): (image [1,3,64,64] in [-1,1], its English caption)."""
+    D = shapes_dataset()
+    s = D.make_scene(seed, index)
+    im = D.render(s).astype(np.float32) / 255.0
+    return (im.transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32), D.caption_en(s)
 
 
 # Headers that declare the mirrored structs (for layout_c_source).

@@ -7,10 +7,10 @@
  *       + sigma_next sqrt(1 - e^{-2 eta_h}) n              (eta > 0)
  * The last step (to sigma = 0) returns D.
  *
- * Mirrors k-diffusion sample_dpmpp_2m_sde(solver_type="midpoint"), EXCEPT
- * the noise: plain N(0,1) draws from the run's generator instead of
- * k-diffusion's Brownian tree (see dpmpp_sde.c); tested with the same draws
- * injected into k-diffusion.
+ * Mirrors k-diffusion sample_dpmpp_2m_sde(solver_type="midpoint"). The
+ * noise: per-step N(0,1) draws from the run's generator (default; tested with
+ * the same draws injected into k-diffusion) or, with --sde-noise brownian,
+ * k-diffusion's Brownian tree (brownian.h; see dpmpp_sde.c).
  */
 #include <math.h>
 #include <stdlib.h>

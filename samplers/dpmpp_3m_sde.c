@@ -14,9 +14,10 @@
  * e^{-h_eta} x is (sigma_next/sigma) e^{-eta h} x. The last step (to sigma = 0)
  * returns D. One model evaluation a step.
  *
- * Mirrors k-diffusion sample_dpmpp_3m_sde, EXCEPT the noise: plain N(0,1)
- * draws from the run's generator instead of the Brownian tree (as
- * dpmpp_sde.c); tested with the same draws injected into k-diffusion.
+ * Mirrors k-diffusion sample_dpmpp_3m_sde. The noise: per-step N(0,1) draws
+ * from the run's generator (default; tested with the same draws injected into
+ * k-diffusion) or, with --sde-noise brownian, k-diffusion's Brownian tree
+ * (brownian.h; see dpmpp_sde.c).
  */
 #include <math.h>
 #include <stdlib.h>

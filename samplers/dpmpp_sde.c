@@ -8,12 +8,13 @@
  *            x   = (sigma(t_n_)/sigma(t)) x - expm1(t - t_n_) D' + su_2 n_2
  * The last step (to sigma = 0) is Euler.
  *
- * Mirrors k-diffusion sample_dpmpp_sde, EXCEPT the noise: k-diffusion draws
- * it from a Brownian tree (torchsde) so that the noise between two sigmas is
- * consistent across step counts. We draw plain N(0,1) noise from the run's
- * generator (two draws per step, in the order k-diffusion calls its
- * noise_sampler); the tests inject the same draws into k-diffusion through
- * its noise_sampler argument and match it exactly.
+ * Mirrors k-diffusion sample_dpmpp_sde. Its noise (ldm_sampler_noise_sde):
+ * by default plain N(0,1) draws from the run's generator (two per step, in
+ * the order k-diffusion calls its noise_sampler; the tests inject the same
+ * draws into k-diffusion); with --sde-noise brownian the increments of
+ * k-diffusion's own Brownian tree (brownian.h), which keeps the noise between
+ * two sigmas the same at any step count. The noise intervals are asked with
+ * k-diffusion's sigma_fn(t) = exp(log sigma), as it does.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c) {
             float s_ = -logf((float)sd);
             float a1 = expf(-s_) / expf(-t), b1 = expm1f(t - s_);
             for (int64_t k = 0; k < n; k++) x2[k] = a1 * x[k] - b1 * denoised[k];
-            ldm_sampler_noise_sde(c, noise, sig[i], expf(-s));
+            ldm_sampler_noise_sde(c, noise, expf(-t), expf(-s));   // sigma_fn(t), sigma_fn(s)
             for (int64_t k = 0; k < n; k++) x2[k] += noise[k] * c->s_noise * (float)su;
             if ((rc = ldm_denoiser_denoised(c->dn, denoised2, x2, expf(-s))) != LDM_OK) break;
             // stage 2
@@ -54,7 +55,7 @@ int ldm_sample_dpmpp_sde(float *x, ldm_sampler_ctx *c) {
                 float dd = (1 - fac) * denoised[k] + fac * denoised2[k];
                 x[k] = a2 * x[k] - b2 * dd;
             }
-            ldm_sampler_noise_sde(c, noise, sig[i], sig[i + 1]);
+            ldm_sampler_noise_sde(c, noise, expf(-t), expf(-t_next));
             for (int64_t k = 0; k < n; k++) x[k] += noise[k] * c->s_noise * (float)su;
         }
         if (c->callback) c->callback(c->callback_ctx, i, x, denoised);

@@ -76,47 +76,6 @@ void ldm_rng_set_cuda_threads(ldm_rng *r, uint64_t threads);
 // Parse "cpu" / "cuda" into *kind. 0 / LDM_ERR (message names the value).
 int ldm_rng_parse(ldm_rng_kind *kind, const char *name);
 
-// ---------------------------------------------------------------------------
-// A Brownian motion for the SDE samplers (--sde-noise brownian)
-//
-// The SDE samplers add, on a step from sigma to sigma', noise that stands
-// for the Brownian increment over that interval. Drawn fresh per step, that
-// noise depends on how many steps came before (the generator's position);
-// k-diffusion instead samples ONE Brownian path W(sigma) per seed (torchsde's
-// BrownianTree) and uses n = (W(sigma') - W(sigma)) / sqrt|sigma' - sigma|,
-// so that a step's noise depends only on its interval: 20 and 40 steps see
-// the same path and give close images. torchsde's bits are not reproduced
-// here; this is our own tree with the same properties:
-//   W(0) = 0, W(T) = sqrt(T) z_0 over [0, T] (T a power of two >= sigma_max);
-//   a cell [a, b] with known ends gets its midpoint from the Brownian bridge
-//   W(m) = (W(a) + W(b))/2 + sqrt((b - a)/4) z_node             (Levy's construction)
-//   down to depth LDM_BROWNIAN_DEPTH (cells of T / 2^24), then linearly
-//   between the two ends of the cell. z_node: standard normals from
-//   Philox4x32-10 keyed by the seed, counter (element / 4, node), Box-Muller,
-//   so any point is computed directly, in any order, with nothing stored.
-// Increments over disjoint intervals are independent N(0, length)
-// (tests/test_samplers.c checks this statistically).
-#define LDM_BROWNIAN_DEPTH 24
-
-typedef struct ldm_brownian {
-    int64_t B, per;               // the latent [B, per]
-    int per_sample;               // 1: sample b's path keyed by seeds[b] (batch-size independent)
-    uint64_t *seeds;              // [B] (per_sample) or [1]
-    double T;                     // the path lives on [0, T]
-    double *wa, *wb, *w_from, *w_to;  // scratch [B*per]
-    double *w_last;               // the last point asked for, kept (steps share ends)
-    double s_last;                //   ... at this sigma (-1: none)
-} ldm_brownian;
-
-// A path per seed of rngs[0] (or rngs[b] when per_sample) on [0, T]. 0 / LDM_ERR.
-int ldm_brownian_init(ldm_brownian *bt, const ldm_rng *rngs, int per_sample, int64_t B,
-                      int64_t per, double T);
-void ldm_brownian_free(ldm_brownian *bt);
-// w [B*per] <- W(s), s clamped to [0, T].
-void ldm_brownian_at(ldm_brownian *bt, double *w, double s);
-// noise [B*per] <- (W(s_to) - W(s_from)) / sqrt|s_to - s_from|: N(0, I) for one step.
-void ldm_brownian_noise(ldm_brownian *bt, float *noise, double s_from, double s_to);
-
 // ---- the primitives, exposed for tests and notebooks
 uint32_t ldm_mt19937_next(ldm_rng *r);                       // one 32-bit draw
 // Philox4x32-10: out[4] = philox(counter[4], key[2])

@@ -236,8 +236,8 @@ int ldm_sampler_parse(const ldm_sampler_info **info, ldm_sigma_kind *sigmas, con
         {"euler_ancestral", "euler_a"}, {"dpm_2", "dpm2"}, {"dpm_2_a", "dpm2_a"},
         {"dpm_2_ancestral", "dpm2_a"}, {"dpm2_ancestral", "dpm2_a"},
         {"dpmpp_2s_ancestral", "dpmpp_2s_a"}, {"pndm", "plms"},
-        // ComfyUI's *_gpu variants draw their Brownian-tree noise on the GPU;
-        // we use plain per-step draws for all of them (dpmpp_sde.c)
+        // ComfyUI's *_gpu variants draw their Brownian-tree noise on the GPU
+        // (with --sde-noise brownian: --rng cuda draws the tree's normals so)
         {"dpmpp_sde_gpu", "dpmpp_sde"}, {"dpmpp_2m_sde_gpu", "dpmpp_2m_sde"},
         {"dpmpp_3m_sde_gpu", "dpmpp_3m_sde"},
         // ComfyUI's uni_pc is the bh1 variant, uni_pc_bh2 the bh2 one
@@ -388,11 +388,12 @@ int ldm_sample(float *x, const ldm_sampler_settings *s, const ldm_sample_run *ru
             }
         c.sigmas = sig + start;
         if (s->sde_noise == LDM_SDE_NOISE_BROWNIAN) {
-            // one path on [0, T], T the power of two above every sigma: fixed by
-            // the model, not by the step count or the schedule
-            double T = 1;
-            while (T < sig[0] || T < sch->sigmas[sch->T - 1]) T *= 2;
-            if (ldm_brownian_init(&bt, run->rng, run->per_sample_noise, dn->B, dn->per, T) != LDM_OK) {
+            // k-diffusion: the tree spans the run's sigmas, sigmas[sigmas > 0].min() to .max()
+            float lo = sig[start], hi = sig[start];
+            for (int i = start; i <= count; i++)
+                if (sig[i] > 0) lo = sig[i] < lo ? sig[i] : lo, hi = sig[i] > hi ? sig[i] : hi;
+            if (ldm_brownian_init(&bt, run->rng, run->per_sample_noise, dn->B, dn->per, lo,
+                                  hi) != LDM_OK) {
                 free(sig);
                 return LDM_ERR;
             }

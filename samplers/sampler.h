@@ -29,6 +29,7 @@
 
 #include <stdint.h>
 
+#include "brownian.h"
 #include "rng.h"
 #include "schedule.h"
 
@@ -147,8 +148,8 @@ int ldm_sample_dpmpp_2m_cfgpp(float *x, ldm_sampler_ctx *c); // samplers/dpmpp_2
 void ldm_sampler_noise(ldm_sampler_ctx *c, float *noise);
 // noise [B,per] <- the SDE samplers' noise for a step from sigma to sigma_next:
 // the Brownian increment (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|
-// of c->brownian (k-diffusion's BrownianTreeNoiseSampler semantics, our own
-// tree: rng.h), or, without one, the next draw (ldm_sampler_noise).
+// of c->brownian (k-diffusion's BrownianTreeNoiseSampler: brownian.h), or,
+// without one, the next draw (ldm_sampler_noise).
 void ldm_sampler_noise_sde(ldm_sampler_ctx *c, float *noise, float sigma, float sigma_next);
 // Karras et al. 2022 Algorithm 2 "churn" at step i (Euler, Heun, DPM2):
 // gamma = min(s_churn/n, sqrt2 - 1) inside [s_tmin, s_tmax]; draws noise [B,per]
@@ -235,8 +236,8 @@ extern const ldm_conventions LDM_CONVENTIONS_DIFFUSERS;  // leading, offset 1, n
 // The noise of the SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde):
 typedef enum {
     LDM_SDE_NOISE_PER_STEP = 0,   // a fresh draw from the run's generator per step (default)
-    LDM_SDE_NOISE_BROWNIAN = 1,   // increments of one Brownian path per seed (rng.h ldm_brownian):
-                                  // a step's noise depends on its interval only, not the step count
+    LDM_SDE_NOISE_BROWNIAN = 1,   // increments of one Brownian path per seed (brownian.h): k-diffusion's
+                                  // BrownianTreeNoiseSampler (torchsde), seeded with the run's seed
 } ldm_sde_noise;
 // "per-step" / "brownian". 0 / LDM_ERR.
 int ldm_sde_noise_parse(ldm_sde_noise *kind, const char *name);

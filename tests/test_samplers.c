@@ -376,12 +376,12 @@ static void test_sampler_cases(const char *manifest) {
     const int64_t B = 2, per = nn / 2;
     char line[512];
     while (fgets(line, sizeof line, f)) {
-        char file[128], sampler[32], sched[32], pred[8], prec[16], extra[32] = "-";
+        char file[128], sampler[32], sched[32], pred[8], prec[16], extra[64] = "-";
         int steps, cfg, compvis, start = 0;
         float eta;
         unsigned long long seed;
         if (line[0] == '#' ||
-            sscanf(line, "%127s %31s %31s %d %f %d %7s %d %15s %llu %31s", file, sampler, sched,
+            sscanf(line, "%127s %31s %31s %d %f %d %7s %d %15s %llu %63s", file, sampler, sched,
                    &steps, &eta, &cfg, pred, &compvis, prec, &seed, extra) < 10)
             continue;
         float churn = 0, scale = 5.0f;
@@ -422,10 +422,15 @@ static void test_sampler_cases(const char *manifest) {
         float *init = start ? load("init.npy", &ni) : NULL;
         int count = traj_len ? traj_len : ldm_sampler_steps(&o, &s) - start;
         traj_ctx tc = {malloc((size_t)(count * B * per) * sizeof(float)), B * per, count};
-        ldm_rng rng;
-        ldm_rng_init(&rng, LDM_RNG_CPU, seed);
-        ldm_sample_run run = {.noise = noise, .init = init, .start_step = start, .rng = &rng,
-                              .callback = record, .callback_ctx = &tc};
+        // sampler_cases_brownian.txt: the SDE noise from the Brownian tree (one over the
+        // batch seeded `seed`, or with "persample" one per sample seeded seed + b)
+        if (strstr(extra, "brownian")) o.sde_noise = LDM_SDE_NOISE_BROWNIAN;
+        int per_sample = strstr(extra, "persample") != NULL;
+        ldm_rng rng[2];
+        for (int b = 0; b < 2; b++) ldm_rng_init(&rng[b], LDM_RNG_CPU, seed + (uint64_t)b);
+        ldm_sample_run run = {.noise = noise, .init = init, .start_step = start, .rng = rng,
+                              .per_sample_noise = per_sample, .callback = record,
+                              .callback_ctx = &tc};
         float *x = malloc((size_t)(B * per) * sizeof(float));
         int rc = ldm_sample(x, &o, &run, &dn);
         char name[200];
@@ -662,35 +667,128 @@ static void test_sigmas_extra(void) {
     }
 }
 
-// --sde-noise brownian (rng.h ldm_brownian): our own Brownian tree, tested
-// against the theory it must satisfy, as torchsde's bits are not reproduced.
-// Every element of every seed's tree is its own path: 8 seeds x 4096
-// elements = 32768 independent paths. For each, increments over disjoint
-// intervals (dyadic or not, tiny or long) must be N(0, length) and
+// --sde-noise brownian (samplers/brownian.h): k-diffusion's Brownian tree.
+// (a) numpy's SeedSequence, word for word, for entropies of one to seven
+// words, spawn keys and pool sizes (brownian_seedseq.txt, from numpy).
+static void test_seed_sequence(void) {
+    FILE *f = fopen(FIX "brownian_seedseq.txt", "r");
+    if (!test_check(f != NULL, "brownian_seedseq.txt", "missing (run `make fixtures`)")) return;
+    char line[1024];
+    int cases = 0, bad = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#') continue;
+        uint32_t ent[16], spawn[16], want[64], got[64];
+        int pool, ne, ns, no, at = 0, used = 0, ok = 1;
+        const char *p = line;
+        ok &= sscanf(p, "%d %d%n", &pool, &ne, &used) == 2 && ne <= 16, p += used;
+        for (int i = 0; ok && i < ne; i++) ok &= sscanf(p, "%u%n", &ent[i], &used) == 1, p += used;
+        ok &= sscanf(p, "%d%n", &ns, &used) == 1 && ns <= 16, p += used;
+        for (int i = 0; ok && i < ns; i++) ok &= sscanf(p, "%u%n", &spawn[i], &used) == 1, p += used;
+        ok &= sscanf(p, "%d%n", &no, &used) == 1 && no <= 64, p += used;
+        for (int i = 0; ok && i < no; i++) ok &= sscanf(p, "%u%n", &want[i], &used) == 1, p += used;
+        if (!ok) { bad++; continue; }
+        ldm_seed_sequence(got, no, ent, ne, spawn, ns, pool);
+        for (int i = 0; i < no; i++) at += got[i] != want[i];
+        bad += at != 0;
+        cases++;
+    }
+    fclose(f);
+    printf("  SeedSequence: %d cases, %d differ from numpy\n", cases, bad);
+    test_check(cases > 100 && bad == 0, "SeedSequence(entropy, spawn_key, pool).generate_state "
+               "= numpy's", "%d of %d cases differ", bad, cases);
+    // the grid: Python's round(x, 6) (ties of the exact binary value to even)
+    static const double xs[][2] = {{0.0078125, 0.007812}, {0.0234375, 0.023438},
+                                   {1.0000005, 1.000001}, {14.614643096923828, 14.614643},
+                                   {0.0291675366461277, 0.029168}, {2.5e-7, 0.0}};
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
+        test_check(ldm_round6(xs[i][0]) == xs[i][1], "round(x, 6) as Python", "%.17g -> %.17g",
+                   xs[i][0], ldm_round6(xs[i][0]));
+}
+
+// (b) W(ta, tb) against torchsde.BrownianTree (and k-diffusion's
+// BatchedBrownianTree with a list of seeds), query sequences as the samplers
+// ask them, both builds of torch's CPU normal (brownian_cases.txt).
+// Tolerance 1e-6: the same float32 operations in the same order; measured
+// bit-identical.
+static void test_brownian_torchsde(void) {
+    FILE *f = fopen(FIX "brownian_cases.txt", "r");
+    if (!test_check(f != NULL, "brownian_cases.txt", "missing (run `make fixtures`)")) return;
+    static char line[16384];
+    int64_t total = 0, exact = 0;
+    while (fgets(line, sizeof line, f)) {
+        char file[160], math[16];
+        int per_sample, nq, used = 0;
+        double t0, t1;
+        unsigned long long seed;
+        if (line[0] == '#' || sscanf(line, "%159s %15s %d %lf %lf %llu %d%n", file, math,
+                                     &per_sample, &t0, &t1, &seed, &nq, &used) != 7)
+            continue;
+        int64_t n;
+        float *want = load(file, &n);
+        if (!want) continue;
+        const int64_t B = 2, per = 64;
+        ldm_rng rngs[2];
+        for (int b = 0; b < 2; b++) {
+            ldm_rng_init(&rngs[b], LDM_RNG_CPU, seed + (uint64_t)b);
+            rngs[b].cpu_math = strcmp(math, "avx2") ? LDM_CPU_MATH_SCALAR : LDM_CPU_MATH_AVX2;
+        }
+        ldm_brownian bt;
+        char name[220];
+        snprintf(name, sizeof name, "brownian W %s (%d queries)", file, nq);
+        if (!test_check(n == nq * B * per && ldm_brownian_init(&bt, rngs, per_sample, B, per,
+                                                              (float)t0, (float)t1) == LDM_OK,
+                        name, "fixture %lld values, %s", (long long)n, ldm_last_error())) {
+            free(want);
+            continue;
+        }
+        float *got = malloc((size_t)n * sizeof(float));
+        const char *p = line + used;
+        for (int q = 0; q < nq; q++) {
+            double ta = 0, tb = 0;
+            int k = 0;
+            sscanf(p, "%lf %lf%n", &ta, &tb, &k);
+            p += k;
+            ldm_brownian_increment(&bt, got + q * B * per, ta, tb);
+        }
+        test_close(name, got, want, n, 0, 1e-6);
+        for (int64_t i = 0; i < n; i++) exact += memcmp(&got[i], &want[i], 4) == 0;
+        total += n;
+        free(got);
+        free(want);
+        ldm_brownian_free(&bt);
+    }
+    fclose(f);
+    printf("  brownian: %lld of %lld W values bit-identical to torchsde\n", (long long)exact,
+           (long long)total);
+}
+
+// The theory the path must satisfy, on many more paths than the fixtures: every
+// element of every seed's tree is its own path, 8 seeds x 4096 elements =
+// 32768 independent paths on [sigma_min, sigma_max] of SD. Increments over
+// disjoint intervals (long, short, 3e-6 long) must be N(0, length) and
 // uncorrelated: mean within 5 standard errors, variance within 5 standard
 // errors (sqrt(2/N) relative), correlations within 5/sqrt(N).
 static void test_brownian_theory(void) {
     enum { SEEDS = 8, PER = 4096, N = SEEDS * PER, IV = 5 };
-    static const double iv[IV][2] = {{0.0, 0.0291675}, {0.0291675, 0.3}, {0.3, 1.7},
-                                     {1.7, 5.2}, {9.0, 14.6146}};
+    static const double iv[IV][2] = {{0.0291675, 0.3}, {0.3, 1.7}, {1.7, 5.2},
+                                     {5.2, 5.200003}, {9.0, 14.6146}};
     ldm_rng rngs[SEEDS];
     for (int b = 0; b < SEEDS; b++) ldm_rng_init(&rngs[b], LDM_RNG_CPU, 1000 + (uint64_t)b);
     ldm_brownian bt;
-    if (!test_check(ldm_brownian_init(&bt, rngs, 1, SEEDS, PER, 16.0) == LDM_OK, "brownian init",
-                    "%s", ldm_last_error()))
+    if (!test_check(ldm_brownian_init(&bt, rngs, 1, SEEDS, PER, 0.0291675f, 14.614643f) == LDM_OK,
+                    "brownian init", "%s", ldm_last_error()))
         return;
-    double *w0 = malloc(sizeof(double) * N), *w1 = malloc(sizeof(double) * N);
     float *inc[IV];
     for (int j = 0; j < IV; j++) {
         inc[j] = malloc(sizeof(float) * N);
-        ldm_brownian_at(&bt, w0, iv[j][0]);
-        ldm_brownian_at(&bt, w1, iv[j][1]);
-        for (int e = 0; e < N; e++) inc[j][e] = (float)(w1[e] - w0[e]);
+        ldm_brownian_increment(&bt, inc[j], iv[j][0], iv[j][1]);
     }
     int ok_mean = 1, ok_var = 1, ok_corr = 1;
     double worst_var = 0, worst_corr = 0;
     for (int j = 0; j < IV; j++) {
-        double L = iv[j][1] - iv[j][0], m = 0, v = 0;
+        // the tree's times are on the 1e-6 grid (and the first clamped to sigma_min)
+        double a = ldm_round6(iv[j][0] < 0.0291675 ? 0.0291675 : iv[j][0]), b = ldm_round6(iv[j][1]);
+        double L = b - a, m = 0, v = 0;
         for (int e = 0; e < N; e++) m += inc[j][e];
         m /= N;
         for (int e = 0; e < N; e++) v += (inc[j][e] - m) * (inc[j][e] - m);
@@ -715,27 +813,34 @@ static void test_brownian_theory(void) {
     test_check(ok_var, "brownian increments: variance = interval length", "worst %.3e", worst_var);
     test_check(ok_corr, "brownian increments over disjoint intervals uncorrelated", "worst %.3e",
                worst_corr);
-    // the normalised noise of a step is N(0, 1), and the same interval asked
-    // again, after other points, gives the same numbers (order-independent)
+    // the normalised noise of a step is N(0, 1), the same whenever asked (after
+    // other queries), and additive: W(a, c) = W(a, b) + W(b, c) to float rounding
     float *n1 = malloc(sizeof(float) * N), *n2 = malloc(sizeof(float) * N);
-    ldm_brownian_noise(&bt, n1, 3.3, 2.1);
+    ldm_brownian_noise(&bt, n1, 3.3f, 2.1f);
     double v = 0;
     for (int e = 0; e < N; e++) v += (double)n1[e] * n1[e];
     v /= N;
-    ldm_brownian_noise(&bt, n2, 14.0, 0.5);
-    ldm_brownian_noise(&bt, n2, 3.3, 2.1);
+    ldm_brownian_noise(&bt, n2, 14.0f, 0.5f);
+    ldm_brownian_noise(&bt, n2, 3.3f, 2.1f);
     test_check(fabs(v - 1) < 5 * sqrt(2.0 / N) && !memcmp(n1, n2, sizeof(float) * N),
                "brownian step noise: N(0,1), the same whenever asked", "variance %.4f", v);
-    // a sample's path depends on its own seed only: batch of 2 vs batch of 1
+    float *w_ab = malloc(sizeof(float) * N), *w_bc = malloc(sizeof(float) * N);
+    ldm_brownian_increment(&bt, n2, 0.7, 9.1);
+    ldm_brownian_increment(&bt, w_ab, 0.7, 2.345678);
+    ldm_brownian_increment(&bt, w_bc, 2.345678, 9.1);
+    double worst_add = 0;
+    for (int e = 0; e < N; e++) worst_add = fmax(worst_add, fabs(w_ab[e] + w_bc[e] - n2[e]));
+    test_check(worst_add < 1e-5, "brownian: W(a, c) = W(a, b) + W(b, c)", "max %.3e", worst_add);
+    free(w_ab); free(w_bc);
+    // a sample's path depends on its own seed only: batch of 8 vs batch of 1
     ldm_brownian one;
-    ldm_brownian_init(&one, rngs + 1, 1, 1, PER, 16.0);
-    ldm_brownian_noise(&one, n2, 3.3, 2.1);
+    ldm_brownian_init(&one, rngs + 1, 1, 1, PER, 0.0291675f, 14.614643f);
+    ldm_brownian_noise(&one, n2, 3.3f, 2.1f);
     test_check(!memcmp(n1 + PER, n2, sizeof(float) * PER),
                "brownian: sample 1's noise is the same alone (per-sample seeds)", "%s", "differs");
     ldm_brownian_free(&one);
     free(n1); free(n2);
     for (int j = 0; j < IV; j++) free(inc[j]);
-    free(w0); free(w1);
     ldm_brownian_free(&bt);
 }
 
@@ -806,9 +911,12 @@ int main(void) {
     test_sampler_cases("sampler_cases_kx.txt");
     test_sampler_cases("sampler_cases_multistep.txt");
     test_sampler_cases("sampler_cases_lcm.txt");
+    test_sampler_cases("sampler_cases_brownian.txt");
     test_names_and_errors();
     test_ddim_eta1_is_ddpm();
     printf("-- brownian noise\n");
+    test_seed_sequence();
+    test_brownian_torchsde();
     test_brownian_theory();
     test_brownian_step_counts();
     return test_summary();

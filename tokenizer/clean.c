@@ -5,10 +5,10 @@
  *     whitespace_clean(basic_clean(text)).lower()
  *     basic_clean = ftfy.fix_text -> html.unescape(html.unescape(.)) -> strip
  *     whitespace_clean = " ".join(text.split()).strip()
- * with ftfy 6.3.1's default fix_text, minus its mojibake repair
- * (fix_encoding: guessing that text was decoded with the wrong codec), which
- * is out of scope: text that ftfy would treat as mojibake may tokenize
- * differently (docs/02-tokenizer.md).
+ * with ftfy 6.3.1's default fix_text, including its mojibake repair
+ * (fix_encoding: UTF-8 text that was decoded with a single-byte code page,
+ * "cafÃ©" -> "café"), whose code pages and character classes are generated
+ * data (tokenizer/mojibake.c); docs/02-tokenizer.md says where it differs.
  *
  * Unicode data (categories, bidi classes, case mappings, NFC/NFKC) comes from
  * utf8proc; the HTML5 entity names from tokenizer/entities.c, generated from
@@ -24,6 +24,7 @@
 #include "ldm/core/error.h"
 #include "tokenizer/casing.h"
 #include "tokenizer/entities.h"
+#include "tokenizer/mojibake.h"
 
 // ---- code-point strings -------------------------------------------------------
 
@@ -431,6 +432,505 @@ static int u32_equal(const ldm_u32str *a, const ldm_u32str *b) {
     return a->n == b->n && (a->n == 0 || memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
 }
 
+// ---- ftfy.fix_encoding: mojibake repair ---------------------------------------------
+// Mojibake is UTF-8 text that was decoded with a single-byte code page
+// ("café" -> "cafÃ©"). ftfy (ftfy/__init__.py _fix_encoding_one_step_and_explain,
+// ftfy/badness.py, ftfy/chardata.py, ftfy/fixes.py) repairs it in steps, each
+// step repeated until the text stops changing:
+//   1. ASCII text, or text the badness heuristic finds nothing wrong with
+//      (is_bad), is left alone -- every ordinary prompt stops here.
+//   2. For each code page that can encode the whole text (latin-1,
+//      sloppy-windows-1252, -1251, -1250, -1253, -1254, -1257, iso-8859-2,
+//      macroman, cp437): encode it, patch the bytes (restore_byte_a0,
+//      replace_lossy_sequences), and if they decode as UTF-8, that is the fix.
+//   3. Otherwise fix the runs that look like UTF-8 mojibake one by one
+//      (decode_inconsistent_utf8).
+//   4. Otherwise read C1 control characters as Windows-1252 (fix_c1_controls).
+// The code pages and ftfy's character classes are generated data
+// (tokenizer/mojibake.c); the regular expressions are written out below.
+
+#define MJ_NONE 0xFFFFFFFFu // "past the end of the text"
+
+static int cp_range_cmp(const void *key, const void *elem) {
+    uint32_t c = *(const uint32_t *)key;
+    const ldm_cp_range *r = elem;
+    return c < r->lo ? -1 : c > r->hi ? 1 : 0;
+}
+
+static int mj_class_cmp(const void *key, const void *elem) {
+    uint32_t c = *(const uint32_t *)key, e = ((const ldm_mojibake_class *)elem)->cp;
+    return c < e ? -1 : c > e ? 1 : 0;
+}
+
+// The ftfy classes (MJ_* bits) of one code point; 0 for MJ_NONE.
+static uint32_t mj_class(uint32_t c) {
+    if (c < LDM_MOJIBAKE_LOW) return ldm_mojibake_low[c];
+    // Most scripts (and MJ_NONE) hold no class member (tokenizer/gen_mojibake.py checks it).
+    if (c < 0x2000 || (c >= 0x2600 && c < 0xF800) || c > 0xFFFD) return 0;
+    const ldm_mojibake_class *e = bsearch(&c, ldm_mojibake_classes, (size_t)ldm_mojibake_classes_count,
+                                          sizeof *e, mj_class_cmp);
+    return e ? e->mask : 0;
+}
+
+// Python re's \w and \s on str.
+static int py_is_word(uint32_t c) {
+    return c != MJ_NONE && bsearch(&c, ldm_word_ranges, (size_t)ldm_word_ranges_count, sizeof(ldm_cp_range),
+                                   cp_range_cmp) != NULL;
+}
+static int py_is_space(uint32_t c) {
+    if (c < 0x80) return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F);
+    return c != MJ_NONE && ldm_py_isspace(c);
+}
+static int is_ascii_alpha(uint32_t c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+static int is_ascii_lower(uint32_t c) { return c >= 'a' && c <= 'z'; }
+
+static int one_of(uint32_t c, const uint32_t *set, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (set[i] == c) return 1;
+    return 0;
+}
+#define ONE_OF(c, ...) one_of((c), (const uint32_t[]){__VA_ARGS__}, sizeof((const uint32_t[]){__VA_ARGS__}) / 4)
+
+// The first characters of BADNESS_RE's alternatives that name characters
+// (rather than classes): Â Ã Î Ð × Ø Ù à √ ≈ ‚ в В Г Р С β Β Γ Ξ Ο ā.
+static int particular_lead(uint32_t c) {
+    switch (c) {
+    case 0xC2: case 0xC3: case 0xCE: case 0xD0: case 0xD7: case 0xD8: case 0xD9: case 0xE0: case 0x221A:
+    case 0x2248: case 0x201A: case 0x432: case 0x412: case 0x413: case 0x420: case 0x421: case 0x3B2:
+    case 0x392: case 0x393: case 0x39E: case 0x39F: case 0x101:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+// ftfy.badness.BADNESS_RE: does one of its alternatives match at position i?
+// Each line below is one alternative, in ftfy's order except that the few
+// starting with an ASCII character come before those starting with one
+// particular character (only whether any matches counts); the comments
+// give the regex, with the class names of MOJIBAKE_CATEGORIES.
+static int badness_at(const uint32_t *t, size_t n, size_t i) {
+    // Every alternative starts with a character of some class (all the
+    // single characters named below have one), or with an ASCII letter,
+    // . , ? ! or whitespace followed by whitespace or a non-ASCII character;
+    // the only one open to other non-ASCII characters is \s[upper_acc][currency].
+    // Most text is decided here.
+    uint32_t m0 = mj_class(t[i]);
+    if (t[i] < 0x80) {
+        uint32_t a = t[i], b = i + 1 < n ? t[i + 1] : MJ_NONE;
+        if (!is_ascii_alpha(a) && a != '.' && a != ',' && a != '?' && a != '!' && !py_is_space(a)) return 0;
+        if (b == MJ_NONE || (b < 0x80 && !py_is_space(b))) return 0;
+    } else if (m0 == 0) {
+        return i + 2 < n && (mj_class(t[i + 1]) & MJ_UPPER_ACC) && (mj_class(t[i + 2]) & MJ_CURRENCY) &&
+               py_is_space(t[i]);
+    }
+    uint32_t c[6];
+    for (int k = 0; k < 6; k++) c[k] = i + (size_t)k < n ? t[i + (size_t)k] : MJ_NONE;
+    uint32_t m1 = mj_class(c[1]), m2 = mj_class(c[2]);
+    const uint32_t acc = MJ_LOWER_ACC | MJ_UPPER_ACC;
+    const uint32_t g = acc | MJ_BOX | MJ_START | MJ_END | MJ_CURRENCY | MJ_NUMERIC | MJ_LAW;
+
+    if (m0 & MJ_C1) return 1;                                                          // [c1]
+    if ((m0 & (MJ_BAD | g)) && (m1 & MJ_BAD)) return 1;                               // [bad acc box ...][bad]
+    if (is_ascii_alpha(c[0]) && (m1 & (MJ_LOWER_COMMON | MJ_UPPER_COMMON)) && (m2 & MJ_BAD)) return 1;
+    if ((m0 & MJ_BAD) && (m1 & g)) return 1;                                           // [bad][acc box ...]
+    if ((m0 & (MJ_LOWER_ACC | MJ_LOWER_COMMON | MJ_BOX | MJ_END | MJ_CURRENCY | MJ_NUMERIC)) && (m1 & MJ_UPPER_ACC))
+        return 1;
+    if ((m0 & (MJ_BOX | MJ_END | MJ_CURRENCY | MJ_NUMERIC)) && (m1 & MJ_LOWER_ACC)) return 1;
+    if ((m0 & (MJ_LOWER_ACC | MJ_BOX | MJ_END)) && (m1 & MJ_CURRENCY)) return 1;
+    if (py_is_space(c[0]) && (m1 & MJ_UPPER_ACC) && (m2 & MJ_CURRENCY)) return 1;      // \s[upper_acc][currency]
+    if ((m0 & (MJ_UPPER_ACC | MJ_BOX)) && (m1 & (MJ_NUMERIC | MJ_LAW))) return 1;
+    if ((m0 & (acc | MJ_BOX | MJ_CURRENCY | MJ_END)) && (m1 & MJ_START) && (m2 & MJ_NUMERIC)) return 1;
+    if ((m0 & (acc | MJ_CURRENCY | MJ_NUMERIC | MJ_BOX | MJ_LAW)) && (m1 & MJ_END) && (m2 & MJ_START)) return 1;
+    if ((m0 & (MJ_CURRENCY | MJ_NUMERIC | MJ_BOX)) && (m1 & MJ_START)) return 1;
+    if (is_ascii_lower(c[0]) && (m1 & MJ_UPPER_ACC) && (m2 & (MJ_START | MJ_CURRENCY))) return 1;
+    if ((m0 & MJ_BOX) && (m1 & MJ_KAOMOJI)) return 1;
+    if ((m0 & (acc | MJ_CURRENCY | MJ_NUMERIC | MJ_START | MJ_END | MJ_LAW)) && (m1 & MJ_BOX)) return 1;
+    if ((m0 & MJ_BOX) && (m1 & MJ_END)) return 1;
+    if ((m0 & acc) && (m1 & (MJ_START | MJ_END)) && py_is_word(c[2])) return 1;        // ... \w
+    if ((c[0] == 0x152 || c[0] == 0x153) && c[1] != MJ_NONE && !is_ascii_alpha(c[1])) return 1; // [Œœ][^A-Za-z]
+    if ((m0 & MJ_UPPER_ACC) && c[1] == 0xB0) return 1;                                  // [upper_acc]°
+    // [a-z]\s?[ÃÂ][ ]
+    if (is_ascii_lower(c[0]) && ((ONE_OF(c[1], 0xC3, 0xC2) && c[2] == ' ') ||
+                                 (py_is_space(c[1]) && ONE_OF(c[2], 0xC3, 0xC2) && c[3] == ' ')))
+        return 1;
+    if (i == 0 && ONE_OF(c[0], 0xC3, 0xC2) && c[1] == ' ') return 1; // ^[ÃÂ][ ]
+    // [a-z.,?! end]Â[ start end]
+    if ((is_ascii_lower(c[0]) || ONE_OF(c[0], '.', ',', '?', '!') || (m0 & MJ_END)) && c[1] == 0xC2 &&
+        (c[2] == ' ' || (m2 & (MJ_START | MJ_END))))
+        return 1;
+    // The alternatives left start with one particular character each.
+    if (!particular_lead(c[0])) return 0;
+    // [ÂÃÎÐ][€œŠš¢£Ÿž\xa0\xad®©°·» start end –—´]
+    if (ONE_OF(c[0], 0xC2, 0xC3, 0xCE, 0xD0) &&
+        (ONE_OF(c[1], 0x20AC, 0x153, 0x160, 0x161, 0xA2, 0xA3, 0x178, 0x17E, 0xA0, 0xAD, 0xAE, 0xA9, 0xB0, 0xB7,
+                0xBB, 0x2013, 0x2014, 0xB4) ||
+         (m1 & (MJ_START | MJ_END))))
+        return 1;
+    if (c[0] == 0xD7 && (c[1] == 0xB2 || c[1] == 0xB3)) return 1; // ×[²³]
+    // [ØÙ][common currency bad numeric start ŸŠ®°µ»] twice (Arabic in Windows-1252)
+    {
+        const uint32_t arab = MJ_COMMON | MJ_CURRENCY | MJ_BAD | MJ_NUMERIC | MJ_START;
+        int ok = 1;
+        for (int k = 0; k < 4 && ok; k += 2)
+            ok = ONE_OF(c[k], 0xD8, 0xD9) &&
+                 ((mj_class(c[k + 1]) & arab) || ONE_OF(c[k + 1], 0x178, 0x160, 0xAE, 0xB0, 0xB5, 0xBB));
+        if (ok) return 1;
+    }
+    if (c[0] == 0xE0 && ONE_OF(c[1], 0xB2, 0xB5, 0xB9, 0xBC, 0xBD, 0xBE)) return 1; // à[²µ¹¼½¾]
+    // MacRoman: √[±∂†≠®™´≤≥¥µø]  ≈[°¢]  ‚Ä[ìîïòôúùû†°¢π]  ‚[âó][àä°ê]
+    if (c[0] == 0x221A &&
+        ONE_OF(c[1], 0xB1, 0x2202, 0x2020, 0x2260, 0xAE, 0x2122, 0xB4, 0x2264, 0x2265, 0xA5, 0xB5, 0xF8))
+        return 1;
+    if (c[0] == 0x2248 && (c[1] == 0xB0 || c[1] == 0xA2)) return 1;
+    if (c[0] == 0x201A && c[1] == 0xC4 &&
+        ONE_OF(c[2], 0xEC, 0xEE, 0xEF, 0xF2, 0xF4, 0xFA, 0xF9, 0xFB, 0x2020, 0xB0, 0xA2, 0x3C0))
+        return 1;
+    if (c[0] == 0x201A && (c[1] == 0xE2 || c[1] == 0xF3) && ONE_OF(c[2], 0xE0, 0xE4, 0xB0, 0xEA)) return 1;
+    // Windows-1251: вЂ  and  [ВГРС][c1 bad start end currency °µ][ВГРС]  and  ГўВЂВ.[A-Za-z ]
+    if (c[0] == 0x432 && c[1] == 0x402) return 1;
+    if (ONE_OF(c[0], 0x412, 0x413, 0x420, 0x421) &&
+        ((m1 & (MJ_C1 | MJ_BAD | MJ_START | MJ_END | MJ_CURRENCY)) || c[1] == 0xB0 || c[1] == 0xB5) &&
+        ONE_OF(c[2], 0x412, 0x413, 0x420, 0x421))
+        return 1;
+    if (c[0] == 0x413 && c[1] == 0x45E && c[2] == 0x412 && c[3] == 0x402 && c[4] == 0x412 && c[5] != MJ_NONE &&
+        c[5] != '\n' && i + 6 < n && (is_ascii_alpha(t[i + 6]) || t[i + 6] == ' '))
+        return 1;
+    if (c[0] == 0xC3 && (c[1] == 0xA0 || c[1] == 0xA1)) return 1; // Ã[\xa0¡]
+    // Windows-1253: β€[™\xa0Ά\xad®°]  and  [ΒΓΞΟ][c1 bad start end currency °][ΒΓΞΟ]
+    if (c[0] == 0x3B2 && c[1] == 0x20AC && ONE_OF(c[2], 0x2122, 0xA0, 0x386, 0xAD, 0xAE, 0xB0)) return 1;
+    if (ONE_OF(c[0], 0x392, 0x393, 0x39E, 0x39F) &&
+        ((m1 & (MJ_C1 | MJ_BAD | MJ_START | MJ_END | MJ_CURRENCY)) || c[1] == 0xB0) &&
+        ONE_OF(c[2], 0x392, 0x393, 0x39E, 0x39F))
+        return 1;
+    if (c[0] == 0x101 && c[1] == 0x20AC) return 1; // Windows-1257: ā€
+    return 0;
+}
+
+// ftfy.badness.is_bad: does the text look like it holds mojibake?
+int ldm_ftfy_is_bad(const uint32_t *t, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (badness_at(t, n, i)) return 1;
+    return 0;
+}
+
+// ftfy.chardata.UTF8_DETECTOR_RE at position i: a run of what looks like
+// UTF-8 sequences read as single bytes,
+//     (?<![cont_strict]) ( [first2][cont] | [first3][cont]{2} | [first4][cont]{3} )+
+// The end of the run, or i when there is none. Like Python's re, each
+// repetition takes the first alternative that matches and never backs up.
+static size_t utf8_detector_at(const uint32_t *t, size_t n, size_t i) {
+    if (i > 0 && (mj_class(t[i - 1]) & MJ_UTF8_CONT_STRICT)) return i;
+    size_t j = i;
+    for (;;) {
+        uint32_t lead = mj_class(t[j]);
+        int k = (lead & MJ_UTF8_FIRST2) ? 1 : 0;
+        if (k && !(j + 1 < n && (mj_class(t[j + 1]) & MJ_UTF8_CONT))) k = 0;
+        if (!k && (lead & MJ_UTF8_FIRST3)) {
+            k = 2;
+            for (int q = 1; q <= 2 && k; q++)
+                if (!(j + (size_t)q < n && (mj_class(t[j + (size_t)q]) & MJ_UTF8_CONT))) k = 0;
+        }
+        if (!k && (lead & MJ_UTF8_FIRST4)) {
+            k = 3;
+            for (int q = 1; q <= 3 && k; q++)
+                if (!(j + (size_t)q < n && (mj_class(t[j + (size_t)q]) & MJ_UTF8_CONT))) k = 0;
+        }
+        if (!k) return j;
+        j += (size_t)k + 1;
+        if (j >= n) return j;
+    }
+}
+
+// Bytes of a re-encoded text. Patching can grow them (restore_byte_a0 adds
+// one byte per "\xc3 ", replace_lossy_sequences two per lone 0x1A), so
+// buffers hold 3 bytes per character.
+typedef struct bytes_buf {
+    uint8_t *v;
+    size_t n;
+} bytes_buf;
+
+// text.encode(charmap): 0 when a character is not in the code page
+// (ftfy.chardata.possible_encoding is false).
+static int charmap_encode(bytes_buf *out, const ldm_charmap *cm, const uint32_t *t, size_t n) {
+    out->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c = t[i];
+        int b = -1;
+        if (c < 0x80 && cm->to_unicode[c] == c) b = (int)c; // the code pages are ASCII below 0x80
+        else if (cm->sloppy && c == 0xFFFD) b = 0x1A;
+        else
+            for (int k = 0x80; k < 0x100 && b < 0; k++)
+                if (cm->to_unicode[k] == c) b = k;
+        if (b < 0) return 0;
+        out->v[out->n++] = (uint8_t)b;
+    }
+    return 1;
+}
+
+static int in_byte_range(const uint8_t *b, size_t n, size_t i, int lo, int hi) {
+    return i < n && b[i] >= lo && b[i] <= hi;
+}
+// [\x80-\x84\x86-\x9f\xa1-\xbf]: a continuation byte other than 0x85 and 0xA0.
+static int cont_not_85_a0(const uint8_t *b, size_t n, size_t i) {
+    return in_byte_range(b, n, i, 0x80, 0xBF) && b[i] != 0x85 && b[i] != 0xA0;
+}
+
+// ftfy.chardata.ALTERED_UTF8_RE at byte i: a UTF-8 sequence whose 0xA0 byte
+// became a space. Returns the match length (the first alternative that
+// matches), 0 for none.
+static int altered_utf8_at(const uint8_t *b, size_t n, size_t i) {
+    int sp1 = i + 1 < n && b[i + 1] == ' ', sp2 = i + 2 < n && b[i + 2] == ' ', sp3 = i + 3 < n && b[i + 3] == ' ';
+    uint8_t c = b[i];
+    if ((c == 0xC2 || c == 0xC3 || c == 0xC5 || c == 0xCE || c == 0xD0 || c == 0xD9) && sp1) return 2;
+    if ((c == 0xE2 || c == 0xE3) && sp1 && cont_not_85_a0(b, n, i + 2)) return 3;
+    if (c >= 0xE0 && c <= 0xE3 && cont_not_85_a0(b, n, i + 1) && sp2) return 3;
+    if (c == 0xF0) {
+        int c1 = in_byte_range(b, n, i + 1, 0x80, 0xBF), c2 = in_byte_range(b, n, i + 2, 0x80, 0xBF),
+            c3 = in_byte_range(b, n, i + 3, 0x80, 0xBF);
+        if ((sp1 && c2 && c3) || (c1 && sp2 && c3) || (c1 && c2 && sp3)) return 4;
+    }
+    return 0;
+}
+
+static int bytes_at(const uint8_t *b, size_t n, size_t i, const char *s) {
+    size_t k = strlen(s);
+    return i + k <= n && memcmp(b + i, s, k) == 0;
+}
+
+// ftfy.fixes.restore_byte_a0: "\xc3 " -> "\xc3\xa0 " unless a space or a
+// Portuguese "às" / "àquele" ... follows (A_GRAVE_WORD_RE); then every
+// ALTERED_UTF8_RE match gets its spaces back as 0xA0.
+static void restore_byte_a0(bytes_buf *out, bytes_buf *tmp, const bytes_buf *in) {
+    tmp->n = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        tmp->v[tmp->n++] = in->v[i];
+        if (in->v[i] == 0xC3 && bytes_at(in->v, in->n, i + 1, " ") && !bytes_at(in->v, in->n, i + 2, " ") &&
+            !bytes_at(in->v, in->n, i + 2, "quele") && !bytes_at(in->v, in->n, i + 2, "quela") &&
+            !bytes_at(in->v, in->n, i + 2, "quilo") && !bytes_at(in->v, in->n, i + 2, "s ")) {
+            tmp->v[tmp->n++] = 0xA0;
+            tmp->v[tmp->n++] = ' ';
+            i++;
+        }
+    }
+    out->n = 0;
+    for (size_t i = 0; i < tmp->n;) {
+        int k = altered_utf8_at(tmp->v, tmp->n, i);
+        if (k == 0) k = 1;
+        else
+            for (int q = 0; q < k; q++)
+                if (tmp->v[i + (size_t)q] == ' ') tmp->v[i + (size_t)q] = 0xA0;
+        memcpy(out->v + out->n, tmp->v + i, (size_t)k);
+        out->n += (size_t)k;
+        i += (size_t)k;
+    }
+}
+
+// ftfy.chardata.LOSSY_UTF8_RE at byte i: a UTF-8 sequence with a byte lost
+// to 0x1A (what U+FFFD encodes to in the sloppy code pages) or, once, to '?'.
+// Returns the match length of the first alternative that matches, 0 for none.
+static int lossy_utf8_at(const uint8_t *b, size_t n, size_t i) {
+#define LOST(k) (i + (k) < n && (b[i + (k)] == 0x1A || b[i + (k)] == '?'))     // [\x1a?]
+#define SUB(k) (i + (k) < n && b[i + (k)] == 0x1A)                               // [\x1a]
+#define CONT(k) (SUB(k) || in_byte_range(b, n, i + (k), 0x80, 0xBF))            // [\x1a\x80-\xbf]
+#define ANY(k) (LOST(k) || in_byte_range(b, n, i + (k), 0x80, 0xBF))            // [\x1a?\x80-\xbf]
+    uint8_t c = b[i];
+    int r = 0;
+    if (c >= 0xC2 && c <= 0xDF && SUB(1)) r = 2;
+    else if ((c == 0xC2 || c == 0xC3) && i + 1 < n && b[i + 1] == '?') r = 2;
+    else if (c == 0xED && in_byte_range(b, n, i + 1, 0xA0, 0xAF) && i + 3 < n && b[i + 3] == 0xED &&
+             in_byte_range(b, n, i + 4, 0xB0, 0xBF) && ((LOST(2) && ANY(5)) || (ANY(2) && LOST(5))))
+        r = 6;
+    else if (c >= 0xE0 && c <= 0xEF && ((LOST(1) && CONT(2)) || (CONT(1) && LOST(2)))) r = 3;
+    else if (c >= 0xF0 && c <= 0xF4 &&
+             ((LOST(1) && CONT(2) && CONT(3)) || (CONT(1) && LOST(2) && CONT(3)) || (CONT(1) && CONT(2) && LOST(3))))
+        r = 4;
+    else if (c == 0x1A) r = 1;
+    return r;
+#undef LOST
+#undef SUB
+#undef CONT
+#undef ANY
+}
+
+// ftfy.fixes.replace_lossy_sequences: each LOSSY_UTF8_RE match -> the UTF-8 of U+FFFD.
+static void replace_lossy_sequences(bytes_buf *out, const bytes_buf *in) {
+    out->n = 0;
+    for (size_t i = 0; i < in->n;) {
+        int k = lossy_utf8_at(in->v, in->n, i);
+        if (k) {
+            memcpy(out->v + out->n, "\xEF\xBF\xBD", 3);
+            out->n += 3;
+            i += (size_t)k;
+        } else {
+            out->v[out->n++] = in->v[i++];
+        }
+    }
+}
+
+// bytes.decode("utf-8") -- or ftfy's "utf-8-variants" (variants = 1), which
+// also reads CESU-8 surrogate pairs (ED A0-AF xx ED B0-BF xx) as one code
+// point and C0 80 as U+0000. Two quirks of its regular expressions are kept:
+// their '$' also matches before a final '\n', so "C0 \n" and "ED A0-AF xx ED
+// B0-BF \n" at the very end decode too (the '\n' taken as the last byte).
+// Returns 1 on success, 0 when the bytes are not (that kind of) UTF-8.
+// out must have room for b->n code points.
+static int utf8_decode_bytes(ldm_u32str *out, const bytes_buf *in, int variants) {
+    const uint8_t *b = in->v;
+    size_t n = in->n, i = 0;
+    out->n = 0;
+    while (i < n) {
+        uint32_t c = b[i], min;
+        int k;
+        if (variants && c == 0xC0 && i + 1 < n && (b[i + 1] == 0x80 || (b[i + 1] == '\n' && i + 2 == n))) {
+            out->v[out->n++] = 0;
+            i += 2;
+            continue;
+        }
+        if (variants && c == 0xED && i + 5 < n && in_byte_range(b, n, i + 1, 0xA0, 0xAF) &&
+            in_byte_range(b, n, i + 2, 0x80, 0xBF) && b[i + 3] == 0xED && in_byte_range(b, n, i + 4, 0xB0, 0xBF) &&
+            (in_byte_range(b, n, i + 5, 0x80, 0xBF) || (b[i + 5] == '\n' && i + 6 == n))) {
+            out->v[out->n++] = (((uint32_t)b[i + 1] & 0x0F) << 16) + (((uint32_t)b[i + 2] & 0x3F) << 10) +
+                               (((uint32_t)b[i + 4] & 0x0F) << 6) + ((uint32_t)b[i + 5] & 0x3F) + 0x10000;
+            i += 6;
+            continue;
+        }
+        if (c < 0x80) { out->v[out->n++] = c; i++; continue; }
+        else if ((c & 0xE0) == 0xC0) { k = 1; c &= 0x1F; min = 0x80; }
+        else if ((c & 0xF0) == 0xE0) { k = 2; c &= 0x0F; min = 0x800; }
+        else if ((c & 0xF8) == 0xF0) { k = 3; c &= 0x07; min = 0x10000; }
+        else return 0;
+        if (n - i <= (size_t)k) return 0;
+        for (int j = 1; j <= k; j++) {
+            if ((b[i + (size_t)j] & 0xC0) != 0x80) return 0;
+            c = (c << 6) | (b[i + (size_t)j] & 0x3F);
+        }
+        if (c < min || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF) return 0;
+        out->v[out->n++] = c;
+        i += (size_t)k + 1;
+    }
+    return 1;
+}
+
+static int fix_encoding_loop(ldm_u32str *out, const uint32_t *t, size_t n);
+
+// ftfy.fixes.decode_inconsistent_utf8: every UTF8_DETECTOR_RE run that is
+// shorter than the whole text and is_bad gets fix_encoding on its own.
+static int decode_inconsistent_utf8(ldm_u32str *out, const uint32_t *t, size_t n) {
+    ldm_u32str fixed = {0};
+    out->n = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = utf8_detector_at(t, n, i);
+        if (j == i) {
+            if (u32_push(out, t[i])) goto fail;
+            i++;
+            continue;
+        }
+        if (j - i < n && ldm_ftfy_is_bad(t + i, j - i)) {
+            if (fix_encoding_loop(&fixed, t + i, j - i) || u32_append(out, fixed.v, fixed.n)) goto fail;
+        } else if (u32_append(out, t + i, j - i)) {
+            goto fail;
+        }
+        i = j;
+    }
+    ldm_u32str_free(&fixed);
+    return LDM_OK;
+fail:
+    ldm_u32str_free(&fixed);
+    return LDM_ERR;
+}
+
+// fix_c1_controls: U+0080..U+009F read as sloppy Windows-1252.
+static uint32_t c1_as_windows_1252(uint32_t c) { return c >= 0x80 && c <= 0x9F ? html_invalid_charrefs[c - 0x80] : c; }
+
+// 1. The fast path: ASCII, or nothing the badness heuristic flags.
+static int may_be_mojibake(const uint32_t *t, size_t n) {
+    int ascii = 1;
+    for (size_t i = 0; i < n && ascii; i++) ascii = t[i] < 0x80;
+    return !ascii && ldm_ftfy_is_bad(t, n);
+}
+
+// ftfy's _fix_encoding_one_step_and_explain: out = t with one repair applied
+// (or t itself).
+static int fix_encoding_step(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    if (!may_be_mojibake(t, n)) return u32_append(out, t, n);
+
+    // 2. Re-encode with each code page that holds the whole text, patch, decode as UTF-8.
+    int rc = LDM_ERR, done = 0;
+    bytes_buf enc = {malloc(3 * n + 8), 0}, tmp = {malloc(3 * n + 8), 0}, tmp2 = {malloc(3 * n + 8), 0};
+    if (!enc.v || !tmp.v || !tmp2.v || u32_reserve(out, 3 * n + 8)) {
+        ldm_error("tokenizer: out of memory repairing mojibake (%zu code points)", n);
+        goto done;
+    }
+    for (int e = 0; e < ldm_charmaps_count && !done; e++) {
+        const ldm_charmap *cm = &ldm_charmaps[e];
+        if (!charmap_encode(&enc, cm, t, n)) continue;
+        bytes_buf *cur = &enc, *spare = &tmp;
+        int altered = 0;
+        for (size_t i = 0; i < cur->n && !altered; i++) altered = altered_utf8_at(cur->v, cur->n, i) > 0;
+        if (altered && strcmp(cm->name, "macroman") != 0) { // an en dash + space in MacRoman is too common
+            restore_byte_a0(spare, &tmp2, cur);
+            bytes_buf *s = cur; cur = spare; spare = s;
+        }
+        if (cm->sloppy) {
+            replace_lossy_sequences(spare, cur);
+            bytes_buf *s = cur; cur = spare; spare = s;
+        }
+        int variants = memchr(cur->v, 0xED, cur->n) != NULL || memchr(cur->v, 0xC0, cur->n) != NULL;
+        done = utf8_decode_bytes(out, cur, variants);
+    }
+    if (done) { rc = LDM_OK; goto done; }
+
+    // 3. Runs of UTF-8 mojibake amid other text, fixed one by one.
+    int any_run = 0;
+    for (size_t i = 0; i < n && !any_run; i++) any_run = utf8_detector_at(t, n, i) > i;
+    if (any_run) {
+        if (decode_inconsistent_utf8(out, t, n)) goto done;
+        if (!(out->n == n && memcmp(out->v, t, n * sizeof *t) == 0)) { rc = LDM_OK; goto done; }
+    }
+
+    // 4. C1 controls as Windows-1252. (ftfy first tries latin-1 -> strict
+    // windows-1252 for the whole text; where that succeeds it gives the same
+    // result as this, and where it fails this runs anyway.)
+    out->n = 0;
+    for (size_t i = 0; i < n; i++) out->v[out->n++] = c1_as_windows_1252(t[i]);
+    rc = LDM_OK;
+done:
+    free(enc.v);
+    free(tmp.v);
+    free(tmp2.v);
+    return rc;
+}
+
+// ftfy.fix_encoding: one step at a time until the text stops changing.
+// (decode_inconsistent_utf8 recurses into it on strictly shorter runs.)
+static int fix_encoding_loop(ldm_u32str *out, const uint32_t *t, size_t n) {
+    out->n = 0;
+    if (!may_be_mojibake(t, n)) return u32_append(out, t, n);
+    ldm_u32str cur = {0}, next = {0};
+    if (u32_append(&cur, t, n)) return LDM_ERR;
+    // ftfy's loop is unbounded; every step shortens the text or keeps it,
+    // so a bound is never reached in practice.
+    for (int iter = 0; iter < 64; iter++) {
+        if (fix_encoding_step(&next, cur.v, cur.n)) goto fail;
+        int same = u32_equal(&cur, &next);
+        u32_swap(&cur, &next);
+        if (same) break;
+    }
+    ldm_u32str_free(&next);
+    out->n = 0;
+    int rc = u32_append(out, cur.v, cur.n);
+    ldm_u32str_free(&cur);
+    return rc;
+fail:
+    ldm_u32str_free(&cur);
+    ldm_u32str_free(&next);
+    return LDM_ERR;
+}
+
+int ldm_ftfy_fix_encoding(ldm_u32str *out, const uint32_t *t, size_t n) { return fix_encoding_loop(out, t, n); }
+
 // fix_and_explain on one segment (a line with its '\n'), looping to a fixed point.
 static int ftfy_segment(ldm_u32str *out, const uint32_t *t, size_t n, int unescape) {
     ldm_u32str cur = {0}, tmp = {0};
@@ -442,6 +942,8 @@ static int ftfy_segment(ldm_u32str *out, const uint32_t *t, size_t n, int unesca
             if (ftfy_unescape_html(&tmp, cur.v, cur.n)) { ldm_u32str_free(&orig); goto fail; }
             u32_swap(&cur, &tmp);
         }
+        if (fix_encoding_loop(&tmp, cur.v, cur.n)) { ldm_u32str_free(&orig); goto fail; }
+        u32_swap(&cur, &tmp);
         if (ftfy_char_fixes(&tmp, cur.v, cur.n)) { ldm_u32str_free(&orig); goto fail; }
         u32_swap(&cur, &tmp);
         if (normalize(&tmp, cur.v, cur.n, 0)) { ldm_u32str_free(&orig); goto fail; }

@@ -1,7 +1,7 @@
 /*
  * tokenizer/clean.h -- the text cleaning that runs before CLIP's BPE:
  * UTF-8 decoding with byte-offset errors, an ftfy-equivalent fix_text
- * (without mojibake repair), Python's html.unescape, whitespace collapse and
+ * (mojibake repair included), Python's html.unescape, whitespace collapse and
  * Python's str.lower(). Text is handled as arrays of Unicode code points
  * (uint32_t), the way Python's str holds it.
  */
@@ -32,8 +32,13 @@ int ldm_utf8_encode(char **out, size_t *len, const uint32_t *cp, size_t n);
 int ldm_text_clean(ldm_u32str *out, const uint32_t *text, size_t n);
 
 // The steps, exposed for tests and the docs' exercises.
-// ftfy.fix_text with its default config, minus fix_encoding (mojibake).
+// ftfy.fix_text with its default config.
 int ldm_ftfy_fix_text(ldm_u32str *out, const uint32_t *text, size_t n);
+// ftfy.fix_encoding: mojibake repair alone (UTF-8 read as latin-1,
+// Windows-125x, iso-8859-2, MacRoman or cp437 is decoded again).
+int ldm_ftfy_fix_encoding(ldm_u32str *out, const uint32_t *text, size_t n);
+// ftfy.badness.is_bad: 1 when the text has a sequence typical of mojibake.
+int ldm_ftfy_is_bad(const uint32_t *text, size_t n);
 // Python's html.unescape (HTML5 rules, also names without ';').
 int ldm_html_unescape(ldm_u32str *out, const uint32_t *text, size_t n);
 // Python's str.isspace() for one code point.

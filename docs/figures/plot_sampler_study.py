@@ -22,8 +22,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-DETERMINISTIC = ["ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "dpmpp_3m"]
-STOCHASTIC = ["ddpm", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"]
+DETERMINISTIC = ["ddim", "plms", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "dpmpp_3m", "unipc",
+                 "unipc_bh1", "deis", "ipndm", "ipndm_v", "ddim_trailing", "res_multistep"]
+STOCHASTIC = ["ddpm", "euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",
+              "er_sde"]
+DISCRETE = ("ddim", "plms", "ddpm", "unipc", "unipc_bh1", "deis", "ddim_trailing")
+SCHEDULES = ["default", "karras", "exponential", "sgm_uniform", "simple", "kl_optimal", "ays", "beta",
+             "gits", "smoothstep"]
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 data_var = float(rows[0]["var"])
@@ -34,7 +39,7 @@ for r in rows[1:]:
 
 
 def series(name, sched):
-    return runs[(name, "trailing" if name in ("ddim", "plms", "ddpm") else sched)]
+    return runs[(name, "trailing" if name in DISCRETE else sched)]
 
 
 fig, ax = plt.subplots(1, 4, figsize=(22, 5))
@@ -42,10 +47,10 @@ for k, sched in enumerate(["karras", "default"]):
     for name in DETERMINISTIC:
         s = series(name, sched)
         ax[k].loglog([v[1] for v in s], [v[3] for v in s], "o-", ms=3, label=name)
-    ax[k].set(title=f"deterministic, {sched} sigmas (DDIM/PLMS: trailing)", xlabel="model evaluations (NFE)",
+    ax[k].set(title=f"deterministic, {sched} sigmas (DDIM/PLMS/UniPC/DEIS: trailing)", xlabel="model evaluations (NFE)",
               ylabel="RMS distance to the exact ODE end point")
     ax[k].grid(True, which="both", alpha=0.3)
-    ax[k].legend(fontsize=8)
+    ax[k].legend(fontsize=7, ncol=2)
 for name in STOCHASTIC:
     s = series(name, "karras")
     line, = ax[2].loglog([v[1] for v in s], [v[3] for v in s], "o-", ms=3, label=name + ": distance")
@@ -54,7 +59,7 @@ for name in STOCHASTIC:
 ax[2].set(title="ancestral / SDE (Karras; DDPM: trailing)", xlabel="model evaluations (NFE)")
 ax[2].grid(True, which="both", alpha=0.3)
 ax[2].legend(fontsize=7, ncol=2)
-for sched in ["default", "karras", "exponential", "sgm_uniform", "simple", "kl_optimal", "ays", "beta"]:
+for sched in SCHEDULES:
     s = runs[("dpmpp_2m", sched)]
     ax[3].loglog([v[1] for v in s], [v[3] for v in s], "o-", ms=3, label=sched)
 ax[3].set(title="DPM++ 2M on every sigma schedule", xlabel="model evaluations (NFE)",
@@ -69,8 +74,10 @@ print("|---|---|---|---|---|---|---|")
 for name in DETERMINISTIC + STOCHASTIC:
     scheds = ["karras", "default"]
     if name == "dpmpp_2m":
-        scheds += ["exponential", "sgm_uniform", "simple", "kl_optimal", "ays", "beta"]
-    for sched in (["trailing"] if name in ("ddim", "plms", "ddpm") else scheds):
+        scheds = SCHEDULES
+    for sched in (["trailing"] if name in DISCRETE else scheds):
         s = {v[0]: v for v in runs[(name, sched)]}
+        if not all(n in s for n in (10, 20, 50, 1000)):
+            continue
         print(f"| {name} | {sched} | {s[10][1]} / {s[20][1]} / {s[50][1]} | "
               + " | ".join(f"{s[n][3]:.1e}" for n in (10, 20, 50, 1000)) + " |")

@@ -27,6 +27,7 @@
 #include "ldm/backend/ops.h"
 #include "ldm/backend/cpu_f16.h"
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_X86 1
 #endif
@@ -37,6 +38,18 @@
 // ---- widening ---------------------------------------------------------------
 
 #ifdef HAVE_X86
+// F16C (CPUID leaf 1, ECX bit 29) with AVX usable: ECX bit 28 (AVX) and bit
+// 27 (OSXSAVE: the OS saves the YMM registers). Asked through cpuid because
+// not every compiler knows __builtin_cpu_supports("f16c") (clang 14 does not).
+static int cpu_has_f16c(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a, b, c, d;
+        known = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1) && (c >> 28 & 1) && (c >> 27 & 1);
+    }
+    return known;
+}
+
 __attribute__((target("avx,f16c")))
 static void widen_f16c(float *dst, const uint16_t *src, int64_t n) {
     int64_t i = 0;
@@ -57,7 +70,7 @@ static void widen(float *dst, const uint16_t *src, ldm_dtype wt, int64_t n) {
         return;
     }
 #ifdef HAVE_X86
-    if (__builtin_cpu_supports("f16c")) { widen_f16c(dst, src, n); return; }
+    if (cpu_has_f16c()) { widen_f16c(dst, src, n); return; }
 #endif
     for (int64_t i = 0; i < n; i++) dst[i] = ldm_f16_to_f32(src[i]);
 }

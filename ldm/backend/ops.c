@@ -303,3 +303,272 @@ void ldm_copy(ldm_tensor *out, const ldm_tensor *x) {
     LDM_ASSERT(out->numel == x->numel, "same numel", out);
     if (out->data != x->data) out->ops->copy(out->data, x->data, (size_t)x->numel * sizeof(float));
 }
+
+// ---- backward (training) -------------------------------------------------------
+// Each wrapper asserts that every gradient has the shape of what it is the
+// gradient of (and lives with dout), then calls the backward entry. Gradients
+// may be NULL; the table entries accumulate (+=). A backend without backward
+// entries (cuda, so far) stops here with a message naming it.
+
+// The backward entries, in the table's order: ldm_backend_can_train checks them all.
+#define BACKWARD_ENTRIES(X) X(linear_backward) X(conv2d_backward) X(group_norm_backward) \
+    X(layer_norm_backward) X(softmax_backward) X(attention_backward) X(silu_backward)    \
+    X(gelu_backward) X(quick_gelu_backward) X(geglu_backward) X(add_backward)            \
+    X(mul_backward) X(scale_backward) X(add_channel_backward) X(upsample2x_backward)     \
+    X(concat_channels_backward) X(transpose_backward) X(embedding_backward)
+
+int ldm_backend_can_train(const struct ldm_ops *ops) {
+#define HAS_ENTRY(e) if (!ops->e) {                                                   \
+        ldm_error("backward ops are not implemented on %s yet (no " #e "): train with " \
+                  "--backend cpu or ref", ops->name);                                   \
+        return 0;                                                                       \
+    }
+    BACKWARD_ENTRIES(HAS_ENTRY)
+#undef HAS_ENTRY
+    return 1;
+}
+
+// The backend of dout must have the entry; else a clear stop (a caller that
+// checked ldm_backend_can_train never reaches it).
+#define HAS_BACKWARD(dout, e) do {                                                     \
+    if (!(dout)->ops->e) {                                                             \
+        ldm_error("backward ops are not implemented on %s yet (no " #e ")", (dout)->ops->name); \
+        LDM_ASSERT((dout)->ops->e != NULL, ldm_last_error(), dout);                    \
+    } } while (0)
+// A gradient (may be NULL): fp32, with dout's backend and the shape of `of`.
+#define GRAD_OF(g, of, dout) do { if (g) {                                             \
+    HAS_DATA(g); SAME_BACKEND(g, dout); LDM_ASSERT_SHAPE(g, of); } } while (0)
+#define DATA_OR_NULL(g) ((g) ? (g)->data : NULL)
+
+// dout [..., N]; x [..., K], w [N,K] as in ldm_linear; dx like x, dw like w, db [N]
+void ldm_linear_backward(ldm_tensor *dx, ldm_tensor *dw, ldm_tensor *db, const ldm_tensor *dout,
+                         const ldm_tensor *x, const ldm_tensor *w) {
+    HAS_DATA(dout); HAS_DATA(x); HAS_DATA(w);
+    SAME_BACKEND(x, dout); SAME_BACKEND(w, dout);
+    HAS_BACKWARD(dout, linear_backward);
+    LDM_ASSERT(x->ndim >= 1 && w->ndim == 2, "x [...,K], w [N,K]", x);
+    int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = dims_product(x, 0, x->ndim - 1);
+    LDM_ASSERT(w->shape[1] == K, "w [N,K] with K = x's last dim", w);
+    LDM_ASSERT(dout->ndim >= 1 && dout->shape[dout->ndim - 1] == N && dout->numel == M * N,
+               "dout [...,N] with x's rows", dout);
+    GRAD_OF(dx, x, dout); GRAD_OF(dw, w, dout);
+    if (db) { HAS_DATA(db); SAME_BACKEND(db, dout); LDM_ASSERT(db->numel == N, "db [N]", db); }
+    dout->ops->linear_backward(DATA_OR_NULL(dx), DATA_OR_NULL(dw), DATA_OR_NULL(db), dout->data,
+                               x->data, w->data, M, K, N);
+}
+
+// dout [B,Cout,Ho,Wo]; x, w, stride, pads as in ldm_conv2d; db [Cout]
+void ldm_conv2d_backward(ldm_tensor *dx, ldm_tensor *dw, ldm_tensor *db, const ldm_tensor *dout,
+                         const ldm_tensor *x, const ldm_tensor *w, int64_t stride,
+                         int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+    HAS_DATA(dout); HAS_DATA(x); HAS_DATA(w);
+    SAME_BACKEND(x, dout); SAME_BACKEND(w, dout);
+    HAS_BACKWARD(dout, conv2d_backward);
+    LDM_ASSERT(x->ndim == 4 && w->ndim == 4, "x [B,Cin,H,W], w [Cout,Cin,KH,KW]", x);
+    LDM_ASSERT(w->shape[1] == x->shape[1], "w's Cin == x's C", w);
+    LDM_ASSERT(stride >= 1 && pad_t >= 0 && pad_b >= 0 && pad_l >= 0 && pad_r >= 0,
+               "stride >= 1, pads >= 0", x);
+    int64_t B = x->shape[0], Cin = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t Cout = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    LDM_ASSERT(H + pad_t + pad_b >= KH && W + pad_l + pad_r >= KW, "kernel fits padded x", x);
+    int64_t Ho = (H + pad_t + pad_b - KH) / stride + 1;
+    int64_t Wo = (W + pad_l + pad_r - KW) / stride + 1;
+    LDM_ASSERT(dout->ndim == 4 && dout->shape[0] == B && dout->shape[1] == Cout &&
+               dout->shape[2] == Ho && dout->shape[3] == Wo, "dout [B,Cout,Ho,Wo]", dout);
+    GRAD_OF(dx, x, dout); GRAD_OF(dw, w, dout);
+    if (db) { HAS_DATA(db); SAME_BACKEND(db, dout); LDM_ASSERT(db->numel == Cout, "db [Cout]", db); }
+    dout->ops->conv2d_backward(DATA_OR_NULL(dx), DATA_OR_NULL(dw), DATA_OR_NULL(db), dout->data,
+                               x->data, w->data, B, Cin, H, W, Cout, KH, KW, stride, pad_t,
+                               pad_b, pad_l, pad_r);
+}
+
+// dout, x [B,C,...]; gamma [C] or NULL; dgamma, dbeta [C]
+void ldm_group_norm_backward(ldm_tensor *dx, ldm_tensor *dgamma, ldm_tensor *dbeta,
+                             const ldm_tensor *dout, const ldm_tensor *x,
+                             const ldm_tensor *gamma, int64_t groups, float eps) {
+    HAS_DATA(dout); HAS_DATA(x);
+    SAME_BACKEND(x, dout);
+    HAS_BACKWARD(dout, group_norm_backward);
+    LDM_ASSERT_SHAPE(dout, x);
+    LDM_ASSERT(x->ndim >= 2, "x [B,C,...]", x);
+    int64_t B = x->shape[0], C = x->shape[1], S = dims_product(x, 2, x->ndim);
+    LDM_ASSERT(groups >= 1 && C % groups == 0, "C divisible by groups", x);
+    if (gamma) { HAS_DATA(gamma); SAME_BACKEND(gamma, dout); LDM_ASSERT(gamma->numel == C, "gamma [C]", gamma); }
+    GRAD_OF(dx, x, dout);
+    if (dgamma) { HAS_DATA(dgamma); SAME_BACKEND(dgamma, dout); LDM_ASSERT(dgamma->numel == C, "dgamma [C]", dgamma); }
+    if (dbeta) { HAS_DATA(dbeta); SAME_BACKEND(dbeta, dout); LDM_ASSERT(dbeta->numel == C, "dbeta [C]", dbeta); }
+    dout->ops->group_norm_backward(DATA_OR_NULL(dx), DATA_OR_NULL(dgamma), DATA_OR_NULL(dbeta),
+                                   dout->data, x->data, gamma ? gamma->data : NULL, B, C, S,
+                                   groups, eps);
+}
+
+// dout, x [..., D]; gamma [D] or NULL; dgamma, dbeta [D]
+void ldm_layer_norm_backward(ldm_tensor *dx, ldm_tensor *dgamma, ldm_tensor *dbeta,
+                             const ldm_tensor *dout, const ldm_tensor *x,
+                             const ldm_tensor *gamma, float eps) {
+    HAS_DATA(dout); HAS_DATA(x);
+    SAME_BACKEND(x, dout);
+    HAS_BACKWARD(dout, layer_norm_backward);
+    LDM_ASSERT_SHAPE(dout, x);
+    LDM_ASSERT(x->ndim >= 1, "x [...,D]", x);
+    int64_t D = x->shape[x->ndim - 1], N = dims_product(x, 0, x->ndim - 1);
+    if (gamma) { HAS_DATA(gamma); SAME_BACKEND(gamma, dout); LDM_ASSERT(gamma->numel == D, "gamma [D]", gamma); }
+    GRAD_OF(dx, x, dout);
+    if (dgamma) { HAS_DATA(dgamma); SAME_BACKEND(dgamma, dout); LDM_ASSERT(dgamma->numel == D, "dgamma [D]", dgamma); }
+    if (dbeta) { HAS_DATA(dbeta); SAME_BACKEND(dbeta, dout); LDM_ASSERT(dbeta->numel == D, "dbeta [D]", dbeta); }
+    dout->ops->layer_norm_backward(DATA_OR_NULL(dx), DATA_OR_NULL(dgamma), DATA_OR_NULL(dbeta),
+                                   dout->data, x->data, gamma ? gamma->data : NULL, N, D, eps);
+}
+
+// dout, y [..., D] (y = the forward's output) -> dx like y
+void ldm_softmax_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *y) {
+    HAS_DATA(dx); HAS_DATA(dout); HAS_DATA(y);
+    SAME_BACKEND(y, dout); SAME_BACKEND(dx, dout);
+    HAS_BACKWARD(dout, softmax_backward);
+    LDM_ASSERT_SHAPE(dout, y);
+    LDM_ASSERT_SHAPE(dx, y);
+    LDM_ASSERT(y->ndim >= 1, "y [...,D]", y);
+    int64_t D = y->shape[y->ndim - 1], N = dims_product(y, 0, y->ndim - 1);
+    dout->ops->softmax_backward(dx->data, dout->data, y->data, N, D);
+}
+
+// dout like q; q, k, v as in ldm_attention; dq like q, dk like k, dv like v
+void ldm_attention_backward(ldm_tensor *dq, ldm_tensor *dk, ldm_tensor *dv,
+                            const ldm_tensor *dout, const ldm_tensor *q, const ldm_tensor *k,
+                            const ldm_tensor *v, int64_t NH, float scale, int causal) {
+    HAS_DATA(dout); HAS_DATA(q); HAS_DATA(k); HAS_DATA(v);
+    SAME_BACKEND(q, dout); SAME_BACKEND(k, dout); SAME_BACKEND(v, dout);
+    HAS_BACKWARD(dout, attention_backward);
+    LDM_ASSERT(q->ndim == 3 && k->ndim == 3, "q [B,Tq,D], k [B,Tk,D]", q);
+    LDM_ASSERT_SHAPE(dout, q);
+    LDM_ASSERT_SHAPE(v, k);
+    int64_t B = q->shape[0], Tq = q->shape[1], D = q->shape[2], Tk = k->shape[1];
+    LDM_ASSERT(k->shape[0] == B && k->shape[2] == D, "k [B,Tk,D] with q's B and D", k);
+    LDM_ASSERT(NH >= 1 && D % NH == 0, "D = NH*HS", q);
+    LDM_ASSERT(Tk >= 1, "at least one key", k);
+    GRAD_OF(dq, q, dout); GRAD_OF(dk, k, dout); GRAD_OF(dv, v, dout);
+    dout->ops->attention_backward(DATA_OR_NULL(dq), DATA_OR_NULL(dk), DATA_OR_NULL(dv),
+                                  dout->data, q->data, k->data, v->data, B, Tq, Tk, NH, D / NH,
+                                  scale, causal);
+}
+
+// Unary ops: dout, x [any] -> dx [same shape]
+#define UNARY_BACKWARD_WRAPPER(fn, op)                                        \
+    void fn(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x) {    \
+        HAS_DATA(dx); HAS_DATA(dout); HAS_DATA(x);                            \
+        SAME_BACKEND(x, dout); SAME_BACKEND(dx, dout);                        \
+        HAS_BACKWARD(dout, op);                                               \
+        LDM_ASSERT_SHAPE(dout, x);                                            \
+        LDM_ASSERT_SHAPE(dx, x);                                              \
+        dout->ops->op(dx->data, dout->data, x->data, x->numel);               \
+    }
+UNARY_BACKWARD_WRAPPER(ldm_silu_backward, silu_backward)
+UNARY_BACKWARD_WRAPPER(ldm_gelu_backward, gelu_backward)
+UNARY_BACKWARD_WRAPPER(ldm_quick_gelu_backward, quick_gelu_backward)
+
+// dout [..., F], x [..., 2F] -> dx like x
+void ldm_geglu_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x) {
+    HAS_DATA(dx); HAS_DATA(dout); HAS_DATA(x);
+    SAME_BACKEND(x, dout); SAME_BACKEND(dx, dout);
+    HAS_BACKWARD(dout, geglu_backward);
+    LDM_ASSERT(x->ndim >= 1 && x->shape[x->ndim - 1] % 2 == 0, "x [...,2F]", x);
+    int64_t F = x->shape[x->ndim - 1] / 2, N = dims_product(x, 0, x->ndim - 1);
+    LDM_ASSERT(dout->ndim >= 1 && dout->shape[dout->ndim - 1] == F && dout->numel == N * F,
+               "dout [...,F] with x's rows", dout);
+    LDM_ASSERT_SHAPE(dx, x);
+    dout->ops->geglu_backward(dx->data, dout->data, x->data, N, F);
+}
+
+// dout [any] -> da, db [same shape]
+void ldm_add_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout) {
+    HAS_DATA(dout);
+    HAS_BACKWARD(dout, add_backward);
+    GRAD_OF(da, dout, dout); GRAD_OF(db, dout, dout);
+    dout->ops->add_backward(DATA_OR_NULL(da), DATA_OR_NULL(db), dout->data, dout->numel);
+}
+
+// dout, a, b [same shape] -> da, db [same shape]
+void ldm_mul_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout,
+                      const ldm_tensor *a, const ldm_tensor *b) {
+    HAS_DATA(dout); HAS_DATA(a); HAS_DATA(b);
+    SAME_BACKEND(a, dout); SAME_BACKEND(b, dout);
+    HAS_BACKWARD(dout, mul_backward);
+    LDM_ASSERT_SHAPE(a, dout);
+    LDM_ASSERT_SHAPE(b, dout);
+    GRAD_OF(da, a, dout); GRAD_OF(db, b, dout);
+    dout->ops->mul_backward(DATA_OR_NULL(da), DATA_OR_NULL(db), dout->data, a->data, b->data,
+                            dout->numel);
+}
+
+void ldm_scale_backward(ldm_tensor *da, const ldm_tensor *dout, float s) {
+    HAS_DATA(da); HAS_DATA(dout);
+    HAS_BACKWARD(dout, scale_backward);
+    GRAD_OF(da, dout, dout);
+    dout->ops->scale_backward(da->data, dout->data, s, dout->numel);
+}
+
+// dout [B,C,...] -> dx like dout, dy [B,C] (any shape of B*C elements)
+void ldm_add_channel_backward(ldm_tensor *dx, ldm_tensor *dy, const ldm_tensor *dout) {
+    HAS_DATA(dout);
+    HAS_BACKWARD(dout, add_channel_backward);
+    LDM_ASSERT(dout->ndim >= 2, "dout [B,C,...]", dout);
+    int64_t B = dout->shape[0], C = dout->shape[1], S = dims_product(dout, 2, dout->ndim);
+    GRAD_OF(dx, dout, dout);
+    if (dy) { HAS_DATA(dy); SAME_BACKEND(dy, dout); LDM_ASSERT(dy->numel == B * C, "dy [B,C]", dy); }
+    dout->ops->add_channel_backward(DATA_OR_NULL(dx), DATA_OR_NULL(dy), dout->data, B, C, S);
+}
+
+// dout [B,C,2H,2W] -> dx [B,C,H,W]
+void ldm_upsample2x_backward(ldm_tensor *dx, const ldm_tensor *dout) {
+    HAS_DATA(dx); HAS_DATA(dout);
+    SAME_BACKEND(dx, dout);
+    HAS_BACKWARD(dout, upsample2x_backward);
+    LDM_ASSERT(dx->ndim == 4, "dx [B,C,H,W]", dx);
+    int64_t B = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    LDM_ASSERT(dout->ndim == 4 && dout->shape[0] == B && dout->shape[1] == C &&
+               dout->shape[2] == 2 * H && dout->shape[3] == 2 * W, "dout [B,C,2H,2W]", dout);
+    dout->ops->upsample2x_backward(dx->data, dout->data, B, C, H, W);
+}
+
+// dout [B,Ca+Cb,...] -> da [B,Ca,...], db [B,Cb,...] (both given: their C split dout's)
+void ldm_concat_channels_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout) {
+    HAS_DATA(da); HAS_DATA(db); HAS_DATA(dout);
+    SAME_BACKEND(da, dout); SAME_BACKEND(db, dout);
+    HAS_BACKWARD(dout, concat_channels_backward);
+    LDM_ASSERT(da->ndim >= 2 && db->ndim == da->ndim && dout->ndim == da->ndim,
+               "da, db, dout all [B,C,...]", da);
+    LDM_ASSERT(db->shape[0] == da->shape[0] && dout->shape[0] == da->shape[0], "same B", db);
+    for (int i = 2; i < da->ndim; i++)
+        LDM_ASSERT(db->shape[i] == da->shape[i] && dout->shape[i] == da->shape[i],
+                   "same trailing dims", db);
+    LDM_ASSERT(dout->shape[1] == da->shape[1] + db->shape[1], "dout C = Ca + Cb", dout);
+    dout->ops->concat_channels_backward(da->data, db->data, dout->data, da->shape[0],
+                                        da->shape[1], db->shape[1], dims_product(da, 2, da->ndim));
+}
+
+// dout [B,N,M] -> dx [B,M,N]  (2-D: B = 1)
+void ldm_transpose_backward(ldm_tensor *dx, const ldm_tensor *dout) {
+    HAS_DATA(dx); HAS_DATA(dout);
+    SAME_BACKEND(dx, dout);
+    HAS_BACKWARD(dout, transpose_backward);
+    LDM_ASSERT((dx->ndim == 3 || dx->ndim == 2) && dout->ndim == dx->ndim, "dx [B,M,N] or [M,N]", dx);
+    int o = dx->ndim - 2;
+    int64_t B = o ? dx->shape[0] : 1, M = dx->shape[o], N = dx->shape[o + 1];
+    LDM_ASSERT((!o || dout->shape[0] == B) && dout->shape[o] == N && dout->shape[o + 1] == M,
+               "dout [B,N,M]", dout);
+    dout->ops->transpose_backward(dx->data, dout->data, B, M, N);
+}
+
+// dout [..., D] with n rows, ids[n] (host, each in [0,V)) -> dtable [V,D]
+void ldm_embedding_backward(ldm_tensor *dtable, const ldm_tensor *dout, const int32_t *ids,
+                            int64_t n) {
+    HAS_DATA(dtable); HAS_DATA(dout);
+    SAME_BACKEND(dtable, dout);
+    HAS_BACKWARD(dout, embedding_backward);
+    LDM_ASSERT(dtable->ndim == 2, "dtable [V,D]", dtable);
+    int64_t V = dtable->shape[0], D = dtable->shape[1];
+    LDM_ASSERT(dout->numel == n * D && dout->shape[dout->ndim - 1] == D, "dout [n,D]", dout);
+    for (int64_t i = 0; i < n; i++)
+        LDM_ASSERT(ids[i] >= 0 && ids[i] < V, "every id in [0, V)", dtable);
+    dout->ops->embedding_backward(dtable->data, dout->data, ids, n, D);
+}

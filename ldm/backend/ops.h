@@ -111,6 +111,68 @@ struct ldm_ops {
     void (*transpose)(float *out, const float *x, int64_t B, int64_t M, int64_t N);
     // out[n,D] = table[ids[i],:]  (token embedding lookup; ids on the host)
     void (*embedding)(float *out, const float *table, const int32_t *ids, int64_t n, int64_t D);
+
+    // ---- backward (training; docs/14-backpropagation.md) --------------
+    // One entry per forward op above, llm.c style: the gradients first
+    // (d<name> = dL/d<name>), then the upstream gradient dout = dL/dout, then
+    // the forward's inputs (and, where cheaper, its output), then the sizes.
+    // Every gradient is ACCUMULATED: d<name> += ..., never overwritten, so a
+    // tensor used twice (a residual branch, a shared weight) sums its
+    // gradients; the caller zeroes them once per step. A gradient pointer
+    // may be NULL: that gradient is not wanted and not computed. Norms and
+    // attention recompute their statistics from the inputs (nothing is saved
+    // by the forward). NULL entries: the backend cannot train (cuda, so far);
+    // the wrappers then stop with "backward ops are not implemented on ...".
+    // linear: dx[M,K] += dout[M,N] w[N,K];  dw[N,K] += dout^T x;  db[N] += sum_m dout
+    void (*linear_backward)(float *dx, float *dw, float *db, const float *dout,
+                            const float *x, const float *w, int64_t M, int64_t K, int64_t N);
+    // conv2d (same arguments as the forward): dx += conv_transpose(dout, w),
+    // dw[co,ci,ky,kx] += sum dout[b,co,oy,ox] xpad[b,ci,oy*s+ky,ox*s+kx], db[co] += sum dout
+    void (*conv2d_backward)(float *dx, float *dw, float *db, const float *dout,
+                            const float *x, const float *w,
+                            int64_t B, int64_t Cin, int64_t H, int64_t W,
+                            int64_t Cout, int64_t KH, int64_t KW, int64_t stride,
+                            int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r);
+    // group_norm / layer_norm: x, gamma as in the forward (gamma NULL = 1)
+    void (*group_norm_backward)(float *dx, float *dgamma, float *dbeta, const float *dout,
+                                const float *x, const float *gamma,
+                                int64_t B, int64_t C, int64_t S, int64_t G, float eps);
+    void (*layer_norm_backward)(float *dx, float *dgamma, float *dbeta, const float *dout,
+                                const float *x, const float *gamma, int64_t N, int64_t D,
+                                float eps);
+    // softmax from its output y[N,D]: dx += y * (dout - sum_j dout_j y_j)
+    void (*softmax_backward)(float *dx, const float *dout, const float *y, int64_t N, int64_t D);
+    // attention (same arguments as the forward); the probabilities are
+    // recomputed one query row at a time (memory-bounded like the forward)
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, const float *k, const float *v,
+                               int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                               float scale, int causal);
+    // elementwise: dx += dout * f'(x)
+    void (*silu_backward)(float *dx, const float *dout, const float *x, int64_t n);
+    void (*gelu_backward)(float *dx, const float *dout, const float *x, int64_t n);
+    void (*quick_gelu_backward)(float *dx, const float *dout, const float *x, int64_t n);
+    // geglu: dx[N,2F] (= [da | dgate]) from dout[N,F] and x[N,2F]
+    void (*geglu_backward)(float *dx, const float *dout, const float *x, int64_t N, int64_t F);
+    // add: da += dout, db += dout;  mul: da += dout*b, db += dout*a;  scale: da += s*dout
+    void (*add_backward)(float *da, float *db, const float *dout, int64_t n);
+    void (*mul_backward)(float *da, float *db, const float *dout, const float *a,
+                         const float *b, int64_t n);
+    void (*scale_backward)(float *da, const float *dout, float s, int64_t n);
+    // add_channel: dx[B,C,S] += dout;  dy[B,C] += sum over S of dout
+    void (*add_channel_backward)(float *dx, float *dy, const float *dout,
+                                 int64_t B, int64_t C, int64_t S);
+    // upsample2x: dx[b,c,y,x] += the 2x2 block of dout it was copied to
+    void (*upsample2x_backward)(float *dx, const float *dout,
+                                int64_t B, int64_t C, int64_t H, int64_t W);
+    // concat_channels: da[B,Ca,S], db[B,Cb,S] += their channels of dout[B,Ca+Cb,S]
+    void (*concat_channels_backward)(float *da, float *db, const float *dout,
+                                     int64_t B, int64_t Ca, int64_t Cb, int64_t S);
+    // transpose: dx[b,m,n] += dout[b,n,m]   (x [B,M,N], dout [B,N,M])
+    void (*transpose_backward)(float *dx, const float *dout, int64_t B, int64_t M, int64_t N);
+    // embedding: dtable[ids[i],:] += dout[i,:]  (a repeated id sums its rows)
+    void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids,
+                               int64_t n, int64_t D);
 };
 
 // ---- backends ---------------------------------------------------------
@@ -149,5 +211,45 @@ void ldm_concat_channels(ldm_tensor *out, const ldm_tensor *a, const ldm_tensor 
 void ldm_transpose(ldm_tensor *out, const ldm_tensor *x);
 void ldm_embedding(ldm_tensor *out, const ldm_tensor *table, const int32_t *ids, int64_t n);
 void ldm_copy(ldm_tensor *out, const ldm_tensor *x);
+
+// ---- checked wrappers of the backward ops (training) -------------------
+// Gradients first, each ACCUMULATED (+=) and each may be NULL (not wanted);
+// then the upstream gradient dout (the shape of the forward's out), then the
+// forward's inputs as they were passed to it. A gradient has the shape of
+// what it is the gradient of. Weights must be fp32 (training is fp32).
+// 1 when `ops` implements every backward entry, else 0 and ldm_error
+// ("backward ops are not implemented on cuda yet"): a training program
+// checks this once before its first step.
+int ldm_backend_can_train(const struct ldm_ops *ops);
+void ldm_linear_backward(ldm_tensor *dx, ldm_tensor *dw, ldm_tensor *db, const ldm_tensor *dout,
+                         const ldm_tensor *x, const ldm_tensor *w);
+void ldm_conv2d_backward(ldm_tensor *dx, ldm_tensor *dw, ldm_tensor *db, const ldm_tensor *dout,
+                         const ldm_tensor *x, const ldm_tensor *w, int64_t stride,
+                         int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r);
+void ldm_group_norm_backward(ldm_tensor *dx, ldm_tensor *dgamma, ldm_tensor *dbeta,
+                             const ldm_tensor *dout, const ldm_tensor *x,
+                             const ldm_tensor *gamma, int64_t groups, float eps);
+void ldm_layer_norm_backward(ldm_tensor *dx, ldm_tensor *dgamma, ldm_tensor *dbeta,
+                             const ldm_tensor *dout, const ldm_tensor *x,
+                             const ldm_tensor *gamma, float eps);
+// y: the forward's output softmax(x)
+void ldm_softmax_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *y);
+void ldm_attention_backward(ldm_tensor *dq, ldm_tensor *dk, ldm_tensor *dv,
+                            const ldm_tensor *dout, const ldm_tensor *q, const ldm_tensor *k,
+                            const ldm_tensor *v, int64_t NH, float scale, int causal);
+void ldm_silu_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x);
+void ldm_gelu_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x);
+void ldm_quick_gelu_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x);
+void ldm_geglu_backward(ldm_tensor *dx, const ldm_tensor *dout, const ldm_tensor *x);
+void ldm_add_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout);
+void ldm_mul_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout,
+                      const ldm_tensor *a, const ldm_tensor *b);
+void ldm_scale_backward(ldm_tensor *da, const ldm_tensor *dout, float s);
+void ldm_add_channel_backward(ldm_tensor *dx, ldm_tensor *dy, const ldm_tensor *dout);
+void ldm_upsample2x_backward(ldm_tensor *dx, const ldm_tensor *dout);
+void ldm_concat_channels_backward(ldm_tensor *da, ldm_tensor *db, const ldm_tensor *dout);
+void ldm_transpose_backward(ldm_tensor *dx, const ldm_tensor *dout);
+void ldm_embedding_backward(ldm_tensor *dtable, const ldm_tensor *dout, const int32_t *ids,
+                            int64_t n);
 
 #endif

@@ -34,6 +34,7 @@
 #include "ldm/backend/cpu_math.h"
 #include "ldm/backend/ops.h"
 #include "ldm/backend/cpu_f16.h"
+#include "ldm/backend/ops_ref.h"
 
 // OpenBLAS extensions (declared in OpenBLAS's cblas.h; repeated so that any
 // cblas.h works).
@@ -509,6 +510,127 @@ static void cpu_embedding(float *out, const float *table, const int32_t *ids, in
         memcpy(out + i * D, table + (int64_t)ids[i] * D, (size_t)D * sizeof(float));
 }
 
+// ---- backward (training) --------------------------------------------------------
+// linear and conv2d as GEMMs (the rest of the backward entries are the `ref`
+// loops, ldm/backend/ops_ref.h). Every gradient accumulates (+=, sgemm beta = 1);
+// a NULL gradient is skipped. Derivations: docs/14-backpropagation.md.
+
+// dx[M,K] += dout[M,N] @ w[N,K];  dw[N,K] += dout^T @ x[M,K];  db[N] += column sums of dout
+static void cpu_linear_backward(float *dx, float *dw, float *db, const float *dout,
+                                const float *x, const float *w, int64_t M, int64_t K, int64_t N) {
+    if (M == 0 || N == 0 || K == 0) return;
+    int nthreads = cpu_threads();
+    if (dx) cpu_sgemm(nthreads, 0, M, K, N, 1.0f, dout, N, w, K, 1.0f, dx, K);
+    if (dw) {
+        // rows [n0, n0+nb) of dw = (columns [n0, n0+nb) of dout)^T @ x, one
+        // one-thread sgemm per block of 64 rows (blocks independent of the thread count)
+        int nt = threads_for(nthreads, 2.0 * M * N * K);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t n0 = 0; n0 < N; n0 += 64) {
+            int64_t nb = N - n0 < 64 ? N - n0 : 64;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nb, (int)K, (int)M, 1.0f,
+                        dout + n0, (int)N, x, (int)K, 1.0f, dw + n0 * K, (int)K);
+        }
+    }
+    if (db) {
+#pragma omp parallel for num_threads(nthreads) if (M * N > PAR_MIN)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0;
+            for (int64_t m = 0; m < M; m++) acc += dout[m * N + n];
+            db[n] += (float)acc;
+        }
+    }
+}
+
+// col2im, the transpose of im2col_rows: dx_b[ci,iy,ix] += every dcols entry that
+// im2col_rows copied from x_b[ci,iy,ix] (output rows [oy0, oy0+ny)). Threads
+// split the channels, so no two write the same dx element.
+static void col2im_rows_add(float *dx, const float *dcols, int64_t Cin, int64_t H, int64_t W,
+                            int64_t KH, int64_t KW, int64_t s, int64_t pad_t, int64_t pad_l,
+                            int64_t Wo, int64_t oy0, int64_t ny, int nthreads) {
+    int64_t n = ny * Wo;
+#pragma omp parallel for num_threads(nthreads) if (Cin * KH * KW * n > PAR_MIN)
+    for (int64_t ci = 0; ci < Cin; ci++)
+        for (int64_t ky = 0; ky < KH; ky++)
+            for (int64_t kx = 0; kx < KW; kx++) {
+                const float *src = dcols + ((ci * KH + ky) * KW + kx) * n;
+                for (int64_t j = 0; j < ny; j++) {
+                    int64_t iy = (oy0 + j) * s - pad_t + ky;
+                    if (iy < 0 || iy >= H) continue; // a padding row: no x there
+                    float *dr = dx + (ci * H + iy) * W;
+                    for (int64_t ox = 0; ox < Wo; ox++) {
+                        int64_t ix = ox * s - pad_l + kx;
+                        if (ix >= 0 && ix < W) dr[ix] += src[j * Wo + ox];
+                    }
+                }
+            }
+}
+
+// conv2d backward as GEMMs per image b, with cols = im2col(x_b) [R = Cin*KH*KW, P = Ho*Wo]
+// (in the forward's bounded chunks of output rows):
+//   dw[Cout,R] += dout_b[Cout,P] @ cols^T        dcols[R,P] = w^T[R,Cout] @ dout_b
+//   dx_b += col2im(dcols)                          db[co] += sum of dout_b[co,:]
+static void cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dout,
+                                const float *x, const float *w,
+                                int64_t B, int64_t Cin, int64_t H, int64_t W,
+                                int64_t Cout, int64_t KH, int64_t KW, int64_t s,
+                                int64_t pad_t, int64_t pad_b, int64_t pad_l, int64_t pad_r) {
+    int64_t Ho = (H + pad_t + pad_b - KH) / s + 1, Wo = (W + pad_l + pad_r - KW) / s + 1;
+    int64_t P = Ho * Wo, R = Cin * KH * KW;
+    int nthreads = threads_for(cpu_threads(), 2.0 * B * Cout * P * R);
+    int direct = KH == 1 && KW == 1 && s == 1 && pad_t == 0 && pad_b == 0 && pad_l == 0 &&
+                 pad_r == 0;
+    int64_t rows_per_chunk = IM2COL_MAX_FLOATS / (R * Wo);
+    if (rows_per_chunk < 1) rows_per_chunk = 1;
+    if (rows_per_chunk > Ho) rows_per_chunk = Ho;
+    float *wt = NULL, *cols = NULL, *dcols = NULL;
+    if (dx) { // w^T [R, Cout]
+        wt = cpu_alloc((size_t)(R * Cout) * sizeof(float));
+        if (!wt) abort(); // the size of the weight
+        for (int64_t co = 0; co < Cout; co++)
+            for (int64_t r = 0; r < R; r++) wt[r * Cout + co] = w[co * R + r];
+    }
+    if (!direct) {
+        cols = cpu_alloc((size_t)(R * rows_per_chunk * Wo) * sizeof(float));
+        dcols = cpu_alloc((size_t)(R * rows_per_chunk * Wo) * sizeof(float));
+        if (!cols || !dcols) abort(); // bounded like the forward's im2col buffer
+    }
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * Cin * H * W, *gb = dout + b * Cout * P;
+        float *dxb = dx ? dx + b * Cin * H * W : NULL;
+        if (direct) { // 1x1: cols is x_b itself [Cin, P]
+            if (dw) cpu_sgemm(nthreads, 1, Cout, Cin, P, 1.0f, gb, P, xb, P, 1.0f, dw, Cin);
+            if (dxb) cpu_sgemm(nthreads, 0, Cin, P, Cout, 1.0f, wt, Cout, gb, P, 1.0f, dxb, P);
+            continue;
+        }
+        for (int64_t oy0 = 0; oy0 < Ho; oy0 += rows_per_chunk) {
+            int64_t ny = Ho - oy0 < rows_per_chunk ? Ho - oy0 : rows_per_chunk;
+            int64_t n = ny * Wo;
+            const float *gc = gb + oy0 * Wo; // dout_b[:, oy0*Wo : oy0*Wo+n], row stride P
+            if (dw) {
+                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
+                cpu_sgemm(nthreads, 1, Cout, R, n, 1.0f, gc, P, cols, n, 1.0f, dw, R);
+            }
+            if (dxb) {
+                cpu_sgemm(nthreads, 0, R, n, Cout, 1.0f, wt, Cout, gc, P, 0.0f, dcols, n);
+                col2im_rows_add(dxb, dcols, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny,
+                                nthreads);
+            }
+        }
+    }
+    if (db) {
+        for (int64_t co = 0; co < Cout; co++) {
+            double acc = 0;
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t i = 0; i < P; i++) acc += dout[(b * Cout + co) * P + i];
+            db[co] += (float)acc;
+        }
+    }
+    free(wt);
+    free(cols);
+    free(dcols);
+}
+
 const struct ldm_ops ldm_ops_cpu = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -538,4 +660,25 @@ const struct ldm_ops ldm_ops_cpu = {
     .concat_channels = cpu_concat_channels,
     .transpose = cpu_transpose,
     .embedding = cpu_embedding,
+    // backward (training): the readable `ref` loops (ldm/backend/ops_ref.h)
+    // until a faster version is written; linear and conv2d are sgemm-based
+    // ("backward" above).
+    .linear_backward = cpu_linear_backward,
+    .conv2d_backward = cpu_conv2d_backward,
+    .group_norm_backward = ldm_ref_group_norm_backward,
+    .layer_norm_backward = ldm_ref_layer_norm_backward,
+    .softmax_backward = ldm_ref_softmax_backward,
+    .attention_backward = ldm_ref_attention_backward,
+    .silu_backward = ldm_ref_silu_backward,
+    .gelu_backward = ldm_ref_gelu_backward,
+    .quick_gelu_backward = ldm_ref_quick_gelu_backward,
+    .geglu_backward = ldm_ref_geglu_backward,
+    .add_backward = ldm_ref_add_backward,
+    .mul_backward = ldm_ref_mul_backward,
+    .scale_backward = ldm_ref_scale_backward,
+    .add_channel_backward = ldm_ref_add_channel_backward,
+    .upsample2x_backward = ldm_ref_upsample2x_backward,
+    .concat_channels_backward = ldm_ref_concat_channels_backward,
+    .transpose_backward = ldm_ref_transpose_backward,
+    .embedding_backward = ldm_ref_embedding_backward,
 };

@@ -194,4 +194,25 @@ extern "C" const struct ldm_ops ldm_ops_cuda = {
     .concat_channels = cuh_concat_channels,
     .transpose = cuh_transpose,
     .embedding = cuh_embedding,
+    // backward (training): not on the GPU yet. NULL entries make the wrappers
+    // stop with "backward ops are not implemented on cuda yet" and
+    // ldm_backend_can_train return 0 (ldm/backend/ops.c).
+    .linear_backward = NULL,
+    .conv2d_backward = NULL,
+    .group_norm_backward = NULL,
+    .layer_norm_backward = NULL,
+    .softmax_backward = NULL,
+    .attention_backward = NULL,
+    .silu_backward = NULL,
+    .gelu_backward = NULL,
+    .quick_gelu_backward = NULL,
+    .geglu_backward = NULL,
+    .add_backward = NULL,
+    .mul_backward = NULL,
+    .scale_backward = NULL,
+    .add_channel_backward = NULL,
+    .upsample2x_backward = NULL,
+    .concat_channels_backward = NULL,
+    .transpose_backward = NULL,
+    .embedding_backward = NULL,
 };
