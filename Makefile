@@ -267,14 +267,15 @@ notebooks: notebooks-layout
 notebooks-render: notebooks-layout
 	@LDM_LIB=$(abspath $(BUILD)/libldm.so) LDM_SD=$(abspath $(BUILD)/sd) $(NB_PY) notebooks/run_notebooks.py --render --out $(BUILD)/notebooks
 # `make docs-figures`: the figures in docs/ drawn from the C library (schedule.png;
-# trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model).
+# trajectory.png, cfg_sweep.png, latents.png from runs of the tiny model; and
+# those of `make figures-unet`).
 # `make docs-links`: recompute every docs/ link's #L line anchor (and a
 # "file.c:NN" link text) from the symbol its title names, after code moved.
 .PHONY: docs-links
 docs-links:
 	python3 tools/docs_links.py --fix
 .PHONY: docs-figures
-docs-figures: $(BUILD)/libldm.so $(NB_PY)
+docs-figures: $(BUILD)/libldm.so $(NB_PY) figures-unet
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_schedule.py
 	LDM_LIB=$(abspath $(BUILD)/libldm.so) $(NB_PY) docs/figures/plot_sampling.py
 # `make sampler-study`: the convergence lab of docs/06-samplers.md: every sampler
@@ -287,6 +288,18 @@ $(BUILD)/sampler_study: docs/figures/sampler_study.c $(BUILD)/libldm.a
 sampler-study: $(BUILD)/sampler_study $(NB_PY)
 	$(BUILD)/sampler_study docs/figures/sampler-study.tsv
 	$(NB_PY) docs/figures/plot_sampler_study.py docs/figures/sampler-study.tsv docs/figures/sampler-study.png
+# `make figures-unet`: the UNet and transformer-block figures of docs/05-unet.md
+# from the shapes the library reports (docs/figures/unet_shapes.c: the block
+# table of SD1 and of the tiny model walked with its skip stack, the tiny
+# model's walk checked against a real forward pass -> unet-shapes.tsv,
+# transformer-shapes.tsv), drawn by plot_unet.py into unet-sd1.png,
+# unet-tiny.png and transformer-block.png. A few seconds of CPU.
+.PHONY: figures-unet
+$(BUILD)/unet_shapes: docs/figures/unet_shapes.c $(BUILD)/libldm.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libldm.a $(LDLIBS)
+figures-unet: $(BUILD)/unet_shapes $(NB_PY)
+	$(BUILD)/unet_shapes docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv
+	$(NB_PY) docs/figures/plot_unet.py docs/figures/unet-shapes.tsv docs/figures/transformer-shapes.tsv docs/figures
 # `make sampler-study-tiny`: the same lab on the trained tiny model: every
 # sampler at 3..200 steps against a 1000-step DPM++ 2M solve of the same
 # prompts and noise (docs/figures/sampler_study_tiny.c ->
@@ -384,6 +397,7 @@ help:
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
+	@echo "make figures-unet  the UNet / transformer-block figures with their shapes (docs/05)"
 	@echo "make sampler-study-tiny  the same lab on the trained tiny model (docs/06)"
 	@echo "make notebooks  execute every notebook headlessly (light venv build/venv-nb)"
 	@echo "make notebooks-render  execute every notebook and save it with its outputs (commit them)"

@@ -15,7 +15,7 @@
  * runs arbitrary code. Here a small interpreter runs the pickle opcodes over
  * plain data values (ints, strings, tuples, lists, dicts) and knows an
  * allow-list of globals (allowed_globals below; docs/03-clip-and-checkpoints.md
- * section 2 tells why). A global outside the list, or an opcode outside the
+ * section 5 tells why). A global outside the list, or an opcode outside the
  * list, stops the load with an error naming it.
  * Allowed globals are never resolved or called either: _rebuild_tensor_v2
  * becomes a tensor record (storage, offset, shape, stride) that points into
