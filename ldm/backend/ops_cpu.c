@@ -57,6 +57,15 @@ static int threads_for(int nthreads, double flops) {
     return n < 1 ? 1 : n < nthreads ? (int)n : nthreads;
 }
 
+// ---- SIMD level (cpu_kernels.h) ------------------------------------------------
+
+cpu_simd cpu_simd_best(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f")) return CPU_SIMD_AVX512;
+#endif
+    return CPU_SIMD_AVX2;
+}
+
 // ---- memory -------------------------------------------------------------------
 
 static void *cpu_alloc(size_t nbytes) {
