@@ -104,7 +104,12 @@ static void cpu_set_threads(int n) { // n = 0: all cores
 
 // C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on up to
 // nthreads OpenMP threads (threads_for): the larger of M and N is cut into blocks
-// (<= 16 of >= 64 rows, or of columns in multiples of 16), each a one-thread sgemm.
+// (a power of two, at most 16, of >= 128 rows, or of columns in multiples of
+// 16), each a one-thread sgemm. Each block's sgemm packs the whole other
+// operand again, so blocks are no smaller than that: with blocks of 64 rows,
+// the 1280-channel im2col convs and the 256-token linears spent a fifth of
+// their time re-packing (`make bench` kernels: 0.68-0.87 of the time with
+// blocks of >= 128-256, no change on the large GEMMs).
 // The blocks depend on the matrix, never on the thread count, so every element
 // comes from the same sgemm call whatever --threads says: bit-identical results
 // on any number of threads (an OpenBLAS sgemm's rounding may depend on its sizes).
@@ -115,7 +120,9 @@ static void cpu_sgemm(int nthreads, int tb, int64_t M, int64_t N, int64_t K, flo
     nthreads = threads_for(nthreads, 2.0 * M * N * K);
     CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
     const int rows = M >= N; // blocks of rows (A and C), else of columns (B and C)
-    const int64_t L = rows ? M : N, nb0 = (L + 63) / 64 < 16 ? (L + 63) / 64 : 16;
+    const int64_t L = rows ? M : N;
+    int64_t nb0 = 1;
+    while (nb0 < 16 && 2 * nb0 * 128 <= L) nb0 *= 2;
     const int64_t bs = rows ? (L + nb0 - 1) / nb0 : ((L + nb0 - 1) / nb0 + 15) / 16 * 16;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t l0 = 0; l0 < L; l0 += bs) {

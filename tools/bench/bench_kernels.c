@@ -13,8 +13,10 @@
  * abs and max abs / max |output| ("rel").
  * Threads: as set by bench.c's main (all cores, or LDM_THREADS=n).
  * LDM_BENCH_KERNELS=0 skips it, =2 runs the attention cases only, =3 only the
- * kernels' AVX2 against their AVX-512 micro-kernels. Numbers only: nothing is asserted.
+ * kernels' AVX2 against their AVX-512 micro-kernels, =4 only cpu_sgemm's
+ * old and new blocking. Numbers only: nothing is asserted.
  */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -206,10 +208,65 @@ static void attn_simd_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_
     free(q); free(k); free(v); free(o_old); free(o_new);
 }
 
+// ---- cpu_sgemm's blocking: blocks of >= 64 rows (old) vs >= 128 (new) --------------
+
+// One-thread sgemm per block over the larger of M and N, as cpu_sgemm
+// (ops_cpu.c) cuts it: old = ceil(L/64) blocks (at most 16), new = the
+// largest power of two <= 16 with blocks of >= 128. A copy of the two rules,
+// so both run in this process.
+static void sgemm_blocked(int newrule, int nthr, int tb, int64_t M, int64_t N, int64_t K,
+                          const float *A, const float *Bm, float *C) {
+    int64_t lda = K, ldb = tb ? K : N, ldc = N;
+    const int rows = M >= N;
+    const int64_t L = rows ? M : N;
+    int64_t nb0 = 1;
+    if (newrule) while (nb0 < 16 && 2 * nb0 * 128 <= L) nb0 *= 2;
+    else nb0 = (L + 63) / 64 < 16 ? (L + 63) / 64 : 16;
+    const int64_t bs = rows ? (L + nb0 - 1) / nb0 : ((L + nb0 - 1) / nb0 + 15) / 16 * 16;
+    CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
+#pragma omp parallel for schedule(static) num_threads(nthr)
+    for (int64_t l0 = 0; l0 < L; l0 += bs) {
+        int64_t n = L - l0 < bs ? L - l0 : bs;
+        if (rows)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)n, (int)N, (int)K, 1.0f, A + l0 * lda,
+                        (int)lda, Bm, (int)ldb, 0.0f, C + l0 * ldc, (int)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)n, (int)K, 1.0f, A, (int)lda,
+                        tb ? Bm + l0 * ldb : Bm + l0, (int)ldb, 0.0f, C + l0, (int)ldc);
+    }
+}
+
+static void blocking_case(int64_t M, int64_t N, int64_t K, int tb, const char *what, int nthr) {
+    float *A = kbuf(M * K, 1.0f), *Bm = kbuf(N * K, 1.0f), *C = kbuf(M * N, 0);
+    struct pair_time pt = {{1e30, 1e30}, {1e30, 1e30}};
+    for (int r = 0; r < KREPS + 1; r++)
+        for (int v = 0; v < 2; v++) {
+            double w0 = omp_get_wtime(), c0 = cpu_now();
+            sgemm_blocked(v, nthr, tb, M, N, K, A, Bm, C);
+            if (r) pair_update(&pt, v, w0, c0);
+        }
+    printf("sgemm %5lld x %5lld x %5lld%s %-26s ", (long long)M, (long long)N, (long long)K,
+           tb ? " B^T" : "    ", what);
+    pair_print(&pt, ">=64", ">=128", 2.0 * M * N * K);
+    printf("\n");
+    free(A); free(Bm); free(C);
+}
+
 void bench_kernels(void) {
     const char *env = getenv("LDM_BENCH_KERNELS");
     if (env && !atoi(env)) return;
     int nthr = omp_get_max_threads();
+    if (env && atoi(env) == 4) { // LDM_BENCH_KERNELS=4: cpu_sgemm's blocking only
+        printf("-- cpu_sgemm blocking: blocks of >= 64 vs >= 128 rows/columns, interleaved, best of %d\n",
+               KREPS);
+        blocking_case(1280, 64, 11520, 0, "(conv 1280 @8x8, 1 image)", nthr);
+        blocking_case(1280, 256, 11520, 0, "(conv 1280 @16x16)", nthr);
+        blocking_case(640, 1024, 5760, 0, "(conv 640 @32x32)", nthr);
+        blocking_case(512, 1280, 1280, 1, "(linear, 256 tokens)", nthr);
+        blocking_case(512, 10240, 1280, 1, "(GEGLU proj, 256 tokens)", nthr);
+        blocking_case(8192, 1280, 320, 1, "(linear, 4096 tokens)", nthr);
+        return;
+    }
     if (env && atoi(env) == 3) { // LDM_BENCH_KERNELS=3: AVX2 against AVX-512 only
         if (cpu_simd_best() != CPU_SIMD_AVX512) { printf("-- no AVX-512 on this CPU\n"); return; }
         printf("-- kernels: AVX2 vs AVX-512 micro-kernels, interleaved, best of %d each\n", KREPS);
