@@ -535,6 +535,37 @@ static void flash_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS
     ldm_tensor_free(&want); ldm_tensor_free(&got);
 }
 
+// The fused attention on each SIMD level the CPU has (cpu_simd): the AVX2
+// micro-kernels (the path of CPUs without AVX-512, e.g. AMD Zen 3) and the
+// AVX-512 ones, each against ref; a level the CPU lacks is declined.
+static void flash_simd_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal,
+                            cpu_simd simd) {
+    int64_t D = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    ldm_tensor q = randt(LDM_SHAPE(B, Tq, D), 1.5f, 0), k = randt(LDM_SHAPE(B, Tk, D), 1.5f, 0);
+    ldm_tensor v = randt(LDM_SHAPE(B, Tk, D), 1, 0);
+    ldm_tensor want = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
+    if (!q.data || !k.data || !v.data || !want.data || !got.data) exit(2);
+    ldm_attention(&want, &q, &k, &v, NH, scale, causal);
+    int rc = cpu_attention_flash_simd(got.data, q.data, k.data, v.data, B, Tq, Tk, NH, HS, scale,
+                                      causal, 2, simd);
+    char name[128];
+    snprintf(name, sizeof name, "flash %s vs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s",
+             simd == CPU_SIMD_AVX512 ? "avx512" : "avx2", (long long)B, (long long)Tq,
+             (long long)Tk, (long long)NH, (long long)HS, causal ? " causal" : "");
+#if defined(__AVX2__) && defined(__FMA__)
+    if (simd == CPU_SIMD_AVX512 && cpu_simd_best() != CPU_SIMD_AVX512)
+        test_check(rc == -1, name, "no AVX-512 on this CPU: expected -1 (declined), got %d", rc);
+    else if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
+    else test_check(0, name, "returned %d", rc);
+#else
+    test_check(rc == -1, name, "built without AVX2/FMA: expected -1 (declined), got %d", rc);
+#endif
+    ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v);
+    ldm_tensor_free(&want); ldm_tensor_free(&got);
+}
+
 static void test_kernels(void) {
     // {B, Cin, H, W, Cout, pad, bias}: every dimension at 1; H, W not
     // multiples of the 4x4 tile; channels not multiples of the 8 lanes;
@@ -587,6 +618,16 @@ static void test_kernels(void) {
     for (size_t i = 0; i < sizeof fc / sizeof *fc; i++)
         for (int nt = 1; nt <= 2; nt++)
             flash_case(fc[i][0], fc[i][1], fc[i][2], fc[i][3], fc[i][4], (int)fc[i][5], nt);
+    // each SIMD level on the shapes that stress its tiles: HS = 8..160 (the
+    // AVX-512 P V kernel's 1-3 vectors, masked last vector at HS = 40, 8, 24),
+    // keys not a multiple of its 48-key tile, causal, the UNet's head sizes
+    const int64_t sc[][6] = {{1, 1, 1, 1, 8, 0},     {2, 5, 7, 3, 16, 1},   {1, 131, 250, 2, 24, 0},
+                             {1, 129, 500, 2, 40, 0}, {2, 257, 257, 2, 40, 1}, {1, 33, 290, 1, 80, 0},
+                             {1, 70, 100, 1, 160, 1}, {1, 9, 481, 2, 112, 0}};
+    for (size_t i = 0; i < sizeof sc / sizeof *sc; i++)
+        for (int simd = CPU_SIMD_AVX2; simd <= CPU_SIMD_AVX512; simd++)
+            flash_simd_case(sc[i][0], sc[i][1], sc[i][2], sc[i][3], sc[i][4], (int)sc[i][5],
+                            (cpu_simd)simd);
     {   // a head size that is not a multiple of 8: declined, nothing written
         float o = 7.0f, x = 1.0f;
         int rc = cpu_attention_flash(&o, &x, &x, &x, 1, 1, 1, 1, 1, 1.0f, 0, 1);

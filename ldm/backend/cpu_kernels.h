@@ -15,6 +15,16 @@
 
 #include <stdint.h>
 
+// ---- SIMD level of the hand-written micro-kernels -------------------------------
+// The build targets one baseline (AVX2 + FMA, -march of the building machine);
+// kernels with an AVX-512 variant pick it at run time when the CPU has
+// AVX-512F (__builtin_cpu_supports), so one binary runs the AVX2 path on,
+// e.g., AMD Zen 3 and the AVX-512 one on a Xeon. Both give the same results
+// (tests/test_ops.c runs each against `ref` and against the other).
+typedef enum { CPU_SIMD_AUTO, CPU_SIMD_AVX2, CPU_SIMD_AVX512 } cpu_simd;
+// CPU_SIMD_AVX512 when this CPU has AVX-512F, else CPU_SIMD_AVX2.
+cpu_simd cpu_simd_best(void);
+
 // ---- conv2d: same contract as ldm_ops.conv2d (ops.h) ---------------------------
 
 // im2col + sgemm (1x1 unpadded: sgemm on the input directly), every shape.
@@ -51,7 +61,7 @@ void cpu_attention_sgemm(float *out, const float *q, const float *k, const float
                          float scale, int causal, int nthreads);
 
 // The same fused: an online softmax over blocks of 240 keys (FlashAttention)
-// with AVX2/FMA micro-kernels for Q K^T and P V; per thread only a [4, 240]
+// with AVX2/FMA (or AVX-512, see cpu_simd) micro-kernels for Q K^T and P V; per thread only a [4, 240]
 // score block and its head's keys transposed ([HS, Tk]). Returns -1, with
 // nothing written, when HS is not a multiple of 8 or the build lacks AVX2 +
 // FMA; -1 also when a thread's scratch could not be allocated (out then
@@ -59,5 +69,10 @@ void cpu_attention_sgemm(float *out, const float *q, const float *k, const float
 int cpu_attention_flash(float *out, const float *q, const float *k, const float *v,
                         int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
                         float scale, int causal, int nthreads);
+// The same with the micro-kernels named (CPU_SIMD_AUTO: cpu_simd_best()):
+// -1, nothing written, also when the CPU lacks the level asked for.
+int cpu_attention_flash_simd(float *out, const float *q, const float *k, const float *v,
+                             int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                             float scale, int causal, int nthreads, cpu_simd simd);
 
 #endif

@@ -58,6 +58,15 @@ static int threads_for(int nthreads, double flops) {
     return n < 1 ? 1 : n < nthreads ? (int)n : nthreads;
 }
 
+// ---- SIMD level (cpu_kernels.h) ------------------------------------------------
+
+cpu_simd cpu_simd_best(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (__builtin_cpu_supports("avx512f")) return CPU_SIMD_AVX512;
+#endif
+    return CPU_SIMD_AVX2;
+}
+
 // ---- memory -------------------------------------------------------------------
 
 static void *cpu_alloc(size_t nbytes) {
@@ -96,7 +105,12 @@ static void cpu_set_threads(int n) { // n = 0: all cores
 
 // C[M,N] = A[M,K] @ B (B [K,N], or [N,K] transposed when tb), row-major, on up to
 // nthreads OpenMP threads (threads_for): the larger of M and N is cut into blocks
-// (<= 16 of >= 64 rows, or of columns in multiples of 16), each a one-thread sgemm.
+// (a power of two, at most 16, of >= 128 rows, or of columns in multiples of
+// 16), each a one-thread sgemm. Each block's sgemm packs the whole other
+// operand again, so blocks are no smaller than that: with blocks of 64 rows,
+// the 1280-channel im2col convs and the 256-token linears spent a fifth of
+// their time re-packing (`make bench` kernels: 0.68-0.87 of the time with
+// blocks of >= 128-256, no change on the large GEMMs).
 // The blocks depend on the matrix, never on the thread count, so every element
 // comes from the same sgemm call whatever --threads says: bit-identical results
 // on any number of threads (an OpenBLAS sgemm's rounding may depend on its sizes).
@@ -107,7 +121,9 @@ static void cpu_sgemm(int nthreads, int tb, int64_t M, int64_t N, int64_t K, flo
     nthreads = threads_for(nthreads, 2.0 * M * N * K);
     CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
     const int rows = M >= N; // blocks of rows (A and C), else of columns (B and C)
-    const int64_t L = rows ? M : N, nb0 = (L + 63) / 64 < 16 ? (L + 63) / 64 : 16;
+    const int64_t L = rows ? M : N;
+    int64_t nb0 = 1;
+    while (nb0 < 16 && 2 * nb0 * 128 <= L) nb0 *= 2;
     const int64_t bs = rows ? (L + nb0 - 1) / nb0 : ((L + nb0 - 1) / nb0 + 15) / 16 * 16;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t l0 = 0; l0 < L; l0 += bs) {
@@ -140,18 +156,19 @@ static void cpu_linear(float *out, const float *x, const float *w, const float *
 // so a 1024x1024 VAE layer never needs a multi-GiB im2col buffer.
 #define IM2COL_MAX_FLOATS (8 << 20)
 
-// im2col for output rows [oy0, oy0+ny): cols[Cin*KH*KW, ny*Wo], row
-// r = (ci*KH + ky)*KW + kx holds, for each output pixel (oy, ox), the input
-// value under kernel tap (ky, kx) of channel ci, or 0 in the padding.
-static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int64_t W,
-                        int64_t KH, int64_t KW, int64_t s, int64_t pad_t, int64_t pad_l,
-                        int64_t Wo, int64_t oy0, int64_t ny, int nthreads) {
+// im2col for output rows [oy0, oy0+ny): cols[Cin*KH*KW, ny*Wo] (row stride
+// ld >= ny*Wo), row r = (ci*KH + ky)*KW + kx holds, for each output pixel
+// (oy, ox), the input value under kernel tap (ky, kx) of channel ci, or 0 in
+// the padding.
+static void im2col_rows(float *cols, int64_t ld, const float *x, int64_t Cin, int64_t H,
+                        int64_t W, int64_t KH, int64_t KW, int64_t s, int64_t pad_t,
+                        int64_t pad_l, int64_t Wo, int64_t oy0, int64_t ny, int nthreads) {
     int64_t R = Cin * KH * KW, n = ny * Wo;
 #pragma omp parallel for num_threads(nthreads) if (R * n > PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         int64_t ci = r / (KH * KW), ky = (r / KW) % KH, kx = r % KW;
         const float *xc = x + ci * H * W;
-        float *dst = cols + r * n;
+        float *dst = cols + r * ld;
         for (int64_t j = 0; j < ny; j++) {
             int64_t iy = (oy0 + j) * s - pad_t + ky;
             float *d = dst + j * Wo;
@@ -173,9 +190,47 @@ static void im2col_rows(float *cols, const float *x, int64_t Cin, int64_t H, int
     }
 }
 
+// out[b, co, :] += bias[co] (bias may be NULL)
+static void add_bias(float *out, const float *bias, int64_t B, int64_t Cout, int64_t P,
+                     int nthreads) {
+    if (!bias) return;
+#pragma omp parallel for collapse(2) num_threads(nthreads) if (B * Cout * P > PAR_MIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t co = 0; co < Cout; co++) {
+            float *o = out + (b * Cout + co) * P;
+            float bv = bias[co];
+            for (int64_t i = 0; i < P; i++) o[i] += bv;
+        }
+}
+
+// The whole batch as one GEMM (no bias): cols[R, B*P] holds image b's
+// columns at [:, b*P, (b+1)*P), prod[Cout, B*P] = w[Cout, R] @ cols, then
+// out[b, co, :] = prod[co, b*P .. (b+1)*P). On small maps (the UNet's 16x16
+// and 8x8 levels at batch 2) a per-image GEMM is thin and packs the whole
+// weight for a few columns; one GEMM packs it once (`make bench` kernels:
+// 0.76-0.79 of the time at 8x8, 0.90-0.93 at 16x16, 1280 channels).
+static void conv2d_im2col_batched(float *out, const float *x, const float *w, int64_t B,
+                                  int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t KH,
+                                  int64_t KW, int64_t s, int64_t pad_t, int64_t pad_l,
+                                  int64_t Ho, int64_t Wo, int nthreads) {
+    int64_t P = Ho * Wo, R = Cin * KH * KW, N = B * P;
+    float *cols = cpu_alloc((size_t)((R + Cout) * N) * sizeof(float)), *prod = cols + R * N;
+    if (!cols) abort(); // bounded by IM2COL_MAX_FLOATS, as the per-image buffer
+    for (int64_t b = 0; b < B; b++)
+        im2col_rows(cols + b * P, N, x + b * Cin * H * W, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo,
+                    0, Ho, nthreads);
+    cpu_sgemm(nthreads, 0, Cout, N, R, 1.0f, w, R, cols, N, 0.0f, prod, N);
+#pragma omp parallel for collapse(2) num_threads(nthreads) if (Cout * N > PAR_MIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t co = 0; co < Cout; co++)
+            memcpy(out + (b * Cout + co) * P, prod + co * N + b * P, (size_t)P * sizeof(float));
+    free(cols);
+}
+
 // out[B,Cout,Ho,Wo] = conv(x[B,Cin,H,W], w[Cout,Cin,KH,KW]) + b[Cout], as GEMM:
 // per image, out_b[Cout, Ho*Wo] = w[Cout, Cin*KH*KW] @ cols[Cin*KH*KW, Ho*Wo].
 // The readable path and the fallback for every shape Winograd does not take.
+// Small maps: the images' columns side by side, one GEMM for the batch.
 void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *bias,
                        int64_t B, int64_t Cin, int64_t H, int64_t W,
                        int64_t Cout, int64_t KH, int64_t KW, int64_t s,
@@ -184,6 +239,12 @@ void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *
     int64_t P = Ho * Wo, R = Cin * KH * KW;
     int direct = KH == 1 && KW == 1 && s == 1 && pad_t == 0 && pad_b == 0 && pad_l == 0 &&
                  pad_r == 0;
+    if (!direct && B > 1 && (R + Cout) * B * P <= IM2COL_MAX_FLOATS) {
+        conv2d_im2col_batched(out, x, w, B, Cin, H, W, Cout, KH, KW, s, pad_t, pad_l, Ho, Wo,
+                              nthreads);
+        add_bias(out, bias, B, Cout, P, nthreads);
+        return;
+    }
     float *cols = NULL;
     int64_t rows_per_chunk = Ho;
     if (!direct) {
@@ -203,22 +264,14 @@ void cpu_conv2d_im2col(float *out, const float *x, const float *w, const float *
             for (int64_t oy0 = 0; oy0 < Ho; oy0 += rows_per_chunk) {
                 int64_t ny = Ho - oy0 < rows_per_chunk ? Ho - oy0 : rows_per_chunk;
                 int64_t n = ny * Wo;
-                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
+                im2col_rows(cols, n, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
                 // out_b[:, oy0*Wo : oy0*Wo+n] (row stride P) = w @ cols
                 cpu_sgemm(nthreads, 0, Cout, n, R, 1.0f, w, R, cols, n, 0.0f, ob + oy0 * Wo, P);
             }
         }
     }
     free(cols);
-    if (bias) {
-#pragma omp parallel for collapse(2) num_threads(nthreads) if (B * Cout * P > PAR_MIN)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t co = 0; co < Cout; co++) {
-                float *o = out + (b * Cout + co) * P;
-                float bv = bias[co];
-                for (int64_t i = 0; i < P; i++) o[i] += bv;
-            }
-    }
+    add_bias(out, bias, B, Cout, P, nthreads);
 }
 
 // Winograd F(4x4,3x3) where it fits and pays (cpu_winograd.c), else im2col.
@@ -608,7 +661,7 @@ static void cpu_conv2d_backward(float *dx, float *dw, float *db, const float *do
             int64_t n = ny * Wo;
             const float *gc = gb + oy0 * Wo; // dout_b[:, oy0*Wo : oy0*Wo+n], row stride P
             if (dw) {
-                im2col_rows(cols, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
+                im2col_rows(cols, n, xb, Cin, H, W, KH, KW, s, pad_t, pad_l, Wo, oy0, ny, nthreads);
                 cpu_sgemm(nthreads, 1, Cout, R, n, 1.0f, gc, P, cols, n, 1.0f, dw, R);
             }
             if (dxb) {

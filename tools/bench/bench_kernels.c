@@ -12,8 +12,11 @@
  * direct double-precision computation on sampled output elements, as max
  * abs and max abs / max |output| ("rel").
  * Threads: as set by bench.c's main (all cores, or LDM_THREADS=n).
- * LDM_BENCH_KERNELS=0 skips it. Numbers only: nothing is asserted.
+ * LDM_BENCH_KERNELS=0 skips it, =2 runs the attention cases only, =3 only the
+ * kernels' AVX2 against their AVX-512 micro-kernels, =4 only cpu_sgemm's
+ * old and new blocking. Numbers only: nothing is asserted.
  */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -172,10 +175,106 @@ static void attn_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
     free(q); free(k); free(v); free(o_old); free(o_new);
 }
 
+// ---- the same kernel on its AVX2 and its AVX-512 micro-kernels ----------------------
+
+// Flash attention, AVX2 ("old") against AVX-512 ("new"), and the largest
+// difference between their outputs relative to the largest output (the
+// dot products are the same FMA chains; the softmax sums are grouped by 8
+// or by 16 lanes).
+static void attn_simd_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int nthr) {
+    int64_t D = NH * HS;
+    float *q = kbuf(B * Tq * D, 4.0f), *k = kbuf(B * Tk * D, 4.0f), *v = kbuf(B * Tk * D, 2.0f);
+    float *o_old = kbuf(B * Tq * D, 0), *o_new = kbuf(B * Tq * D, 0);
+    float scale = 1.0f / sqrtf((float)HS);
+    struct pair_time pt = {{1e30, 1e30}, {1e30, 1e30}};
+    for (int r = 0; r < KREPS + 1; r++) {
+        double w0 = omp_get_wtime(), c0 = cpu_now();
+        cpu_attention_flash_simd(o_old, q, k, v, B, Tq, Tk, NH, HS, scale, 0, nthr, CPU_SIMD_AVX2);
+        if (r) pair_update(&pt, 0, w0, c0);
+        w0 = omp_get_wtime(), c0 = cpu_now();
+        cpu_attention_flash_simd(o_new, q, k, v, B, Tq, Tk, NH, HS, scale, 0, nthr, CPU_SIMD_AVX512);
+        if (r) pair_update(&pt, 1, w0, c0);
+    }
+    int64_t n = B * Tq * D;
+    double diff = 0, mx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (fabs(o_new[i] - o_old[i]) > diff) diff = fabs(o_new[i] - o_old[i]);
+        if (fabs(o_old[i]) > mx) mx = fabs(o_old[i]);
+    }
+    printf("flash B=%lld NH=%lld HS=%-3lld Tq=%-4lld Tk=%-4lld ", (long long)B, (long long)NH,
+           (long long)HS, (long long)Tq, (long long)Tk);
+    pair_print(&pt, "avx2", "avx512", 4.0 * B * NH * Tq * Tk * HS);
+    printf(" | max diff %.1e (rel)\n", mx > 0 ? diff / mx : diff);
+    free(q); free(k); free(v); free(o_old); free(o_new);
+}
+
+// ---- cpu_sgemm's blocking: blocks of >= 64 rows (old) vs >= 128 (new) --------------
+
+// One-thread sgemm per block over the larger of M and N, as cpu_sgemm
+// (ops_cpu.c) cuts it: old = ceil(L/64) blocks (at most 16), new = the
+// largest power of two <= 16 with blocks of >= 128. A copy of the two rules,
+// so both run in this process.
+static void sgemm_blocked(int newrule, int nthr, int tb, int64_t M, int64_t N, int64_t K,
+                          const float *A, const float *Bm, float *C) {
+    int64_t lda = K, ldb = tb ? K : N, ldc = N;
+    const int rows = M >= N;
+    const int64_t L = rows ? M : N;
+    int64_t nb0 = 1;
+    if (newrule) while (nb0 < 16 && 2 * nb0 * 128 <= L) nb0 *= 2;
+    else nb0 = (L + 63) / 64 < 16 ? (L + 63) / 64 : 16;
+    const int64_t bs = rows ? (L + nb0 - 1) / nb0 : ((L + nb0 - 1) / nb0 + 15) / 16 * 16;
+    CBLAS_TRANSPOSE tB = tb ? CblasTrans : CblasNoTrans;
+#pragma omp parallel for schedule(static) num_threads(nthr)
+    for (int64_t l0 = 0; l0 < L; l0 += bs) {
+        int64_t n = L - l0 < bs ? L - l0 : bs;
+        if (rows)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)n, (int)N, (int)K, 1.0f, A + l0 * lda,
+                        (int)lda, Bm, (int)ldb, 0.0f, C + l0 * ldc, (int)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, (int)M, (int)n, (int)K, 1.0f, A, (int)lda,
+                        tb ? Bm + l0 * ldb : Bm + l0, (int)ldb, 0.0f, C + l0, (int)ldc);
+    }
+}
+
+static void blocking_case(int64_t M, int64_t N, int64_t K, int tb, const char *what, int nthr) {
+    float *A = kbuf(M * K, 1.0f), *Bm = kbuf(N * K, 1.0f), *C = kbuf(M * N, 0);
+    struct pair_time pt = {{1e30, 1e30}, {1e30, 1e30}};
+    for (int r = 0; r < KREPS + 1; r++)
+        for (int v = 0; v < 2; v++) {
+            double w0 = omp_get_wtime(), c0 = cpu_now();
+            sgemm_blocked(v, nthr, tb, M, N, K, A, Bm, C);
+            if (r) pair_update(&pt, v, w0, c0);
+        }
+    printf("sgemm %5lld x %5lld x %5lld%s %-26s ", (long long)M, (long long)N, (long long)K,
+           tb ? " B^T" : "    ", what);
+    pair_print(&pt, ">=64", ">=128", 2.0 * M * N * K);
+    printf("\n");
+    free(A); free(Bm); free(C);
+}
+
 void bench_kernels(void) {
     const char *env = getenv("LDM_BENCH_KERNELS");
     if (env && !atoi(env)) return;
     int nthr = omp_get_max_threads();
+    if (env && atoi(env) == 4) { // LDM_BENCH_KERNELS=4: cpu_sgemm's blocking only
+        printf("-- cpu_sgemm blocking: blocks of >= 64 vs >= 128 rows/columns, interleaved, best of %d\n",
+               KREPS);
+        blocking_case(1280, 64, 11520, 0, "(conv 1280 @8x8, 1 image)", nthr);
+        blocking_case(1280, 256, 11520, 0, "(conv 1280 @16x16)", nthr);
+        blocking_case(640, 1024, 5760, 0, "(conv 640 @32x32)", nthr);
+        blocking_case(512, 1280, 1280, 1, "(linear, 256 tokens)", nthr);
+        blocking_case(512, 10240, 1280, 1, "(GEGLU proj, 256 tokens)", nthr);
+        blocking_case(8192, 1280, 320, 1, "(linear, 4096 tokens)", nthr);
+        return;
+    }
+    if (env && atoi(env) == 3) { // LDM_BENCH_KERNELS=3: AVX2 against AVX-512 only
+        if (cpu_simd_best() != CPU_SIMD_AVX512) { printf("-- no AVX-512 on this CPU\n"); return; }
+        printf("-- kernels: AVX2 vs AVX-512 micro-kernels, interleaved, best of %d each\n", KREPS);
+        const int64_t fa[][3] = {{4096, 4096, 40}, {1024, 1024, 80}, {256, 256, 160}};
+        for (size_t i = 0; i < sizeof fa / sizeof *fa; i++)
+            attn_simd_case(2, fa[i][0], fa[i][1], 8, fa[i][2], nthr);
+        return;
+    }
     printf("-- kernels: old vs new, interleaved, best of %d each (ms; GF = GFLOPS counted as the"
            " direct op); err vs double on %d sampled outputs\n", KREPS, NSAMPLE);
     if (!env || atoi(env) != 2) { // LDM_BENCH_KERNELS=2: attention only

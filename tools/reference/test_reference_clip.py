@@ -136,7 +136,7 @@ def check_text(sd_bin, which, regen):
     for label, path in files:
         out = os.path.join(d, "out.npy")
         _, dt = run([sd_bin, "encode-prompt", "--ckpt", path, "--ids", os.path.join(d, "ids.npy"),
-                     "--out", out])
+                     "--out", out, "--overwrite"])
         ok &= compare(f"{which} {label} ({dt:.1f} s)", np.load(out), ref)
     return ok
 

@@ -193,7 +193,7 @@ def bisect(ref_dir, our_dir):
 def run_sd(sd, model, d, case, threads, dump=None):
     out = os.path.join(d, f"{case}_ours.npy")
     cmd = [sd, "unet", "--model", model, "--latent", os.path.join(d, f"{case}_latent.npy"),
-           "--context", os.path.join(d, f"{case}_context.npy"), "--out", out, "--time",
+           "--context", os.path.join(d, f"{case}_context.npy"), "--out", out, "--overwrite", "--time",
            "--t", ",".join(repr(float(v)) for v in np.load(os.path.join(d, f"{case}_t.npy")))]
     if threads:
         cmd += ["--threads", str(threads)]
