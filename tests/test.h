@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include "ldm/core/error.h"
+#include "ldm/core/tensor.h"
 #include "ldm/io/npy.h"
 
 static int test_passed_count, test_failed_count;
@@ -122,6 +123,31 @@ static inline __attribute__((unused)) int test_run_cli(const char *sd, const cha
     *err = buf;
     if (st == -1) return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// A tensor on `ops` holding a copy of the host tensor's values (exits on failure).
+static inline __attribute__((unused)) ldm_tensor test_tensor_on(const struct ldm_ops *ops,
+                                                                const ldm_tensor *host) {
+    ldm_tensor t = ldm_tensor_new(ops, host->shape, host->ndim);
+    if (!t.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
+    ldm_tensor_from_host(&t, host->data);
+    return t;
+}
+
+// Zeros on `ops` with the shape of `shape_of` (exits on failure).
+static inline __attribute__((unused)) ldm_tensor test_tensor_zeros_like(const struct ldm_ops *ops,
+                                                                       const ldm_tensor *shape_of) {
+    ldm_tensor t = ldm_tensor_zeros(ops, shape_of->shape, shape_of->ndim);
+    if (!t.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
+    return t;
+}
+
+// A malloc'ed host copy of a tensor of any backend (caller frees; exits on failure).
+static inline __attribute__((unused)) float *test_tensor_host(const ldm_tensor *t) {
+    float *h = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+    if (!h) exit(2);
+    ldm_tensor_to_host(h, t);
+    return h;
 }
 
 static inline __attribute__((unused)) int test_summary(void) {

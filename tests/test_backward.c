@@ -30,26 +30,6 @@
 
 // ---- helpers ------------------------------------------------------------------------
 
-static ldm_tensor on(const struct ldm_ops *ops, const ldm_tensor *host) {
-    ldm_tensor t = ldm_tensor_new(ops, host->shape, host->ndim);
-    if (!t.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
-    ldm_tensor_from_host(&t, host->data);
-    return t;
-}
-
-static ldm_tensor zeros_like(const struct ldm_ops *ops, const ldm_tensor *t) {
-    ldm_tensor z = ldm_tensor_zeros(ops, t->shape, t->ndim);
-    if (!z.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
-    return z;
-}
-
-static float *host(const ldm_tensor *t) {
-    float *h = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
-    if (!h) exit(2);
-    ldm_tensor_to_host(h, t);
-    return h;
-}
-
 static const char *param(const char *line, const char *key) {
     size_t n = strlen(key);
     for (const char *p = line; (p = strstr(p, key)); p += n)
@@ -116,7 +96,7 @@ static void run_backward(bcase *c, const struct ldm_ops *ops) {
         ldm_layer_norm_backward(G(X), G(GAMMA), G(BETA), &c->dout, IN(X), IN(GAMMA),
                                 strtof(param(line, "eps"), NULL));
     } else if (!strcmp(op, "softmax")) {
-        ldm_tensor y = zeros_like(ops, IN(X));
+        ldm_tensor y = test_tensor_zeros_like(ops, IN(X));
         ldm_softmax(&y, IN(X));                       // the forward's output
         ldm_softmax_backward(G(X), &c->dout, &y);
         ldm_tensor_free(&y);
@@ -173,15 +153,15 @@ static void case_load(bcase *c, const char *op, const char *cname, const char *l
     for (int i = 0; i < NIN; i++) {
         ldm_tensor h, e;
         char dname[64];
-        if (load(&h, cname, in_names[i])) { c->in[i] = on(ops, &h); ldm_tensor_free(&h); }
+        if (load(&h, cname, in_names[i])) { c->in[i] = test_tensor_on(ops, &h); ldm_tensor_free(&h); }
         snprintf(dname, sizeof dname, "d%s", in_names[i]);
         if (load(&e, cname, dname)) {
-            c->grad[i] = prefill ? on(ops, &e) : zeros_like(ops, &e);
+            c->grad[i] = prefill ? test_tensor_on(ops, &e) : test_tensor_zeros_like(ops, &e);
             ldm_tensor_free(&e);
         }
     }
     ldm_tensor h;
-    if (load(&h, cname, "dout")) { c->dout = on(ops, &h); ldm_tensor_free(&h); }
+    if (load(&h, cname, "dout")) { c->dout = test_tensor_on(ops, &h); ldm_tensor_free(&h); }
     if (load(&h, cname, "ids")) {
         c->nids = h.numel < 64 ? h.numel : 64;
         for (int64_t i = 0; i < c->nids; i++) c->ids[i] = (int32_t)h.data[i];
@@ -210,7 +190,7 @@ static void run_fixture(const char *op, const char *cname, const char *line,
         load(&e64, cname, dname);
         snprintf(dname, sizeof dname, "d%s.f32", in_names[i]);
         load(&e32, cname, dname);
-        float *got = host(&c.grad[i]);
+        float *got = test_tensor_host(&c.grad[i]);
         snprintf(name, sizeof name, "%s %s d%s vs torch f64", ops->name, cname, in_names[i]);
         test_close(name, got, e64.data, e64.numel, RTOL, 0);
         snprintf(name, sizeof name, "%s %s d%s vs torch f32", ops->name, cname, in_names[i]);
@@ -236,7 +216,7 @@ static void run_fixture(const char *op, const char *cname, const char *line,
         load(&e, cname, dname);
         if (i != c.skip)
             for (int64_t j = 0; j < e.numel; j++) e.data[j] *= 2.0f;
-        float *got = host(&c.grad[i]);
+        float *got = test_tensor_host(&c.grad[i]);
         snprintf(name, sizeof name, "%s %s d%s %s", ops->name, cname, in_names[i],
                  i == c.skip ? "NULL: untouched" : "accumulates (+=)");
         test_close(name, got, e.data, e.numel, RTOL, 0);
@@ -269,7 +249,7 @@ static void test_fixtures(void) {
 // L = sum(out * dout) with out from the `ref` forward of case c (sum in double).
 static double forward_loss(bcase *c) {
     const char *op = c->op, *line = c->line;
-    ldm_tensor out = zeros_like(&ldm_ops_ref, &c->dout);
+    ldm_tensor out = test_tensor_zeros_like(&ldm_ops_ref, &c->dout);
     if (!strcmp(op, "linear")) {
         ldm_linear(&out, IN(X), IN(W), IN(BIAS));
     } else if (!strcmp(op, "conv2d")) {
@@ -394,11 +374,11 @@ static void versus(const char *name, int conv, int64_t B, int64_t Cin, int64_t H
     float *res[2][3];
     const struct ldm_ops *be[2] = {&ldm_ops_ref, &ldm_ops_cpu};
     for (int b = 0; b < 2; b++) {
-        ldm_tensor xb = on(be[b], &x), wb = on(be[b], &w), gb = on(be[b], &dout);
-        ldm_tensor d[3] = {on(be[b], &g0[0]), on(be[b], &g0[1]), on(be[b], &g0[2])};
+        ldm_tensor xb = test_tensor_on(be[b], &x), wb = test_tensor_on(be[b], &w), gb = test_tensor_on(be[b], &dout);
+        ldm_tensor d[3] = {test_tensor_on(be[b], &g0[0]), test_tensor_on(be[b], &g0[1]), test_tensor_on(be[b], &g0[2])};
         if (conv) ldm_conv2d_backward(&d[0], &d[1], &d[2], &gb, &xb, &wb, s, pt, pb, pl, pr);
         else ldm_linear_backward(&d[0], &d[1], &d[2], &gb, &xb, &wb);
-        for (int i = 0; i < 3; i++) { res[b][i] = host(&d[i]); ldm_tensor_free(&d[i]); }
+        for (int i = 0; i < 3; i++) { res[b][i] = test_tensor_host(&d[i]); ldm_tensor_free(&d[i]); }
         ldm_tensor_free(&xb); ldm_tensor_free(&wb); ldm_tensor_free(&gb);
     }
     static const char *gn[3] = {"dx", "dw", "db"};

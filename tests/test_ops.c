@@ -36,28 +36,6 @@
 
 // ---- small helpers --------------------------------------------------------------
 
-// Tensor on `ops` holding a copy of host data.
-static ldm_tensor on(const struct ldm_ops *ops, const ldm_tensor *host) {
-    ldm_tensor t = ldm_tensor_new(ops, host->shape, host->ndim);
-    if (!t.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
-    ldm_tensor_from_host(&t, host->data);
-    return t;
-}
-
-static ldm_tensor like(const struct ldm_ops *ops, const ldm_tensor *shape_of) {
-    ldm_tensor t = ldm_tensor_zeros(ops, shape_of->shape, shape_of->ndim);
-    if (!t.data) { fprintf(stderr, "%s\n", ldm_last_error()); exit(2); }
-    return t;
-}
-
-// Host copy of a tensor of any backend (caller frees).
-static float *host(const ldm_tensor *t) {
-    float *h = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
-    if (!h) exit(2);
-    ldm_tensor_to_host(h, t);
-    return h;
-}
-
 // Deterministic uniform/normal numbers for the random-shape tests (xorshift64*).
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static double urand(void) {
@@ -109,17 +87,17 @@ static void run_fixture(const char *op, const char *cname, const char *line,
     for (int i = 0; i < MAXT; i++) {
         opt[i] = NULL;
         memset(&d[i], 0, sizeof d[i]);
-        if (load(&h[i], cname, names[i])) { d[i] = on(ops, &h[i]); opt[i] = &d[i]; }
+        if (load(&h[i], cname, names[i])) { d[i] = test_tensor_on(ops, &h[i]); opt[i] = &d[i]; }
     }
     load(&a, cname, "a"); load(&b, cname, "b"); load(&q, cname, "q"); load(&k, cname, "k");
     load(&v, cname, "v"); load(&ids, cname, "ids");
     if (!load(&expect, cname, "out")) { test_check(0, cname, "missing %s.out.npy", cname); return; }
     memset(&da, 0, sizeof da); memset(&db, 0, sizeof db); memset(&dq, 0, sizeof dq);
     memset(&dk, 0, sizeof dk); memset(&dv, 0, sizeof dv);
-    if (a.data) da = on(ops, &a);
-    if (b.data) db = on(ops, &b);
-    if (q.data) { dq = on(ops, &q); dk = on(ops, &k); dv = on(ops, &v); }
-    ldm_tensor out = like(ops, &expect);
+    if (a.data) da = test_tensor_on(ops, &a);
+    if (b.data) db = test_tensor_on(ops, &b);
+    if (q.data) { dq = test_tensor_on(ops, &q); dk = test_tensor_on(ops, &k); dv = test_tensor_on(ops, &v); }
+    ldm_tensor out = test_tensor_zeros_like(ops, &expect);
     ldm_tensor *x = opt[0], *w = opt[1], *bias = opt[2], *gamma = opt[3], *beta = opt[4];
     double rtol = RTOL;
     const char *p;
@@ -166,7 +144,7 @@ static void run_fixture(const char *op, const char *cname, const char *line,
         int32_t id32[64];
         ldm_tensor th;
         load(&th, cname, "table");
-        ldm_tensor table = on(ops, &th);
+        ldm_tensor table = test_tensor_on(ops, &th);
         for (int64_t i = 0; i < ids.numel && i < 64; i++) id32[i] = (int32_t)ids.data[i];
         ldm_embedding(&out, &table, id32, ids.numel);
         ldm_tensor_free(&table);
@@ -176,7 +154,7 @@ static void run_fixture(const char *op, const char *cname, const char *line,
     }
     char name[128];
     snprintf(name, sizeof name, "%s %s %s", ops->name, op, cname);
-    float *got = host(&out);
+    float *got = test_tensor_host(&out);
     test_close(name, got, expect.data, expect.numel, rtol, 0);
     free(got);
     for (int i = 0; i < MAXT; i++) { ldm_tensor_free(&h[i]); ldm_tensor_free(&d[i]); }
@@ -214,7 +192,7 @@ static void versus(const char *name, ldm_tensor *in, int nin, const int64_t *osh
     for (int i = 0; i < 2; i++) {
         ldm_tensor d[8];
         for (int j = 0; j < nin; j++) {
-            if (in[j].data) d[j] = on(be[i], &in[j]);
+            if (in[j].data) d[j] = test_tensor_on(be[i], &in[j]);
             else memset(&d[j], 0, sizeof d[j]);
         }
         ldm_tensor out = ldm_tensor_zeros(be[i], oshape, ondim);
