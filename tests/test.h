@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include "ldm/core/error.h"
 #include "ldm/core/tensor.h"
 #include "ldm/io/npy.h"
@@ -123,6 +124,24 @@ static inline __attribute__((unused)) int test_run_cli(const char *sd, const cha
     *err = buf;
     if (st == -1) return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// The CLI tests' setup: sd[512] <- the binary ($LDM_SD, else $LDM_BUILD/sd,
+// else build/sd), tmp[256] <- a new folder /tmp/ldm_<name>_XXXXXX, out_path and
+// err_path[600] <- the files test_run_cli redirects into. 1, or 0 after a
+// failed check (no binary, no folder).
+static inline __attribute__((unused)) int test_cli_setup(char *sd, char *tmp, char *out_path,
+                                                         char *err_path, const char *name) {
+    const char *b = getenv("LDM_SD");
+    if (b) snprintf(sd, 512, "%s", b);
+    else snprintf(sd, 512, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
+    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd))
+        return 0;
+    snprintf(tmp, 256, "/tmp/ldm_%s_XXXXXX", name);
+    if (!mkdtemp(tmp)) return test_check(0, "mkdtemp", "%s", tmp);
+    snprintf(out_path, 600, "%s/stdout", tmp);
+    snprintf(err_path, 600, "%s/stderr", tmp);
+    return 1;
 }
 
 // A tensor on `ops` holding a copy of the host tensor's values (exits on failure).

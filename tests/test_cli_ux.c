@@ -621,15 +621,7 @@ static void test_schedules_nfe(void) {
 }
 
 int main(void) {
-    const char *b = getenv("LDM_SD");
-    if (b) snprintf(sd, sizeof sd, "%s", b);
-    else snprintf(sd, sizeof sd, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
-    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd))
-        return test_summary();
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_cli_ux_XXXXXX");
-    if (!mkdtemp(tmp)) { test_check(0, "mkdtemp", "%s", ""); return test_summary(); }
-    snprintf(out_path, sizeof out_path, "%s/stdout", tmp);
-    snprintf(err_path, sizeof err_path, "%s/stderr", tmp);
+    if (!test_cli_setup(sd, tmp, out_path, err_path, "test_cli_ux")) return test_summary();
     test_limits();
     test_overwrite();
     test_compare_empty();

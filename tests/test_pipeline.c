@@ -234,14 +234,7 @@ static void test_compare_finds_bug(void);
 
 static void test_cli(void) {
     printf("-- CLI\n");
-    const char *b = getenv("LDM_SD");
-    if (b) snprintf(sd, sizeof sd, "%s", b);
-    else snprintf(sd, sizeof sd, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
-    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd)) return;
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_pipeline_XXXXXX");
-    if (!mkdtemp(tmp)) { test_check(0, "mkdtemp", "%s", ""); return; }
-    snprintf(out_path, sizeof out_path, "%s/stdout", tmp);
-    snprintf(err_path, sizeof err_path, "%s/stderr", tmp);
+    if (!test_cli_setup(sd, tmp, out_path, err_path, "test_pipeline")) return;
     char args[4096], outdir[512], samples[600], *err;
     snprintf(outdir, sizeof outdir, "%s/out", tmp);
     snprintf(samples, sizeof samples, "%s/samples", outdir);

@@ -260,15 +260,7 @@ static void test_wrong_models(void) {
 // `sd upscale` writes the library's image (ddim case) to --out.
 static void test_cli(void) {
     char sd[512], tmp[256], out_path[600], err_path[600], args[2048], png[600], *err;
-    const char *b = getenv("LDM_SD");
-    if (b) snprintf(sd, sizeof sd, "%s", b);
-    else snprintf(sd, sizeof sd, "%s/sd", getenv("LDM_BUILD") ? getenv("LDM_BUILD") : "build");
-    if (!test_check(access(sd, X_OK) == 0, "sd binary present", "%s not found (make first)", sd))
-        return;
-    snprintf(tmp, sizeof tmp, "/tmp/ldm_test_upscale_XXXXXX");
-    if (!mkdtemp(tmp)) { test_check(0, "mkdtemp", "%s", ""); return; }
-    snprintf(out_path, sizeof out_path, "%s/stdout", tmp);
-    snprintf(err_path, sizeof err_path, "%s/stderr", tmp);
+    if (!test_cli_setup(sd, tmp, out_path, err_path, "test_upscale")) return;
     snprintf(png, sizeof png, "%s/up.png", tmp);
     snprintf(args, sizeof args,
              "upscale --ckpt " FIX "model --init-img " FIX "low_ddim.png --prompt 'a photograph "
