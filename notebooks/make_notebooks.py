@@ -1561,6 +1561,193 @@ NOTEBOOKS["13-concat-conditioning"] = [
     '''),
 ]
 
+
+NOTEBOOKS["12-lora-and-embeddings"] = [
+    md('''
+    # 12 — What users bring: a LoRA file and a textual-inversion embedding
+
+    Chapter: [docs/12-lora-and-embeddings.md](../docs/12-lora-and-embeddings.md) · papers:
+    LoRA (Hu et al. 2021, eq. 3); textual inversion (Gal et al. 2022).
+
+    A LoRA adds a low-rank update to frozen weight matrices: W' = W + scale · (α / r) · up · down.
+    This notebook opens the LoRA the project trained for the tiny model
+    (`tools/tiny-model/lora/bar.safetensors`, [docs/10-tiny-model.md](../docs/10-tiny-model.md):
+    it teaches a fourth shape, a horizontal **bar**, "棒" in Japanese), reads its keys with
+    NumPy straight from the file bytes, builds one layer's update and its rank, and draws with
+    and without it through the `sd` CLI.
+
+    > **About the pictures.** The tiny model draws flat coloured circles, squares and
+    > triangles at 64×64 pixels and nothing else; the LoRA adds bars. The pictures are
+    > small and simple on purpose: what they show is whether the word "bar" is drawn as a
+    > bar, not image quality.
+    '''),
+    code('''
+    # Setup: NumPy for the files, build/sd for the images (run `make` first).
+    import os, sys, json, struct, subprocess, tempfile
+    ROOT = os.path.abspath("")
+    while not os.path.exists(os.path.join(ROOT, "notebooks", "ldm_py.py")):
+        ROOT = os.path.dirname(ROOT)
+    os.chdir(ROOT)
+    import numpy as np
+    import matplotlib.pyplot as plt
+    SD = os.environ.get("LDM_SD", os.path.join(ROOT, "build", "sd"))
+    assert os.path.exists(SD), f"{SD}: build it first (make)"
+    MODEL, LORA_DIR = "tools/tiny-model", "tools/tiny-model/lora"
+    WORK = tempfile.mkdtemp(prefix="ldm-nb12-")
+
+    def read_safetensors(path):
+        """{name: array}, __metadata__: a u64 header length, a JSON header, raw little-endian bytes."""
+        b = open(path, "rb").read()
+        n = struct.unpack("<Q", b[:8])[0]
+        header, data = json.loads(b[8:8 + n]), b[8 + n:]
+        dtypes = {"F16": np.float16, "F32": np.float32, "BF16": None}
+        out = {"__metadata__": header.pop("__metadata__", {})}
+        for name, e in header.items():
+            lo, hi = e["data_offsets"]
+            out[name] = np.frombuffer(data[lo:hi], dtypes[e["dtype"]]).reshape(e["shape"])
+        return out
+    '''),
+    md('''
+    ## 1. The file: keys, ranks, α
+
+    Kohya names: `lora_unet_<module path with _>` or `lora_te_<...>`, each with
+    `.lora_down.weight [r,in]`, `.lora_up.weight [out,r]` and a scalar `.alpha`
+    (the chapter's section 1 shows how the names find their layers).
+    '''),
+    code('''
+    lora = read_safetensors(f"{LORA_DIR}/bar.safetensors")
+    print("metadata:", lora.pop("__metadata__"))
+    layers = sorted({k.split(".")[0] for k in lora})
+    print(len(lora), "tensors,", len(layers), "layers:",
+          sum(l.startswith("lora_unet_") for l in layers), "UNet,",
+          sum(l.startswith("lora_te_") for l in layers), "text encoder")
+    for l in layers[:2] + layers[-2:]:
+        d, u, a = lora[l + ".lora_down.weight"], lora[l + ".lora_up.weight"], lora[l + ".alpha"]
+        print(f"{l:78s} down {d.shape} up {u.shape} alpha {float(a)} ({d.dtype})")
+    print("ranks:", sorted({lora[l + ".lora_down.weight"].shape[0] for l in layers}),
+          " alphas:", sorted({float(lora[l + ".alpha"]) for l in layers}),
+          " parameters:", sum(v.size for k, v in lora.items() if not k.endswith(".alpha")))
+    '''),
+    md('''
+    ## 2. One layer's update: ΔW = scale · (α / r) · up · down
+
+    The value projection of a cross-attention layer in the UNet's up path: W [32,64] maps
+    the 64-wide text context to 32 channels. ΔW is a product through r = 4, so its rank is
+    at most 4: the SVD shows 4 nonzero singular values and zeros after them (to float32
+    round-off). The update stores r·(in + out) numbers instead of in·out.
+    '''),
+    code('''
+    name = "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_attn2_to_v"
+    down = lora[name + ".lora_down.weight"].astype(np.float32)   # [r,in]
+    up = lora[name + ".lora_up.weight"].astype(np.float32)       # [out,r]
+    alpha, r, scale = float(lora[name + ".alpha"]), down.shape[0], 1.0
+    dW = scale * (alpha / r) * up @ down                          # [out,in]
+    unet = read_safetensors(f"{MODEL}/unet/diffusion_pytorch_model.safetensors")
+    W = unet["up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_v.weight"].astype(np.float32)
+    s = np.linalg.svd(dW, compute_uv=False)
+    print("W", W.shape, " ΔW", dW.shape, " r =", r, " α =", alpha)
+    print("singular values of ΔW:", np.array2string(s[:8], precision=4), "...")
+    print("numerical rank:", int((s > s[0] * 1e-5).sum()))
+    print(f"numbers: W {W.size}, down + up {down.size + up.size}"
+          f" ({(down.size + up.size) / W.size:.0%} of W)")
+    print(f"|ΔW| / |W| (Frobenius) = {np.linalg.norm(dW) / np.linalg.norm(W):.3f}")
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3))
+    for a, m, t in zip(ax, (W, dW, W + dW), ("W (frozen)", "ΔW = (α/r)·up·down", "W' = W + ΔW")):
+        v = np.abs(W).max()
+        a.imshow(m, cmap="RdBu_r", vmin=-v, vmax=v); a.set_title(t); a.set_xlabel("in"); a.set_ylabel("out")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## 3. Pictures: the bar prompt without and with `<lora:bar:1>`
+
+    `sd txt2img` with `--lora-dir`: a `<lora:NAME:SCALE>` tag in the prompt merges
+    `NAME.safetensors` at that scale for the run (the tag itself is removed from the text).
+    Four seeds (`--n_samples 4` gives seeds s, s+1, ...), 64×64, DDIM 20 steps, guidance 5.
+    Without the LoRA the tiny model has never seen the word "bar" / "棒": it keeps the
+    colour and the place it knows and draws a shape it knows (here a square for the English
+    prompt, a rounder blob for the Japanese one). With the LoRA both prompts give a horizontal
+    red bar on the left; some seeds also leave a faint stray patch below it.
+    '''),
+    code('''
+    def txt2img(prompt, tag, seed=0, n=4):
+        """Run `sd txt2img` on the tiny model; the n images as uint8 [n,64,64,3]."""
+        out = os.path.join(WORK, tag)
+        subprocess.run([SD, "txt2img", "--ckpt", MODEL, "--lora-dir", LORA_DIR, "--prompt", prompt,
+                        "--H", "64", "--W", "64", "--ddim_steps", "20", "--scale", "5",
+                        "--n_samples", str(n), "--n_iter", "1", "--seed", str(seed), "--outdir", out],
+                       check=True, capture_output=True)
+        return np.stack([plt.imread(os.path.join(out, "samples", f"{i:05d}.png"))[..., :3]
+                         for i in range(n)])
+
+    def show_rows(rows, labels, title):
+        fig, ax = plt.subplots(len(rows), len(rows[0]), figsize=(1.6 * len(rows[0]) + 1.5, 1.7 * len(rows)))
+        for i, (imgs, lab) in enumerate(zip(rows, labels)):
+            for j, im in enumerate(imgs):
+                ax[i, j].imshow(im, interpolation="nearest"); ax[i, j].set_xticks([]); ax[i, j].set_yticks([])
+            ax[i, 0].set_ylabel(lab, rotation=0, ha="right", va="center")
+        fig.suptitle(title); plt.tight_layout(); plt.show()
+
+    EN, JA = "a red bar on the left", "左に赤い棒"
+    rows = [txt2img(EN, "en0"), txt2img("<lora:bar:1> " + EN, "en1"),
+            txt2img(JA, "ja0"), txt2img("<lora:bar:1> " + JA, "ja1")]
+    print(f"EN = {EN!r}, JA = {JA!r} (棒 = bar)")   # the figure's font has no Japanese glyphs
+    show_rows(rows, ["EN, no LoRA", "EN, <lora:bar:1>", "JA, no LoRA", "JA, <lora:bar:1>"],
+              "EN / JA bar prompt without and with the LoRA, seeds 0-3")
+    '''),
+    md('''
+    ## 4. The scale sweep
+
+    The scale multiplies ΔW, so 0 is the base model exactly and 1 what was trained;
+    0.5 is half the update, 1.5 extrapolates past it. Same seeds, English prompt. On these
+    seeds 0.5 gives rounded, dome-like shapes (not yet a bar), and 1.5
+    overshoots: bent bars and a second blob. A LoRA is trained at one scale; far from it
+    the merged weights are ones the model never saw.
+    '''),
+    code('''
+    scales = [0, 0.5, 1, 1.5]
+    rows = [rows[1] if s == 1 else txt2img(f"<lora:bar:{s}> " + EN, f"scale{s}") for s in scales]
+    show_rows(rows, [f"scale {s}" for s in scales], f'"{EN}" with <lora:bar:SCALE>, seeds 0–3')
+    '''),
+    md('''
+    ## 5. Textual-inversion embeddings: a vector per token
+
+    An embedding is `n` rows of width D, the width of CLIP's token-embedding table [V,D].
+    A prompt word equal to the file's name becomes n placeholder tokens whose input vectors
+    are those rows instead of the rows of its BPE pieces; nothing else in the model changes.
+    Training one (Gal et al. 2022) optimises only those vectors, so the concept has to be
+    expressible as "a word" the frozen model already knows how to use.
+
+    No embedding was trained for the tiny model; the test fixture
+    `tests/fixtures/embeddings/shapey.safetensors` (A1111 format, key `emb_params`) is a
+    random vector of the tiny text encoder's width, made only to check the loading code
+    against diffusers, so it has a shape but no meaning. Here is its shape beside the table
+    it extends.
+    '''),
+    code('''
+    emb = read_safetensors("tests/fixtures/embeddings/shapey.safetensors")
+    emb.pop("__metadata__")
+    te = read_safetensors(f"{MODEL}/text_encoder/model.safetensors")
+    table = te["embeddings.token_embedding.weight"]      # [V,D]
+    for k, v in emb.items():
+        print(f"shapey.safetensors: {k} {v.shape} {v.dtype}  -> {v.shape[0]} token(s) of width {v.shape[1]}")
+    print("tiny CLIP token table:", table.shape, "-> with the embedding:",
+          (table.shape[0] + emb["emb_params"].shape[0], table.shape[1]))
+    norms = np.linalg.norm(table.astype(np.float32), axis=1)
+    print(f"row norms of the table: median {np.median(norms):.3f};"
+          f" the fixture's vector: {np.linalg.norm(emb['emb_params'].astype(np.float32)):.3f}")
+    '''),
+    md('''
+    ## Try
+
+    - Put the LoRA on one tower only: copy `bar.safetensors` keeping only the `lora_unet_`
+      keys (or only `lora_te_`) and compare the pictures — which part carries the word?
+    - Truncate the rank: replace `up`, `down` by the top-k singular vectors of ΔW (k = 1, 2)
+      and write a new file; how many directions does "bar" need?
+    - Negative scales: `<lora:bar:-1>` on a square prompt.
+    '''),
+]
+
+
 def main():
     for name in NOTEBOOKS:
         path = os.path.join(HERE, name + ".ipynb")
