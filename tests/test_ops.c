@@ -485,9 +485,12 @@ static void winograd_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t 
     ldm_tensor_free(&want); ldm_tensor_free(&got);
 }
 
-// The fused attention kernel against ref attention on q[B,Tq,NH*HS], k/v[B,Tk,NH*HS].
+// The fused attention kernel against ref attention on q[B,Tq,NH*HS], k/v[B,Tk,NH*HS],
+// with the micro-kernels the CPU picks (CPU_SIMD_AUTO, as the backend calls it)
+// or one SIMD level named: the AVX2 ones (the path of CPUs without AVX-512,
+// e.g. AMD Zen 3) and the AVX-512 ones; a level the CPU lacks is declined.
 static void flash_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal,
-                       int nthreads) {
+                       int nthreads, cpu_simd simd) {
     int64_t D = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
     // std 1.5: scores of std ~2.2, a peaked softmax whose running max moves
@@ -497,47 +500,20 @@ static void flash_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS
     ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
     if (!q.data || !k.data || !v.data || !want.data || !got.data) exit(2);
     ldm_attention(&want, &q, &k, &v, NH, scale, causal);
-    int rc = cpu_attention_flash(got.data, q.data, k.data, v.data, B, Tq, Tk, NH, HS, scale,
-                                 causal, nthreads);
-    char name[128];
-    snprintf(name, sizeof name, "flash vs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s, %d thr",
-             (long long)B, (long long)Tq, (long long)Tk, (long long)NH, (long long)HS,
-             causal ? " causal" : "", nthreads);
-#if defined(__AVX2__) && defined(__FMA__) // the library is built with the same flags
-    if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
-    else test_check(0, name, "returned %d", rc);
-#else // e.g. `make check` (-O0, no -march): the kernel declines, attention uses two sgemms
-    test_check(rc == -1, name, "built without AVX2/FMA: expected -1 (declined), got %d", rc);
-#endif
-    ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v);
-    ldm_tensor_free(&want); ldm_tensor_free(&got);
-}
-
-// The fused attention on each SIMD level the CPU has (cpu_simd): the AVX2
-// micro-kernels (the path of CPUs without AVX-512, e.g. AMD Zen 3) and the
-// AVX-512 ones, each against ref; a level the CPU lacks is declined.
-static void flash_simd_case(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal,
-                            cpu_simd simd) {
-    int64_t D = NH * HS;
-    float scale = 1.0f / sqrtf((float)HS);
-    ldm_tensor q = randt(LDM_SHAPE(B, Tq, D), 1.5f, 0), k = randt(LDM_SHAPE(B, Tk, D), 1.5f, 0);
-    ldm_tensor v = randt(LDM_SHAPE(B, Tk, D), 1, 0);
-    ldm_tensor want = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
-    ldm_tensor got = ldm_tensor_zeros(&ldm_ops_ref, LDM_SHAPE(B, Tq, D));
-    if (!q.data || !k.data || !v.data || !want.data || !got.data) exit(2);
-    ldm_attention(&want, &q, &k, &v, NH, scale, causal);
     int rc = cpu_attention_flash_simd(got.data, q.data, k.data, v.data, B, Tq, Tk, NH, HS, scale,
-                                      causal, 2, simd);
-    char name[128];
-    snprintf(name, sizeof name, "flash %s vs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s",
-             simd == CPU_SIMD_AVX512 ? "avx512" : "avx2", (long long)B, (long long)Tq,
-             (long long)Tk, (long long)NH, (long long)HS, causal ? " causal" : "");
-#if defined(__AVX2__) && defined(__FMA__)
+                                      causal, nthreads, simd);
+    char name[128], threads[32] = "";
+    if (simd == CPU_SIMD_AUTO) snprintf(threads, sizeof threads, ", %d thr", nthreads);
+    snprintf(name, sizeof name, "flash %svs ref B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s%s",
+             simd == CPU_SIMD_AUTO ? "" : simd == CPU_SIMD_AVX512 ? "avx512 " : "avx2 ",
+             (long long)B, (long long)Tq, (long long)Tk, (long long)NH, (long long)HS,
+             causal ? " causal" : "", threads);
+#if defined(__AVX2__) && defined(__FMA__) // the library is built with the same flags
     if (simd == CPU_SIMD_AVX512 && cpu_simd_best() != CPU_SIMD_AVX512)
         test_check(rc == -1, name, "no AVX-512 on this CPU: expected -1 (declined), got %d", rc);
     else if (rc == 0) test_close(name, got.data, want.data, want.numel, RTOL, 0);
     else test_check(0, name, "returned %d", rc);
-#else
+#else // e.g. `make check` (-O0, no -march): the kernel declines, attention uses two sgemms
     test_check(rc == -1, name, "built without AVX2/FMA: expected -1 (declined), got %d", rc);
 #endif
     ldm_tensor_free(&q); ldm_tensor_free(&k); ldm_tensor_free(&v);
@@ -595,7 +571,8 @@ static void test_kernels(void) {
                              {1, 1, 481, 2, 48, 0}};
     for (size_t i = 0; i < sizeof fc / sizeof *fc; i++)
         for (int nt = 1; nt <= 2; nt++)
-            flash_case(fc[i][0], fc[i][1], fc[i][2], fc[i][3], fc[i][4], (int)fc[i][5], nt);
+            flash_case(fc[i][0], fc[i][1], fc[i][2], fc[i][3], fc[i][4], (int)fc[i][5], nt,
+                       CPU_SIMD_AUTO);
     // each SIMD level on the shapes that stress its tiles: HS = 8..160 (the
     // AVX-512 P V kernel's 1-3 vectors, masked last vector at HS = 40, 8, 24),
     // keys not a multiple of its 48-key tile, causal, the UNet's head sizes
@@ -604,8 +581,8 @@ static void test_kernels(void) {
                              {1, 70, 100, 1, 160, 1}, {1, 9, 481, 2, 112, 0}};
     for (size_t i = 0; i < sizeof sc / sizeof *sc; i++)
         for (int simd = CPU_SIMD_AVX2; simd <= CPU_SIMD_AVX512; simd++)
-            flash_simd_case(sc[i][0], sc[i][1], sc[i][2], sc[i][3], sc[i][4], (int)sc[i][5],
-                            (cpu_simd)simd);
+            flash_case(sc[i][0], sc[i][1], sc[i][2], sc[i][3], sc[i][4], (int)sc[i][5], 2,
+                       (cpu_simd)simd);
     {   // a head size that is not a multiple of 8: declined, nothing written
         float o = 7.0f, x = 1.0f;
         int rc = cpu_attention_flash(&o, &x, &x, &x, 1, 1, 1, 1, 1, 1.0f, 0, 1);
