@@ -6,6 +6,7 @@
 #
 # Sources are picked up by directory, so adding a module is adding a file:
 #   ldm/*.c ldm/*/*.c tokenizer/*.c samplers/*.c -> the library
+#     (+ one of ldm/train/dist/: dist_single.c, or dist_mpi.c with MPI=1)
 #   tools/*.c                           -> the `sd` CLI (one cmd_*.c per subcommand)
 #   tests/test_*.c                      -> one test binary each
 
@@ -20,20 +21,49 @@ CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
 # OpenBLAS (sgemm), libpng (images), cJSON (safetensors headers, configs),
 # utf8proc (Unicode data for the tokenizer), zlib (the gzip vocabulary), OpenMP, libm.
 LDLIBS   := -lopenblas -lpng -lcjson -lutf8proc -lz -fopenmp -lm
-# Build folder; debug builds go to build/debug so both can coexist.
+# Build folder; debug builds go to build/debug and MPI builds (MPI=1) to
+# build/mpi, so they all coexist. Objects go to $(OBJ).
+ifeq ($(MPI),1)
+BUILD    ?= build/mpi
+endif
 BUILD    ?= build
+OBJ      ?= $(BUILD)/obj
 
 # Sanitizer flags for `make debug` and `make check`.
 SANITIZE := -O0 -g3 -fno-omit-frame-pointer -fsanitize=address,undefined \
             -fno-sanitize-recover=undefined
 
-LIB_SRC  := $(sort $(wildcard ldm/*.c ldm/*/*.c tokenizer/*.c samplers/*.c))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+# ---- data parallel over processes (ldm/train/dist.h): variables ---------------
+# The process group has two implementations; each build links exactly one:
+#   ldm/train/dist/dist_single.c  one process, world 1 (the default: needs nothing)
+#   ldm/train/dist/dist_mpi.c     Open MPI: `make MPI=1` builds sd, libldm and the
+#                                 tests into build/mpi with mpicc, to run as
+#                                 `mpirun -np N build/mpi/sd train ...`
+# (ldm/train/dist/ is one level deeper than LIB_SRC's wildcard reaches, so the
+# chosen file is added by name.) Targets `test-mpi`, `mpi-tests` further down.
+MPICC    ?= mpicc
+MPIRUN   ?= mpirun
+ifeq ($(MPI),1)
+ifeq ($(shell command -v $(MPICC) 2>/dev/null),)
+$(error make MPI=1: $(MPICC) not found: install Open MPI (tools/deps.sh install, or apt-get install libopenmpi-dev openmpi-bin))
+endif
+CC       := $(MPICC)
+DIST_SRC := ldm/train/dist/dist_mpi.c
+MPI_BUILD := $(BUILD)
+else
+DIST_SRC := ldm/train/dist/dist_single.c
+MPI_BUILD := $(BUILD)/mpi
+endif
+# Both mpicc and mpirun found: `make test` also runs the 2-process test.
+HAVE_MPI := $(and $(shell command -v $(MPICC) 2>/dev/null),$(shell command -v $(MPIRUN) 2>/dev/null))
+
+LIB_SRC  := $(sort $(wildcard ldm/*.c ldm/*/*.c tokenizer/*.c samplers/*.c)) $(DIST_SRC)
+LIB_OBJ  := $(LIB_SRC:%.c=$(OBJ)/%.o)
 SD_SRC   := $(sort $(wildcard tools/*.c))
-SD_OBJ   := $(SD_SRC:%.c=$(BUILD)/obj/%.o)
+SD_OBJ   := $(SD_SRC:%.c=$(OBJ)/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_docs_links \
-            $(BUILD)/tests/test_bad_inputs
+            $(BUILD)/tests/test_bad_inputs $(BUILD)/tests/test_mpi
 
 # ---- CUDA backend: variables (targets `cuda`, `test-cuda` further down) ------
 # `make cuda` re-runs make with CUDA=1 BUILD=build/cuda: the same library plus
@@ -49,7 +79,7 @@ NVCCFLAGS := -O3 -std=c++20 -I. $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$
              -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH)) \
              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter,-fPIC -Werror all-warnings
 ifeq ($(CUDA),1)
-LIB_OBJ  += $(BUILD)/obj/ldm/backend/ops_cuda.o
+LIB_OBJ  += $(OBJ)/ldm/backend/ops_cuda.o
 # -u: ops.c refers to ldm_ops_cuda only weakly, which alone would not pull
 # ops_cuda.o out of libldm.a; this makes every program of this build link it.
 LDLIBS   += -Wl,-u,ldm_ops_cuda -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
@@ -88,7 +118,7 @@ $(VOCAB): tools/fetch_vocab.sh
 
 # ---- compile ----------------------------------------------------------------
 # -MMD -MP: header dependencies, so editing a .h rebuilds what includes it.
-$(BUILD)/obj/%.o: %.c | $(BUILD)/.deps-ok
+$(OBJ)/%.o: %.c | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -122,11 +152,33 @@ $(BUILD)/tests/test_bad_inputs: tests/bad_inputs.sh
 	@printf '#!/bin/sh\nexec "%s" "%s"\n' "$(abspath tests/bad_inputs.sh)" "$(abspath $(BUILD)/sd)" > $@
 	@chmod +x $@
 
+# The test over 2 MPI processes (tests/mpi.sh) as one more test of the suite:
+# it runs the MPI build's binaries in $(MPI_BUILD), or prints
+# "skipped: mpirun not found" where Open MPI is not installed.
+$(BUILD)/tests/test_mpi: tests/mpi.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\nexec "%s" "%s"\n' "$(abspath tests/mpi.sh)" "$(abspath $(MPI_BUILD))" > $@
+	@chmod +x $@
+
 # ---- tests ------------------------------------------------------------------
 # Every test binary, run by tests/run.sh, which prints the grand total line
-# "N passed, M failed" and exits non-zero on any failure.
-test: all $(TEST_BIN)
+# "N passed, M failed" and exits non-zero on any failure. Where Open MPI is
+# installed, the MPI build's binaries too (mpi-tests), for test_mpi.
+test: all $(TEST_BIN) $(if $(HAVE_MPI),mpi-tests)
 	@tests/run.sh $(BUILD)
+
+# ---- data parallel over processes (MPI): targets -----------------------------
+# `mpi-tests`: sd and tests/test_dist of the MPI build in $(MPI_BUILD). It
+# shares this build's objects ($(OBJ), compiled first): only dist_mpi.c is
+# compiled again, and the programs are linked by mpicc.
+# `make test-mpi`: those, then tests/mpi.sh: `mpirun -np 2` against one
+# process (skipped, and successful, without Open MPI).
+.PHONY: mpi-tests test-mpi
+mpi-tests: $(if $(filter 1,$(MPI)),,$(LIB_OBJ) $(SD_OBJ))
+	@$(MAKE) --no-print-directory MPI=1 BUILD=$(MPI_BUILD) OBJ=$(OBJ) \
+	    $(MPI_BUILD)/sd $(MPI_BUILD)/tests/test_dist
+test-mpi: $(if $(HAVE_MPI),mpi-tests)
+	@tests/mpi.sh $(MPI_BUILD)
 
 # -O0 -g3 with AddressSanitizer + UndefinedBehaviorSanitizer into build/debug.
 debug:
@@ -208,10 +260,10 @@ $(BUILD)/tests/test_cuda_emu $(BUILD)/tests/cuda/test_cuda: tests/cuda/op_cases.
 # gcc cannot see that a for_each_thread loop writes shared memory before the
 # code after it reads it (the loop runs blockDim.x times, never 0): without
 # -Wno-maybe-uninitialized it warns about every reduction.
-$(BUILD)/obj/ldm/backend/ops_cuda_emu.o: CFLAGS += -ftrivial-auto-var-init=pattern -Wno-maybe-uninitialized
+$(OBJ)/ldm/backend/ops_cuda_emu.o: CFLAGS += -ftrivial-auto-var-init=pattern -Wno-maybe-uninitialized
 
 # ldm/backend/ops_cuda.cu -> object, by nvcc (warnings are errors; -MMD: header deps).
-$(BUILD)/obj/%.o: %.cu | $(BUILD)/.deps-ok
+$(OBJ)/%.o: %.cu | $(BUILD)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
@@ -394,6 +446,8 @@ help:
 	@echo "make bench      kernels, UNet step vs sgemm roofline, VAE, peak RSS, peers (numbers only)"
 	@echo "make cuda       build/cuda/sd + libldm with the CUDA backend (nvcc, cuBLAS)"
 	@echo "make test-cuda  every op on the GPU against ref (skips without a GPU)"
+	@echo "make MPI=1      sd and libldm with data parallel over MPI processes, into build/mpi (Open MPI)"
+	@echo "make test-mpi   2 MPI processes against one process (skips without Open MPI)"
 	@echo "make docs-links recompute the docs' line anchors into the code from their titles"
 	@echo "make docs-figures  regenerate docs/figures/*.png from the C library"
 	@echo "make sampler-study  the samplers' convergence lab on the analytic model (docs/06)"
