@@ -21,12 +21,15 @@ if [ ! -x "$MPI_BUILD/tests/test_dist" ]; then
 fi
 
 # --oversubscribe: 2 ranks even on a machine with 1 core; mpirun refuses root
-# without --allow-run-as-root (containers, CI). One OpenMP thread per rank:
-# the ranks share the cores. timeout: a rank that died must not leave the
-# other waiting forever in an all-reduce.
+# without --allow-run-as-root (containers, CI). One machine: shared memory
+# only (ob1 + vader: no network probing, no UCX), copying through the shared
+# segment (containers often forbid the cross-memory attach vader uses by
+# default). One OpenMP thread per rank: the ranks share the cores. timeout: a
+# rank that died must not leave the other waiting forever in an all-reduce.
 ROOT_FLAG=""
 [ "$(id -u)" = 0 ] && ROOT_FLAG="--allow-run-as-root"
-MPIRUN="timeout 120 mpirun -np 2 --oversubscribe $ROOT_FLAG"
+MPIRUN="timeout 120 mpirun -np 2 --oversubscribe $ROOT_FLAG --mca pml ob1 --mca btl self,vader
+        --mca btl_vader_single_copy_mechanism none"
 export OMP_NUM_THREADS=1
 
 pass=0; fail=0
