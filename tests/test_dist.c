@@ -165,12 +165,11 @@ static void test_data_parallel(const char *backend) {
     const struct ldm_ops *ops = ldm_backend(backend);
     enum { B = 4, K = 48, N = 24 };
     char name[160], why[256];
-    if (B % world != 0) {
-        printf("  skipped data parallel: the global batch %d does not split over %d ranks\n", B,
-               world);
+    int64_t b0, Bl;                                  // this rank's shard: samples [b0, b0+Bl)
+    if (ldm_dist_shard(&b0, &Bl, B) != 0) {
+        printf("  skipped data parallel: %s\n", ldm_last_error());
         return;
     }
-    int64_t Bl = B / world, b0 = rank * Bl;          // this rank's shard: samples [b0, b0+Bl)
 
     // The same model and global batch on every rank (one seed).
     uint64_t s = 20260;
@@ -250,6 +249,88 @@ static void test_data_parallel(const char *backend) {
     ldm_tensor_free(&gW1), ldm_tensor_free(&gb1), ldm_tensor_free(&gW), ldm_tensor_free(&gb);
 }
 
+// `steps` steps of a training loop on the linear model pred = x W^T + b with
+// the stage-2 loss, each on a new global batch of B drawn whole by every rank
+// from one generator: gradient, (all-reduce,) clipping at a norm that acts,
+// warm-up, AdamW, EMA -- the order of tools/train/train_tiny.py.
+// sharded 0: the whole batch in this process; 1: this rank's shard
+// (ldm_dist_shard), the initial weights broadcast from rank 0 and the
+// gradients all-reduced. p[N*K + N] = W then b after the last step, e[] their EMA.
+static int train_linear(float *p, float *e, const struct ldm_ops *ops, int steps, int sharded) {
+    enum { B = 4, K = 40, N = 12 };
+    int64_t b0 = 0, Bl = B;
+    if (sharded && ldm_dist_shard(&b0, &Bl, B) != 0) return LDM_ERR;
+    uint64_t s = 7;
+    ldm_tensor W = ldm_tensor_new(ops, LDM_SHAPE(N, K)), bias = ldm_tensor_new(ops, LDM_SHAPE(N));
+    ldm_tensor gW = ldm_tensor_new(ops, LDM_SHAPE(N, K)), gb = ldm_tensor_new(ops, LDM_SHAPE(N));
+    ldm_tensor x = ldm_tensor_new(ops, LDM_SHAPE(B, K));
+    for (int64_t i = 0; i < W.numel; i++) W.data[i] = 0.2f * uniform(&s);
+    for (int64_t i = 0; i < N; i++) bias.data[i] = 0.1f * uniform(&s);
+    ldm_params l = {0};
+    ldm_params_add(&l, &W, &gW, "weight");
+    ldm_params_add(&l, &bias, &gb, "bias");
+    if (sharded) ldm_dist_broadcast_weights(&l, 0);
+    int64_t n = l.numel;
+    float *m = calloc((size_t)n, sizeof(float)), *v = calloc((size_t)n, sizeof(float));
+    float *ema_W = malloc((size_t)W.numel * sizeof(float)), *ema_b = malloc(N * sizeof(float));
+    memcpy(ema_W, W.data, (size_t)W.numel * sizeof(float)), memcpy(ema_b, bias.data, N * sizeof(float));
+    ldm_adamw_config c = {.beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.01};
+    float eps[B * N], wb[B];
+    int rc = 0;
+    for (int step = 0; step < steps && rc == 0; step++) {
+        for (int64_t i = 0; i < x.numel; i++) x.data[i] = uniform(&s);   // the global batch
+        for (int i = 0; i < B * N; i++) eps[i] = uniform(&s);
+        for (int i = 0; i < B; i++) wb[i] = 0.6f + 0.4f * uniform(&s);
+        ldm_params_zero_grad(&l);
+        ldm_tensor xs = ldm_tensor_slice0(&x, b0, Bl);
+        linear_loss_grad(&gW, &gb, &xs, &W, &bias, eps + b0 * N, wb + b0);
+        if (sharded) rc = ldm_dist_allreduce_grads(&l);
+        float *grads[2] = {gW.data, gb.data};
+        int64_t sizes[2] = {W.numel, N};
+        ldm_clip_grad_norm(grads, sizes, 2, 0.05);   // the norms here are 0.4-0.6: clipped
+        double lr = ldm_lr_warmup(1e-2, step, 2);
+        ldm_adamw_update(W.data, m, v, gW.data, W.numel, &c, lr, step + 1);
+        ldm_adamw_update(bias.data, m + W.numel, v + W.numel, gb.data, N, &c, lr, step + 1);
+        double decay = ldm_ema_decay(step + 1, 0.998);
+        ldm_ema_update(ema_W, W.data, W.numel, decay);
+        ldm_ema_update(ema_b, bias.data, N, decay);
+    }
+    concat(p, &W, &bias);
+    memcpy(e, ema_W, (size_t)W.numel * sizeof(float)), memcpy(e + W.numel, ema_b, N * sizeof(float));
+    free(m), free(v), free(ema_W), free(ema_b);
+    ldm_params_free(&l);
+    ldm_tensor_free(&W), ldm_tensor_free(&bias), ldm_tensor_free(&gW), ldm_tensor_free(&gb);
+    ldm_tensor_free(&x);
+    return rc;
+}
+
+static void test_train_steps(const char *backend) {
+    const struct ldm_ops *ops = ldm_backend(backend);
+    enum { steps = 3, n = 12 * 40 + 12 };
+    static float p1[n], e1[n], p[n], e[n], p0[n];
+    char name[160], why[256];
+    int64_t b0, Bl;
+    if (ldm_dist_shard(&b0, &Bl, 4) != 0) {
+        printf("  skipped %d training steps: %s\n", steps, ldm_last_error());
+        return;
+    }
+    train_linear(p1, e1, ops, steps, 0);
+    int rc = train_linear(p, e, ops, steps, 1);
+    double all[64], worst = 0;
+    gather(all, fmax(rel_err(p, p1, n), rel_err(e, e1, n)));
+    for (int r = 0; r < world; r++) worst = fmax(worst, all[r]);
+    snprintf(name, sizeof name, "%s: weights and EMA after %d steps over %d ranks = one process",
+             backend, steps, world);
+    snprintf(why, sizeof why, "rc %d, max rel error %.3e", rc, worst);
+    dist_check(rc == 0 && worst <= 1e-6, name, why);
+    printf("          measured: max rel error %.3e (clipping, warm-up, AdamW, EMA)\n", worst);
+    memcpy(p0, p, sizeof p0);
+    ldm_dist_broadcast(p0, n, 0);
+    snprintf(name, sizeof name, "%s: weights after %d steps have rank 0's bits on every rank",
+             backend, steps);
+    dist_check(!memcmp(p0, p, sizeof p0), name, "bits differ");
+}
+
 int main(int argc, char **argv) {
     if (ldm_dist_init(&argc, &argv) != 0) {
         printf("  NOT OK  ldm_dist_init: %s\n0 passed, 1 failed\n", ldm_last_error());
@@ -267,6 +348,8 @@ int main(int argc, char **argv) {
     test_params(ldm_backend("cpu"));
     test_data_parallel("ref");
     test_data_parallel("cpu");
+    test_train_steps("ref");
+    test_train_steps("cpu");
     int rc = test_summary();
     ldm_dist_finalize();
     return rank == 0 ? rc : 0;

@@ -9,6 +9,16 @@
 #include "ldm/core/error.h"
 #include "ldm/train/dist.h"
 
+int ldm_dist_shard(int64_t *start, int64_t *count, int64_t B) {
+    int world = ldm_dist_world();
+    if (B <= 0 || B % world != 0)
+        return ldm_error("global batch %lld does not split into %d equal shards: make it a "
+                         "multiple of the number of processes", (long long)B, world);
+    *count = B / world;
+    *start = (int64_t)ldm_dist_rank() * *count;
+    return 0;
+}
+
 int ldm_dist_allreduce_grads(const ldm_params *l) {
     if (ldm_dist_world() == 1) return 0;   // the mean over one rank is the gradient itself
     // One flat buffer [numel]: every gradient in list order, so one all-reduce

@@ -64,7 +64,14 @@ void ldm_dist_abort(int code) __attribute__((noreturn));
 // End the process group (once, at the end; 0 / LDM_ERR).
 int ldm_dist_finalize(void);
 
-// ---- over a parameter list (ldm/train/dist.c) -------------------------------
+// ---- helpers shared by every implementation (ldm/train/dist.c) ----------------
+// This rank's slice of a global batch of B samples: [*start, *start + *count).
+// Every rank draws the whole global batch from the same generator and keeps
+// its slice, so the run follows the one-process run whatever the world size.
+// B must be a multiple of the world size (equal shards: above); LDM_ERR
+// naming both otherwise.
+int ldm_dist_shard(int64_t *start, int64_t *count, int64_t B);
+
 // Every gradient of l <- its mean over the ranks: the gradients are packed
 // into one buffer of l->numel floats (in list order), all-reduced in one call
 // (one message per step, not one per tensor), and unpacked. World 1: nothing.
