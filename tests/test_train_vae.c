@@ -17,14 +17,16 @@
  *   parameter names and order = named_parameters()
  *   a second step without zeroing doubles every gradient (accumulation)
  *   misuse (backward without forward, wrong shapes) fails with a message
- * "Relative" is max |error| over the largest |reference| of that tensor; a
- * tensor whose exact gradient is zero (the attention's to_k bias: adding a
+ * "Relative" is max |error| over the largest |reference| of that tensor. A
+ * tensor whose exact gradient is zero -- the attention's to_k bias (adding a
  * constant to every key shifts each row of scores by one constant, which
- * softmax ignores) is measured against 1e-5 of the largest gradient of the model.
+ * softmax ignores), or a conv bias feeding a GroupNorm of one channel per
+ * group (the norm subtracts it again) -- must stay below 1e-7 of the largest
+ * gradient of the model.
  *
  *   build/tests/test_train_vae          the committed fixtures
- *   build/tests/test_train_vae DIR      one folder written by
- *       fixtures_train_vae.py --tiny DIR (the real tiny config), cpu only
+ *   build/tests/test_train_vae DIR [BACKEND]   one folder written by
+ *       fixtures_train_vae.py --tiny DIR (the real tiny config), on cpu or BACKEND
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,13 +77,16 @@ static void check_npy(const char *label, const ldm_tensor *got, const char *dir,
 }
 
 // Every gradient of `list` against grads.safetensors (times `times`): returns the
-// worst relative error, prints the tensors above rtol.
+// worst relative error of the tensors whose exact gradient is not zero, prints
+// the tensors above tolerance. A tensor whose exact gradient is zero (its
+// reference below 1e-9 of the largest gradient: float64 rounding) passes when
+// every |got| <= 1e-7 of the largest gradient (float32 rounding of the sums).
 static double check_grads(const ldm_params *list, const ldm_tensor_file *ref, double times,
                           double rtol, const char *label) {
     float *r = NULL;
-    double gmax = 0, worst = 0;
+    double gmax = 0, worst = 0, worst_zero = 0;
     const char *worst_name = "";
-    int missing = 0;
+    int missing = 0, bad = 0, n_zero = 0;
     for (int pass = 0; pass < 2; pass++)   // pass 0: the largest gradient of the model
         for (int i = 0; i < list->n; i++) {
             const ldm_param *p = &list->p[i];
@@ -92,19 +97,32 @@ static double check_grads(const ldm_params *list, const ldm_tensor_file *ref, do
             }
             r = realloc(r, (size_t)e->numel * sizeof(float));
             ldm_entry_to_f32(r, e);
-            for (int64_t k = 0; k < e->numel; k++) r[k] *= (float)times;
+            double rmax = 0;
+            for (int64_t k = 0; k < e->numel; k++) {
+                r[k] *= (float)times;
+                rmax = fmax(rmax, fabs(r[k]));
+            }
             if (pass == 0) {
-                for (int64_t k = 0; k < e->numel; k++) gmax = fmax(gmax, fabs(r[k]));
+                gmax = fmax(gmax, rmax);
                 continue;
             }
-            double err = rel_err(p->g->data, r, e->numel, 1e-5 * gmax);
-            if (err > rtol) printf("    %s: rel err %.3e\n", p->name, err);
+            if (rmax <= 1e-9 * gmax) {   // exactly zero: rounding noise only
+                double a = 0;
+                for (int64_t k = 0; k < e->numel; k++) a = fmax(a, fabs(p->g->data[k]));
+                n_zero++;
+                worst_zero = fmax(worst_zero, a / gmax);
+                if (!(a <= 1e-7 * gmax)) printf("    %s: |grad| %.3e, exact 0\n", p->name, a), bad++;
+                continue;
+            }
+            double err = rel_err(p->g->data, r, e->numel, 0);
+            if (!(err <= rtol)) printf("    %s: rel err %.3e\n", p->name, err), bad++;
             if (!(err <= worst)) worst = err, worst_name = p->name;
         }
     free(r);
-    test_check(!missing && worst <= rtol, label, "%d missing; worst %.3e at %s", missing, worst,
-               worst_name);
-    printf("          worst %.3e (%s), largest |grad| %.3e\n", worst, worst_name, gmax);
+    test_check(!missing && !bad, label, "%d missing, %d off; worst %.3e at %s", missing, bad,
+               worst, worst_name);
+    printf("          worst %.3e (%s); %d tensors of exact gradient 0, at most %.1e of the "
+           "largest |grad| %.3e\n", worst, worst_name, n_zero, worst_zero, gmax);
     return worst;
 }
 
@@ -282,8 +300,10 @@ static double run(const char *dir, const struct ldm_ops *ops, int quick) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) {   // one folder (the real tiny config): cpu, the step only
-        double worst = run(argv[1], &ldm_ops_cpu, 1);
+    if (argc > 1) {   // one folder (the real tiny config): the step only
+        const struct ldm_ops *ops = ldm_backend(argc > 2 ? argv[2] : "cpu");
+        if (!ops) return fprintf(stderr, "%s\n", ldm_last_error()), 2;
+        double worst = run(argv[1], ops, 1);
         printf("worst relative gradient error on %s: %.3e\n", argv[1], worst);
         return test_summary();
     }
