@@ -191,6 +191,11 @@ static double tensor_diff(const ldm_tensor *a, const ldm_tensor *b) {
     return e;
 }
 
+// The most an arena has held (the last forward's peak or an earlier one).
+static double peak_mib(const ldm_arena *a) {
+    return (a->peak > a->peak_ever ? a->peak : a->peak_ever) / 1048576.0;
+}
+
 static double run(const char *dir, const struct ldm_ops *ops, int quick) {
     char label[256];
     double worst = -1;
@@ -264,6 +269,9 @@ static double run(const char *dir, const struct ldm_ops *ops, int quick) {
     snprintf(label, sizeof label, "%s/%s dL/dparameter (%d tensors)", dir, ops->name, list.n);
     worst = check_grads(&list, &ref, 1.0, 1e-4, label);
     step_free(&s);
+    printf("          memory: encoder tape %.2f MiB, decoder tape %.2f MiB, work (recomputed "
+           "block + running gradients) %.2f MiB\n", peak_mib(&tr.enc.arena),
+           peak_mib(&tr.dec.arena), peak_mib(&tr.work));
 
     if (!quick) {
         // a second step without zeroing: every gradient doubles
