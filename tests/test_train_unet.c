@@ -173,6 +173,8 @@ static double run_fixture(const char *dir, const char *label, const struct ldm_o
                "tensors off by more than %.0e (worst %.2e)", (long long)off, (long long)ng,
                (long long)n_bad, tol, worst);
     printf("          worst relative gradient error %.2e (%s)\n", worst, worst_name);
+    printf("          tape: %.1f KiB kept by the forward, %.1f KiB at the backward's peak\n",
+           tr.kept / 1024.0, tr.tape.peak / 1024.0);
     snprintf(name, sizeof name, "%s [%s] dcontext", label, ops->name);
     test_close(name, dctx.data, dctx_ref, ndc, tol, 0);
 
