@@ -34,6 +34,8 @@ hash; norm gammas 1 + u/4, biases u/4, matrices u * 2^-e with 4^e >= fan_in
 The second writes the same files for the real tiny model's UNET_CFG
 (tools/train/train_tiny.py, context [2,77,64]) into DIR, for a one-off check:
   build/tests/test_train_unet DIR
+(--config unet/config.json with --tiny: that configuration instead, e.g. the
+inference fixtures' sd1 / sd2 ones, which have levels without attention.)
 """
 import argparse
 import importlib.util
@@ -86,7 +88,7 @@ def fill(name, shape):
 
 def write(d, cfg, T, Dc, seed):
     os.makedirs(d, exist_ok=True)
-    model = UNet2DConditionModel(**cfg)
+    model = UNet2DConditionModel.from_config(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(fill(name, tuple(p.shape)))
@@ -134,6 +136,8 @@ def write(d, cfg, T, Dc, seed):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", metavar="DIR", help="the real tiny UNET_CFG into DIR instead")
+    ap.add_argument("--config", metavar="JSON", help="with --tiny: this unet/config.json "
+                    "instead of UNET_CFG (e.g. tests/fixtures/unet/sd2/config.json)")
     a = ap.parse_args()
     torch.manual_seed(0)
     if a.tiny:
@@ -141,6 +145,9 @@ def main():
         tiny = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tiny)
         cfg = tiny.UNET_CFG
+        if a.config:
+            with open(a.config) as f:
+                cfg = json.load(f)
         write(a.tiny, cfg, 77, cfg["cross_attention_dim"], 2024)
         return
     if os.path.isdir(OUT):
