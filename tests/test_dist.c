@@ -20,6 +20,7 @@
  */
 #include "tests/test.h"
 #include "ldm/backend/ops.h"
+#include "ldm/io/tensorfile.h"
 #include "ldm/train/dist.h"
 #include "ldm/train/loss.h"
 #include "ldm/train/optim.h"
@@ -331,7 +332,43 @@ static void test_train_steps(const char *backend) {
     dist_check(!memcmp(p0, p, sizeof p0), name, "bits differ");
 }
 
+// `test_dist --compare A B TOL` (tests/mpi.sh, one process): every tensor
+// of the safetensors file B is in A with the same shape, within TOL relative
+// to that tensor's max |B| (so a tensor of small values is judged on its own
+// scale). Prints the worst tensor. 0 when they agree.
+static int compare_files(const char *a, const char *b, double tol) {
+    ldm_tensor_file fa, fb;
+    if (ldm_tensor_file_open(&fa, a) != 0 || ldm_tensor_file_open(&fb, b) != 0) {
+        test_check(0, "compare", "%s", ldm_last_error());
+        return test_summary();
+    }
+    double worst = 0;
+    const char *worst_name = "";
+    int64_t missing = 0;
+    for (int64_t i = 0; i < fb.n_entries; i++) {
+        const ldm_tensor_entry *eb = &fb.entries[i], *ea = ldm_tensor_file_find(&fa, eb->name);
+        if (!ea || ea->numel != eb->numel) { missing++; continue; }
+        float *va = malloc((size_t)ea->numel * sizeof(float) + 1);
+        float *vb = malloc((size_t)eb->numel * sizeof(float) + 1);
+        if (va && vb && !ldm_entry_to_f32(va, ea) && !ldm_entry_to_f32(vb, eb)) {
+            double e = rel_err(va, vb, eb->numel);
+            if (e > worst || isnan(e)) worst = e, worst_name = eb->name;
+        } else {
+            missing++;
+        }
+        free(va), free(vb);
+    }
+    char name[256];
+    snprintf(name, sizeof name, "%lld tensors of %s = %s", (long long)fb.n_entries, b, a);
+    test_check(missing == 0 && worst <= tol, name, "%lld missing or unreadable, worst %s %.3e > %.0e",
+               (long long)missing, worst_name, worst, tol);
+    printf("          measured: worst max rel error %.3e (%s)\n", worst, worst_name);
+    ldm_tensor_file_close(&fa), ldm_tensor_file_close(&fb);
+    return test_summary();
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && !strcmp(argv[1], "--compare")) return compare_files(argv[2], argv[3], atof(argv[4]));
     if (ldm_dist_init(&argc, &argv) != 0) {
         printf("  NOT OK  ldm_dist_init: %s\n0 passed, 1 failed\n", ldm_last_error());
         return 1;
