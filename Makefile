@@ -157,7 +157,8 @@ $(BUILD)/tests/test_bad_inputs: tests/bad_inputs.sh
 # "skipped: mpirun not found" where Open MPI is not installed.
 $(BUILD)/tests/test_mpi: tests/mpi.sh
 	@mkdir -p $(dir $@)
-	@printf '#!/bin/sh\nexec "%s" "%s"\n' "$(abspath tests/mpi.sh)" "$(abspath $(MPI_BUILD))" > $@
+	@printf '#!/bin/sh\nexec "%s" "%s" "%s"\n' "$(abspath tests/mpi.sh)" "$(abspath $(MPI_BUILD))" \
+	    "$(abspath $(BUILD)/sd)" > $@
 	@chmod +x $@
 
 # ---- tests ------------------------------------------------------------------
@@ -172,13 +173,13 @@ test: all $(TEST_BIN) $(if $(HAVE_MPI),mpi-tests)
 # shares this build's objects ($(OBJ), compiled first): only dist_mpi.c is
 # compiled again, and the programs are linked by mpicc.
 # `make test-mpi`: those, then tests/mpi.sh: `mpirun -np 2` against one
-# process (skipped, and successful, without Open MPI).
+# process, this build's sd (skipped, and successful, without Open MPI).
 .PHONY: mpi-tests test-mpi
 mpi-tests: $(if $(filter 1,$(MPI)),,$(LIB_OBJ) $(SD_OBJ))
 	@$(MAKE) --no-print-directory MPI=1 BUILD=$(MPI_BUILD) OBJ=$(OBJ) \
 	    $(MPI_BUILD)/sd $(MPI_BUILD)/tests/test_dist
-test-mpi: $(if $(HAVE_MPI),mpi-tests)
-	@tests/mpi.sh $(MPI_BUILD)
+test-mpi: $(BUILD)/sd $(if $(HAVE_MPI),mpi-tests)
+	@tests/mpi.sh $(MPI_BUILD) $(BUILD)/sd
 
 # -O0 -g3 with AddressSanitizer + UndefinedBehaviorSanitizer into build/debug.
 debug:
