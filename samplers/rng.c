@@ -281,6 +281,36 @@ void ldm_rng_randn_batch(ldm_rng *rngs, int per_sample, float *out, int64_t B, i
     for (int64_t i = 0; i < B; i++) ldm_rng_randn(&rngs[i], out + i * per, per);
 }
 
+// torch's CPU random_from_to kernel: one draw a value, serially, reduced
+// modulo the range (uniform_int_from_to); 64-bit draws once the range needs them.
+int ldm_rng_randint(ldm_rng *r, int64_t *out, int64_t n, int64_t low, int64_t high) {
+    if (r->kind != LDM_RNG_CPU)
+        return ldm_error("randint: only the cpu generator (torch's mt19937) draws integers");
+    if (low >= high)
+        return ldm_error("randint: expected low < high, found low %lld, high %lld",
+                         (long long)low, (long long)high);
+    uint64_t range = (uint64_t)high - (uint64_t)low;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t word;
+        if (range >= (1ull << 32)) {
+            uint64_t hi = ldm_mt19937_next(r), lo = ldm_mt19937_next(r);
+            word = (hi << 32) | lo;
+        } else {
+            word = ldm_mt19937_next(r);
+        }
+        out[i] = (int64_t)((uint64_t)low + word % range);
+    }
+    return LDM_OK;
+}
+
+// torch's CPU uniform kernel for float32: one 24-bit uniform a value.
+int ldm_rng_rand(ldm_rng *r, float *out, int64_t n) {
+    if (r->kind != LDM_RNG_CPU)
+        return ldm_error("rand: only the cpu generator (torch's mt19937) draws uniforms");
+    for (int64_t i = 0; i < n; i++) out[i] = cpu_uniform_f32(r);
+    return LDM_OK;
+}
+
 int ldm_rng_parse(ldm_rng_kind *kind, const char *name) {
     if (name && strcmp(name, "cpu") == 0) { *kind = LDM_RNG_CPU; return LDM_OK; }
     if (name && (strcmp(name, "cuda") == 0 || strcmp(name, "philox") == 0)) {

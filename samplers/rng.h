@@ -18,9 +18,14 @@
  * with per_sample = 1 gives sample i its own generator seeded seed + i, so the
  * batch size does not change an image.
  *
- * Leaves out: torch.rand / randint, non-float32 dtypes, CUDA generators of
- * devices whose thread count is below the tensor size unless told (see
- * ldm_rng_set_cuda_threads).
+ * The CPU generator also draws what a training loop needs besides normals
+ * (ldm_rng_randint, ldm_rng_rand: torch.randint / torch.rand), from the same
+ * mt19937 stream, so any interleaving of the three continues exactly as the
+ * same calls on one torch.Generator do (tools/train/train_tiny.py's order).
+ *
+ * Leaves out: torch.rand / randint on the CUDA generator, non-float32 /
+ * int64 dtypes, CUDA generators of devices whose thread count is below the
+ * tensor size unless told (see ldm_rng_set_cuda_threads).
  */
 #ifndef LDM_RNG_H
 #define LDM_RNG_H
@@ -72,6 +77,17 @@ void ldm_rng_randn_batch(ldm_rng *rngs, int per_sample, float *out, int64_t B, i
 // the values depend on the device. threads = SMs * maxThreadsPerSM (e.g.
 // 82*1536 for an RTX 3090); 0 = unlimited (every tensor below the cap).
 void ldm_rng_set_cuda_threads(ldm_rng *r, uint64_t threads);
+
+// ---- uniform draws (CPU generator only; LDM_ERR on a CUDA generator)
+// out [n] <- torch.randint(low, high, (n,), generator=g): int64 in [low, high).
+// Each value is low + (w mod (high - low)), w one 32-bit mt19937 word, or, when
+// high - low >= 2^32, one 64-bit value made of two words (first = high half).
+// The modulo leaves a bias of at most range / 2^32 (range / 2^64): torch's.
+// LDM_ERR (message names the bounds) unless low < high.
+int ldm_rng_randint(ldm_rng *r, int64_t *out, int64_t n, int64_t low, int64_t high);
+// out [n] <- torch.rand(n, generator=g): float32 in [0, 1), each the low 24
+// bits of one 32-bit word times 2^-24 (the uniforms torch's normal uses too).
+int ldm_rng_rand(ldm_rng *r, float *out, int64_t n);
 
 // Parse "cpu" / "cuda" into *kind. 0 / LDM_ERR (message names the value).
 int ldm_rng_parse(ldm_rng_kind *kind, const char *name);
