@@ -11,7 +11,13 @@
  *    weights rounded to fp16;
  * 3. checkpoint round trip: parameters, AdamW moments, EMA, generator, loss
  *    history and settings saved and loaded bit for bit; other settings refused;
- * 4. `sd train` usage errors (exit 2, nothing written) and output protection.
+ * 4. `sd train` usage errors (exit 2, nothing written) and output protection;
+ * 5. resume: both stages run 6 steps at once and as 3 + 3 (or 4 + 2) with
+ *    --stop-at / --resume give the same exported bytes and the same losses;
+ * 6. stage 2 against PyTorch: 50 steps of train_tiny.py's loop on a micro
+ *    UNet + text encoder from the same initial weights (tests/fixtures/train/
+ *    steps, tools/reference/fixtures_train_steps.py): every step's losses and
+ *    a few final weights.
  */
 #include <sys/stat.h>
 #include "tests/test.h"
@@ -250,6 +256,264 @@ static void test_checkpoint(model_params *mp, const char *tmp) {
     free(w0);
 }
 
+// ---- 4. usage errors and output protection -----------------------------------------------
+
+static int file_same(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = test_read_file(a, &na), *y = test_read_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x), free(y);
+    return same;
+}
+
+static void test_cli(const char *sd, const char *tmp, const char *out, const char *err_path) {
+    static const struct { const char *args, *want; } bad[] = {
+        {"train --out X", "--stage"},
+        {"train --stage gan --out X", "expected vae"},
+        {"train --stage vae", "--out DIR is required"},
+        {"train --stage vae --out X --steps 0", "--steps 0"},
+        {"train --stage vae --out X --steps ten", "not an integer"},
+        {"train --stage vae --out X --batch 0", "--batch"},
+        {"train --stage vae --out X --lr -1", "--lr"},
+        {"train --stage vae --out X --vae-crop 20", "multiple of 8"},
+        {"train --stage vae --out X --resume --overwrite", "give one"},
+        {"train --stage unet --out X", "needs --init"},
+        {"train --stage unet --out X --init /nonexistent", "no vae/config.json"},
+        {"train --stage vae --out X --frobnicate", "unknown flag"},
+        {"train --stage vae --out X --steps", "needs a value"},
+    };
+    char *err, xdir[600];
+    snprintf(xdir, sizeof xdir, "%s/X", tmp);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char a[400];
+        snprintf(a, sizeof a, "%s", bad[i].args);
+        char *x = strstr(a, " X");   // the output folder inside tmp
+        if (x) {
+            char rest[400];
+            snprintf(rest, sizeof rest, "%s", x + 2);
+            snprintf(x, sizeof a - (size_t)(x - a), " '%s'%s", xdir, rest);
+        }
+        int rc = test_run_cli(sd, a, out, err_path, &err);
+        char name[200];
+        snprintf(name, sizeof name, "usage error exit 2: sd %.60s", bad[i].args);
+        test_check(rc == 2 && strstr(err, bad[i].want) && !ldm_is_dir(xdir), name,
+                   "exit %d, stderr: %.200s", rc, err);
+    }
+}
+
+// After test_resume: an --out that holds a run is neither replaced nor resumed
+// without being asked; an existing --log file is not replaced either.
+static void test_protect(const char *sd, const char *tmp, const char *out, const char *err_path) {
+    char args[1200], *err, before[700];
+    snprintf(args, sizeof args, "train --stage vae --out '%s/a' --steps 1 --n-images 4 --batch 1", tmp);
+    snprintf(before, sizeof before, "%s/a/vae/diffusion_pytorch_model.safetensors", tmp);
+    size_t n0 = 0, n1 = 0;
+    char *w0 = test_read_file(before, &n0);
+    int rc = test_run_cli(sd, args, out, err_path, &err);
+    char *w1 = test_read_file(before, &n1);
+    test_check(rc == 1 && strstr(err, "--resume") && strstr(err, "--overwrite") && w0 && w1 &&
+                   n0 == n1 && !memcmp(w0, w1, n0),
+               "an existing --out is refused (untouched) without --resume / --overwrite",
+               "exit %d: %.200s", rc, err);
+    free(w0), free(w1);
+    snprintf(args, sizeof args, "train --stage vae --out '%s/e' --steps 1 --n-images 4 --batch 1 "
+             "--log '%s/a.tsv'", tmp, tmp);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    test_check(rc == 1 && strstr(err, "already exists"), "an existing --log file is refused",
+               "exit %d: %.200s", rc, err);
+}
+
+// ---- 5. resume = one uninterrupted run -------------------------------------------------------
+
+static void test_resume(const char *sd, const char *tmp, const char *out, const char *err_path) {
+    const char *common = "--n-images 16 --batch 2 --steps 6 --quiet";
+    const char *vae = "--vae-crop 16 --vae-full-steps 2";
+    char args[2000], *err, p[2][700], q[2][700];
+    // stage 1: a = 6 steps; b = 3 steps, stopped, then resumed to 6 (with --log both times)
+    snprintf(args, sizeof args, "train --stage vae --out '%s/a' %s %s --log '%s/a.tsv'", tmp, common,
+             vae, tmp);
+    int rc = test_run_cli(sd, args, out, err_path, &err);
+    if (!test_check(rc == 0, "stage vae: 6 steps", "exit %d: %.300s", rc, err)) return;
+    snprintf(args, sizeof args, "train --stage vae --out '%s/b' %s %s --stop-at 3 --log '%s/b.tsv'",
+             tmp, common, vae, tmp);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    snprintf(p[0], sizeof p[0], "%s/b/vae", tmp);
+    test_check(rc == 0 && !ldm_is_dir(p[0]), "stage vae: --stop-at 3 checkpoints, exports nothing",
+               "exit %d: %.300s", rc, err);
+    snprintf(args, sizeof args, "train --stage vae --out '%s/b' %s %s --resume --log '%s/b.tsv'",
+             tmp, common, vae, tmp);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    test_check(rc == 0, "stage vae: --resume to 6", "exit %d: %.300s", rc, err);
+    snprintf(p[0], sizeof p[0], "%s/a/vae/diffusion_pytorch_model.safetensors", tmp);
+    snprintf(p[1], sizeof p[1], "%s/b/vae/diffusion_pytorch_model.safetensors", tmp);
+    snprintf(q[0], sizeof q[0], "%s/a.tsv", tmp);
+    snprintf(q[1], sizeof q[1], "%s/b.tsv", tmp);
+    test_check(file_same(p[0], p[1]) && file_same(q[0], q[1]),
+               "stage vae: stopped + resumed = uninterrupted (weights, --log)", NULL);
+    snprintf(p[0], sizeof p[0], "%s/a/vae/config.json", tmp);
+    snprintf(p[1], sizeof p[1], "%s/a/loss_curves.png", tmp);
+    char *cfg = test_read_file(p[0], NULL);
+    test_check(cfg && strstr(cfg, "\"scaling_factor\"") && ldm_is_file(p[1]),
+               "stage vae: vae/config.json with the scaling factor, loss_curves.png", NULL);
+    free(cfg);
+    // a resume with other settings is refused
+    snprintf(args, sizeof args, "train --stage vae --out '%s/b' %s %s --resume --lr 0.01", tmp,
+             common, vae);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    test_check(rc == 1 && strstr(err, "other settings"), "stage vae: --resume with another --lr refused",
+               "exit %d: %.300s", rc, err);
+
+    // stage 2 on a's VAE: c = 6 steps; d = 4 + 2
+    snprintf(args, sizeof args, "train --stage unet --init '%s/a' --out '%s/c' %s", tmp, tmp, common);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    if (!test_check(rc == 0, "stage unet: 6 steps", "exit %d: %.300s", rc, err)) return;
+    snprintf(args, sizeof args, "train --stage unet --init '%s/a' --out '%s/d' %s --stop-at 4", tmp,
+             tmp, common);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    snprintf(args, sizeof args, "train --stage unet --init '%s/a' --out '%s/d' %s --resume", tmp, tmp,
+             common);
+    rc |= test_run_cli(sd, args, out, err_path, &err);
+    test_check(rc == 0, "stage unet: --stop-at 4, --resume to 6", "exit %d: %.300s", rc, err);
+    static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors",
+                                        "text_encoder/model.safetensors", "losses-unet.tsv"};
+    int same = 1;
+    for (int i = 0; i < 3; i++) {
+        snprintf(p[0], sizeof p[0], "%s/c/%s", tmp, files[i]);
+        snprintf(p[1], sizeof p[1], "%s/d/%s", tmp, files[i]);
+        same &= file_same(p[0], p[1]);
+    }
+    test_check(same, "stage unet: stopped + resumed = uninterrupted (EMA weights, losses)", NULL);
+    // the result is a model txt2img runs
+    snprintf(args, sizeof args, "txt2img --ckpt '%s/c' --prompt 'a red circle' --outdir '%s/img' "
+             "--n_samples 1 --n_iter 1 --ddim_steps 2", tmp, tmp);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    snprintf(p[0], sizeof p[0], "%s/img/grid-0000.png", tmp);
+    test_check(rc == 0 && ldm_is_file(p[0]), "stage unet: the exported model runs in sd txt2img",
+               "exit %d: %.300s", rc, err);
+}
+
+// ---- 6. stage 2 against PyTorch, step by step --------------------------------------------
+
+#define STEPS "tests/fixtures/train/steps/"
+
+static int copy(const char *dst, const char *src) {
+    size_t n = 0;
+    char *b = test_read_file(src, &n);
+    FILE *f = b ? fopen(dst, "wb") : NULL;
+    int ok = f && fwrite(b, 1, n, f) == n;
+    if (f) ok &= fclose(f) == 0;
+    free(b);
+    return test_check(ok, src, "cannot copy to %s", dst);
+}
+
+static void test_steps(const char *sd, const char *tmp, const char *out, const char *err_path) {
+    // the initial folder: the fixture's micro UNet and text encoder (token
+    // embedding rows put back in place), the shipped tiny model's VAE
+    char p[700], q[700], args[2000], *err;
+    static const char *const dirs[] = {"init", "init/unet", "init/text_encoder", "init/vae"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", tmp, dirs[i]);
+        mkdir(p, 0777);
+    }
+    static const char *const files[][2] = {
+        {"init/unet/config.json", STEPS "init/unet/config.json"},
+        {"init/unet/diffusion_pytorch_model.safetensors", STEPS "init/unet/diffusion_pytorch_model.safetensors"},
+        {"init/text_encoder/config.json", STEPS "init/text_encoder/config.json"},
+        {"init/vae/config.json", "tools/tiny-model/vae/config.json"},
+        {"init/vae/diffusion_pytorch_model.safetensors", "tools/tiny-model/vae/diffusion_pytorch_model.safetensors"}};
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s/%s", tmp, files[i][0]);
+        if (!copy(p, files[i][1])) return;
+    }
+    ldm_tensor_file tf;
+    if (!test_check(ldm_tensor_file_open(&tf, STEPS "init/text_encoder/model.safetensors") == 0,
+                    "steps: fixture text encoder", "%s", ldm_last_error()))
+        return;
+    // token_rows.npy: int64 ids (.npy version 1: 10-byte preamble, header, data)
+    size_t nbytes = 0;
+    char *rb = test_read_file(STEPS "token_rows.npy", &nbytes);
+    size_t off = rb && nbytes > 10 ? 10 + (uint8_t)rb[8] + 256 * (uint8_t)rb[9] : 0;
+    int64_t nrows = off && nbytes > off && memmem(rb, off, "'<i8'", 5) ? (int64_t)(nbytes - off) / 8 : 0, nemb;
+    int64_t *rows = malloc((size_t)(nrows ? nrows : 1) * sizeof *rows);
+    if (nrows) memcpy(rows, rb + off, (size_t)nrows * 8);
+    free(rb);
+    float *emb = test_load_npy(STEPS "token_embedding.npy", &nemb);
+    if (!test_check(nrows > 0 && emb, "steps: token rows", NULL)) return;
+    int64_t D = nemb / nrows, V = 49408;
+    int n = (int)tf.n_entries + 1;
+    const char **names = calloc((size_t)n, sizeof *names);
+    ldm_tensor *ts = calloc((size_t)n, sizeof *ts);
+    const ldm_tensor **tp = calloc((size_t)n, sizeof *tp);
+    for (int i = 0; i < n - 1; i++) {
+        const ldm_tensor_entry *e = &tf.entries[i];
+        ts[i] = (ldm_tensor){.ndim = e->ndim, .numel = e->numel, .dtype = LDM_DTYPE_F32};
+        memcpy(ts[i].shape, e->shape, sizeof e->shape);
+        ts[i].data = malloc((size_t)e->numel * sizeof(float));
+        ldm_entry_to_f32(ts[i].data, e);
+        names[i] = e->name, tp[i] = &ts[i];
+    }
+    ts[n - 1] = (ldm_tensor){.ndim = 2, .shape = {V, D}, .numel = V * D, .dtype = LDM_DTYPE_F32};
+    ts[n - 1].data = calloc((size_t)(V * D), sizeof(float));
+    for (int64_t r = 0; r < nrows; r++)
+        memcpy(ts[n - 1].data + rows[r] * D, emb + r * D, (size_t)D * sizeof(float));
+    names[n - 1] = "embeddings.token_embedding.weight", tp[n - 1] = &ts[n - 1];
+    snprintf(p, sizeof p, "%s/init/text_encoder/model.safetensors", tmp);
+    int rc = ldm_safetensors_write(p, n, names, tp);
+    for (int i = 0; i < n; i++) free(ts[i].data);
+    free(names), free(ts), free(tp), free(rows), free(emb);
+    ldm_tensor_file_close(&tf);
+    if (!test_check(rc == 0, "steps: initial folder", "%s", ldm_last_error())) return;
+
+    // 50 steps as the recipe (seed 0, 64 images, batch 8)
+    snprintf(args, sizeof args, "train --stage unet --init '%s/init' --out '%s/steps' --steps 50 "
+             "--n-images 64 --batch 8 --seed 0 --save-every 0 --quiet", tmp, tmp);
+    rc = test_run_cli(sd, args, out, err_path, &err);
+    if (!test_check(rc == 0, "steps: sd train --stage unet, 50 steps", "exit %d: %.300s", rc, err))
+        return;
+    int64_t nl;
+    float *want = test_load_npy(STEPS "losses.npy", &nl);   // [50, 2] mse, weighted
+    snprintf(p, sizeof p, "%s/steps/losses-unet.tsv", tmp);
+    char *text = test_read_file(p, NULL);
+    if (!want || !text) return;
+    float *got = calloc((size_t)nl, sizeof(float));
+    int64_t k = 0;
+    for (char *line = strtok(strchr(text, '\n') + 1, "\n"); line && k + 1 < nl; line = strtok(NULL, "\n")) {
+        int step;
+        if (sscanf(line, "%d %f %f", &step, &got[k], &got[k + 1]) == 3) k += 2;
+    }
+    test_check(k == nl, "steps: 50 lines of losses", "%lld values", (long long)k);
+    // float32 both sides, the same ops in other orders: rounding-level agreement
+    // (measured 2.4e-6 relative after 50 steps)
+    test_close("steps: losses of the 50 steps = torch", got, want, nl, 2e-5, 0);
+    free(want), free(got), free(text);
+    // final weights (train-state holds them in fp32)
+    snprintf(q, sizeof q, "%s/steps/train-state/state-000050.safetensors", tmp);
+    static const char *const fin[][2] = {
+        {"param/unet.conv_in.weight", STEPS "final_unet.conv_in.weight.npy"},
+        {"param/unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+         STEPS "final_unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight.npy"},
+        {"param/unet.conv_out.bias", STEPS "final_unet.conv_out.bias.npy"},
+        {"param/text_encoder.encoder.layers.0.self_attn.q_proj.weight",
+         STEPS "final_text_encoder.encoder.layers.0.self_attn.q_proj.weight.npy"},
+        {"param/text_encoder.final_layer_norm.weight", STEPS "final_text_encoder.final_layer_norm.weight.npy"}};
+    if (!test_check(ldm_tensor_file_open(&tf, q) == 0, "steps: train-state", "%s", ldm_last_error()))
+        return;
+    for (int i = 0; i < 5; i++) {
+        const ldm_tensor_entry *e = ldm_tensor_file_find(&tf, fin[i][0]);
+        int64_t nw;
+        float *w = test_load_npy(fin[i][1], &nw);
+        if (!test_check(e && w && e->numel == nw, fin[i][0], "missing or another size")) {
+            free(w);
+            continue;
+        }
+        float *g = malloc((size_t)nw * sizeof(float));
+        ldm_entry_to_f32(g, e);
+        test_close(fin[i][0], g, w, nw, 2e-5, 0);   // measured <= 1.5e-6
+        free(g), free(w);
+    }
+    ldm_tensor_file_close(&tf);
+}
+
 int main(void) {
     ldm_unet_config uc;
     ldm_vae_config vc;
@@ -273,6 +537,17 @@ int main(void) {
     test_export(&mp, &uc, &vc, &cc, tmp);
     test_checkpoint(&mp, tmp);
     params_free(&mp);
+
+    char sd[512], clitmp[256], out[600], err[600];
+    if (test_cli_setup(sd, clitmp, out, err, "train_cli")) {
+        test_cli(sd, clitmp, out, err);
+        test_resume(sd, clitmp, out, err);
+        test_protect(sd, clitmp, out, err);
+        test_steps(sd, clitmp, out, err);
+        char cmd2[400];
+        snprintf(cmd2, sizeof cmd2, "rm -rf '%s'", clitmp);
+        if (system(cmd2)) {}
+    }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd)) {}
