@@ -266,7 +266,8 @@ static int vae_step(vae_run *v) {
     ldm_rng *g = &v->r.st.rng;
     int full = v->r.st.step >= o->steps - o->vae_full_steps;
     int crop = full ? IMG : o->vae_crop, B = full ? (o->batch / 4 > 0 ? o->batch / 4 : 1) : o->batch;
-    int64_t S = (int64_t)crop * crop, h = crop / 8, Z = v->vae.cfg.latent_channels;
+    int64_t f = (int64_t)1 << (v->vae.cfg.n_levels - 1);   // the VAE's downsampling factor
+    int64_t S = (int64_t)crop * crop, h = crop / f, Z = v->vae.cfg.latent_channels;
     int64_t idx[4096], oy[4096], ox[4096];
     if (ldm_rng_randint(g, idx, B, 0, v->data->n)) return LDM_ERR;
     // x [B,3,64,64], the loss weights m [B,1,64,64], then the crops
@@ -342,12 +343,14 @@ static int vae_step(vae_run *v) {
     return rc;
 }
 
-// Posterior mean and std of every image: mean, std [n, Z*h*w] (malloc'ed).
-static int encode_all(float **mean, float **std, ldm_vae_trainer *tr, const dataset *d) {
+// Posterior mean and std of every image: mean, std [n, per = Z*h*w] (malloc'ed).
+static int encode_all(float **mean, float **std, int64_t *per_out, ldm_vae_trainer *tr,
+                      const dataset *d) {
     const struct ldm_ops *ops = tr->model->ops;
     int64_t Z = tr->model->cfg.latent_channels, f = 1;
     for (int i = 1; i < tr->model->cfg.n_levels; i++) f *= 2;
     int64_t S = (IMG / f) * (IMG / f), per = Z * S;
+    *per_out = per;
     *mean = malloc((size_t)(d->n * per) * sizeof(float));
     *std = malloc((size_t)(d->n * per) * sizeof(float));
     float *xb = malloc((size_t)ENC_CHUNK * 3 * IMG * IMG * sizeof(float));
@@ -378,8 +381,9 @@ static int encode_all(float **mean, float **std, ldm_vae_trainer *tr, const data
 // scale = 1 / std(z), z = mean + std * noise over every image (LDM sec. 4.3.2).
 static int latent_scale(float *scale, vae_run *v) {
     float *mean, *std;
-    if (encode_all(&mean, &std, &v->tr, v->data)) return LDM_ERR;
-    int64_t n = v->data->n * v->vae.cfg.latent_channels * (IMG / 8) * (IMG / 8);
+    int64_t per;
+    if (encode_all(&mean, &std, &per, &v->tr, v->data)) return LDM_ERR;
+    int64_t n = v->data->n * per;
     float *noise = malloc((size_t)n * sizeof(float));
     if (!noise) { free(mean), free(std); return ldm_error("latents: out of memory"); }
     ldm_rng g;
@@ -584,6 +588,8 @@ static int loop(run *r, const char *state_dir, int (*step)(void *), void *ctx) {
     if (o->resume && ldm_checkpoint_exists(state_dir)) {
         if (ldm_checkpoint_load(state_dir, &r->params, &r->st)) return LDM_ERR;
         if (o->progress) fprintf(o->progress, "%s: resumed at step %lld\n", r->st.stage, (long long)r->st.step);
+    } else if (o->resume && o->progress) {
+        fprintf(o->progress, "%s: no checkpoint in %s yet: starting at step 0\n", r->st.stage, state_dir);
     }
     if (open_log(r)) return LDM_ERR;
     r->first_step = r->st.step;
@@ -697,12 +703,12 @@ static int train_unet(const ldm_train_options *o, const struct ldm_ops *ops, con
                                  (long long)d.n, o->init);
         rc = ldm_vae_trainer_init(&tv, &vae);
         if (!rc) {
-            rc = encode_all(&u.mean, &u.std, &tv, &d);
+            rc = encode_all(&u.mean, &u.std, &u.per, &tv, &d);
             ldm_vae_trainer_free(&tv);
         }
         ldm_vae_free(&vae);
     }
-    u.h = IMG / 8, u.per = 4 * u.h * u.h;
+    u.h = (int64_t)sqrt((double)(u.per / 4));   // the latent side (4 channels)
     // the models from scratch: torch.manual_seed(seed + 1), UNet then text encoder
     ldm_unet_config ucfg;
     ldm_clip_config ccfg;
