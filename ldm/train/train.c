@@ -233,9 +233,9 @@ static int optimizer_step(run *r, const float *terms) {
         fprintf(r->log, "\n");
         fflush(r->log);
     }
-    // progress every 25 steps and at the end: mean of the last 25 steps
+    // progress at the first step, every 25 steps and at the end: means of the last 25 steps
     FILE *pf = r->o->progress;
-    if (pf && (t % 25 == 0 || t == r->o->steps)) {
+    if (pf && (t % 25 == 0 || t == r->o->steps || t == r->first_step + 1)) {
         double el = now() - r->t0, sps = el / (double)(t - r->first_step);
         double eta = sps * (double)(r->o->steps - t);
         fprintf(pf, "%s step %lld/%lld", r->st.stage, (long long)t, (long long)r->o->steps);
