@@ -224,6 +224,7 @@ typedef struct generation {
     float *z;                 // 3. sample: the latent z_0 [B,per], then 4. decoded
     int step;                 // sampler step being computed (dump prefix "stepNNN/")
     const ldm_denoiser *dn;   // during sampling: its nfe counts the model evaluations
+    int64_t unet_calls;       // UNet calls of this generation so far (the DeepCache schedule)
     double t_step;            // start of the current step (progress)
 } generation;
 
@@ -252,6 +253,12 @@ static int unet_fn(float *out, const float *x_in, const float *t, int64_t N, voi
     }
     ldm_tensor_from_host(&x, x_in);
     ldm_dump(&x, "unet_in");
+    // DeepCache, uniform interval N: calls 0, N, 2N, ... run in full, the others are
+    // cached steps. Calls, not sampler steps, are counted, so a sampler with two
+    // model evaluations per step (Heun, DPM2, ...) alternates within its steps.
+    const int interval = r->g->deepcache;
+    p->unet.deepcache.reuse = interval > 1 && r->unet_calls % interval != 0;
+    r->unet_calls++;
     if (ldm_unet_forward(&y, &p->unet, &x, t, &r->context) != LDM_OK) goto done;
     ldm_tensor_to_host(out, &y);
     ldm_dump(&y, "unet_out");
@@ -622,6 +629,11 @@ int ldm_generate_check(const ldm_pipeline *p, const ldm_generate_params *g) {
     if (p->inpaint_unet && !g->mask_rgb)
         return ldm_error("this is an inpainting model (its UNet takes %d channels): it needs an "
                          "image and a mask (sd inpaint)", p->model.unet.in_channels);
+    if (g->deepcache < 0) return ldm_error("deepcache interval %d: must be >= 1", g->deepcache);
+    int branches = ldm_unet_deepcache_branches(&p->unet);
+    if (g->deepcache_branch < 0 || g->deepcache_branch >= branches)
+        return ldm_error("deepcache branch %d: this UNet has skip branches 0..%d (0 = the "
+                         "shallowest)", g->deepcache_branch, branches - 1);
     return LDM_OK;
 }
 
@@ -644,7 +656,9 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     generation r = {.p = p, .g = g, .B = g->batch, .C = C, .h = g->height / f, .w = g->width / f,
                     .cfg = g->cfg_scale != 1.0f};   // CompVis: unconditional only when s != 1
     r.per = r.C * r.h * r.w;
-    int rc = condition(&r);                                  // tau_theta(y) -> context
+    // DeepCache on for this call only, with nothing kept from an earlier one
+    int rc = g->deepcache > 1 ? ldm_unet_deepcache_on(&p->unet, g->deepcache_branch) : LDM_OK;
+    if (rc == LDM_OK) rc = condition(&r);                    // tau_theta(y) -> context
     if (rc == LDM_OK) rc = initial_latent(&r);               // z_T, or z_0 = E(x) for img2img
     if (rc == LDM_OK) rc = sample(&r);                       // z_T -> z_0
     if (rc == LDM_OK && latent_out) memcpy(latent_out, r.z, (size_t)(r.B * r.per) * sizeof(float));
@@ -654,6 +668,7 @@ int ldm_generate(ldm_pipeline *p, const ldm_generate_params *g, float *latent_ou
     free(r.noise); free(r.init); free(r.z);
     free(r.mask); free(r.masked); free(r.unet_in); free(r.sigmas); free(r.timesteps);
     ldm_lora_restore(&lora);   // the original weights, bit for bit
+    ldm_unet_deepcache_off(&p->unet);   // the UNet exact again, its kept feature freed
     free(negative);
     return rc;
 }

@@ -130,6 +130,11 @@ typedef struct ldm_generate_params {
     int64_t *nfe;                   // optional out: the model evaluations (UNet calls with
                                     // guidance folded in: ldm_denoiser.nfe) so far, set before
                                     // each progress call and at the end; NULL: not reported
+    // DeepCache (ldm/unet.h ldm_unet_deepcache; an approximation, off by default):
+    // N >= 2: of each image batch's model calls, call i runs the UNet in full when
+    // i % N == 0 and reuses its deep feature otherwise; 0 or 1: every call exact.
+    int deepcache;
+    int deepcache_branch;           // skip branch of the cached steps (0: conv_in's, the shallowest)
 } ldm_generate_params;
 
 // Checks params without running anything (sizes, steps, strength, sampler).

@@ -457,6 +457,88 @@ static int block_forward(ldm_unet *u, ldm_unet_block *b, ldm_tensor *y, ldm_tens
     return ldm_error("unet: unknown block kind %d", (int)b->kind);
 }
 
+// ---- 4b. DeepCache: caching deep features across steps ----------------------------
+//
+// Ma, Fang, Wang, "DeepCache: Accelerating Diffusion Models for Free" (CVPR
+// 2024), uniform caching with interval N. The paper's observation: between
+// adjacent denoising steps the high-level features (the deep part of the
+// UNet: everything below a skip branch) barely change, while the skips of the
+// shallow layers carry the details that do. Number the skips as the down path
+// pushes them: branch m = 0 is conv_in's skip (popped by the last up-path
+// ResBlock), 1 the first ResBlock (+ transformer) of down_blocks.0, ...
+// (the numbering of the paper's reference implementation, cache_branch_id).
+// For branch m:
+//   full step   (every N-th model call): the whole table runs, and h as it
+//               enters row up_start (the up-path ResBlock that pops skip m,
+//               before the concatenation) is kept:  F  [B,C,h',w']
+//   cached step (the N-1 calls after it): rows 0..down_end run (conv_in and
+//               the down path up to the row that pushes skip m: skips 0..m),
+//               then rows up_start..end run from h = F; the rows between
+//               (deeper down path, middle, deeper up path) are skipped.
+// With m = 0 on SD1 a cached step runs conv_in, up_blocks.3.resnets.2 +
+// attentions.2 and conv_out; with m = 1 also down_blocks.0.resnets.0 +
+// attentions.0 and up_blocks.3.resnets.1 + attentions.1.
+// The kept feature is an owned tensor (the arena is reset every forward);
+// it is only used when its shape is the one this input would produce, so a
+// new size or batch runs in full and keeps a new one.
+
+int ldm_unet_deepcache_branches(const ldm_unet *u) {
+    int pushes = 0;
+    for (int k = 0; k < u->n_blocks; k++) pushes += u->blocks[k].push;
+    return pushes;
+}
+
+int ldm_unet_deepcache_on(ldm_unet *u, int branch) {
+    ldm_unet_deepcache *dc = &u->deepcache;
+    int n = ldm_unet_deepcache_branches(u);
+    if (branch < 0 || branch >= n)
+        return ldm_error("deepcache: branch %d: this UNet has skip branches 0..%d (0 = the "
+                         "shallowest)", branch, n - 1);
+    ldm_unet_deepcache_off(u);
+    // down_end pushes skip `branch`; up_start is the up-path row that pops it
+    int pushed = 0, sp = 0;
+    for (int k = 0; k < u->n_blocks; k++) {
+        const ldm_unet_block *b = &u->blocks[k];
+        if (b->skip && --sp == branch) dc->up_start = k;
+        if (b->push) {
+            if (pushed == branch) dc->down_end = k;
+            pushed++, sp++;
+        }
+    }
+    dc->branch = branch;
+    dc->on = 1;
+    return 0;
+}
+
+void ldm_unet_deepcache_off(ldm_unet *u) {
+    ldm_tensor_free(&u->deepcache.feat);
+    memset(&u->deepcache, 0, sizeof u->deepcache);
+}
+
+// The kept feature fits x [B,Cin,H,W]: [B, cin - skip of row up_start, H/2^lvl, W/2^lvl].
+static int deepcache_fits(const ldm_unet *u, const ldm_tensor *x) {
+    const ldm_unet_deepcache *dc = &u->deepcache;
+    const ldm_unet_block *b = &u->blocks[dc->up_start];
+    const ldm_tensor *f = &dc->feat;
+    return f->data && f->ndim == 4 && f->ops == u->ops && f->shape[0] == x->shape[0] &&
+           f->shape[1] == b->cin - b->skip && f->shape[2] == x->shape[2] >> b->level &&
+           f->shape[3] == x->shape[3] >> b->level;
+}
+
+// Full step: keep a copy of h (arena memory) in the owned feature.
+static int deepcache_keep(ldm_unet *u, const ldm_tensor *h) {
+    ldm_tensor *f = &u->deepcache.feat;
+    int same = f->data && f->ndim == h->ndim && f->numel == h->numel &&
+               !memcmp(f->shape, h->shape, sizeof(int64_t) * (size_t)h->ndim);
+    if (!same) {
+        ldm_tensor_free(f);
+        *f = ldm_tensor_new(u->ops, h->shape, h->ndim);
+        if (!f->data) return ldm_error("deepcache: out of memory for the kept feature");
+    }
+    ldm_copy(f, h);
+    return 0;
+}
+
 int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
                      const ldm_tensor *ctx) {
     return ldm_unet_forward_class(out, u, x, t, NULL, ctx);
@@ -543,11 +625,24 @@ int ldm_unet_forward_class(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, co
     // skip_at[i]; the up path pops them last-in first-out. A row's output
     // replaces, from position `base` on, whatever it consumed: its input
     // (unless that is a skip or the caller's x) and the skip it pops.
+    //
+    // DeepCache (section 4b): a cached step skips rows down_end+1 .. up_start-1
+    // and enters row up_start with the kept feature as h; a full step with
+    // DeepCache on keeps h as it enters row up_start.
+    ldm_unet_deepcache *dc = &u->deepcache;
+    const int cached = dc->on && dc->reuse && deepcache_fits(u, x);
+    dc->was_cached = cached;
     ldm_tensor h = *x, skip[LDM_UNET_MAX_SKIPS];
     size_t skip_at[LDM_UNET_MAX_SKIPS], h_at = ldm_arena_mark(A);
     int sp = 0, h_stays = 1;   // x is the caller's
     for (int k = 0; k < u->n_blocks; k++) {
         ldm_unet_block *b = &u->blocks[k];
+        if (cached && k > dc->down_end && k < dc->up_start) {   // the deep part: not run
+            b->flops = 0, b->secs = 0;
+            continue;
+        }
+        if (cached && k == dc->up_start) h = dc->feat, h_stays = 1;   // the kept feature, owned
+        if (dc->on && !cached && k == dc->up_start && deepcache_keep(u, &h)) return LDM_ERR;
         double flops0 = u->flops, t0 = now_seconds();
         size_t base = h_stays ? ldm_arena_mark(A) : h_at;
         ldm_tensor in = h, y;
@@ -784,6 +879,7 @@ void ldm_unet_free(ldm_unet *u) {
         }
     }
     free(u->blocks);
+    ldm_unet_deepcache_off(u);
     ldm_arena_free(&u->arena);
     memset(u, 0, sizeof *u);
 }

@@ -22,6 +22,9 @@
  * class_embedding [num_class_embeds,Temb]; row label[b] is added to the time
  * embedding before the ResBlocks see it (ldm_unet_forward_class).
  *
+ * DeepCache (off by default; ldm_unet_deepcache below): a forward may reuse
+ * the deep feature a full forward kept, running only the shallow rows.
+ *
  * Left out: SDXL's added conditioning, other class embedding types, inpainting-specific
  * handling beyond in_channels, transformer depth per block given as a list,
  * latents whose sides are not a multiple of 2^(levels-1).
@@ -107,6 +110,27 @@ typedef struct ldm_unet_block {
                                   // clock: on an asynchronous backend, only indicative)
 } ldm_unet_block;
 
+// DeepCache (Ma, Fang, Wang, "DeepCache: Accelerating Diffusion Models for
+// Free", CVPR 2024): the deep part of the UNet changes little from one step
+// to the next, so a full forward keeps the feature entering the up-path row of
+// skip branch m, and the following "cached" forwards run only the rows that
+// feed skips 0..m (the shallow down path) and the up path from that row on,
+// with the kept feature in place of everything deeper. An approximation: off
+// by default; the caller picks which forwards are cached (ldm/pipeline.c:
+// every N-th model call of an image runs in full).
+typedef struct ldm_unet_deepcache {
+    int on;              // 0: off (every forward is exact)
+    int branch;          // skip branch m: the skip stack index (0 = conv_in's, the shallowest;
+                         // the reference implementation's cache_branch_id)
+    int down_end;        // rows [0, down_end] feed skips 0..m (down_end pushes skip m)
+    int up_start;        // rows [up_start, n_blocks) run from the kept feature (up_start pops skip m)
+    int reuse;           // set before a forward: 1 = a cached step (when the kept feature fits
+                         // the input's shape; else the forward runs in full and keeps a new one)
+    int was_cached;      // out: 1 when the last forward was a cached step
+    ldm_tensor feat;     // owned: input of row up_start at the last full forward
+                         // [B,C_up,h',w']; data NULL: nothing kept
+} ldm_unet_deepcache;
+
 typedef struct ldm_unet {
     ldm_unet_config cfg;
     const struct ldm_ops *ops;
@@ -132,6 +156,8 @@ typedef struct ldm_unet {
     // into; its mapped pages are dropped after every block, so about one
     // block's weights are resident at a time. NULL: weights stay resident.
     const ldm_tensor_file *release_file;
+    // DeepCache (section 4b of ldm/unet.c; off unless deepcache.on).
+    ldm_unet_deepcache deepcache;
 } ldm_unet;
 
 // Fill the block table from cfg without weights (for printing and FLOP
@@ -156,6 +182,16 @@ int ldm_unet_forward(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const fl
 // (labels NULL is then an error); ldm_unet_forward passes NULL.
 int ldm_unet_forward_class(ldm_tensor *out, ldm_unet *u, const ldm_tensor *x, const float *t,
                            const int *labels, const ldm_tensor *context);
+
+// DeepCache (ldm_unet_deepcache): number of skip branches this UNet has
+// (branches 0..n-1: one per skip the down path pushes).
+int ldm_unet_deepcache_branches(const ldm_unet *u);
+// Turn DeepCache on for skip branch m (0..ldm_unet_deepcache_branches-1) with
+// nothing kept: the next forward runs in full. 0 / LDM_ERR (a branch this UNet
+// lacks, named with the range).
+int ldm_unet_deepcache_on(ldm_unet *u, int branch);
+// Turn it off and free the kept feature: every forward exact again.
+void ldm_unet_deepcache_off(ldm_unet *u);
 
 // Sinusoidal timestep embedding on the host, as diffusers get_timestep_embedding
 // in float32: t[B] -> out[B,dim]; flip_sin_to_cos gives [cos | sin].

@@ -167,12 +167,18 @@ class UnetBlock(C.Structure):  # ldm_unet_block
 HOOK_FN = C.CFUNCTYPE(None, C.c_void_p, C.c_char_p, C.POINTER(Tensor))
 
 
+class UnetDeepcache(C.Structure):  # ldm_unet_deepcache
+    _fields_ = [("on", C.c_int), ("branch", C.c_int), ("down_end", C.c_int), ("up_start", C.c_int),
+                ("reuse", C.c_int), ("was_cached", C.c_int), ("feat", Tensor)]
+
+
 class UnetStruct(C.Structure):  # ldm_unet
     _fields_ = [("cfg", UnetConfig), ("ops", C.c_void_p), ("temb", C.c_int),
                 ("time_w1", Tensor), ("time_b1", Tensor), ("time_w2", Tensor), ("time_b2", Tensor),
                 ("class_w", Tensor), ("blocks", C.POINTER(UnetBlock)), ("n_blocks", C.c_int), ("n_params", C.c_int64),
                 ("arena", Arena), ("flops", C.c_double),
-                ("hook", HOOK_FN), ("hook_ctx", C.c_void_p), ("release_file", C.c_void_p)]
+                ("hook", HOOK_FN), ("hook_ctx", C.c_void_p), ("release_file", C.c_void_p),
+                ("deepcache", UnetDeepcache)]
 
 
 class ClipLayer(C.Structure):  # ldm/clip.h ldm_clip_layer
@@ -270,7 +276,8 @@ class GenerateParams(C.Structure):  # ldm/pipeline.h ldm_generate_params
                 ("init_rgb", C.POINTER(C.c_uint8)), ("strength", C.c_double),
                 ("mask_rgb", C.POINTER(C.c_uint8)), ("vae_opt", VaeOptions), ("lora_dir", C.c_char_p), ("loras", C.c_void_p),
                 ("n_loras", C.c_int), ("progress", C.c_void_p), ("progress_ctx", C.c_void_p),
-                ("prompts", C.c_void_p), ("nfe", C.POINTER(C.c_int64))]
+                ("prompts", C.c_void_p), ("nfe", C.POINTER(C.c_int64)),
+                ("deepcache", C.c_int), ("deepcache_branch", C.c_int)]
 
 
 # Every mirror, by its C name (layout_check.c prints the same list).
@@ -281,6 +288,7 @@ MIRRORS = {
     "ldm_arena": Arena,
     "ldm_unet_resblock": UnetResblock, "ldm_unet_attn": UnetAttn, "ldm_unet_tblock": UnetTBlock,
     "ldm_unet_transformer": UnetTransformer, "ldm_unet_block": UnetBlock, "ldm_unet": UnetStruct,
+    "ldm_unet_deepcache": UnetDeepcache,
     "ldm_schedule": Schedule_, "ldm_rng": Rng, "ldm_denoiser": Denoiser,
     "ldm_sampler_info": SamplerInfo, "ldm_sampler_ctx": SamplerCtx,
     "ldm_conventions": Conventions, "ldm_sampler_settings": SamplerSettings,

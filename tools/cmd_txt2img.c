@@ -127,6 +127,10 @@ static const flag FLAGS[] = {
     {"--lora-dir", F_STR, 0, "folder of the LoRAs named in the prompt: <lora:NAME:SCALE>"},
     {"--embedding-dir", F_STR, 0, "textual-inversion embeddings: a prompt word equal to a file name uses its vectors"},
     {"--clip-skip", F_INT, 0, "stop the text encoder N-1 layers early (1)"},
+    {"--deepcache", F_INT, 0, "N: DeepCache, an approximation (off by default; 1 = exact): every "
+                              "N-th UNet call runs in full, the others reuse its deep features"},
+    {"--deepcache-branch", F_INT, 0, "K: DeepCache's skip branch, 0..11 on SD1 (0: the shallowest, "
+                                     "fastest; deeper: slower, closer to exact)"},
     {"--vocab", F_STR, 0, "CLIP BPE vocabulary file (default: model tokenizer/ or build/vocab)"},
     {"--help", F_BOOL, 0, "this text (also -h)"},
 };
@@ -408,6 +412,7 @@ typedef struct run_settings {
     const char *ckpt;               // --ckpt, or the tiny model
     int tiny;                       // 1: no --ckpt given
     long long n_iter, H, W, C, f, n_samples, n_rows, seed, threads, clip_skip;
+    long long deepcache, deepcache_branch;   // --deepcache N (1: off), --deepcache-branch K (0)
     double eta, scale, strength;    // as given (the A1111 parameters print them)
     ldm_sampler_settings sampling;  // sampler, steps, eta, sigmas, CompVis conventions
     ldm_rng_kind rng_kind;
@@ -580,6 +585,8 @@ static int settings_from_flags(run_settings *r, const opts *o, int mode, const s
         get_int(o, "--seed", 42, 0, INT64_MAX, &r->seed) ||
         get_int(o, "--threads", 0, 0, 4096, &r->threads) ||
         get_int(o, "--clip-skip", 1, 1, 64, &r->clip_skip) ||
+        get_int(o, "--deepcache", 1, 1, 1000, &r->deepcache) ||
+        get_int(o, "--deepcache-branch", 0, 0, LDM_UNET_MAX_SKIPS - 1, &r->deepcache_branch) ||
         get_float(o, "--ddim_eta", 0.0, &r->eta) ||
         get_float(o, "--scale", mode == MODE_IMG2IMG ? 5.0 : 7.5, &r->scale) ||
         get_float(o, "--strength", r->inpaint ? 1.0 : 0.75, &r->strength))
@@ -707,6 +714,11 @@ static void parameters(char *buf, size_t size, const run_settings *r, const run_
         n += snprintf(buf + n, size - n, ", Schedule type: %s", names[r->sampling.conv.spacing]);
     }
     if (r->clip_skip > 1) n += snprintf(buf + n, size - n, ", Clip skip: %lld", r->clip_skip);
+    if (r->deepcache > 1) {   // an approximation: the pixels depend on it
+        n += snprintf(buf + n, size - n, ", DeepCache: %lld", r->deepcache);
+        if (r->deepcache_branch != 0)
+            n += snprintf(buf + n, size - n, ", DeepCache branch: %lld", r->deepcache_branch);
+    }
     if (r->sampling.sde_noise == LDM_SDE_NOISE_BROWNIAN)
         n += snprintf(buf + n, size - n, ", SDE noise: brownian");
     const ldm_sampler_info *si = r->sampling.sampler;   // eta: recorded when not the sampler's default
@@ -854,7 +866,8 @@ static int generate_all(outputs *out, const run_settings *r, ldm_pipeline *p,
                 .strength = r->strength, .mask_rgb = mask_rgb, .vae_opt = r->vae_opt,
                 .progress = on_progress, .progress_ctx = prog,
                 .lora_dir = r->lora_dir, .loras = r->loras, .n_loras = r->n_loras,
-                .nfe = &prog->nfe,
+                .nfe = &prog->nfe, .deepcache = (int)r->deepcache,
+                .deepcache_branch = (int)r->deepcache_branch,
             };
             if (ldm_generate(p, &g, NULL, rgb) != LDM_OK) { rc = sd_fail("%s", ldm_last_error()); break; }
             out->nfe = prog->nfe;
@@ -918,14 +931,14 @@ static int check_before_sampling(const run_settings *r) {
 // every flag not given on the command line; *pos <- its Batch pos. The values
 // live in `store` until the run ends. 0, or the exit code after printing.
 typedef struct png_flags {
-    char v[20][8192]; int n;
+    char v[24][8192]; int n;
     char hash[16], model[256];      // the PNG's "Model hash" and "Model" ("" when absent)
     long long W, H;                 // its "Size" (0 when absent): img2img checks the init image
 } png_flags;
 
 static void set_flag(opts *o, png_flags *st, const char *name, const char *value, int len) {
     for (int k = 0; k < N_FLAGS; k++)
-        if (!strcmp(FLAGS[k].name, name) && !o->val[k] && st->n < 20) {
+        if (!strcmp(FLAGS[k].name, name) && !o->val[k] && st->n < 24) {
             snprintf(st->v[st->n], sizeof st->v[0], "%.*s", len < 0 ? (int)strlen(value) : len, value);
             o->val[k] = st->v[st->n++];
         }
@@ -953,6 +966,7 @@ static int flags_from_png(opts *o, png_flags *st, long long *pos, int img2img) {
         {"CFG scale", "--scale"}, {"Seed", "--seed"}, {"Clip skip", "--clip-skip"},
         {"Eta", "--ddim_eta"}, {"Batch size", "--n_samples"}, {"Weights", "--weights"},
         {"SDE noise", "--sde-noise"}, {"Denoising strength", "--strength"},
+        {"DeepCache", "--deepcache"}, {"DeepCache branch", "--deepcache-branch"},
     };
     *pos = 0;
     int from_img2img = 0;
@@ -1084,6 +1098,12 @@ static int run(int argc, char **argv, int mode, const sd_env *env) {
         { sd_fail("%s: --C %lld: this model's latents have %d channels", r.cmd, r.C, p.latent_channels); goto done; }
     if (get(&o, "--f") && r.f != p.factor)
         { sd_fail("%s: --f %lld: this model's VAE downsamples by %d", r.cmd, r.f, p.factor); goto done; }
+    if (r.deepcache_branch >= ldm_unet_deepcache_branches(&p.unet)) {
+        sd_fail("%s: --deepcache-branch %lld: this model's UNet has skip branches 0..%d", r.cmd,
+                r.deepcache_branch, ldm_unet_deepcache_branches(&p.unet) - 1);
+        rc = 2;
+        goto done;
+    }
     if (r.verbose)
         fprintf(stderr, "model: %s, %s, loaded in %.1f s\n", ldm_family_name(p.model.family),
                 ldm_prediction_name(p.model.prediction), p.load_seconds);
