@@ -418,6 +418,17 @@ train-lora: $(REF_PY)
 train-inpaint: $(REF_PY)
 	nice $(REF_PY) tools/train/train_inpaint.py --model $(TINY_MODEL) --out $(INPAINT_OUT)
 
+# `make train-tiny-c`: the same two stages in C (`sd train`, train_tiny.py's
+# recipe, one process): stage 1 into build/tiny-c/vae, stage 2 on its VAE into
+# build/tiny-c/model (a diffusers folder: sd txt2img --ckpt build/tiny-c/model).
+# --resume: an interrupted run continues from its last checkpoint (every 100
+# steps); a finished stage is only exported again. TRAIN_C_ARGS adds flags to both.
+.PHONY: train-tiny-c
+train-tiny-c: $(BUILD)/sd $(VOCAB)
+	nice $(BUILD)/sd train --stage vae --out build/tiny-c/vae --resume $(TRAIN_C_ARGS)
+	nice $(BUILD)/sd train --stage unet --init build/tiny-c/vae --out build/tiny-c/model --resume \
+	    $(TRAIN_C_ARGS)
+
 # `make install PREFIX=DIR` (default /usr/local): DIR/bin/sd, and beside it the
 # data it finds relative to itself (/proc/self/exe), so it runs from any folder:
 # DIR/share/ldm.c/tiny-model (the model without --ckpt) and
@@ -462,4 +473,5 @@ help:
 	@echo "make train-tiny retrain the tiny model (PyTorch, CPU; TINY_OUT=$(TINY_OUT))"
 	@echo "make train-lora the tiny model's bar LoRA (PyTorch, CPU; LORA_OUT=$(LORA_OUT))"
 	@echo "make train-inpaint its 9-channel inpainting variant (INPAINT_OUT=$(INPAINT_OUT))"
+	@echo "make train-tiny-c the tiny model trained in C by sd train, both stages (build/tiny-c/model)"
 	@echo "make clean      remove build/"

@@ -51,6 +51,7 @@ int cmd_img2img(int argc, char **argv, const sd_env *env);
 int cmd_inpaint(int argc, char **argv, const sd_env *env);
 int cmd_png_info(int argc, char **argv, const sd_env *env);
 int cmd_upscale(int argc, char **argv, const sd_env *env);        // tools/cmd_upscale.c
+int cmd_train(int argc, char **argv, const sd_env *env);          // tools/cmd_train.c
 
 // Shared by subcommands: print "sd: <message>" to stderr, return 1 (exit code).
 int sd_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

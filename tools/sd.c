@@ -36,6 +36,7 @@ static const sd_command commands[] = {
     {"inpaint", cmd_inpaint, "image + mask + text -> images (repaint the mask's white part)"},
     {"png-info", cmd_png_info, "print the generation parameters stored in a PNG"},
     {"upscale", cmd_upscale, "low-res image + text -> a 4x larger image (the SD x4 upscaler)"},
+    {"train", cmd_train, "train the tiny model in C: --stage vae, then --stage unet (train_tiny.py)"},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
 

@@ -403,6 +403,10 @@ int ldm_safetensors_write(const char *path, int n, const char *const *names,
     if (n < 0) return ldm_error("%s: negative tensor count %d", path, n);
     for (int i = 0; i < n; i++) {
         if (!names[i] || !tensors_host[i]) return ldm_error("%s: tensor %d has no name or data", path, i);
+        ldm_dtype dt = tensors_host[i]->dtype;
+        if (dt != LDM_DTYPE_F32 && dt != LDM_DTYPE_F16 && dt != LDM_DTYPE_BF16)
+            return ldm_error("%s: tensor '%s' is %s; F32, F16 or BF16 can be written", path,
+                             names[i], ldm_dtype_name(dt));
         if (strcmp(names[i], "__metadata__") == 0)
             return ldm_error("%s: '__metadata__' is reserved and cannot name a tensor", path);
         for (int k = 0; k < i; k++)
@@ -420,7 +424,7 @@ int ldm_safetensors_write(const char *path, int n, const char *const *names,
         cJSON *obj = cJSON_AddObjectToObject(root, names[i]);
         cJSON *shape = obj ? cJSON_AddArrayToObject(obj, "shape") : NULL;
         cJSON *offs = NULL;
-        if (obj) cJSON_AddStringToObject(obj, "dtype", "F32");
+        if (obj) cJSON_AddStringToObject(obj, "dtype", ldm_dtype_name(t->dtype));
         if (shape) {
             for (int d = 0; d < t->ndim; d++) {
                 snprintf(num, sizeof num, "%lld", (long long)t->shape[d]);
@@ -429,7 +433,7 @@ int ldm_safetensors_write(const char *path, int n, const char *const *names,
             offs = cJSON_AddArrayToObject(obj, "data_offsets");
         }
         if (!offs) { cJSON_Delete(root); return ldm_error("%s: out of memory", path); }
-        uint64_t nb = (uint64_t)t->numel * 4;
+        uint64_t nb = (uint64_t)t->numel * ldm_tensor_elem_size(t->dtype);
         snprintf(num, sizeof num, "%llu", (unsigned long long)pos);
         cJSON_AddItemToArray(offs, cJSON_CreateRaw(num));
         snprintf(num, sizeof num, "%llu", (unsigned long long)(pos + nb));
@@ -459,9 +463,9 @@ int ldm_safetensors_write(const char *path, int n, const char *const *names,
     for (size_t i = len; i < padded && !bad; i++) bad = fputc(' ', fp) == EOF;
     free(json);
     for (int i = 0; i < n && !bad; i++) {
-        // fp32 little-endian: byte-swap on a big-endian host (none supported today).
+        // little-endian: byte-swap on a big-endian host (none supported today).
         const ldm_tensor *t = tensors_host[i];
-        if (t->numel) bad = write_all(fp, t->data, (size_t)t->numel * sizeof(float));
+        if (t->numel) bad = write_all(fp, t->data, (size_t)t->numel * ldm_tensor_elem_size(t->dtype));
     }
     if (fclose(fp) != 0) bad = 1;
     if (bad || rename(tmp, path) != 0) {

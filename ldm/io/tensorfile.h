@@ -60,7 +60,8 @@ void ldm_tensor_file_release_all(const ldm_tensor_file *f);
 // safetensors: parse a whole file already in memory (used by open and by the
 // fuzzer). The entries point into buf, which must outlive f.
 int ldm_safetensors_parse(ldm_tensor_file *f, const uint8_t *buf, size_t size, const char *path);
-// Write fp32 tensors as safetensors (for tools and tests).
+// Write host tensors (F32, F16 or BF16, each in its own dtype) as safetensors,
+// through a temporary file renamed at the end (for tools, tests and training).
 int ldm_safetensors_write(const char *path, int n, const char *const *names,
                           const ldm_tensor *const *tensors_host);
 
