@@ -16,6 +16,12 @@
  * replaced silently: --resume continues it, --overwrite starts over there.
  * Progress (step, losses, s/step, ETA) goes to stderr.
  * Exit codes: 0 done, 1 the run failed, 2 the command line is wrong.
+ *
+ * Data parallel over processes (ldm/train/dist.h; a build with `make MPI=1`):
+ *   mpirun -np 4 build/mpi/sd train --stage unet --init ... --out ... --batch 32
+ * runs 4 processes, each on 8 of every 32 images, with the gradients averaged
+ * over them: the same run as one process, to summation order. Process 0
+ * writes every output and prints the progress.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -25,6 +31,7 @@
 #include "ldm/backend/ops.h"
 #include "ldm/core/error.h"
 #include "ldm/io/fs.h"
+#include "ldm/train/dist.h"
 #include "ldm/train/train.h"
 #include "tools/cmd.h"
 
@@ -142,6 +149,8 @@ static int holds_run(const char *dir) {
     return 0;
 }
 
+static int run(const ldm_train_options *opts, ldm_train_stage stage, int overwrite);
+
 int cmd_train(int argc, char **argv, const sd_env *env_in) {
     sd_env env = *env_in;
     const char *val[N_FLAGS] = {0};
@@ -190,15 +199,29 @@ int cmd_train(int argc, char **argv, const sd_env *env_in) {
     if (!ldm_backend_can_train(o.ops))
         return sd_fail("train: %s (use --backend cpu or ref)", ldm_last_error()), SD_EXIT_USAGE;
 
-    // ---- the outputs, before any work (runtime errors, exit 1)
+    // ---- the process group (one process, or those mpirun started), then the run
+    if (ldm_dist_init(NULL, NULL)) return sd_fail("train: %s", ldm_last_error());
+    if (ldm_dist_rank() != 0) o.progress = NULL;   // process 0 reports
+    int rc = run(&o, stage, overwrite);
+    // a process that failed stops the others, which would wait for it forever
+    if (rc != SD_EXIT_OK && ldm_dist_world() > 1) ldm_dist_abort(rc);
+    ldm_dist_finalize();
+    return rc;
+}
+
+// The outputs, before any work (runtime errors, exit 1; process 0 writes),
+// then the run.
+static int run(const ldm_train_options *opts, ldm_train_stage stage, int overwrite) {
+    ldm_train_options o = *opts;
+    int writer = ldm_dist_rank() == 0;
     struct stat st;
     if (stat(o.out, &st) == 0 && !S_ISDIR(st.st_mode))
         return sd_fail("train: --out %s is a file; give a folder", o.out);
     if (!o.resume && !overwrite && holds_run(o.out))
         return sd_fail("train: %s already holds a model or a training run; pass --resume to "
                        "continue it or --overwrite to start over", o.out);
-    if (o.log && !o.resume && sd_check_output(o.log, overwrite, NULL, 0)) return SD_EXIT_FAIL;
-    if (overwrite) {   // start over: the old state must not be resumed by accident later
+    if (writer && o.log && !o.resume && sd_check_output(o.log, overwrite, NULL, 0)) return SD_EXIT_FAIL;
+    if (writer && overwrite) {   // start over: the old state must not be resumed by accident later
         char p[4096 + 32];
         snprintf(p, sizeof p, "%s/train-state/state.json", o.out);
         if (ldm_is_file(p) && remove(p) != 0)

@@ -18,6 +18,7 @@
 #include "ldm/model.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/train/clip_train.h"
+#include "ldm/train/dist.h"
 #include "ldm/train/export.h"
 #include "ldm/train/init.h"
 #include "ldm/train/loss.h"
@@ -210,9 +211,19 @@ static int run_init_arrays(run *r) {
     return 0;
 }
 
-// After the backward: clip the global gradient norm at 1, one Adam(W) step at
-// the warmed-up lr, the EMA (stage 2), step++, the losses logged.
-static int optimizer_step(run *r, const float *terms) {
+// After the backward: the mean over the processes of the gradients and of
+// the losses (data parallel, ldm/train/dist.h: nothing in one process), clip
+// the global gradient norm at 1, one Adam(W) step at the warmed-up lr, the
+// EMA (stage 2), step++, the losses logged.
+static int optimizer_step(run *r, float *terms) {
+    int world = ldm_dist_world();
+    if (world > 1) {
+        if (ldm_dist_allreduce_grads(&r->params)) return LDM_ERR;
+        double sum[LDM_TRAIN_MAX_LOSSES];
+        for (int k = 0; k < r->st.n_loss; k++) sum[k] = terms[k];
+        if (ldm_dist_allreduce_sum_double(sum, r->st.n_loss)) return LDM_ERR;
+        for (int k = 0; k < r->st.n_loss; k++) terms[k] = (float)(sum[k] / world);
+    }
     ldm_clip_grad_norm(r->grads, r->sizes, r->params.n, 1.0);
     double lr = ldm_lr_warmup(r->o->lr, r->st.step, r->warmup);
     int64_t t = r->st.step + 1, off = 0;
@@ -260,6 +271,22 @@ typedef struct vae_run {
     const dataset *data;
 } vae_run;
 
+// Data parallel, stage 1: the reconstruction term is normalised by the sum
+// of the loss weights w over the batch, not a mean of per-image terms, so a
+// slice's gradient (normalised by the slice's sum) is rescaled by
+// world * (slice's sum of w) / (batch's sum of w): then the mean over the
+// processes is the batch's gradient (ldm/train/dist.h). dy[n] in place.
+static void rec_grad_to_batch(float *dy, int64_t n, const float *w, int64_t b0, int64_t Bl,
+                              int64_t B, int64_t S) {
+    double slice = 0, batch = 0;
+    for (int64_t i = 0; i < B * S; i++) {
+        batch += w[i];
+        if (i >= b0 * S && i < (b0 + Bl) * S) slice += w[i];
+    }
+    float f = (float)(ldm_dist_world() * slice / batch);
+    for (int64_t i = 0; i < n; i++) dy[i] *= f;
+}
+
 static int vae_step(vae_run *v) {
     const ldm_train_options *o = v->r.o;
     const struct ldm_ops *ops = v->vae.ops;
@@ -269,6 +296,10 @@ static int vae_step(vae_run *v) {
     int64_t f = (int64_t)1 << (v->vae.cfg.n_levels - 1);   // the VAE's downsampling factor
     int64_t S = (int64_t)crop * crop, h = crop / f, Z = v->vae.cfg.latent_channels;
     int64_t idx[4096], oy[4096], ox[4096];
+    // Every process draws the whole batch (the generator stays the same on
+    // all) and computes on its slice [b0, b0 + Bl): all of it in one process.
+    int64_t b0, Bl;
+    if (ldm_dist_shard(&b0, &Bl, B)) return LDM_ERR;
     if (ldm_rng_randint(g, idx, B, 0, v->data->n)) return LDM_ERR;
     // x [B,3,64,64], the loss weights m [B,1,64,64], then the crops
     float *full_x = malloc((size_t)B * 3 * IMG * IMG * sizeof(float));
@@ -300,18 +331,18 @@ static int vae_step(vae_run *v) {
             }
     }
     if (!rc) {
-        x = ldm_tensor_new(ops, LDM_SHAPE(B, 3, crop, crop));
+        x = ldm_tensor_new(ops, LDM_SHAPE(Bl, 3, crop, crop));
         rc = x.data ? 0 : LDM_ERR;
     }
     if (!rc) {
-        ldm_tensor_from_host(&x, xb);
+        ldm_tensor_from_host(&x, xb + b0 * 3 * S);
         rc = ldm_vae_train_encode(&moments, &v->tr, &x);
     }
     float terms[3];
     if (!rc) {
         ldm_rng_randn(g, noise, B * Z * h * h);
-        ldm_vae_posterior(zb, moments.data, noise, B, Z, h * h);    // z = mean + std * noise
-        z = ldm_tensor_new(ops, LDM_SHAPE(B, Z, h, h));
+        ldm_vae_posterior(zb, moments.data, noise + b0 * Z * h * h, Bl, Z, h * h);   // z = mean + std * noise
+        z = ldm_tensor_new(ops, LDM_SHAPE(Bl, Z, h, h));
         rc = z.data ? 0 : LDM_ERR;
     }
     if (!rc) {
@@ -326,14 +357,15 @@ static int vae_step(vae_run *v) {
     }
     if (!rc) {
         double l1, l2;
-        ldm_loss_vae_rec(dy.data, &l1, &l2, y.data, xb, wb, B, 3, S);
-        double kl = ldm_loss_vae_kl(dm.data, moments.data, o->kl_weight, B, Z, h * h);
+        ldm_loss_vae_rec(dy.data, &l1, &l2, y.data, xb + b0 * 3 * S, wb + b0 * S, Bl, 3, S);
+        if (Bl < B) rec_grad_to_batch(dy.data, dy.numel, wb, b0, Bl, B, S);
+        double kl = ldm_loss_vae_kl(dm.data, moments.data, o->kl_weight, Bl, Z, h * h);
         terms[0] = (float)l1, terms[1] = (float)l2, terms[2] = (float)kl;
         ldm_params_zero_grad(&v->r.params);
         rc = ldm_vae_train_backward_decode(&dz, &v->tr, &dy);
     }
     if (!rc) {
-        ldm_vae_posterior_backward(dm.data, dz.data, moments.data, noise, B, Z, h * h);
+        ldm_vae_posterior_backward(dm.data, dz.data, moments.data, noise + b0 * Z * h * h, Bl, Z, h * h);
         rc = ldm_vae_train_backward_encode(&v->tr, &dm);
     }
     if (!rc) rc = optimizer_step(&v->r, terms);
@@ -423,6 +455,10 @@ static int unet_step(unet_run *u) {
     int64_t per = u->per, Z = u->unet.cfg.in_channels, D = u->clip.cfg.hidden_size;
     int64_t idx[4096], t[4096];
     float ja[4096], drop[4096], tf[4096], wb[4096];
+    // Every process draws the whole batch (the generator stays the same on
+    // all) and computes on its slice [b0, b0 + Bl): all of it in one process.
+    int64_t b0, Bl;
+    if (ldm_dist_shard(&b0, &Bl, B)) return LDM_ERR;
     float *zb = malloc((size_t)(B * per) * sizeof(float)), *eps = malloc((size_t)(B * per) * sizeof(float));
     float *zt = malloc((size_t)(B * per) * sizeof(float));
     int32_t *ids = malloc((size_t)B * CTX * sizeof(int32_t));
@@ -457,27 +493,27 @@ static int unet_step(unet_run *u) {
             tf[b] = (float)t[b];
             wb[b] = u->wt[t[b]];
         }
-        rc = ldm_clip_train_forward(&ctx, &u->tc, ids, B, CTX);   // tau_theta(y) [B,77,D]
+        rc = ldm_clip_train_forward(&ctx, &u->tc, ids + b0 * CTX, (int)Bl, CTX);   // tau_theta(y) [Bl,77,D]
     }
     if (!rc) {
         int64_t h = u->h;
-        x = ldm_tensor_new(ops, LDM_SHAPE(B, Z, h, h));
-        pred = ldm_tensor_new(ops, LDM_SHAPE(B, Z, h, h));
+        x = ldm_tensor_new(ops, LDM_SHAPE(Bl, Z, h, h));
+        pred = ldm_tensor_new(ops, LDM_SHAPE(Bl, Z, h, h));
         rc = x.data && pred.data ? 0 : LDM_ERR;
         if (!rc) {
-            ldm_tensor_from_host(&x, zt);
-            rc = ldm_unet_train_forward(&pred, &u->tu, &x, tf, &ctx);   // eps_theta(z_t, t, tau)
+            ldm_tensor_from_host(&x, zt + b0 * per);
+            rc = ldm_unet_train_forward(&pred, &u->tu, &x, tf + b0, &ctx);   // eps_theta(z_t, t, tau)
         }
     }
     float terms[2];
     if (!rc) {
         dpred = ldm_tensor_zeros(ops, pred.shape, pred.ndim);
-        dctx = ldm_tensor_zeros(ops, LDM_SHAPE(B, CTX, D));
+        dctx = ldm_tensor_zeros(ops, LDM_SHAPE(Bl, CTX, D));
         rc = dpred.data && dctx.data ? 0 : LDM_ERR;
     }
     if (!rc) {
         double mse;
-        double loss = ldm_loss_eps(dpred.data, &mse, pred.data, eps, wb, B, per);   // LDM eq. 2
+        double loss = ldm_loss_eps(dpred.data, &mse, pred.data, eps + b0 * per, wb + b0, Bl, per);   // LDM eq. 2
         terms[0] = (float)mse, terms[1] = (float)loss;
         ldm_params_zero_grad(&u->r.params);
         rc = ldm_unet_train_backward(&dctx, &u->tu, &dpred);
@@ -575,29 +611,42 @@ static const char *const vae_loss_names[3] = {"l1", "l2", "kl"};
 static const char *const unet_loss_names[2] = {"mse", "weighted"};
 
 // Open --log: rewritten from the history (a resumed run continues it).
+// Process 0 writes every output (ldm/train/dist.h).
 static int open_log(run *r) {
-    if (!r->o->log) return 0;
+    if (!r->o->log || ldm_dist_rank() != 0) return 0;
     if (write_losses(r->o->log, &r->st, r->loss_names)) return LDM_ERR;
     r->log = fopen(r->o->log, "a");
     return r->log ? 0 : ldm_error("%s: cannot append: %s", r->o->log, strerror(errno));
 }
 
 // Resume (when asked and there is a state), then the loop with checkpoints.
+// Several processes (ldm/train/dist.h): they start from process 0's weights,
+// each resumes from the train-state (which they must all see, e.g. on a
+// shared file system: they check that they agree on the step), and process 0
+// writes the checkpoints and the log.
 static int loop(run *r, const char *state_dir, int (*step)(void *), void *ctx) {
     const ldm_train_options *o = r->o;
+    int writer = ldm_dist_rank() == 0;
+    if (ldm_dist_broadcast_weights(&r->params, 0)) return LDM_ERR;
     if (o->resume && ldm_checkpoint_exists(state_dir)) {
         if (ldm_checkpoint_load(state_dir, &r->params, &r->st)) return LDM_ERR;
         if (o->progress) fprintf(o->progress, "%s: resumed at step %lld\n", r->st.stage, (long long)r->st.step);
     } else if (o->resume && o->progress) {
         fprintf(o->progress, "%s: no checkpoint in %s yet: starting at step 0\n", r->st.stage, state_dir);
     }
+    double steps = (double)r->st.step;
+    if (ldm_dist_allreduce_sum_double(&steps, 1)) return LDM_ERR;
+    if (steps != (double)r->st.step * ldm_dist_world())
+        return ldm_error("process %d starts at step %lld, not every process does: --resume needs "
+                         "%s readable by every process", ldm_dist_rank(), (long long)r->st.step,
+                         state_dir);
     if (open_log(r)) return LDM_ERR;
     r->first_step = r->st.step;
     r->t0 = now();
     int rc = 0;
     while (r->st.step < o->steps && !(o->stop_at && r->st.step >= o->stop_at) && !rc) {
         rc = step(ctx);
-        if (!rc && (r->st.step == o->steps || r->st.step == o->stop_at ||
+        if (!rc && writer && (r->st.step == o->steps || r->st.step == o->stop_at ||
                     (o->save_every && r->st.step % o->save_every == 0)))
             rc = ldm_checkpoint_save(state_dir, &r->params, &r->st);
     }
@@ -659,6 +708,7 @@ static int train_vae(const ldm_train_options *o, const struct ldm_ops *ops, cons
     if (!rc) rc = loop(&v.r, state_dir, vae_step_cb, &v);
     int stopped = rc == 1;   // --stop-at: no export
     if (stopped) rc = 0;
+    if (ldm_dist_rank() != 0) stopped = 1;   // process 0 exports
     float scale = 0;
     if (!rc && !stopped) rc = latent_scale(&scale, &v);
     char path[4096 + 32];
@@ -752,6 +802,7 @@ static int train_unet(const ldm_train_options *o, const struct ldm_ops *ops, con
     if (!rc) rc = loop(&u.r, state_dir, unet_step_cb, &u);
     int stopped = rc == 1;   // --stop-at: no export
     if (stopped) rc = 0;
+    if (ldm_dist_rank() != 0) stopped = 1;   // process 0 exports
     char path[4096 + 32], src[4096 + 32];
     if (!rc && !stopped) {   // the EMA weights, with the stage-1 VAE beside them
         ldm_export_spec spec = {.params = &u.r.params, .values = u.r.st.ema, .unet = &ucfg,
@@ -785,8 +836,19 @@ int ldm_train_run(const ldm_train_options *o) {
     if (ldm_train_check(o)) return LDM_ERR;
     const struct ldm_ops *ops = o->ops ? o->ops : ldm_backend_default();
     if (!ldm_backend_can_train(ops)) return LDM_ERR;
+    // data parallel: every step's batch (stage 1: also the --batch/4 of its
+    // whole-image steps) splits into equal slices over the processes
+    int64_t b0, Bl;
+    if (ldm_dist_shard(&b0, &Bl, o->batch) ||
+        (o->stage == LDM_TRAIN_VAE && o->vae_full_steps > 0 &&
+         ldm_dist_shard(&b0, &Bl, o->batch / 4 > 0 ? o->batch / 4 : 1)))
+    {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ldm_last_error());
+        return ldm_error("--batch %d over %d processes: %s", o->batch, ldm_dist_world(), why);
+    }
     char state_dir[4096 + 16];
     snprintf(state_dir, sizeof state_dir, "%s/train-state", o->out);
-    if (make_dir(o->out)) return LDM_ERR;
+    if (ldm_dist_rank() == 0 && make_dir(o->out)) return LDM_ERR;
     return o->stage == LDM_TRAIN_VAE ? train_vae(o, ops, state_dir) : train_unet(o, ops, state_dir);
 }
