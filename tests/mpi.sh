@@ -8,7 +8,8 @@
 #       process (tests/test_dist.c)
 #   mpirun -np 2 MPI_BUILD/sd train ... --steps 3 against SD train ... --steps 3,
 #       stage vae then stage unet: the same weights (and EMA) and losses
-#       within 1e-6 (when this sd has the train command)
+#       within 1e-6; 2 processes stopped and resumed = uninterrupted; a batch
+#       that does not split is refused (when this sd has the train command)
 # Prints the checks and one line "N passed, M failed". Where Open MPI is not
 # installed it prints "skipped: mpirun not found" and succeeds, so the default
 # build and `make test` never need it. Run from the repository root.
@@ -94,6 +95,13 @@ if "$SD" train --help >/dev/null 2>&1 && "$MPI_BUILD/sd" train --help >/dev/null
         [ $stage = unet ] && compare one-$stage two-$stage ema/
         compare one-$stage two-$stage losses
     done
+    # 2 processes stopped at step 2 and resumed: the uninterrupted run, bit for bit
+    $MPIRUN "$MPI_BUILD/sd" train $VAE --out "$T/resumed" --stop-at 2 > "$T/r.log" 2>&1 &&
+        $MPIRUN "$MPI_BUILD/sd" train $VAE --out "$T/resumed" --resume >> "$T/r.log" 2>&1; rc=$?
+    check "stage vae, 2 processes: --stop-at 2, --resume = uninterrupted, bit for bit" \
+          "$([ $rc = 0 ] && cmp -s "$T"/two-vae/train-state/state-*.safetensors \
+                                   "$T"/resumed/train-state/state-*.safetensors && echo 1)" \
+          "exit $rc: $(tail -n 2 "$T/r.log" | tr '\n' ' ')"
     # a batch that does not split over the processes: refused, every process stopped
     $MPIRUN "$MPI_BUILD/sd" train --stage vae $COMMON --batch 3 --out "$T/odd" > "$T/odd.log" 2>&1; rc=$?
     check "--batch 3 over 2 processes: refused with a message, exit 1" \
