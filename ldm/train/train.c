@@ -838,11 +838,9 @@ int ldm_train_run(const ldm_train_options *o) {
     if (!ldm_backend_can_train(ops)) return LDM_ERR;
     // data parallel: every step's batch (stage 1: also the --batch/4 of its
     // whole-image steps) splits into equal slices over the processes
-    int64_t b0, Bl;
-    if (ldm_dist_shard(&b0, &Bl, o->batch) ||
-        (o->stage == LDM_TRAIN_VAE && o->vae_full_steps > 0 &&
-         ldm_dist_shard(&b0, &Bl, o->batch / 4 > 0 ? o->batch / 4 : 1)))
-    {
+    int64_t b0, Bl, full_batch = o->batch / 4 > 0 ? o->batch / 4 : 1;
+    if (ldm_dist_shard(&b0, &Bl, o->batch) || (o->stage == LDM_TRAIN_VAE && o->vae_full_steps > 0 &&
+                                               ldm_dist_shard(&b0, &Bl, full_batch))) {
         char why[256];
         snprintf(why, sizeof why, "%s", ldm_last_error());
         return ldm_error("--batch %d over %d processes: %s", o->batch, ldm_dist_world(), why);
