@@ -1921,6 +1921,7 @@ NOTEBOOKS["14-training-in-c"] = [
     for s in [s for s in (1, 50, 100, 200, 300, 400) if s <= n]:
         print(f"step {s:3d}: C {c_loss[s - 1]:.6f}  PyTorch {ref[s - 1, 1]:.6f}  "
               f"max relative difference up to here {rel[:s].max():.1e}")
+    assert rel.max() < 1e-3, "sd train and PyTorch drifted apart: a bug, not rounding"
 
     def smooth(y, k=25):
         return np.convolve(y, np.ones(k) / k, mode="valid")
