@@ -1747,6 +1747,283 @@ NOTEBOOKS["12-lora-and-embeddings"] = [
     '''),
 ]
 
+NOTEBOOKS["14-training-in-c"] = [
+    md('''
+    # 14 — Training in C: a few hundred steps of `sd train`, beside PyTorch
+
+    Chapter: [docs/14-backpropagation.md](../docs/14-backpropagation.md) (the optimizer:
+    [AdamW, clipping, warm-up, EMA](../docs/14-backpropagation.md#adamw-clipping-warm-up-ema);
+    the loop: [The training loop and `sd train`](../docs/14-backpropagation.md#the-training-loop-and-sd-train))
+    · papers: LDM (Rombach et al. 2022) eq. 2; min-SNR-γ (Hang et al. 2023);
+    AdamW (Loshchilov & Hutter 2019).
+
+    `build/sd train --stage unet` trains a UNet and a text encoder with gradients written
+    out by hand in C, no autograd. This notebook runs it for 400 steps on a *micro* model
+    (the same model classes as the tiny model, a few channels wide, so it runs in seconds),
+    and plots its loss at every step next to the loss PyTorch computed for the same run:
+    the same initial weights, the same batches, the same noise. The PyTorch losses are a
+    committed fixture (`tests/fixtures/train/curve/losses.npy`, written by
+    `tools/reference/fixtures_train_steps.py --steps 400 --losses-only ...`); this
+    notebook needs only NumPy, matplotlib and the C build.
+    '''),
+    code('''
+    # Setup: build/sd for training, NumPy for the files (run `make` first).
+    import os, sys, json, struct, shutil, subprocess, tempfile, time
+    ROOT = os.path.abspath("")
+    while not os.path.exists(os.path.join(ROOT, "notebooks", "ldm_py.py")):
+        ROOT = os.path.dirname(ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "notebooks"))
+    os.chdir(ROOT)  # sd train finds the BPE vocabulary in build/vocab/
+    import numpy as np
+    import matplotlib.pyplot as plt
+    import ldm_py as L
+    SD = os.environ.get("LDM_SD", os.path.join(ROOT, "build", "sd"))
+    assert os.path.exists(SD), f"{SD}: build it first (make)"
+    FIX = "tests/fixtures/train/steps"          # the micro model's initial weights, the recipe
+    CURVE = "tests/fixtures/train/curve/losses.npy"   # PyTorch's losses of the 400-step run
+    WORK = tempfile.mkdtemp(prefix="ldm-nb14-")
+    STEPS = 400
+    '''),
+    md('''
+    ## 1. One training step
+
+    Stage 2 of the LDM paper trains ε_θ to find the noise in a noised latent. One step of
+    `sd train --stage unet` ([`unet_step`](../ldm/train/train.c), docs/14 "One step of
+    stage 2"):
+
+    1. **Draw a batch** from one generator (torch's mt19937, so PyTorch draws the same
+       numbers): B latents z of the training images (a sample of the VAE's posterior, times
+       the VAE's scaling factor), a caption per image (English or Japanese; 10 % empty, for
+       guidance), a timestep t ~ U{0..999} and noise ε ~ N(0, I) per image;
+       z_t = √ᾱ_t z + √(1 − ᾱ_t) ε.
+    2. **Forward**: the text encoder gives the context c = τ_θ(y) [B,77,D], the UNet
+       ε̂ = ε_θ(z_t, t, c). The trainers keep each block's input for the backward.
+    3. **Loss** (LDM eq. 2, weighted by min-SNR-γ with γ = 5):
+       L = (1/B) Σ_b w(t_b) · mean((ε̂_b − ε_b)²), w(t) = min(SNR(t), γ) / SNR(t),
+       SNR(t) = ᾱ_t / (1 − ᾱ_t).
+    4. **Backward**: ∂L/∂ε̂_b = 2 w(t_b) (ε̂_b − ε_b) / (B · n), n = 4·h·w the size of one
+       latent, then through the UNet block by block in reverse (each block's internals
+       recomputed from its saved input); the UNet also returns ∂L/∂c, which goes back
+       through the text encoder: the text encoder learns only through cross-attention.
+    5. **Clip** the gradient: one norm over all parameters, scaled down to 1 if larger.
+    6. **AdamW** at the learning rate of the warm-up (linear over 200 steps to 1e-3).
+    7. **EMA**: e ← d·e + (1 − d)·p; the exported model is the average e.
+
+    `sd train --log FILE` writes, per step, the unweighted ε-MSE and the weighted loss L.
+    The weights w(t), from the C schedule. Measured in x₀, the ε-loss is the x₀-loss times
+    SNR(t) ([exercise 19](../docs/exercises/19-min-snr-weight/README.md)), a factor in the
+    thousands for the nearly clean timesteps; w caps that factor at γ = 5, so those
+    timesteps do not dominate the gradient.
+    '''),
+    code('''
+    abar = L.Schedule().alphas_cumprod.astype(np.float64)   # the SD schedule, in C
+    snr = abar / (1 - abar)
+    w = np.minimum(snr, 5.0) / snr
+    print(f"w(t) < 1 for t < {int(np.argmax(w >= 1))}; w(0) = {w[0]:.4f}, w(999) = {w[999]:.1f}")
+    print(f"mean w over t ~ U{{0..999}}: {w.mean():.3f}  (so the weighted loss sits below the MSE)")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.semilogy(snr, label="SNR(t) = ᾱ/(1−ᾱ)"); ax.semilogy(w, label="w(t) = min(SNR, 5)/SNR")
+    ax.axhline(5, color="gray", lw=0.5); ax.set_xlabel("t"); ax.legend(); ax.set_title("min-SNR-5 loss weights")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    ## 2. The initial weights and the run
+
+    The fixture holds the initial weights PyTorch started from: a micro
+    `UNet2DConditionModel` (channels 8, 16; cross-attention width 16) and a micro
+    `CLIPTextModel` (width 16, 2 layers), both fp32 safetensors. Its token-embedding table
+    [49408, 16] would be most of the fixture, and only the rows of tokens that occur in the
+    captions are nonzero and ever get a gradient (AdamW leaves a parameter with zero
+    gradient, zero moments and no weight decay where it is), so the fixture stores those
+    rows and their ids; here they go back in place. The autoencoder is the shipped tiny
+    model's (`tools/tiny-model/vae`): stage 2 only encodes the images with it.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header
+    (name → dtype, shape, byte range), then the raw bytes.
+    '''),
+    code('''
+    def read_safetensors(path):
+        b = open(path, "rb").read()
+        n = struct.unpack("<Q", b[:8])[0]
+        header, data = json.loads(b[8:8 + n]), b[8 + n:]
+        header.pop("__metadata__", None)
+        return {k: np.frombuffer(data[e["data_offsets"][0]:e["data_offsets"][1]], np.float32).reshape(e["shape"])
+                for k, e in header.items()}
+
+    def write_safetensors(path, tensors):
+        header, off = {}, 0
+        for k, v in tensors.items():
+            header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [off, off + v.nbytes]}
+            off += v.nbytes
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)                       # the data starts 8-byte aligned
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h + b"".join(np.ascontiguousarray(v, np.float32).tobytes()
+                                                             for v in tensors.values()))
+
+    INIT = os.path.join(WORK, "init")
+    for d in ("unet", "text_encoder", "vae"):
+        os.makedirs(os.path.join(INIT, d))
+    for f in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "text_encoder/config.json"):
+        shutil.copy(os.path.join(FIX, "init", f), os.path.join(INIT, f))
+    for f in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copy(os.path.join("tools/tiny-model/vae", f), os.path.join(INIT, "vae", f))
+    te = read_safetensors(os.path.join(FIX, "init/text_encoder/model.safetensors"))
+    rows, emb = np.load(os.path.join(FIX, "token_rows.npy")), np.load(os.path.join(FIX, "token_embedding.npy"))
+    table = np.zeros((49408, emb.shape[1]), np.float32)   # [V,D]
+    table[rows] = emb
+    te = {"embeddings.token_embedding.weight": table, **te}
+    write_safetensors(os.path.join(INIT, "text_encoder/model.safetensors"), te)
+    unet = read_safetensors(os.path.join(INIT, "unet/diffusion_pytorch_model.safetensors"))
+    recipe = json.load(open(os.path.join(FIX, "recipe.json")))
+    print(f"UNet: {len(unet)} tensors, {sum(v.size for v in unet.values()):,} parameters")
+    print(f"text encoder: {len(te)} tensors, {sum(v.size for v in te.values()):,} parameters "
+          f"({len(rows)} of {table.shape[0]} token rows used)")
+    print({k: recipe[k] for k in ("seed", "n_images", "batch", "lr", "warmup", "betas", "clip", "min_snr",
+                                  "cond_drop", "ema")})
+    '''),
+    md('''
+    The run: the recipe's seed, 64 images, batch 8, 400 steps, checkpoint only at the end,
+    `--log` for the losses of every step (`--quiet`: no progress bar in the notebook).
+    '''),
+    code('''
+    OUT, LOG = os.path.join(WORK, "run"), os.path.join(WORK, "losses.tsv")
+    t0 = time.time()
+    subprocess.run([SD, "train", "--stage", "unet", "--init", INIT, "--out", OUT, "--steps", str(STEPS),
+                    "--n-images", "64", "--batch", "8", "--seed", "0", "--save-every", "0",
+                    "--log", LOG, "--quiet"], check=True)
+    dt = time.time() - t0
+    print(f"{STEPS} steps in {dt:.1f} s ({dt / STEPS * 1000:.0f} ms per step, with loading and export)")
+    print(open(LOG).read().splitlines()[:3])
+    print("written:", sorted(os.listdir(OUT)))
+    '''),
+    md('''
+    ## 3. The loss, step by step, beside PyTorch
+
+    Both curves are noisy: every step draws other images and other timesteps, and the
+    loss of an image depends strongly on its t. A moving average over 25 steps shows the
+    trend: the loss falls during the warm-up (the first 200 steps) and keeps falling.
+    The two runs are the same computation in float32 with the operations in other orders
+    (other summation orders in the matrix products, the norms, the softmax), so they
+    differ by rounding at step 1, and each step starts from weights that differ by the
+    rounding of all earlier steps. The right panel shows how far apart that lets them drift.
+    '''),
+    code('''
+    c_log = np.loadtxt(LOG, skiprows=1)                 # step, mse, weighted
+    c_mse, c_loss = c_log[:, 1], c_log[:, 2]
+    ref = np.load(CURVE)                                # [steps, 2]: mse, weighted (PyTorch)
+    n = min(STEPS, len(ref))                            # the fixture has 400 steps
+    assert np.array_equal(c_log[:, 0], np.arange(1, STEPS + 1))
+    c_mse, c_loss, ref = c_mse[:n], c_loss[:n], ref[:n]
+    rel = np.abs(c_log[:n, 1:3] - ref) / np.abs(ref)    # [steps, 2]
+    print(f"max relative difference over the {n} steps: ε-MSE {rel[:, 0].max():.1e}, "
+          f"weighted loss {rel[:, 1].max():.1e} (step {rel[:, 1].argmax() + 1})")
+    for s in [s for s in (1, 50, 100, 200, 300, 400) if s <= n]:
+        print(f"step {s:3d}: C {c_loss[s - 1]:.6f}  PyTorch {ref[s - 1, 1]:.6f}  "
+              f"max relative difference up to here {rel[:s].max():.1e}")
+    assert rel.max() < 1e-3, "sd train and PyTorch drifted apart: a bug, not rounding"
+
+    def smooth(y, k=25):
+        return np.convolve(y, np.ones(k) / k, mode="valid")
+
+    steps = np.arange(1, n + 1)
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    ax[0].plot(steps, ref[:, 1], color="C1", lw=0.6, alpha=0.5, label="PyTorch, per step")
+    ax[0].plot(steps, c_loss, color="C0", lw=0.6, ls="--", alpha=0.5, label="C, per step")
+    ax[0].plot(steps[24:], smooth(ref[:, 1]), color="C1", lw=2.5, label="PyTorch, mean of 25")
+    ax[0].plot(steps[24:], smooth(c_loss), color="k", lw=1, ls="--", label="C, mean of 25")
+    ax[0].axvline(recipe["warmup"], color="gray", lw=0.5)
+    ax[0].set_xlabel("step"); ax[0].set_ylabel("weighted loss (eq. 2, min-SNR-5)"); ax[0].legend()
+    ax[0].set_title("sd train --stage unet vs PyTorch (the same run)")
+    ax[1].semilogy(steps, rel[:, 0], lw=0.8, label="ε-MSE")
+    ax[1].semilogy(steps, rel[:, 1], lw=0.8, label="weighted loss")
+    ax[1].semilogy(steps, np.maximum.accumulate(rel.max(1)), color="k", label="running max")
+    ax[1].axhline(np.finfo(np.float32).eps, color="gray", lw=0.5, ls=":", label="float32 ε")
+    ax[1].set_xlabel("step"); ax[1].set_ylabel("|C − PyTorch| / |PyTorch|"); ax[1].legend()
+    ax[1].set_title("relative difference per step")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    The curves lie on top of each other: the differences stay orders of magnitude below
+    the step-to-step noise of the loss. `make test` checks the first 50 steps of this run,
+    and five weight tensors after them, against PyTorch (tests/test_train_loop.c, the
+    fixture in `tests/fixtures/train/steps/`).
+
+    ## 4. A look at one gradient
+
+    `sd train` does not write gradients, but its checkpoint holds AdamW's moments, and
+    after **one** step they are the gradient itself: m₁ = (1 − β₁) g and
+    v₁ = (1 − β₂) g², where g is the gradient after clipping. So a run of one step gives
+    g = m₁ / (1 − β₁), and √(v₁ / (1 − β₂)) = |g| checks it. The norm of g per block
+    shows where the loss is most sensitive at the start.
+    '''),
+    code('''
+    OUT1 = os.path.join(WORK, "one-step")
+    subprocess.run([SD, "train", "--stage", "unet", "--init", INIT, "--out", OUT1, "--steps", "1",
+                    "--n-images", "64", "--batch", "8", "--seed", "0", "--save-every", "0", "--quiet"], check=True)
+    state = json.load(open(os.path.join(OUT1, "train-state", "state.json")))
+    st = read_safetensors(os.path.join(OUT1, "train-state", state["weights"]))
+    b1, b2 = recipe["betas"]
+    names = [k[len("adam_m/"):] for k in st if k.startswith("adam_m/")]   # named_parameters() order
+    g = {n: st["adam_m/" + n].astype(np.float64) / (1 - b1) for n in names}
+    err = max(np.abs(np.abs(g[n]) - np.sqrt(st["adam_v/" + n] / (1 - b2))).max() for n in names)
+    total = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+    print(f"{len(names)} parameters; max | |m/(1-β1)| - sqrt(v/(1-β2)) | = {err:.1e}")
+    print(f"global norm of g: {total:.4f}", "(clipped to 1)" if total > 1 - 1e-5 else "(< 1: not clipped)")
+
+    def block(n):
+        """unet.down_blocks.0.resnets.0.conv1.weight -> unet.down_blocks.0,
+        text_encoder.encoder.layers.1.mlp.fc1.weight -> text_encoder.encoder.layers.1"""
+        p = n.split(".")
+        return ".".join(p[:{"down_blocks": 3, "up_blocks": 3, "encoder": 4}.get(p[1], 2)])
+
+    blocks = list(dict.fromkeys(block(n) for n in names))
+    norm = np.array([np.sqrt(sum((g[n] ** 2).sum() for n in names if block(n) == b)) for b in blocks])
+    size = np.array([sum(g[n].size for n in names if block(n) == b) for b in blocks])
+    for b, v, s in zip(blocks, norm, size):
+        print(f"{b:34s} {s:7d} parameters  ‖g‖ = {v:.3f}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.barh(range(len(blocks)), norm, color=["C0" if b.startswith("unet.") else "C2" for b in blocks])
+    ax.set_yticks(range(len(blocks)), blocks); ax.invert_yaxis()
+    ax.set_xlabel("‖∂L/∂θ‖ of the block (after clipping)"); ax.set_title("the gradient of step 1, per block")
+    plt.tight_layout(); plt.show()
+    '''),
+    md('''
+    The size of g does not set the size of the first step, though. With the bias
+    corrections, Adam's first update is lr₁ · m̂₁ / (√v̂₁ + ε) = lr₁ · g / (|g| + ε)
+    ≈ lr₁ · sign(g): every parameter with a gradient moves by the same amount, the
+    warm-up's first learning rate lr₁ = 1e-3 · 1/200. Later steps divide by a running
+    average of g² per parameter (its square root), so no block needs its own learning rate. From the
+    weights before and after step 1:
+    '''),
+    code('''
+    init = {"unet." + k: v for k, v in unet.items()} | {"text_encoder." + k: v for k, v in te.items()}
+    lr1 = recipe["lr"] * 1 / recipe["warmup"]
+    moved = np.concatenate([((init[n] - st["param/" + n]) / lr1).ravel() for n in names])   # in units of lr1
+    gg = np.concatenate([g[n].ravel() for n in names])
+    has_g = gg != 0
+    print(f"lr1 = {lr1:g}; {has_g.sum():,} parameters with a gradient, {(~has_g).sum():,} without "
+          "(the token rows of unused ids: they do not move)")
+    print(f"(before − after) / lr1 = g / (|g| + 1e-8) within {np.abs(moved - gg / (np.abs(gg) + 1e-8)).max():.1e}")
+    print(f"= sign(g) within 1 %: {(np.abs(moved - np.sign(gg)) < 0.01)[has_g].mean():.2%} of those with a "
+          f"gradient (the rest have |g| near ε); |g| spans {np.abs(gg[has_g]).min():.0e} … {np.abs(gg).max():.0e}")
+    '''),
+    md('''
+    ## Try
+
+    - Run longer (`STEPS = 2000`, about a minute here): where does the curve flatten?
+      PyTorch's fixture stops at 400 steps, so the comparison covers only those.
+    - Add `--min-snr 0` (the plain ε loss of eq. 2): the two columns of the log become
+      equal. The run is then another run than PyTorch's, so compare only the shapes.
+    - The gradient of step 1 is largest in the last up block and `conv_out`, nearest the
+      output. Run 10 steps and look at √(v / (1 − β₂¹⁰)), the root mean square of g per
+      parameter over the 10 steps: which blocks' gradients grow, which shrink?
+    - `--backend ref` runs the same training on the readable loops of `ops_ref.c`
+      (far slower): the losses of the first steps agree with the `cpu` run to the
+      printed digits.
+    '''),
+]
+
 
 def main():
     for name in NOTEBOOKS:

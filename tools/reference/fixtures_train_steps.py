@@ -36,6 +36,13 @@ Writes tests/fixtures/train/steps/:
       weights the optimizer wrote, not only the losses
 
   .venv-ref/bin/python tools/reference/fixtures_train_steps.py [--steps 50]
+
+With --losses-only FILE the same run (same initial weights, same draws) writes
+only its losses.npy [steps, 2] to FILE and nothing under steps/: the longer
+curve notebooks/14-training-in-c.ipynb plots beside `sd train`'s,
+
+  .venv-ref/bin/python tools/reference/fixtures_train_steps.py --steps 400 \
+      --losses-only tests/fixtures/train/curve/losses.npy
 """
 import argparse
 import json
@@ -74,7 +81,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-images", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--losses-only", metavar="FILE",
+                   help="write only the losses [steps, 2] to FILE (steps/ is left untouched)")
     a = p.parse_args()
+    full = a.losses_only is None
 
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -104,15 +114,16 @@ def main():
         keep = emb[used].clone()
         emb.zero_()
         emb[used] = keep
-    os.makedirs(os.path.join(OUT, "init", "unet"), exist_ok=True)
-    os.makedirs(os.path.join(OUT, "init", "text_encoder"), exist_ok=True)
-    unet.save_pretrained(os.path.join(OUT, "init", "unet"), safe_serialization=True)
-    text.config.to_json_file(os.path.join(OUT, "init", "text_encoder", "config.json"))
-    sd = {k: v.contiguous() for k, v in text.state_dict().items()
-          if k != "embeddings.token_embedding.weight" and "position_ids" not in k}
-    save_file(sd, os.path.join(OUT, "init", "text_encoder", "model.safetensors"))
-    np.save(os.path.join(OUT, "token_rows.npy"), used.numpy().astype(np.int64))
-    np.save(os.path.join(OUT, "token_embedding.npy"), keep.numpy().astype(np.float32))
+    if full:
+        os.makedirs(os.path.join(OUT, "init", "unet"), exist_ok=True)
+        os.makedirs(os.path.join(OUT, "init", "text_encoder"), exist_ok=True)
+        unet.save_pretrained(os.path.join(OUT, "init", "unet"), safe_serialization=True)
+        text.config.to_json_file(os.path.join(OUT, "init", "text_encoder", "config.json"))
+        sd = {k: v.contiguous() for k, v in text.state_dict().items()
+              if k != "embeddings.token_embedding.weight" and "position_ids" not in k}
+        save_file(sd, os.path.join(OUT, "init", "text_encoder", "model.safetensors"))
+        np.save(os.path.join(OUT, "token_rows.npy"), used.numpy().astype(np.int64))
+        np.save(os.path.join(OUT, "token_embedding.npy"), keep.numpy().astype(np.float32))
 
     # the loop of train_tiny.train_unet, one worker
     models = [unet, text]
@@ -152,6 +163,10 @@ def main():
                 e.mul_(decay).add_(q.detach(), alpha=1 - decay)
         losses.append([per.mean().item(), loss.item()])
         print(f"step {step + 1}: mse {losses[-1][0]:.6f} loss {losses[-1][1]:.6f}", flush=True)
+    if not full:
+        os.makedirs(os.path.dirname(os.path.abspath(a.losses_only)), exist_ok=True)
+        np.save(a.losses_only, np.array(losses, dtype=np.float64))
+        return
     np.save(os.path.join(OUT, "losses.npy"), np.array(losses, dtype=np.float64))
     usd, tsd = unet.state_dict(), text.state_dict()
     for k in FINAL_CHECK:
