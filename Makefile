@@ -419,14 +419,26 @@ train-inpaint: $(REF_PY)
 	nice $(REF_PY) tools/train/train_inpaint.py --model $(TINY_MODEL) --out $(INPAINT_OUT)
 
 # `make train-tiny-c`: the same two stages in C (`sd train`, train_tiny.py's
-# recipe, one process): stage 1 into build/tiny-c/vae, stage 2 on its VAE into
+# recipe): stage 1 into build/tiny-c/vae, stage 2 on its VAE into
 # build/tiny-c/model (a diffusers folder: sd txt2img --ckpt build/tiny-c/model).
 # --resume: an interrupted run continues from its last checkpoint (every 100
 # steps); a finished stage is only exported again. TRAIN_C_ARGS adds flags to both.
+# Data parallel like train_tiny.py's --workers: with Open MPI installed, each
+# stage runs as TRAIN_NP processes of one thread each (default: the largest
+# power of two up to the number of cores, at most 8, so that the batches of 32
+# and 8 split evenly; the result equals one process's up to summation order,
+# docs/14). TRAIN_NP=1, or no Open MPI: one process with OpenMP threads.
+TRAIN_NP ?= $(shell n=$$(nproc 2>/dev/null || echo 1); p=1; \
+              while [ $$((p * 2)) -le $$n ] && [ $$p -lt 8 ]; do p=$$((p * 2)); done; echo $$p)
+MPI_RUN_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-run-as-root) \
+                 --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none
+TRAIN_MPI := $(and $(HAVE_MPI),$(filter-out 1,$(TRAIN_NP)))
+TRAIN_SD  := $(if $(TRAIN_MPI),env OMP_NUM_THREADS=1 $(MPIRUN) -np $(TRAIN_NP) $(MPI_RUN_FLAGS) \
+               -x OMP_NUM_THREADS $(MPI_BUILD)/sd,$(BUILD)/sd)
 .PHONY: train-tiny-c
-train-tiny-c: $(BUILD)/sd $(VOCAB)
-	nice $(BUILD)/sd train --stage vae --out build/tiny-c/vae --resume $(TRAIN_C_ARGS)
-	nice $(BUILD)/sd train --stage unet --init build/tiny-c/vae --out build/tiny-c/model --resume \
+train-tiny-c: $(BUILD)/sd $(VOCAB) $(if $(TRAIN_MPI),mpi-tests)
+	nice $(TRAIN_SD) train --stage vae --out build/tiny-c/vae --resume $(TRAIN_C_ARGS)
+	nice $(TRAIN_SD) train --stage unet --init build/tiny-c/vae --out build/tiny-c/model --resume \
 	    $(TRAIN_C_ARGS)
 
 # `make install PREFIX=DIR` (default /usr/local): DIR/bin/sd, and beside it the
