@@ -1,6 +1,6 @@
 /*
  * ldm/train/plot.c -- loss curves as a PNG (ldm/train/plot.h): a canvas of
- * RGB pixels, lines by Bresenham's algorithm, digits from a 3x5 bitmap font.
+ * RGB pixels, lines by Bresenham's algorithm, text in a 3x5 bitmap font.
  */
 #include <math.h>
 #include <stdio.h>
@@ -39,18 +39,29 @@ static void line(canvas *c, int x0, int y0, int x1, int y1, const uint8_t *col, 
     }
 }
 
-// 3x5 glyphs, one row per 3 bits (left = 4), top row first.
-static const char font_chars[] = "0123456789.-e";
+// 3x5 glyphs, one row per 3 bits (left = 4), top row first: digits, capitals
+// and a little punctuation (lower case is drawn as capitals).
+static const char font_chars[] = "0123456789.-ABCDEFGHIJKLMNOPQRSTUVWXYZ :()/+_";
 static const uint8_t font[][5] = {
     {7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7}, {7, 1, 7, 1, 7}, {5, 5, 7, 1, 1},
     {7, 4, 7, 1, 7}, {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1}, {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7},
-    {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0}, {0, 2, 5, 6, 3}};
+    {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0},
+    {2, 5, 7, 5, 5}, {6, 5, 6, 5, 6}, {3, 4, 4, 4, 3}, {6, 5, 5, 5, 6}, {7, 4, 6, 4, 7},   // A-E
+    {7, 4, 6, 4, 4}, {3, 4, 5, 5, 3}, {5, 5, 7, 5, 5}, {7, 2, 2, 2, 7}, {1, 1, 1, 5, 2},   // F-J
+    {5, 5, 6, 5, 5}, {4, 4, 4, 4, 7}, {5, 7, 7, 5, 5}, {6, 5, 5, 5, 5}, {2, 5, 5, 5, 2},   // K-O
+    {6, 5, 6, 4, 4}, {2, 5, 5, 6, 3}, {6, 5, 6, 5, 5}, {3, 4, 2, 1, 6}, {7, 2, 2, 2, 2},   // P-T
+    {5, 5, 5, 5, 7}, {5, 5, 5, 5, 2}, {5, 5, 7, 7, 5}, {5, 5, 2, 5, 5}, {5, 5, 2, 2, 2},   // U-Y
+    {7, 1, 2, 4, 7},                                                                       // Z
+    {0, 0, 0, 0, 0}, {0, 2, 0, 2, 0}, {1, 2, 2, 2, 1}, {4, 2, 2, 2, 4}, {1, 1, 2, 4, 4},   // space : ( ) /
+    {0, 2, 7, 2, 0}, {0, 0, 0, 0, 7}};                                                     // + _
 
-// Text of digits, '.', '-', 'e' at (x, y) = its top-left corner, glyphs doubled.
+// Text at (x, y) = its top-left corner, glyphs doubled (8 pixels a character,
+// 10 high); characters outside the font are skipped.
 static void text(canvas *c, int x, int y, const char *s, const uint8_t *col) {
     for (; *s; s++, x += 8) {
-        const char *k = strchr(font_chars, *s);
-        if (!k || !*s) continue;
+        char ch = *s >= 'a' && *s <= 'z' ? (char)(*s - 'a' + 'A') : *s;
+        const char *k = strchr(font_chars, ch);
+        if (!k || !ch) continue;
         const uint8_t *g = font[k - font_chars];
         for (int r = 0; r < 5; r++)
             for (int b = 0; b < 3; b++)
@@ -90,6 +101,7 @@ static void draw_panel(canvas *c, int ox, const ldm_plot_panel *p) {
     int x0 = ox + M, x1 = ox + PW - 10, y0 = M, y1 = PH - M;
     line(c, x0, y0, x1, y0, black, 1), line(c, x0, y1, x1, y1, black, 1);
     line(c, x0, y0, x0, y1, black, 1), line(c, x1, y0, x1, y1, black, 1);
+    if (p->title) text(c, x0, 14, p->title, black);
     for (int e = (int)floor(lo); e <= (int)ceil(hi); e++)
         for (int m = 1; m <= 5; m += m == 1 ? 1 : 3) {   // 1, 2, 5
             double v = log10((double)m) + e;
@@ -97,7 +109,7 @@ static void draw_panel(canvas *c, int ox, const ldm_plot_panel *p) {
             int yy = y1 - (int)lround((v - lo) / (hi - lo) * (y1 - y0));
             line(c, x0 - 4, yy, x0, yy, black, 1);
             char label[16];
-            snprintf(label, sizeof label, "%de%d", m, e);
+            snprintf(label, sizeof label, "%dE%d", m, e);
             text(c, ox + 2, yy - 5, label, black);
         }
     char steps[24];
@@ -112,9 +124,11 @@ static void draw_panel(canvas *c, int ox, const ldm_plot_panel *p) {
             if (i > 0) line(c, px, py, xx, yy, colours[j], 2);
             px = xx, py = yy;
         }
-        // legend swatch at the top right, one per curve (names: the Description chunk)
-        for (int a = 0; a < 12; a++) line(c, x1 - 30, y0 + 8 + 10 * j + a / 4, x1 - 10,
-                                          y0 + 8 + 10 * j + a / 4, colours[j], 1);
+        // legend at the top right, one row per curve: its name, then a swatch
+        int ly = y0 + 8 + 14 * j;
+        for (int a = 0; a < 12; a++) line(c, x1 - 30, ly + a / 4, x1 - 10, ly + a / 4, colours[j], 1);
+        const char *name = p->curves[j].name ? p->curves[j].name : "";
+        text(c, x1 - 36 - 8 * (int)strlen(name), ly - 3, name, black);
         free(s[j]);
     }
 }

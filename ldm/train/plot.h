@@ -4,10 +4,11 @@
  * with its curves smoothed by a trailing moving average of 25 steps (as
  * tools/train/train_tiny.py plots them) on a log-scale y axis.
  *
- * A panel is 480 x 320 pixels: a frame, y ticks at 1, 2, 5 x 10^e labelled
- * "2e-3", the number of steps under the x axis, curves in the matplotlib
- * colours (blue, orange, green, red). Only digits are drawn (a 3x5 bitmap font,
- * doubled); the titles and the legend go into the PNG's text chunks
+ * A panel is 480 x 320 pixels: its title above a frame, y ticks at 1, 2, 5 x
+ * 10^e labelled "2E-3", the number of steps under the x axis, curves in the
+ * matplotlib colours (blue, orange, green, red) with a legend of their names
+ * at the top right. Text is a 3x5 bitmap font of digits and capitals,
+ * doubled; the titles and the legend also go into the PNG's text chunks
  * ("Title", "Description").
  */
 #ifndef LDM_TRAIN_PLOT_H
