@@ -392,6 +392,38 @@ static void versus(const char *name, int conv, int64_t B, int64_t Cin, int64_t H
     ldm_tensor_free(&x); ldm_tensor_free(&w); ldm_tensor_free(&dout);
 }
 
+// attention q[B,Tq,NH*HS], k/v[B,Tk,NH*HS] on ref and cpu from the same data;
+// gradients start nonzero (accumulation) and are compared cpu vs ref.
+static void versus_attn(int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS, int causal) {
+    int64_t D = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    ldm_tensor in[4] = {rand_on(&ldm_ops_ref, LDM_SHAPE(B, Tq, D)), rand_on(&ldm_ops_ref, LDM_SHAPE(B, Tk, D)),
+                        rand_on(&ldm_ops_ref, LDM_SHAPE(B, Tk, D)), rand_on(&ldm_ops_ref, LDM_SHAPE(B, Tq, D))};
+    ldm_tensor g0[3] = {rand_on(&ldm_ops_ref, in[0].shape, 3), rand_on(&ldm_ops_ref, in[1].shape, 3),
+                        rand_on(&ldm_ops_ref, in[2].shape, 3)};
+    float *res[2][3];
+    const struct ldm_ops *be[2] = {&ldm_ops_ref, &ldm_ops_cpu};
+    for (int b = 0; b < 2; b++) {
+        ldm_tensor t[4], d[3];
+        for (int i = 0; i < 4; i++) t[i] = test_tensor_on(be[b], &in[i]);
+        for (int i = 0; i < 3; i++) d[i] = test_tensor_on(be[b], &g0[i]);
+        ldm_attention_backward(&d[0], &d[1], &d[2], &t[3], &t[0], &t[1], &t[2], NH, scale, causal);
+        for (int i = 0; i < 3; i++) { res[b][i] = test_tensor_host(&d[i]); ldm_tensor_free(&d[i]); }
+        for (int i = 0; i < 4; i++) ldm_tensor_free(&t[i]);
+    }
+    static const char *gn[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        char full[160];
+        snprintf(full, sizeof full, "cpu vs ref attention B=%lld Tq=%lld Tk=%lld NH=%lld HS=%lld%s %s",
+                 (long long)B, (long long)Tq, (long long)Tk, (long long)NH, (long long)HS,
+                 causal ? " causal" : "", gn[i]);
+        test_close(full, res[1][i], res[0][i], g0[i].numel, RTOL, 0);
+        free(res[0][i]); free(res[1][i]);
+        ldm_tensor_free(&g0[i]);
+    }
+    for (int i = 0; i < 4; i++) ldm_tensor_free(&in[i]);
+}
+
 static void test_cpu_vs_ref(void) {
     versus("linear M=67 K=130 N=150", 0, 67, 130, 0, 0, 150, 0, 0, 0, 0, 0, 0);
     versus("linear M=1 K=1 N=1", 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0);
@@ -399,6 +431,14 @@ static void test_cpu_vs_ref(void) {
     versus("conv 3x3 s2 pad(0,1,0,1) [2,8,17,16]->6", 1, 2, 8, 17, 16, 6, 3, 2, 0, 1, 0, 1);
     versus("conv 1x1 [2,16,9,7]->8", 1, 2, 16, 9, 7, 8, 1, 1, 0, 0, 0, 0);
     versus("conv 4x4 s2 pad(2,1,0,3) [1,5,10,11]->3", 1, 1, 5, 10, 11, 3, 4, 2, 2, 1, 0, 3);
+    // attention: query blocks of 128 (300 = 2 full + 1 partial), causal across
+    // blocks, cross-attention with 77 keys, odd head sizes, every size at 1
+    versus_attn(2, 300, 300, 2, 5, 0);
+    versus_attn(1, 300, 300, 3, 8, 1);
+    versus_attn(3, 129, 77, 2, 7, 0);
+    versus_attn(1, 1, 1, 1, 1, 0);
+    versus_attn(1, 1, 1, 1, 1, 1);
+    versus_attn(2, 5, 9, 1, 1, 1);
 }
 
 static void test_can_train(void) {

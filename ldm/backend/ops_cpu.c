@@ -564,8 +564,8 @@ static void cpu_embedding(float *out, const float *table, const int32_t *ids, in
 }
 
 // ---- backward (training) --------------------------------------------------------
-// linear and conv2d as GEMMs (the rest of the backward entries are the `ref`
-// loops, ldm/backend/ops_ref.h). Every gradient accumulates (+=, sgemm beta = 1);
+// linear, conv2d and attention as GEMMs (the rest of the backward entries are
+// the `ref` loops, ldm/backend/ops_ref.h). Every gradient accumulates (+=, sgemm beta = 1);
 // a NULL gradient is skipped. Derivations: docs/14-backpropagation.md.
 
 // dx[M,K] += dout[M,N] @ w[N,K];  dw[N,K] += dout^T @ x[M,K];  db[N] += column sums of dout
@@ -684,6 +684,78 @@ static void cpu_conv2d_backward(float *dx, float *dw, float *db, const float *do
     free(dcols);
 }
 
+// Attention backward as GEMMs, one (batch, head) per task and its query rows
+// in blocks of ATTN_QB (the forward's blocks), with the probabilities
+// recomputed as in the forward (cpu_attention_sgemm):
+//   S  = scale Q Kᵀ,  P = softmax(S) (masked keys 0)       [nq, nk]
+//   dP = dO Vᵀ                                             [nq, nk]
+//   dS = P ∘ (dP − rowsum(P ∘ dP))                         the softmax backward
+//   dQ += scale dS K,  dK += scale dSᵀ Q,  dV += Pᵀ dO
+// A task owns its head's dK and dV rows (every query block of the head adds to
+// them), so no two threads write the same gradient. The readable per-row loop
+// is ldm_ref_attention_backward (ops_ref.c); docs/14 derives both.
+static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                                   const float *q, const float *k, const float *v,
+                                   int64_t B, int64_t Tq, int64_t Tk, int64_t NH, int64_t HS,
+                                   float scale, int causal) {
+    if (B == 0 || Tq == 0 || Tk == 0 || NH == 0 || HS == 0) return;
+    int64_t D = NH * HS, ntask = B * NH;
+    int nthr = threads_for(cpu_threads(), 8.0 * B * NH * Tq * Tk * HS);
+    if (nthr > ntask) nthr = (int)ntask;
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);   // one thread per sgemm inside the OpenMP tasks
+    int failed = 0;
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
+    {
+        float *P = cpu_alloc((size_t)(2 * ATTN_QB * Tk) * sizeof(float)), *dP = P + ATTN_QB * Tk;
+        if (!P) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            if (!P) continue;
+            int64_t b = t / NH, h = t % NH;
+            const float *kb = k + b * Tk * D + h * HS, *vb = v + b * Tk * D + h * HS;
+            float *dkb = dk ? dk + b * Tk * D + h * HS : NULL;
+            float *dvb = dv ? dv + b * Tk * D + h * HS : NULL;
+            for (int64_t i0 = 0; i0 < Tq; i0 += ATTN_QB) {
+                int64_t nq = Tq - i0 < ATTN_QB ? Tq - i0 : ATTN_QB;
+                int64_t nk = causal ? (i0 + nq < Tk ? i0 + nq : Tk) : Tk;
+                const float *qb = q + (b * Tq + i0) * D + h * HS;
+                const float *gb = dout + (b * Tq + i0) * D + h * HS;
+                // P[nq, nk] = softmax(scale Q Kᵀ), dP[nq, nk] = dO Vᵀ
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)HS,
+                            scale, qb, (int)D, kb, (int)D, 0.0f, P, (int)nk);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, (int)HS,
+                            1.0f, gb, (int)D, vb, (int)D, 0.0f, dP, (int)nk);
+                for (int64_t r = 0; r < nq; r++) {
+                    float *pr = P + r * nk, *gr = dP + r * nk;
+                    int64_t n = causal ? (i0 + r + 1 < nk ? i0 + r + 1 : nk) : nk;
+                    softmax_row(pr, pr, n);
+                    for (int64_t j = n; j < nk; j++) pr[j] = 0.0f;
+                    float pdp = 0.0f;   // rowsum(P ∘ dP)
+                    for (int64_t j = 0; j < n; j++) pdp += pr[j] * gr[j];
+                    for (int64_t j = 0; j < nk; j++) gr[j] = pr[j] * (gr[j] - pdp);   // dS
+                }
+                if (dvb) // dV[nk, HS] += Pᵀ dO
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)HS, (int)nq,
+                                1.0f, P, (int)nk, gb, (int)D, 1.0f, dvb, (int)D);
+                if (dq) // dQ[nq, HS] += scale dS K
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, (int)HS, (int)nk,
+                                scale, dP, (int)nk, kb, (int)D, 1.0f, dq + (b * Tq + i0) * D + h * HS,
+                                (int)D);
+                if (dkb) // dK[nk, HS] += scale dSᵀ Q
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)HS, (int)nq,
+                                scale, dP, (int)nk, qb, (int)D, 1.0f, dkb, (int)D);
+            }
+        }
+        free(P);
+    }
+    openblas_set_num_threads(blas_threads);
+    if (failed) abort(); // 2 x 128 x Tk floats per thread: only when out of memory
+}
+
 const struct ldm_ops ldm_ops_cpu = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -721,7 +793,7 @@ const struct ldm_ops ldm_ops_cpu = {
     .group_norm_backward = ldm_ref_group_norm_backward,
     .layer_norm_backward = ldm_ref_layer_norm_backward,
     .softmax_backward = ldm_ref_softmax_backward,
-    .attention_backward = ldm_ref_attention_backward,
+    .attention_backward = cpu_attention_backward,
     .silu_backward = ldm_ref_silu_backward,
     .gelu_backward = ldm_ref_gelu_backward,
     .quick_gelu_backward = ldm_ref_quick_gelu_backward,
