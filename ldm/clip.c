@@ -147,11 +147,7 @@ static int clip_layer_forward(ldm_clip *m, ldm_tensor *x, const ldm_clip_layer *
     return 0;
 }
 
-int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, int T,
-                     int extra_skip) {
-    memset(out, 0, sizeof *out);
-    const ldm_clip_config *c = &m->cfg;
-    int64_t D = c->hidden_size;
+int ldm_clip_check_ids(const ldm_clip_config *c, const int32_t *ids, int B, int T) {
     if (B < 1 || T < 1 || T > c->max_position_embeddings)
         return ldm_error("text encoder: %d x %d ids; expected B >= 1 and 1 <= T <= %d", B, T,
                          c->max_position_embeddings);
@@ -159,6 +155,15 @@ int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, in
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return ldm_error("text encoder: token id %d at position %lld is outside the "
                              "vocabulary [0, %d)", ids[i], (long long)i, c->vocab_size);
+    return 0;
+}
+
+int ldm_clip_forward(ldm_tensor *out, ldm_clip *m, const int32_t *ids, int B, int T,
+                     int extra_skip) {
+    memset(out, 0, sizeof *out);
+    const ldm_clip_config *c = &m->cfg;
+    int64_t D = c->hidden_size;
+    if (ldm_clip_check_ids(c, ids, B, T)) return LDM_ERR;
     int n_run = m->n_layers - extra_skip;
     if (extra_skip < 0 || n_run < 1)
         return ldm_error("text encoder: clip skip %d leaves no layer to run (the model runs %d)",

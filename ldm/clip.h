@@ -45,6 +45,10 @@ typedef struct ldm_clip {
 int ldm_clip_load(ldm_clip *m, ldm_weights *w, const ldm_clip_config *cfg);
 void ldm_clip_free(ldm_clip *m);
 
+// ids [B,T] are a valid input of this text encoder: B >= 1, 1 <= T <=
+// max_position_embeddings, every id inside the vocabulary. 0 / LDM_ERR naming the problem.
+int ldm_clip_check_ids(const ldm_clip_config *c, const int32_t *ids, int B, int T);
+
 // ids [B,T] (host, T <= max_position_embeddings) -> out [B,T,D] on m->ops
 // (a new tensor the caller frees; the activations stay in m->arena).
 // extra_skip: further final layers to skip before the final LN ("clip skip"

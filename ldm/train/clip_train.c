@@ -236,13 +236,7 @@ int ldm_clip_train_forward(ldm_tensor *out, ldm_clip_trainer *tr, const int32_t 
     const ldm_clip_config *c = &m->cfg;
     int64_t D = c->hidden_size;
     tr->B = tr->T = 0;                     // no valid tape until this forward succeeds
-    if (B < 1 || T < 1 || T > c->max_position_embeddings)
-        return ldm_error("text encoder: %d x %d ids; expected B >= 1 and 1 <= T <= %d", B, T,
-                         c->max_position_embeddings);
-    for (int64_t i = 0; i < (int64_t)B * T; i++)
-        if (ids[i] < 0 || ids[i] >= c->vocab_size)
-            return ldm_error("text encoder: token id %d at position %lld is outside the "
-                             "vocabulary [0, %d)", ids[i], (long long)i, c->vocab_size);
+    if (ldm_clip_check_ids(c, ids, B, T)) return LDM_ERR;
     int32_t *kept = realloc(tr->ids, (size_t)B * T * sizeof *kept);
     if (!kept) return ldm_error("out of memory");
     tr->ids = kept;
